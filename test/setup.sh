@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 host (as root) for ftvmd: installs the Debian packages it
+# needs, builds ftvmd, the flush library and the lab guest image into build/.
+# Idempotent: packages already present are not reinstalled, the guest image is cached.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+export PATH=/usr/local/go/bin:$PATH
+
+log() { printf '==> %s\n' "$*"; }
+
+[ "$(id -u)" = 0 ] || { echo "setup: must run as root (it installs packages and builds the lab)" >&2; exit 1; }
+
+pkgs=(qemu-system-x86 qemu-utils busybox-static cpio kmod gzip iproute2 gcc libc6-dev netcat-openbsd procps)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v go >/dev/null || { echo "setup: Go 1.26 or newer is required (not found on PATH or in /usr/local/go/bin)" >&2; exit 1; }
+gov=$(go env GOVERSION | sed 's/^go//')
+case "$gov" in 1.2[6-9]*|1.[3-9]*) ;; *) echo "setup: Go 1.26 or newer is required, found $gov" >&2; exit 1;; esac
+
+mkdir -p build
+log "building ftvmd ($(go env GOVERSION))"
+go build -trimpath -o build/ftvmd ./cmd/ftvmd
+log "building the log flush library"
+bash qemu/flush/build.sh build
+log "building the lab guest image"
+bash test/guest/build.sh build/guest
+log "setup done: build/ftvmd, build/libftflush.so, build/guest/"

@@ -1,0 +1,154 @@
+package throttle
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Cgroup is one QEMU's cgroup: a cpuset (its own cores, as separate hosts would have)
+// and a CPU quota. It supports cgroup v2 (cpu.max, stock Debian 12) and v1
+// (cpu.cfs_quota_us and the cpuset hierarchy).
+type Cgroup struct {
+	v2      bool
+	cpuDir  string // v1: cpu controller dir; v2: the unified dir
+	cpusDir string // v1: cpuset dir; v2: same as cpuDir
+	period  int    // microseconds
+}
+
+// ErrNoCgroup means neither cgroup layout is usable on this host.
+var ErrNoCgroup = errors.New("no usable cgroup hierarchy (need cgroup v2 with cpu+cpuset, or v1 cpu and cpuset)")
+
+// NewCgroup creates (or reuses) the cgroup ftvmd/<name> under root (normally
+// /sys/fs/cgroup) and pins it to cpus ("" = leave the cpuset alone).
+func NewCgroup(root, name, cpus string) (*Cgroup, error) {
+	const period = 100000
+	if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err == nil {
+		return newV2(root, name, cpus, period)
+	}
+	cpuRoot, setRoot := filepath.Join(root, "cpu"), filepath.Join(root, "cpuset")
+	if _, err := os.Stat(filepath.Join(cpuRoot, "cpu.cfs_quota_us")); err != nil {
+		return nil, fmt.Errorf("cgroup v1 at %s: %w: %w", root, ErrNoCgroup, err)
+	}
+	g := &Cgroup{cpuDir: filepath.Join(cpuRoot, "ftvmd", name), cpusDir: filepath.Join(setRoot, "ftvmd", name), period: period}
+	if err := os.MkdirAll(g.cpuDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create cgroup: %w", err)
+	}
+	if err := writeFile(filepath.Join(g.cpuDir, "cpu.cfs_period_us"), strconv.Itoa(period)); err != nil {
+		return nil, err
+	}
+	if cpus != "" {
+		// A v1 cpuset child starts empty: copy mems from the root and set cpus at each level.
+		mems, err := os.ReadFile(filepath.Join(setRoot, "cpuset.mems"))
+		if err != nil {
+			return nil, fmt.Errorf("cgroup v1 cpuset: %w: %w", ErrNoCgroup, err)
+		}
+		allCPUs, err := os.ReadFile(filepath.Join(setRoot, "cpuset.cpus"))
+		if err != nil {
+			return nil, fmt.Errorf("cgroup v1 cpuset: %w", err)
+		}
+		parent := filepath.Join(setRoot, "ftvmd")
+		for _, d := range []struct{ dir, cpus string }{{parent, strings.TrimSpace(string(allCPUs))}, {g.cpusDir, cpus}} {
+			if err := os.MkdirAll(d.dir, 0o755); err != nil {
+				return nil, fmt.Errorf("create cpuset cgroup: %w", err)
+			}
+			if err := writeFile(filepath.Join(d.dir, "cpuset.mems"), strings.TrimSpace(string(mems))); err != nil {
+				return nil, err
+			}
+			if err := writeFile(filepath.Join(d.dir, "cpuset.cpus"), d.cpus); err != nil {
+				return nil, err
+			}
+		}
+	} else {
+		g.cpusDir = ""
+	}
+	return g, nil
+}
+
+func newV2(root, name, cpus string, period int) (*Cgroup, error) {
+	parent := filepath.Join(root, "ftvmd")
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return nil, fmt.Errorf("create cgroup: %w", err)
+	}
+	// Delegate cpu and cpuset to our subtree; the root must have them enabled too.
+	for _, d := range []string{root, parent} {
+		if err := writeFile(filepath.Join(d, "cgroup.subtree_control"), "+cpu +cpuset"); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrNoCgroup, err)
+		}
+	}
+	dir := filepath.Join(parent, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create cgroup: %w", err)
+	}
+	g := &Cgroup{v2: true, cpuDir: dir, cpusDir: dir, period: period}
+	if cpus != "" {
+		if err := writeFile(filepath.Join(dir, "cpuset.cpus"), cpus); err != nil {
+			return nil, err
+		}
+	} else {
+		g.cpusDir = ""
+	}
+	return g, g.SetQuota(1)
+}
+
+// Add moves a process (all its threads) into the cgroup.
+func (g *Cgroup) Add(pid int) error {
+	dirs := []string{g.cpuDir}
+	if g.cpusDir != "" && g.cpusDir != g.cpuDir {
+		dirs = append(dirs, g.cpusDir)
+	}
+	for _, d := range dirs {
+		if err := writeFile(filepath.Join(d, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetQuota limits the cgroup to fraction of one CPU; fraction >= 1 removes the limit.
+func (g *Cgroup) SetQuota(fraction float64) error {
+	if g.v2 {
+		v := "max"
+		if fraction < 1 {
+			v = strconv.Itoa(quotaUS(fraction, g.period))
+		}
+		return writeFile(filepath.Join(g.cpuDir, "cpu.max"), fmt.Sprintf("%s %d", v, g.period))
+	}
+	v := "-1"
+	if fraction < 1 {
+		v = strconv.Itoa(quotaUS(fraction, g.period))
+	}
+	return writeFile(filepath.Join(g.cpuDir, "cpu.cfs_quota_us"), v)
+}
+
+// Remove deletes the cgroup directories (they must be empty of processes).
+func (g *Cgroup) Remove() error {
+	var errs []error
+	for _, d := range []string{g.cpuDir, g.cpusDir} {
+		if d == "" {
+			continue
+		}
+		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func quotaUS(fraction float64, period int) int {
+	q := int(fraction * float64(period))
+	if q < 1000 { // the kernel's minimum quota is 1 ms
+		q = 1000
+	}
+	return q
+}
+
+func writeFile(path, v string) error {
+	if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
+		return fmt.Errorf("cgroup write %s=%q: %w", path, v, err)
+	}
+	return nil
+}

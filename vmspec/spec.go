@@ -1,0 +1,183 @@
+// Package vmspec holds how an operator names a VM: its resources, boot files, NIC and
+// the replay settings, stored as one JSON file per VM in the agent's state directory.
+package vmspec
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+)
+
+// Defaults applied by Normalize to fields an operator left out.
+const (
+	DefaultMemoryMB    = 256
+	DefaultIcountShift = 4
+	DefaultLagBoundMS  = 100
+	DefaultAppend      = "console=ttyS0 quiet panic=-1"
+)
+
+// Spec describes one VM. Paths must exist on both hosts (the backup boots the same
+// kernel and initrd to replay).
+type Spec struct {
+	Name     string `json:"name"`
+	MemoryMB int    `json:"memory_mb"`
+	Kernel   string `json:"kernel"`
+	Initrd   string `json:"initrd"`
+	Append   string `json:"append,omitempty"`
+	Disk     string `json:"disk,omitempty"`
+	MAC      string `json:"mac"`
+	// IcountShift is QEMU's fixed -icount shift. It ties guest time to instructions:
+	// a smaller shift gives faster guest networking but a slower replay. Never auto.
+	IcountShift *int `json:"icount_shift,omitempty"`
+	// LagBoundMS is how far the backup may fall behind before the primary is slowed.
+	LagBoundMS int `json:"lag_bound_ms,omitempty"`
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
+
+// ErrNotFound is returned by Load when no spec with that name is stored.
+var ErrNotFound = errors.New("vm spec not found")
+
+// Normalize fills defaults for unset fields.
+func (s *Spec) Normalize() {
+	if s.MemoryMB == 0 {
+		s.MemoryMB = DefaultMemoryMB
+	}
+	if s.Append == "" {
+		s.Append = DefaultAppend
+	}
+	if s.IcountShift == nil {
+		v := DefaultIcountShift
+		s.IcountShift = &v
+	}
+	if s.LagBoundMS == 0 {
+		s.LagBoundMS = DefaultLagBoundMS
+	}
+	s.MAC = strings.ToLower(s.MAC)
+}
+
+// Shift returns the icount shift (after Normalize it is always set).
+func (s Spec) Shift() int {
+	if s.IcountShift == nil {
+		return DefaultIcountShift
+	}
+	return *s.IcountShift
+}
+
+// Validate reports every problem in the spec at once, each naming the field.
+func (s Spec) Validate() error {
+	var errs []error
+	if !nameRE.MatchString(s.Name) {
+		errs = append(errs, fmt.Errorf("name %q: must be 1-32 of a-z, 0-9, '-', '_', starting with a letter or digit", s.Name))
+	}
+	if s.MemoryMB < 64 || s.MemoryMB > 16384 {
+		errs = append(errs, fmt.Errorf("memory_mb %d: must be between 64 and 16384", s.MemoryMB))
+	}
+	for _, f := range []struct{ field, path string }{{"kernel", s.Kernel}, {"initrd", s.Initrd}} {
+		if f.path == "" {
+			errs = append(errs, fmt.Errorf("%s: required", f.field))
+			continue
+		}
+		if !filepath.IsAbs(f.path) {
+			errs = append(errs, fmt.Errorf("%s %q: must be an absolute path", f.field, f.path))
+			continue
+		}
+		if st, err := os.Stat(f.path); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", f.field, err))
+		} else if !st.Mode().IsRegular() {
+			errs = append(errs, fmt.Errorf("%s %q: not a regular file", f.field, f.path))
+		}
+	}
+	if s.Disk != "" && !filepath.IsAbs(s.Disk) {
+		errs = append(errs, fmt.Errorf("disk %q: must be an absolute path", s.Disk))
+	}
+	if hw, err := net.ParseMAC(s.MAC); err != nil || len(hw) != 6 {
+		errs = append(errs, fmt.Errorf("mac %q: must be a 6-byte MAC like 52:54:00:12:34:56", s.MAC))
+	} else if hw[0]&1 == 1 {
+		errs = append(errs, fmt.Errorf("mac %q: is a multicast address", s.MAC))
+	}
+	if sh := s.Shift(); sh < 0 || sh > 10 {
+		errs = append(errs, fmt.Errorf("icount_shift %d: must be 0..10 (a fixed shift; auto is not supported)", sh))
+	}
+	if s.LagBoundMS < 10 || s.LagBoundMS > 60000 {
+		errs = append(errs, fmt.Errorf("lag_bound_ms %d: must be between 10 and 60000", s.LagBoundMS))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("invalid vm spec: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Parse decodes a spec, rejecting unknown fields, normalizes and validates it.
+func Parse(b []byte) (Spec, error) {
+	var s Spec
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return Spec{}, fmt.Errorf("invalid vm spec: %w", err)
+	}
+	s.Normalize()
+	return s, s.Validate()
+}
+
+// Store keeps specs as <dir>/<name>.json.
+type Store struct{ Dir string }
+
+func (st Store) path(name string) (string, error) {
+	if !nameRE.MatchString(name) {
+		return "", fmt.Errorf("vm name %q: must be 1-32 of a-z, 0-9, '-', '_'", name)
+	}
+	return filepath.Join(st.Dir, name+".json"), nil
+}
+
+// Save validates and writes the spec atomically (write to a temp file, rename).
+func (st Store) Save(s Spec) error {
+	s.Normalize()
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	p, err := st.path(s.Name)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(st.Dir, 0o700); err != nil {
+		return fmt.Errorf("save vm spec: %w", err)
+	}
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("save vm spec: %w", err)
+	}
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save vm spec: %w", err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return fmt.Errorf("save vm spec: %w", err)
+	}
+	return nil
+}
+
+// Load reads and validates a stored spec.
+func (st Store) Load(name string) (Spec, error) {
+	p, err := st.path(name)
+	if err != nil {
+		return Spec{}, err
+	}
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return Spec{}, fmt.Errorf("vm %q: %w (define it with 'ftvmd vm define')", name, ErrNotFound)
+	}
+	if err != nil {
+		return Spec{}, fmt.Errorf("load vm spec: %w", err)
+	}
+	s, err := Parse(b)
+	if err != nil {
+		return Spec{}, fmt.Errorf("vm %q (%s): %w", name, p, err)
+	}
+	return s, nil
+}
