@@ -58,6 +58,3 @@ func TestCgroupReal(t *testing.T) {
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 }
-
-
-
