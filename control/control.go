@@ -1,0 +1,204 @@
+// Package control is the API between the ftvmd CLI and the local agent: one JSON
+// request and one JSON response per connection on a root-only unix socket.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ftvmd/ftvmd/vmspec"
+)
+
+// Operations the agent serves.
+const (
+	OpPing      = "ping"
+	OpStatus    = "status"
+	OpProtect   = "protect"
+	OpRun       = "run"
+	OpUnprotect = "unprotect"
+	OpStop      = "stop"
+	OpDefine    = "define"
+)
+
+// Request is one CLI call.
+type Request struct {
+	Op     string       `json:"op"`
+	VM     string       `json:"vm,omitempty"`
+	Backup string       `json:"backup,omitempty"` // host:port of the backup agent
+	Spec   *vmspec.Spec `json:"spec,omitempty"`
+}
+
+// Response carries either an error or the result.
+type Response struct {
+	OK      bool       `json:"ok"`
+	Error   string     `json:"error,omitempty"`
+	Message string     `json:"message,omitempty"`
+	Host    string     `json:"host,omitempty"`
+	VMs     []VMStatus `json:"vms,omitempty"`
+}
+
+// VMStatus is what `ftvmd status` shows for one VM on this host.
+type VMStatus struct {
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`  // primary | backup
+	State     string    `json:"state"` // starting | protected | unprotected | replaying | stopped | failed
+	Peer      string    `json:"peer,omitempty"`
+	Detail    string    `json:"detail,omitempty"`
+	StartedAt time.Time `json:"started_at"`
+	PID       int       `json:"pid,omitempty"`
+
+	LogWritten    int64   `json:"log_written"`  // bytes in the local rr log
+	LogSent       int64   `json:"log_sent"`     // primary: offset sent to the backup
+	LogAcked      int64   `json:"log_acked"`    // offset the backup holds
+	LogReplayed   int64   `json:"log_replayed"` // offset the backup's replay has passed
+	Icount        uint64  `json:"icount"`       // instructions logged (primary) / replayed (backup)
+	BackupIcount  uint64  `json:"backup_icount,omitempty"`
+	LagBytes      int64   `json:"lag_bytes"`
+	LagMS         float64 `json:"lag_ms"`
+	LagBoundMS    int     `json:"lag_bound_ms,omitempty"`
+	LogBandwidth  float64 `json:"log_bandwidth_bps"` // bytes/s over the last few seconds
+	BackupBehind  bool    `json:"backup_behind,omitempty"`
+	ThrottleQuota float64 `json:"throttle_quota"` // CPU fraction allowed to the primary's QEMU; 1 = free
+	ThrottledSec  float64 `json:"throttled_sec"`
+
+	HeldFrames     int     `json:"held_frames"`
+	HeldBytes      int64   `json:"held_bytes"`
+	OldestHeldMS   float64 `json:"oldest_held_ms"`
+	Released       uint64  `json:"released_frames"`
+	AddedDelayMS   float64 `json:"added_delay_avg_ms"`
+	MaxDelayMS     float64 `json:"added_delay_max_ms"`
+	Backpressure   uint64  `json:"backpressure_events"`
+	EmittedFrames  uint64  `json:"emitted_frames,omitempty"` // backup: frames its replaying QEMU tried to send (must be 0)
+	NetErrors      uint64  `json:"net_errors,omitempty"`
+	InvariantFails uint64  `json:"invariant_failures,omitempty"`
+}
+
+// maxMessage bounds a request or response so a bad peer cannot exhaust memory.
+const maxMessage = 1 << 20
+
+// Handler serves one request.
+type Handler func(ctx context.Context, req Request) Response
+
+// Listen creates the root-only control socket, replacing a stale one.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("control socket dir: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("control socket %s: another agent is already listening", path)
+	}
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return ln, nil
+}
+
+// Serve answers requests until ctx is done. Only root peers are served: the socket is
+// 0600, and the peer's credentials are checked as well.
+func Serve(ctx context.Context, ln net.Listener, h Handler, log *slog.Logger) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	go func() { <-ctx.Done(); ln.Close() }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("control accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			serveConn(ctx, c, h, log)
+		}()
+	}
+}
+
+func serveConn(ctx context.Context, c net.Conn, h Handler, log *slog.Logger) {
+	reply := func(r Response) { _ = json.NewEncoder(c).Encode(r) }
+	if uc, ok := c.(*net.UnixConn); ok {
+		if uid, err := peerUID(uc); err != nil || uid != 0 {
+			log.Warn("control: refused non-root peer", "uid", uid, "err", err)
+			reply(Response{Error: "permission denied: ftvmd's control socket is for root only"})
+			return
+		}
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var req Request
+	if err := json.NewDecoder(io.LimitReader(c, maxMessage)).Decode(&req); err != nil {
+		reply(Response{Error: fmt.Sprintf("bad request: %v", err)})
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	reply(h(ctx, req))
+}
+
+func peerUID(c *net.UnixConn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return -1, err
+	}
+	if credErr != nil {
+		return -1, credErr
+	}
+	return int(cred.Uid), nil
+}
+
+// ErrNoAgent means nothing listens on the control socket.
+var ErrNoAgent = errors.New("no ftvmd agent is running")
+
+// Call sends one request to the agent at socket and returns its response. An error
+// response from the agent is returned as an error.
+func Call(ctx context.Context, socket string, req Request) (Response, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return Response{}, fmt.Errorf("%w on %s (start it with 'ftvmd agent'): %v", ErrNoAgent, socket, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	go func() { <-ctx.Done(); c.Close() }()
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return Response{}, fmt.Errorf("send to agent: %w", err)
+	}
+	var resp Response
+	if err := json.NewDecoder(io.LimitReader(c, maxMessage)).Decode(&resp); err != nil {
+		return Response{}, fmt.Errorf("read agent response: %w", err)
+	}
+	if !resp.OK {
+		if resp.Error == "" {
+			resp.Error = "agent returned no result"
+		}
+		return resp, errors.New(resp.Error)
+	}
+	return resp, nil
+}
