@@ -1,0 +1,152 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/digitalocean/go-qemu/qmp"
+	"github.com/digitalocean/go-qemu/qmp/raw"
+)
+
+// ReplayInfo is QMP query-replay's answer. Mode is "none", "record" or
+// "play"; Icount is the raw instruction count.
+type ReplayInfo struct {
+	Mode     string `json:"mode"`
+	Filename string `json:"filename,omitempty"`
+	Icount   uint64 `json:"icount"`
+}
+
+// monitor returns the connected QMP monitor and its typed view (nil before
+// connect-qmp).
+func (m *Machine) monitor() (*qmp.SocketMonitor, *raw.Monitor) {
+	m.monMu.Lock()
+	defer m.monMu.Unlock()
+	return m.mon, m.raw
+}
+
+// qmpContext gives ctx the default QMP deadline when it has none.
+func (m *Machine) qmpContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, m.qmpTimeout)
+}
+
+// call runs fn (one blocking go-qemu call) in a goroutine owned by the
+// Machine and waits for it, ctx's deadline, or the process's exit. go-qemu's
+// Run has no deadline: after a timeout the goroutine stays until QEMU
+// answers or the monitor is disconnected when QEMU exits.
+func (m *Machine) call(ctx context.Context, name string, fn func(*qmp.SocketMonitor, *raw.Monitor) error) error {
+	m.monMu.Lock()
+	mon, r, gone := m.mon, m.raw, m.procGone
+	if !gone && mon != nil {
+		m.calls.Add(1) // under monMu: waitProcess sets procGone before calls.Wait
+	}
+	m.monMu.Unlock()
+	switch {
+	case gone:
+		return fmt.Errorf("qmp %s: %w", name, ErrExited)
+	case mon == nil:
+		return fmt.Errorf("qmp %s: %w", name, ErrNotStarted)
+	}
+	ctx, cancel := m.qmpContext(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		defer m.calls.Done()
+		done <- fn(mon, r)
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("qmp %s: %w", name, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("qmp %s: %w", name, ctx.Err())
+	case <-m.exitCh:
+		return fmt.Errorf("qmp %s: %w", name, ErrExited)
+	}
+}
+
+// runTyped runs a QMP command that go-qemu's generated raw API lacks and
+// decodes its "return" member into ret (which may be nil).
+func (m *Machine) runTyped(ctx context.Context, cmd qmp.Command, ret any) error {
+	bs, err := json.Marshal(cmd)
+	if err != nil {
+		return fmt.Errorf("qmp %s: %w", cmd.Execute, err)
+	}
+	return m.call(ctx, cmd.Execute, func(mon *qmp.SocketMonitor, _ *raw.Monitor) error {
+		out, err := mon.Run(bs)
+		if err != nil {
+			return err
+		}
+		if ret == nil {
+			return nil
+		}
+		var resp struct {
+			Return json.RawMessage `json:"return"`
+		}
+		if err := json.Unmarshal(out, &resp); err != nil {
+			return fmt.Errorf("decode reply: %w", err)
+		}
+		if err := json.Unmarshal(resp.Return, ret); err != nil {
+			return fmt.Errorf("decode reply: %w", err)
+		}
+		return nil
+	})
+}
+
+// QueryReplay runs query-replay (absent from go-qemu's generated API).
+func (m *Machine) QueryReplay(ctx context.Context) (ReplayInfo, error) {
+	var ri ReplayInfo
+	err := m.runTyped(ctx, qmp.Command{Execute: "query-replay"}, &ri)
+	return ri, err
+}
+
+// Status returns the run state, e.g. "running", "paused", "shutdown".
+func (m *Machine) Status(ctx context.Context) (string, error) {
+	var st raw.StatusInfo
+	err := m.call(ctx, "query-status", func(_ *qmp.SocketMonitor, r *raw.Monitor) (err error) {
+		st, err = r.QueryStatus()
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	return st.Status.String(), nil
+}
+
+// Cont resumes the guest.
+func (m *Machine) Cont(ctx context.Context) error {
+	return m.call(ctx, "cont", func(_ *qmp.SocketMonitor, r *raw.Monitor) error { return r.Cont() })
+}
+
+// Pause stops the guest's vCPU (QMP stop).
+func (m *Machine) Pause(ctx context.Context) error {
+	return m.call(ctx, "stop", func(_ *qmp.SocketMonitor, r *raw.Monitor) error { return r.Stop() })
+}
+
+// HMP runs a human monitor command (e.g. "savevm tag") and returns its text.
+// Note that HMP reports many failures in the text, not as a QMP error.
+func (m *Machine) HMP(ctx context.Context, cmdline string) (string, error) {
+	var out string
+	err := m.call(ctx, "human-monitor-command", func(_ *qmp.SocketMonitor, r *raw.Monitor) (err error) {
+		out, err = r.HumanMonitorCommand(cmdline, nil)
+		return err
+	})
+	return out, err
+}
+
+// AnnounceSelf makes the guest NIC send gratuitous announcements so that
+// switches learn the MAC's new port (absent from go-qemu's generated API).
+func (m *Machine) AnnounceSelf(ctx context.Context) error {
+	return m.runTyped(ctx, qmp.Command{Execute: "announce-self", Args: struct{}{}}, nil)
+}
+
+// Quit asks QEMU to exit (QMP quit). QEMU may close the socket before it
+// answers; Stop waits for the exit itself.
+func (m *Machine) Quit(ctx context.Context) error {
+	return m.call(ctx, "quit", func(_ *qmp.SocketMonitor, r *raw.Monitor) error { return r.Quit() })
+}
