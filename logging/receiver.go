@@ -1,0 +1,295 @@
+package logging
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Sink is the backup's local log store. Append is called with consecutive
+// offsets; the receiver acks only bytes for which Append returned nil, so
+// Append must return only once the bytes are as durable as acks promise.
+type Sink interface {
+	Append(off int64, data []byte) error
+}
+
+// ReceiverConfig configures a Receiver. Zero values take defaults.
+type ReceiverConfig struct {
+	StartOffset       int64         // first expected byte (normally 12)
+	HeartbeatInterval time.Duration // an ack goes out at least this often (default 50ms)
+	PeerTimeout       time.Duration // silence that ends Run with ErrPeerSilent (default 1s)
+	// AckDelay delays each ack by this much after its frame was appended.
+	// TEST-ONLY: it proves that the primary's output rule holds frames until
+	// acked. Leave it 0 in production.
+	AckDelay time.Duration
+	Logger   *slog.Logger
+	Now      func() time.Time // default time.Now
+}
+
+func (c *ReceiverConfig) validate() error {
+	if c.StartOffset < 0 {
+		return fmt.Errorf("%w: StartOffset %d is negative", ErrConfig, c.StartOffset)
+	}
+	if c.AckDelay < 0 {
+		return fmt.Errorf("%w: AckDelay %s is negative", ErrConfig, c.AckDelay)
+	}
+	if c.Logger == nil {
+		c.Logger = discardLogger()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return validateTimers(&c.HeartbeatInterval, &c.PeerTimeout)
+}
+
+// Rejections counts refused input by kind.
+type Rejections struct {
+	Checksum, Gap, Stale, Protocol uint64
+}
+
+// ReceiverStats is a snapshot of a Receiver.
+type ReceiverStats struct {
+	Held           int64  // bytes up to here are appended to the Sink
+	Acked          int64  // highest offset sent in an ack
+	BoundaryIcount uint64 // icount of the last frame that ended at an event boundary
+	Frames         uint64
+	Bytes          uint64
+	Acks           uint64
+	LastFrameAt    time.Time
+	LastPeerMsgAt  time.Time
+	Rejected       Rejections
+}
+
+type pendingAck struct {
+	off int64
+	at  time.Time // when it may be acked
+}
+
+// Receiver is the backup's end of the log channel.
+type Receiver struct {
+	conn     net.Conn
+	sink     Sink
+	cfg      ReceiverConfig
+	err      error
+	replayed atomic.Uint64
+	held     atomic.Int64
+	wake     chan struct{} // cap 1: something new to ack
+
+	mu      sync.Mutex
+	st      ReceiverStats
+	pending []pendingAck // only with AckDelay > 0
+}
+
+// NewReceiver returns a Receiver that appends frames from conn to sink.
+// Run takes ownership of conn and closes it on return.
+func NewReceiver(conn net.Conn, sink Sink, cfg ReceiverConfig) *Receiver {
+	r := &Receiver{conn: conn, sink: sink, wake: make(chan struct{}, 1)}
+	r.err = cfg.validate()
+	if r.err != nil {
+		cfg.Logger, cfg.Now = discardLogger(), time.Now
+	}
+	r.cfg = cfg
+	r.held.Store(cfg.StartOffset)
+	r.st.Held, r.st.Acked = cfg.StartOffset, cfg.StartOffset
+	return r
+}
+
+// SetReplayed records the backup QEMU's replayed instruction count; the next
+// ack carries it. It never blocks on the network.
+func (r *Receiver) SetReplayed(icount uint64) { r.replayed.Store(icount) }
+
+// Held is the offset up to which the Sink holds the log.
+func (r *Receiver) Held() int64 { return r.held.Load() }
+
+// Stats returns a snapshot.
+func (r *Receiver) Stats() ReceiverStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.st
+}
+
+// Run receives frames, appends them to the Sink and acks them, and sends an
+// ack at least every HeartbeatInterval (it doubles as the heartbeat and
+// carries the replayed icount). It returns nil when ctx ends, or the reason
+// it stopped: ErrChecksum, ErrGap, ErrStale, ErrProtocol, ErrSink,
+// ErrPeerSilent, ErrPeerClosed, ErrPeerRefused or a conn error. Before
+// returning it tells the peer why (best effort) and closes the conn.
+func (r *Receiver) Run(ctx context.Context) (err error) {
+	if r.err != nil {
+		r.conn.Close()
+		return r.err
+	}
+	log := r.cfg.Logger
+	pc := &peerConn{conn: r.conn, log: log, timeout: r.cfg.PeerTimeout}
+	now := r.cfg.Now()
+	r.mu.Lock()
+	r.st.LastPeerMsgAt = now
+	r.mu.Unlock()
+
+	errc, stop := pc.runIO(r.handle)
+	defer func() {
+		stop(err)
+		if err != nil {
+			log.Warn("log receiver stopped", "err", err, "held", r.Held())
+		}
+	}()
+	unhook := context.AfterFunc(ctx, func() { r.conn.SetWriteDeadline(time.Now()) })
+	defer unhook()
+
+	tick := time.NewTicker(tickEvery(r.cfg.HeartbeatInterval, r.cfg.PeerTimeout))
+	defer tick.Stop()
+	delay := time.NewTimer(time.Hour)
+	delay.Stop()
+	defer delay.Stop()
+	lastAck := now
+	var buf []byte
+	log.Info("log receiver running", "start", r.cfg.StartOffset)
+
+	for {
+		force := false
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return r.count(err)
+		case <-r.wake:
+		case <-delay.C:
+		case <-tick.C:
+			now := r.cfg.Now()
+			r.mu.Lock()
+			last := r.st.LastPeerMsgAt
+			r.mu.Unlock()
+			if d := now.Sub(last); d > r.cfg.PeerTimeout {
+				return fmt.Errorf("%w: nothing from the primary for %s (timeout %s)", ErrPeerSilent, d.Round(time.Millisecond), r.cfg.PeerTimeout)
+			}
+			force = now.Sub(lastAck) >= r.cfg.HeartbeatInterval
+		}
+		now := r.cfg.Now()
+		off, next := r.ackable(now)
+		if !next.IsZero() {
+			delay.Reset(next.Sub(now))
+		}
+		r.mu.Lock()
+		advanced := off > r.st.Acked
+		r.mu.Unlock()
+		if !advanced && !force {
+			continue
+		}
+		buf = appendAck(buf[:0], wireAck{Offset: uint64(off), Replayed: r.replayed.Load(), SentNano: uint64(now.UnixNano())})
+		if err := pc.write(buf); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("sending ack for %d: %w", off, err)
+		}
+		lastAck = now
+		r.mu.Lock()
+		r.st.Acked = max(r.st.Acked, off)
+		r.st.Acks++
+		r.mu.Unlock()
+	}
+}
+
+// ackable returns the highest offset that may be acked at now and, with
+// AckDelay, when the next pending one becomes ackable (zero if none).
+func (r *Receiver) ackable(now time.Time) (int64, time.Time) {
+	if r.cfg.AckDelay == 0 {
+		return r.held.Load(), time.Time{}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	off := r.st.Acked
+	i := 0
+	for ; i < len(r.pending) && !r.pending[i].at.After(now); i++ {
+		off = r.pending[i].off
+	}
+	r.pending = r.pending[i:]
+	if len(r.pending) > 0 {
+		return off, r.pending[0].at
+	}
+	return off, time.Time{}
+}
+
+// handle runs on the reader goroutine for each message from the primary.
+func (r *Receiver) handle(m Message) error {
+	now := r.cfg.Now()
+	r.mu.Lock()
+	r.st.LastPeerMsgAt = now
+	r.mu.Unlock()
+	switch m.Type {
+	case MsgFrame:
+		return r.onFrame(m.Payload, now)
+	case MsgHeartbeat:
+		_, err := decodeHeartbeat(m.Payload)
+		return err
+	case MsgBye, MsgError:
+		return peerGone(m)
+	default:
+		return fmt.Errorf("%w: unexpected %s message from the primary", ErrProtocol, m.Type)
+	}
+}
+
+func (r *Receiver) onFrame(p []byte, now time.Time) error {
+	f, err := DecodeFrame(p)
+	if err != nil {
+		return err
+	}
+	want := r.held.Load()
+	switch {
+	case f.Offset > want:
+		return fmt.Errorf("%w: frame at %d, expected %d (%d bytes missing)", ErrGap, f.Offset, want, f.Offset-want)
+	case f.Offset < want:
+		return fmt.Errorf("%w: frame at %d (%d bytes), expected %d", ErrStale, f.Offset, len(f.Data), want)
+	}
+	if err := f.Verify(); err != nil {
+		return err
+	}
+	if err := r.sink.Append(f.Offset, f.Data); err != nil {
+		return fmt.Errorf("%w: %d bytes at %d: %w", ErrSink, len(f.Data), f.Offset, err)
+	}
+	end := f.End()
+	r.held.Store(end)
+	r.mu.Lock()
+	r.st.Held = end
+	r.st.Frames++
+	r.st.Bytes += uint64(len(f.Data))
+	r.st.LastFrameAt = now
+	if f.Icount != 0 {
+		r.st.BoundaryIcount = f.Icount
+	}
+	if r.cfg.AckDelay > 0 {
+		r.pending = append(r.pending, pendingAck{off: end, at: now.Add(r.cfg.AckDelay)})
+	}
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// count tallies a refusal by kind and returns err unchanged; Run calls it
+// once with the error that stops it.
+func (r *Receiver) count(err error) error {
+	if err == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case errors.Is(err, ErrChecksum):
+		r.st.Rejected.Checksum++
+	case errors.Is(err, ErrGap):
+		r.st.Rejected.Gap++
+	case errors.Is(err, ErrStale):
+		r.st.Rejected.Stale++
+	case errors.Is(err, ErrProtocol):
+		r.st.Rejected.Protocol++
+	}
+	return err
+}
