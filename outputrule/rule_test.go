@@ -1,0 +1,322 @@
+package outputrule
+
+import (
+	"errors"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+var t0 = time.Unix(1_000_000, 0)
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     Config
+		want    Config
+		wantErr error
+	}{
+		{"zero gets defaults", Config{}, Config{DefaultMaxHeldBytes, DefaultMaxHeldFrames}, nil},
+		{"explicit kept", Config{10, 2}, Config{10, 2}, nil},
+		{"negative bytes", Config{MaxHeldBytes: -1}, Config{}, ErrInvalidConfig},
+		{"negative frames", Config{MaxHeldFrames: -1}, Config{}, ErrInvalidConfig},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.cfg
+			err := c.Validate()
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if err == nil && c != tc.want {
+				t.Fatalf("cfg = %+v, want %+v", c, tc.want)
+			}
+		})
+	}
+}
+
+func TestNewBadInputFallsBackToSafe(t *testing.T) {
+	r := New(Config{MaxHeldBytes: -5}, Mode(42))
+	if r.Mode() != Protected {
+		t.Fatalf("mode = %v, want protected", r.Mode())
+	}
+	if err := r.Frame(Frame{Stamp: 1, Size: 1}, t0); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Ready().Release) != 0 {
+		t.Fatal("released without ack")
+	}
+}
+
+// step is one event in a table-driven scenario.
+type step struct {
+	kind    string
+	arg     int64
+	mode    Mode
+	wantErr error
+	// after the step, Ready().Release must hold exactly these seqs (then Advance)
+	release []uint64
+}
+
+func TestRuleTable(t *testing.T) {
+	tests := []struct {
+		name  string
+		cfg   Config
+		mode  Mode
+		steps []step
+	}{
+		{
+			name: "held until ack, FIFO",
+			steps: []step{
+				{kind: "frame", arg: 10}, {kind: "frame", arg: 20}, {kind: "frame", arg: 30},
+				{kind: "sent", arg: 100},
+				{kind: "ack", arg: 25, release: []uint64{1, 2}},
+				{kind: "ack", arg: 30, release: []uint64{3}},
+			},
+		},
+		{
+			name: "reordered acks",
+			steps: []step{
+				{kind: "frame", arg: 10}, {kind: "frame", arg: 20},
+				{kind: "sent", arg: 100},
+				{kind: "ack", arg: 20, release: []uint64{1, 2}},
+				{kind: "ack", arg: 10},
+			},
+		},
+		{
+			name: "already acked frame released at next Ready",
+			steps: []step{
+				{kind: "sent", arg: 100}, {kind: "ack", arg: 50},
+				{kind: "frame", arg: 40, release: []uint64{1}},
+				{kind: "frame", arg: 60},
+			},
+		},
+		{
+			name: "lying ack ignored",
+			steps: []step{
+				{kind: "frame", arg: 10},
+				{kind: "sent", arg: 5},
+				{kind: "ack", arg: 10, wantErr: ErrAckBeyondSent},
+				{kind: "sent", arg: 10},
+				{kind: "ack", arg: 10, release: []uint64{1}},
+			},
+		},
+		{
+			name: "full then accepted after ack and advance",
+			cfg:  Config{MaxHeldFrames: 1},
+			steps: []step{
+				{kind: "frame", arg: 10},
+				{kind: "frame", arg: 20, wantErr: ErrFull},
+				{kind: "sent", arg: 10},
+				{kind: "ack", arg: 10, release: []uint64{1}},
+				{kind: "frame", arg: 20},
+			},
+		},
+		{
+			name: "unprotected releases all and passes through",
+			steps: []step{
+				{kind: "frame", arg: 10}, {kind: "frame", arg: 20},
+				{kind: "mode", mode: Unprotected, release: []uint64{1, 2}},
+				{kind: "frame", arg: 30, release: []uint64{3}},
+			},
+		},
+		{
+			name: "halt releases nothing ever",
+			steps: []step{
+				{kind: "frame", arg: 10}, {kind: "sent", arg: 100},
+				{kind: "mode", mode: Halted},
+				{kind: "ack", arg: 100},
+				{kind: "frame", arg: 20, wantErr: ErrHalted},
+				{kind: "mode", mode: Unprotected},
+				{kind: "frame", arg: 30, wantErr: ErrHalted},
+			},
+		},
+		{
+			name: "invalid frame",
+			steps: []step{
+				{kind: "frame", arg: -1, wantErr: ErrInvalidFrame},
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := New(tc.cfg, tc.mode)
+			for i, s := range tc.steps {
+				var err error
+				switch s.kind {
+				case "frame":
+					err = r.Frame(Frame{Stamp: s.arg, Size: 10}, t0)
+				case "sent":
+					r.Sent(s.arg)
+				case "ack":
+					err = r.Ack(s.arg, t0)
+				case "mode":
+					r.SetMode(s.mode, t0)
+				}
+				if !errors.Is(err, s.wantErr) {
+					t.Fatalf("step %d %s %d: err = %v, want %v", i, s.kind, s.arg, err, s.wantErr)
+				}
+				rd := r.Ready()
+				var got []uint64
+				for _, f := range rd.Release {
+					if err := r.CheckRelease(f); err != nil {
+						t.Fatalf("step %d: %v", i, err)
+					}
+					got = append(got, f.Seq)
+				}
+				r.Advance()
+				if len(got) != len(s.release) {
+					t.Fatalf("step %d %s %d: released %v, want %v", i, s.kind, s.arg, got, s.release)
+				}
+				for j := range got {
+					if got[j] != s.release[j] {
+						t.Fatalf("step %d %s %d: released %v, want %v", i, s.kind, s.arg, got, s.release)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestCheckReleaseDetectsEarlyRelease(t *testing.T) {
+	r := New(Config{}, Protected)
+	r.Sent(100)
+	if err := r.Ack(50, t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.CheckRelease(Frame{Seq: 1, Stamp: 60}); !errors.Is(err, ErrEarlyRelease) {
+		t.Fatalf("err = %v, want ErrEarlyRelease", err)
+	}
+	if err := r.CheckRelease(Frame{Seq: 1, Stamp: 50}); err != nil {
+		t.Fatal(err)
+	}
+	r.SetMode(Halted, t0)
+	if err := r.CheckRelease(Frame{Seq: 1, Stamp: 0}); !errors.Is(err, ErrHalted) {
+		t.Fatalf("err = %v, want ErrHalted", err)
+	}
+}
+
+// TestRandomInvariant drives the rule with random events and checks, at each
+// release: the output rule, FIFO order without gaps, and conservation
+// (accepted = released + held + pending + dropped).
+func TestRandomInvariant(t *testing.T) {
+	for seed := uint64(1); seed <= 200; seed++ {
+		rng := rand.New(rand.NewPCG(seed, seed))
+		r := New(Config{MaxHeldFrames: 1 + rng.IntN(20), MaxHeldBytes: int64(100 + rng.IntN(2000))}, Protected)
+		var logSize, sent int64
+		var accepted, lastSeq uint64
+		now := t0
+		halted := false
+		for i := 0; i < 2000; i++ {
+			now = now.Add(time.Duration(rng.IntN(1000)) * time.Microsecond)
+			switch k := rng.IntN(100); {
+			case k < 40:
+				logSize += int64(rng.IntN(50))
+				st := logSize - int64(rng.IntN(5)) // occasional regression
+				if st < 0 {
+					st = 0
+				}
+				err := r.Frame(Frame{Stamp: st, Size: 1 + rng.IntN(300)}, now)
+				switch {
+				case err == nil:
+					accepted++
+				case errors.Is(err, ErrFull), errors.Is(err, ErrHalted):
+				default:
+					t.Fatalf("seed %d: Frame: %v", seed, err)
+				}
+			case k < 60:
+				sent += int64(rng.IntN(60))
+				if sent > logSize {
+					sent = logSize
+				}
+				r.Sent(sent)
+			case k < 85:
+				off := sent - int64(rng.IntN(80)) + int64(rng.IntN(10)) // stale, fresh and lying
+				err := r.Ack(off, now)
+				if err != nil && !errors.Is(err, ErrAckBeyondSent) {
+					t.Fatalf("seed %d: Ack: %v", seed, err)
+				}
+			case k < 86:
+				r.SetMode(Halted, now)
+				halted = true
+			case k < 87 && !halted:
+				r.SetMode(Unprotected, now)
+			case k < 88 && !halted:
+				r.SetMode(Protected, now)
+				sent, logSize = 0, 0
+			default:
+				rd := r.Ready()
+				for _, f := range rd.Release {
+					if halted {
+						t.Fatalf("seed %d: release while halted", seed)
+					}
+					if err := r.CheckRelease(f); err != nil {
+						t.Fatalf("seed %d: %v", seed, err)
+					}
+					if f.Seq != lastSeq+1 {
+						t.Fatalf("seed %d: released seq %d after %d", seed, f.Seq, lastSeq)
+					}
+					lastSeq = f.Seq
+				}
+				if rng.IntN(4) > 0 {
+					r.Advance()
+				} else {
+					lastSeq -= uint64(len(rd.Release)) // will be handed out again
+				}
+			}
+			s := r.Stats()
+			if got := s.ReleasedFrames + uint64(s.HeldFrames) + uint64(s.PendingFrames) + s.DroppedFrames; !halted && got != accepted {
+				t.Fatalf("seed %d step %d: conservation: %d released+held+pending+dropped, %d accepted", seed, i, got, accepted)
+			}
+			if s.HeldFrames+s.PendingFrames > 1 && (s.HeldFrames+s.PendingFrames > r.cfg.MaxHeldFrames || s.HeldBytes+s.PendingBytes > r.cfg.MaxHeldBytes) {
+				t.Fatalf("seed %d: bounds exceeded: %+v", seed, s)
+			}
+		}
+	}
+}
+
+func FuzzRule(f *testing.F) {
+	f.Add([]byte{0, 10, 1, 20, 2, 15, 3, 0})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		r := New(Config{MaxHeldFrames: 8, MaxHeldBytes: 800}, Protected)
+		now := t0
+		for i := 0; i+1 < len(ops); i += 2 {
+			v := int64(ops[i+1]) - 8
+			switch ops[i] % 5 {
+			case 0:
+				_ = r.Frame(Frame{Stamp: v, Size: int(ops[i+1])}, now)
+			case 1:
+				r.Sent(v)
+			case 2:
+				_ = r.Ack(v, now)
+			case 3:
+				for _, fr := range r.Ready().Release {
+					if err := r.CheckRelease(fr); err != nil {
+						t.Fatal(err)
+					}
+				}
+				r.Advance()
+			case 4:
+				r.SetMode(Mode(int(ops[i+1])%4), now)
+			}
+			now = now.Add(time.Millisecond)
+		}
+	})
+}
+
+func BenchmarkRuleProtected(b *testing.B) {
+	r := New(Config{}, Protected)
+	now := t0
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		off := int64(i)
+		if err := r.Frame(Frame{Stamp: off, Size: 1500}, now); err != nil {
+			b.Fatal(err)
+		}
+		r.Sent(off)
+		_ = r.Ack(off, now)
+		for range r.Ready().Release {
+		}
+		r.Advance()
+	}
+}
