@@ -1,0 +1,300 @@
+// Package agent is the per-host ftvmd daemon: it runs protected VMs as primaries or
+// backups, serves the local CLI on a root-only unix socket and talks to the peer agent
+// over mutual TLS. Decisions live in pure packages (outputrule, throttle, arbiter);
+// this package wires them to QEMU, the network and the log channel.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ftvmd/ftvmd/control"
+	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/throttle"
+	"github.com/ftvmd/ftvmd/vmspec"
+)
+
+// DefaultPeerPort is where agents listen for each other.
+const DefaultPeerPort = 7800
+
+// Config is one agent's settings. DefaultConfig fills a usable set; Validate checks
+// how the values relate.
+type Config struct {
+	Host       string // this host's name, as in its certificate
+	StateDir   string // VM specs, logs, consoles, keys
+	Listen     string // peer listener, host:port
+	Socket     string // control socket
+	KeysDir    string // TLS keys made by `ftvmd keys`
+	FlushLib   string // libftflush.so
+	QEMU       string // qemu-system-x86_64 binary
+	CPUs       string // cpuset for this host's QEMUs ("" = any)
+	Bridge     string // host bridge the VM taps join
+	CgroupRoot string // normally /sys/fs/cgroup; "" disables cgroups
+
+	HeartbeatInterval time.Duration
+	PeerTimeout       time.Duration
+	DialTimeout       time.Duration
+
+	// TestAckDelay delays every ack the backup sends (test-only: proves the hold).
+	TestAckDelay time.Duration
+	// CheckInvariant makes the relay verify the output rule on every release.
+	CheckInvariant bool
+
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults for a host named host with state under dir.
+func DefaultConfig(host, dir string) Config {
+	return Config{
+		Host:              host,
+		StateDir:          dir,
+		Listen:            fmt.Sprintf(":%d", DefaultPeerPort),
+		Socket:            filepath.Join(dir, "ftvmd.sock"),
+		KeysDir:           filepath.Join(dir, "keys"),
+		QEMU:              "qemu-system-x86_64",
+		Bridge:            "br0",
+		CgroupRoot:        "/sys/fs/cgroup",
+		HeartbeatInterval: 50 * time.Millisecond,
+		PeerTimeout:       time.Second,
+		DialTimeout:       5 * time.Second,
+	}
+}
+
+// Validate rejects bad or inconsistent settings.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Host == "" {
+		errs = append(errs, errors.New("host name is required"))
+	}
+	if c.StateDir == "" {
+		errs = append(errs, errors.New("state directory is required"))
+	}
+	if c.FlushLib == "" {
+		errs = append(errs, errors.New("flush library path is required (build it with test/setup.sh)"))
+	} else if _, err := os.Stat(c.FlushLib); err != nil {
+		errs = append(errs, fmt.Errorf("flush library: %w", err))
+	}
+	if c.HeartbeatInterval <= 0 || c.PeerTimeout <= 0 {
+		errs = append(errs, errors.New("heartbeat interval and peer timeout must be positive"))
+	} else if c.PeerTimeout < 3*c.HeartbeatInterval {
+		errs = append(errs, fmt.Errorf("peer timeout (%s) must be at least 3 heartbeat intervals (%s)", c.PeerTimeout, c.HeartbeatInterval))
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("agent config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// vmRunner is one VM this agent runs, in either role.
+type vmRunner interface {
+	status() control.VMStatus
+	// stop ends the VM and releases everything it holds.
+	stop(ctx context.Context) error
+	done() <-chan struct{}
+}
+
+// Agent is the daemon. Create with New, run with Run.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	specs vmspec.Store
+
+	mu  sync.Mutex
+	vms map[string]vmRunner
+
+	wg sync.WaitGroup // VM goroutines
+}
+
+// New checks the config and prepares the state directory.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	return &Agent{
+		cfg:   cfg,
+		log:   cfg.Logger.With("host", cfg.Host),
+		specs: vmspec.Store{Dir: filepath.Join(cfg.StateDir, "vms")},
+		vms:   map[string]vmRunner{},
+	}, nil
+}
+
+// Run serves the control socket and the peer listener until ctx is done, then stops
+// every VM it runs.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ctl, err := control.Listen(a.cfg.Socket)
+	if err != nil {
+		return err
+	}
+	serverTLS, err := logging.ServerTLS(a.cfg.KeysDir)
+	if err != nil {
+		ctl.Close()
+		return fmt.Errorf("peer TLS (run 'ftvmd keys' first): %w", err)
+	}
+	peerLn, err := tls.Listen("tcp", a.cfg.Listen, serverTLS)
+	if err != nil {
+		ctl.Close()
+		return fmt.Errorf("peer listener: %w", err)
+	}
+	a.log.Info("agent started", "control", a.cfg.Socket, "peer", a.cfg.Listen, "cpus", a.cfg.CPUs)
+
+	errc := make(chan error, 2)
+	go func() { errc <- control.Serve(ctx, ctl, a.handle, a.log) }()
+	go func() { errc <- a.servePeers(ctx, peerLn) }()
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		cancel()
+	}
+	<-errc
+	if e := <-errc; err == nil {
+		err = e
+	}
+	a.stopAll()
+	a.wg.Wait()
+	a.log.Info("agent stopped")
+	return err
+}
+
+func (a *Agent) stopAll() {
+	a.mu.Lock()
+	vms := make([]vmRunner, 0, len(a.vms))
+	for _, v := range a.vms {
+		vms = append(vms, v)
+	}
+	a.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, v := range vms {
+		if err := v.stop(ctx); err != nil {
+			a.log.Warn("stop vm", "err", err)
+		}
+	}
+}
+
+// register claims the VM name on this host; a name runs at most once per agent.
+func (a *Agent) register(name string, v vmRunner) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if old, ok := a.vms[name]; ok {
+		select {
+		case <-old.done():
+		default:
+			return fmt.Errorf("vm %q is already running on %s as %s", name, a.cfg.Host, old.status().Role)
+		}
+	}
+	a.vms[name] = v
+	return nil
+}
+
+func (a *Agent) lookup(name string) (vmRunner, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	v, ok := a.vms[name]
+	return v, ok
+}
+
+func (a *Agent) handle(ctx context.Context, req control.Request) control.Response {
+	fail := func(err error) control.Response {
+		a.log.Warn("request failed", "op", req.Op, "vm", req.VM, "err", err)
+		return control.Response{Host: a.cfg.Host, Error: err.Error()}
+	}
+	ok := func(msg string) control.Response { return control.Response{OK: true, Host: a.cfg.Host, Message: msg} }
+	switch req.Op {
+	case control.OpPing:
+		return ok("pong")
+	case control.OpDefine:
+		if req.Spec == nil {
+			return fail(errors.New("define: no spec given"))
+		}
+		if err := a.specs.Save(*req.Spec); err != nil {
+			return fail(err)
+		}
+		return ok(fmt.Sprintf("vm %s defined", req.Spec.Name))
+	case control.OpStatus:
+		resp := ok("")
+		a.mu.Lock()
+		for name, v := range a.vms {
+			if req.VM == "" || req.VM == name {
+				resp.VMs = append(resp.VMs, v.status())
+			}
+		}
+		a.mu.Unlock()
+		sort.Slice(resp.VMs, func(i, j int) bool { return resp.VMs[i].Name < resp.VMs[j].Name })
+		if req.VM != "" && len(resp.VMs) == 0 {
+			return fail(fmt.Errorf("vm %q is not running on %s", req.VM, a.cfg.Host))
+		}
+		return resp
+	case control.OpProtect, control.OpRun:
+		spec, err := a.specs.Load(req.VM)
+		if err != nil {
+			return fail(err)
+		}
+		if req.Op == control.OpProtect && req.Backup == "" {
+			return fail(errors.New("protect: --backup <host[:port]> is required"))
+		}
+		backup := ""
+		if req.Op == control.OpProtect {
+			backup = withPort(req.Backup)
+		}
+		if err := a.startPrimary(ctx, spec, backup); err != nil {
+			return fail(err)
+		}
+		if backup == "" {
+			return ok(fmt.Sprintf("vm %s running unprotected on %s", spec.Name, a.cfg.Host))
+		}
+		return ok(fmt.Sprintf("vm %s protected: primary on %s, backup on %s", spec.Name, a.cfg.Host, backup))
+	case control.OpUnprotect:
+		v, found := a.lookup(req.VM)
+		p, isPrimary := v.(*primary)
+		if !found || !isPrimary {
+			return fail(fmt.Errorf("vm %q has no primary on %s", req.VM, a.cfg.Host))
+		}
+		if err := p.unprotect("operator request"); err != nil {
+			return fail(err)
+		}
+		return ok(fmt.Sprintf("vm %s now runs unprotected on %s", req.VM, a.cfg.Host))
+	case control.OpStop:
+		v, found := a.lookup(req.VM)
+		if !found {
+			return fail(fmt.Errorf("vm %q is not running on %s", req.VM, a.cfg.Host))
+		}
+		if err := v.stop(ctx); err != nil {
+			return fail(err)
+		}
+		return ok(fmt.Sprintf("vm %s stopped on %s", req.VM, a.cfg.Host))
+	default:
+		return fail(fmt.Errorf("unknown operation %q", req.Op))
+	}
+}
+
+func withPort(hostport string) string {
+	if _, _, err := net.SplitHostPort(hostport); err == nil {
+		return hostport
+	}
+	return net.JoinHostPort(hostport, fmt.Sprint(DefaultPeerPort))
+}
+
+func (a *Agent) vmDir(name, role string) string {
+	return filepath.Join(a.cfg.StateDir, "run", name+"."+role)
+}
+
+func newCgroupFor(a *Agent, name string) (*throttle.Cgroup, error) {
+	return throttle.NewCgroup(a.cfg.CgroupRoot, a.cfg.Host+"-"+name, a.cfg.CPUs)
+}

@@ -1,0 +1,359 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ftvmd/ftvmd/control"
+	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/qemu"
+	"github.com/ftvmd/ftvmd/replay"
+	"github.com/ftvmd/ftvmd/vmspec"
+)
+
+// servePeers accepts log channels from primaries.
+func (a *Agent) servePeers(ctx context.Context, ln net.Listener) error {
+	go func() { <-ctx.Done(); ln.Close() }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("peer accept: %w", err)
+		}
+		go a.servePeer(ctx, c)
+	}
+}
+
+func (a *Agent) servePeer(ctx context.Context, c net.Conn) {
+	log := a.log.With("peer", c.RemoteAddr().String())
+	var hello peerHello
+	if err := logging.ReadHello(c, &hello); err != nil {
+		// Includes TLS handshake failures: a peer without the right certificate.
+		log.Warn("peer refused", "err", err)
+		c.Close()
+		return
+	}
+	reply := func(err error) {
+		r := peerReply{OK: err == nil}
+		if err != nil {
+			r.Error = err.Error()
+		}
+		if werr := logging.WriteHelloReply(c, r); werr != nil {
+			log.Warn("peer reply", "err", werr)
+		}
+	}
+	if hello.Op != "backup" {
+		reply(fmt.Errorf("unknown peer operation %q", hello.Op))
+		c.Close()
+		return
+	}
+	hello.Spec.Normalize()
+	if err := hello.Spec.Validate(); err != nil {
+		reply(err)
+		c.Close()
+		return
+	}
+	b, err := a.startBackup(ctx, hello, c)
+	if err != nil {
+		log.Warn("backup not started", "vm", hello.Spec.Name, "err", err)
+		reply(err)
+		c.Close()
+		return
+	}
+	reply(nil)
+	b.run()
+}
+
+// backup replays the primary's log as it arrives.
+type backup struct {
+	a       *Agent
+	spec    vmspec.Spec
+	log     *slog.Logger
+	dir     string
+	peer    string
+	started time.Time
+	conn    net.Conn
+
+	logFile  *os.File
+	feed     *qemu.Feed
+	m        *qemu.Machine
+	recv     *logging.Receiver
+	emitted  atomic.Uint64 // frames the replaying QEMU sent (must stay 0)
+	netSock  *net.UnixConn
+	cancel   context.CancelFunc
+	finished chan struct{}
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+
+	mu       sync.Mutex
+	state    string
+	detail   string
+	replayed uint64
+	cleanups []func() error
+}
+
+// logSink appends received frames to the backup's local log and tells the feed.
+type logSink struct {
+	f    *os.File
+	feed *qemu.Feed
+}
+
+func (s logSink) Append(off int64, data []byte) error {
+	if _, err := s.f.WriteAt(data, off); err != nil {
+		return err
+	}
+	s.feed.Notify(off + int64(len(data)))
+	return nil
+}
+
+func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (b *backup, err error) {
+	b = &backup{
+		a: a, spec: hello.Spec, peer: hello.From, started: time.Now(), conn: c,
+		log:      a.log.With("vm", hello.Spec.Name, "role", "backup"),
+		dir:      a.vmDir(hello.Spec.Name, "backup"),
+		finished: make(chan struct{}),
+		state:    "starting",
+	}
+	if hello.StartOffset != replay.HeaderSize {
+		return nil, fmt.Errorf("log start offset %d: only protection from boot (offset %d) is supported", hello.StartOffset, replay.HeaderSize)
+	}
+	if err := a.register(b.spec.Name, b); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			b.runCleanups()
+			close(b.finished)
+		}
+	}()
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"prepare-dir", b.prepareDir},
+		{"open-log", b.openLog},
+		{"bind-net", b.bindNet},
+		{"start-qemu", b.startQEMU},
+	}
+	for _, s := range steps {
+		if err := s.fn(ctx); err != nil {
+			return nil, fmt.Errorf("backup %s: %s: %w", b.spec.Name, s.name, err)
+		}
+	}
+	return b, nil
+}
+
+func (b *backup) runCleanups() {
+	for i := len(b.cleanups) - 1; i >= 0; i-- {
+		if err := b.cleanups[i](); err != nil {
+			b.log.Warn("cleanup", "err", err)
+		}
+	}
+	b.cleanups = nil
+}
+
+func (b *backup) prepareDir(context.Context) error {
+	if err := os.RemoveAll(b.dir); err != nil {
+		return err
+	}
+	return os.MkdirAll(b.dir, 0o700)
+}
+
+func (b *backup) openLog(context.Context) error {
+	f, err := os.OpenFile(filepath.Join(b.dir, "log.rr"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	b.logFile = f
+	b.cleanups = append(b.cleanups, f.Close)
+	feed, err := qemu.NewFeed(filepath.Join(b.dir, "log.fifo"), f, b.log)
+	if err != nil {
+		return err
+	}
+	b.feed = feed
+	b.cleanups = append(b.cleanups, feed.Close)
+	return nil
+}
+
+// bindNet gives the replaying QEMU's NIC a socket to send to. Replay emits nothing;
+// anything that arrives is counted (and shown in status) and dropped.
+func (b *backup) bindNet(context.Context) error {
+	path := filepath.Join(b.dir, "net-agent.sock")
+	uc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	b.netSock = uc
+	b.cleanups = append(b.cleanups, uc.Close)
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			if _, _, err := uc.ReadFrom(buf); err != nil {
+				return
+			}
+			if b.emitted.Add(1) == 1 {
+				b.log.Error("the replaying QEMU emitted a network frame; it must not")
+			}
+		}
+	}()
+	return nil
+}
+
+func (b *backup) startQEMU(ctx context.Context) error {
+	cfg := qemu.Config{
+		Name: b.spec.Name, Binary: b.a.cfg.QEMU, MemoryMB: b.spec.MemoryMB,
+		Kernel: b.spec.Kernel, Initrd: b.spec.Initrd, Append: b.spec.Append,
+		Mode: qemu.ModeReplay, RRFile: b.feed.Path(), IcountShift: b.spec.Shift(),
+		NIC: &qemu.NIC{
+			MAC:        b.spec.MAC,
+			SocketPath: filepath.Join(b.dir, "net-agent.sock"),
+			LocalPath:  filepath.Join(b.dir, "net-qemu.sock"),
+		},
+		QMPSocket:  filepath.Join(b.dir, "qmp.sock"),
+		ConsoleLog: filepath.Join(b.dir, "console.log"),
+		Dir:        b.dir,
+	}
+	opts := []qemu.Opt{qemu.WithLogger(b.log)}
+	if b.a.cfg.CgroupRoot != "" {
+		cg, err := newCgroupFor(b.a, b.spec.Name+"-backup")
+		if err != nil {
+			return err
+		}
+		b.cleanups = append(b.cleanups, cg.Remove)
+		opts = append(opts, qemu.WithCgroup(cg.Add))
+	}
+	m, err := qemu.New(cfg, opts...)
+	if err != nil {
+		return err
+	}
+	if err := m.Start(ctx); err != nil {
+		return err
+	}
+	b.m = m
+	b.cleanups = append(b.cleanups, func() error {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		// A replaying QEMU has nothing to save: kill it rather than let it read on.
+		_ = sctx
+		return m.Kill()
+	})
+	return nil
+}
+
+// run receives the log until the channel ends, then stops the replay. Going live on
+// a lost primary is the failover arbiter's job; without it the backup stops.
+func (b *backup) run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	b.cancel = cancel
+	b.recv = logging.NewReceiver(b.conn, logSink{f: b.logFile, feed: b.feed}, logging.ReceiverConfig{
+		StartOffset:       replay.HeaderSize,
+		HeartbeatInterval: b.a.cfg.HeartbeatInterval,
+		PeerTimeout:       b.a.cfg.PeerTimeout,
+		AckDelay:          b.a.cfg.TestAckDelay,
+		Logger:            b.log,
+	})
+	b.mu.Lock()
+	b.state = "replaying"
+	b.mu.Unlock()
+	b.log.Info("backup replaying", "from", b.peer, "pid", b.m.PID())
+	b.wg.Add(1)
+	go func() { defer b.wg.Done(); b.pollReplay(ctx) }()
+	err := b.recv.Run(ctx)
+	if ctx.Err() == nil {
+		b.mu.Lock()
+		if b.state == "replaying" {
+			b.state = "stopped"
+			b.detail = fmt.Sprintf("log channel ended: %v", err)
+		}
+		b.mu.Unlock()
+		if err != nil && !errors.Is(err, logging.ErrPeerClosed) {
+			b.log.Error("log channel ended", "err", err)
+		} else {
+			b.log.Info("log channel closed by primary")
+		}
+	}
+	_ = b.stop(context.Background())
+}
+
+func (b *backup) pollReplay(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.m.Exited():
+			b.mu.Lock()
+			if b.state == "replaying" {
+				b.state = "failed"
+				b.detail = fmt.Sprintf("replaying qemu exited: %v", b.m.ExitErr())
+			}
+			b.mu.Unlock()
+			b.log.Error("replaying qemu exited", "err", b.m.ExitErr())
+			b.conn.Close()
+			return
+		case <-t.C:
+			qctx, cancel := context.WithTimeout(ctx, time.Second)
+			info, err := b.m.QueryReplay(qctx)
+			cancel()
+			if err != nil {
+				continue
+			}
+			b.recv.SetReplayed(info.Icount)
+			b.mu.Lock()
+			b.replayed = info.Icount
+			b.mu.Unlock()
+		}
+	}
+}
+
+func (b *backup) stop(ctx context.Context) error {
+	b.stopOnce.Do(func() {
+		if b.cancel != nil {
+			b.cancel()
+		}
+		b.conn.Close()
+		b.wg.Wait()
+		b.runCleanups()
+		b.mu.Lock()
+		if b.state == "replaying" || b.state == "starting" {
+			b.state = "stopped"
+		}
+		b.mu.Unlock()
+		close(b.finished)
+		b.log.Info("backup stopped")
+	})
+	return nil
+}
+
+func (b *backup) done() <-chan struct{} { return b.finished }
+
+func (b *backup) status() control.VMStatus {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := control.VMStatus{
+		Name: b.spec.Name, Role: "backup", State: b.state, Peer: b.peer, Detail: b.detail,
+		StartedAt: b.started, Icount: b.replayed, EmittedFrames: b.emitted.Load(),
+	}
+	if b.m != nil {
+		st.PID = b.m.PID()
+	}
+	if b.recv != nil {
+		rs := b.recv.Stats()
+		st.LogWritten, st.LogAcked = rs.Held, rs.Acked
+	}
+	if b.feed != nil {
+		st.LogReplayed = b.feed.FedOffset()
+	}
+	return st
+}

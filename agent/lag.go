@@ -1,0 +1,94 @@
+package agent
+
+import "time"
+
+// mark records when the primary's log reached a given offset and instruction count.
+type mark struct {
+	at     time.Time
+	off    int64
+	icount uint64
+}
+
+// lagTracker maps the backup's replayed instruction count back to wall time and log
+// offset on the primary: the backup is behind by the age of the first log position
+// the primary reached with more instructions than the backup has replayed. It is pure:
+// the caller supplies the clock.
+type lagTracker struct {
+	marks []mark // increasing in off and icount
+	max   int
+}
+
+func newLagTracker(max int) *lagTracker { return &lagTracker{max: max} }
+
+// add records a new boundary; it ignores anything that does not advance the icount,
+// since only instruction progress can be compared with the backup's.
+func (l *lagTracker) add(m mark) {
+	if n := len(l.marks); n > 0 && m.icount <= l.marks[n-1].icount {
+		return
+	}
+	if len(l.marks) >= l.max {
+		// Keep memory bounded: drop the older half. Lag older than that is reported
+		// against the oldest remaining mark, an underestimate only for extreme lag.
+		l.marks = append(l.marks[:0], l.marks[len(l.marks)/2:]...)
+	}
+	l.marks = append(l.marks, m)
+}
+
+// lag returns how far behind a backup that replayed `replayed` instructions is, in
+// time and as the log offset it has reached, and forgets marks it no longer needs.
+func (l *lagTracker) lag(replayed uint64, now time.Time) (time.Duration, int64) {
+	i := 0
+	for i < len(l.marks) && l.marks[i].icount <= replayed {
+		i++
+	}
+	var off int64
+	if i > 0 {
+		off = l.marks[i-1].off
+	}
+	if i == len(l.marks) {
+		// Caught up with everything logged so far.
+		if i > 1 {
+			l.marks = append(l.marks[:0], l.marks[i-1:]...)
+		}
+		return 0, off
+	}
+	d := now.Sub(l.marks[i].at)
+	if i > 1 {
+		l.marks = append(l.marks[:0], l.marks[i-1:]...)
+	}
+	if d < 0 {
+		d = 0
+	}
+	return d, off
+}
+
+// rateMeter measures a byte counter's rate over a sliding window.
+type rateMeter struct {
+	window  time.Duration
+	samples []rateSample
+}
+
+type rateSample struct {
+	at time.Time
+	n  int64
+}
+
+func (r *rateMeter) add(now time.Time, n int64) {
+	r.samples = append(r.samples, rateSample{now, n})
+	for len(r.samples) > 2 && now.Sub(r.samples[1].at) >= r.window {
+		r.samples = r.samples[1:]
+	}
+}
+
+// rate is bytes per second over the window.
+func (r *rateMeter) rate() float64 {
+	if len(r.samples) < 2 {
+		return 0
+	}
+	a, b := r.samples[0], r.samples[len(r.samples)-1]
+	dt := b.at.Sub(a.at).Seconds()
+	if dt <= 0 {
+		return 0
+	}
+	return float64(b.n-a.n) / dt
+}

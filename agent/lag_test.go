@@ -1,0 +1,59 @@
+package agent
+
+import (
+	"testing"
+	"time"
+)
+
+func TestLagTracker(t *testing.T) {
+	t0 := time.Unix(100, 0)
+	l := newLagTracker(1000)
+	l.add(mark{t0, 100, 10})
+	l.add(mark{t0.Add(10 * time.Millisecond), 200, 20})
+	l.add(mark{t0.Add(20 * time.Millisecond), 250, 20}) // no icount progress: ignored
+	l.add(mark{t0.Add(30 * time.Millisecond), 300, 30})
+	now := t0.Add(50 * time.Millisecond)
+	steps := []struct {
+		replayed uint64
+		lag      time.Duration
+		off      int64
+	}{
+		{0, 50 * time.Millisecond, 0},
+		{10, 40 * time.Millisecond, 100},
+		{15, 40 * time.Millisecond, 100},
+		{20, 20 * time.Millisecond, 200},
+		{30, 0, 300},
+		{99, 0, 300},
+	}
+	for _, s := range steps {
+		lag, off := l.lag(s.replayed, now)
+		if lag != s.lag || off != s.off {
+			t.Fatalf("replayed %d: lag %v off %d, want %v %d", s.replayed, lag, off, s.lag, s.off)
+		}
+	}
+}
+
+func TestLagTrackerBounded(t *testing.T) {
+	l := newLagTracker(10)
+	t0 := time.Unix(0, 0)
+	for i := 1; i <= 1000; i++ {
+		l.add(mark{t0.Add(time.Duration(i) * time.Millisecond), int64(i), uint64(i)})
+	}
+	if len(l.marks) > 10 {
+		t.Fatalf("%d marks kept", len(l.marks))
+	}
+	if lag, _ := l.lag(0, t0.Add(2*time.Second)); lag <= 0 {
+		t.Fatal("lag must stay positive when far behind")
+	}
+}
+
+func TestRateMeter(t *testing.T) {
+	r := rateMeter{window: 5 * time.Second}
+	t0 := time.Unix(0, 0)
+	for i := 0; i <= 20; i++ {
+		r.add(t0.Add(time.Duration(i)*time.Second), int64(i)*1000)
+	}
+	if got := r.rate(); got < 999 || got > 1001 {
+		t.Fatalf("rate %v, want 1000", got)
+	}
+}

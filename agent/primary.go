@@ -1,0 +1,513 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/ftvmd/ftvmd/control"
+	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/netbuf"
+	"github.com/ftvmd/ftvmd/outputrule"
+	"github.com/ftvmd/ftvmd/qemu"
+	"github.com/ftvmd/ftvmd/replay"
+	"github.com/ftvmd/ftvmd/throttle"
+	"github.com/ftvmd/ftvmd/vmspec"
+)
+
+// peerHello opens a VM's log channel: the primary asks the peer to run a backup.
+type peerHello struct {
+	Op          string      `json:"op"` // "backup"
+	From        string      `json:"from"`
+	Spec        vmspec.Spec `json:"spec"`
+	StartOffset int64       `json:"start_offset"`
+}
+
+type peerReply struct {
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// primary runs the recording QEMU, streams its log and holds its output.
+type primary struct {
+	a       *Agent
+	spec    vmspec.Spec
+	log     *slog.Logger
+	dir     string
+	peer    string
+	started time.Time
+
+	m      *qemu.Machine
+	rr     *os.File
+	relay  *netbuf.Relay
+	cg     *throttle.Cgroup
+	tap    string
+	sender *logging.Sender // nil when unprotected
+	conn   net.Conn
+
+	cancel   context.CancelFunc
+	finished chan struct{}
+	wg       sync.WaitGroup
+
+	mu        sync.Mutex
+	state     string
+	detail    string
+	written   int64
+	boundary  int64
+	icount    uint64
+	lagMS     float64
+	lagBytes  int64
+	replayed  int64
+	bkIcount  uint64
+	lags      *lagTracker
+	bw        rateMeter
+	ctrl      *throttle.Controller
+	quota     float64
+	cleanups  []func() error
+	stopOnce  sync.Once
+	unprotect func(reason string) error
+}
+
+func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup string) (err error) {
+	p := &primary{
+		a: a, spec: spec, peer: backup, started: time.Now(),
+		log:      a.log.With("vm", spec.Name, "role", "primary"),
+		dir:      a.vmDir(spec.Name, "primary"),
+		finished: make(chan struct{}),
+		state:    "starting",
+		lags:     newLagTracker(1 << 16),
+		bw:       rateMeter{window: 5 * time.Second},
+		ctrl:     throttle.NewController(time.Duration(spec.LagBoundMS) * time.Millisecond),
+		quota:    1,
+	}
+	p.unprotect = p.goUnprotected
+	if err := a.register(spec.Name, p); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			p.runCleanups()
+			close(p.finished)
+		}
+	}()
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"prepare-dir", p.prepareDir},
+		{"connect-backup", p.connectBackup},
+		{"create-tap", p.createTap},
+		{"create-cgroup", p.createCgroup},
+		{"start-qemu", p.startQEMU},
+		{"open-log", p.openLog},
+		{"start-streams", p.startStreams},
+	}
+	for _, s := range steps {
+		p.log.Debug("start step", "step", s.name)
+		if err := s.fn(ctx); err != nil {
+			return fmt.Errorf("start %s: %s: %w", spec.Name, s.name, err)
+		}
+	}
+	p.log.Info("vm started", "backup", backup, "pid", p.m.PID())
+	return nil
+}
+
+func (p *primary) addCleanup(fn func() error) { p.cleanups = append(p.cleanups, fn) }
+
+func (p *primary) runCleanups() {
+	for i := len(p.cleanups) - 1; i >= 0; i-- {
+		if err := p.cleanups[i](); err != nil {
+			p.log.Warn("cleanup", "err", err)
+		}
+	}
+	p.cleanups = nil
+}
+
+func (p *primary) prepareDir(context.Context) error {
+	if err := os.RemoveAll(p.dir); err != nil {
+		return err
+	}
+	return os.MkdirAll(p.dir, 0o700)
+}
+
+func (p *primary) connectBackup(ctx context.Context) error {
+	if p.peer == "" {
+		return nil
+	}
+	host, _, _ := net.SplitHostPort(p.peer)
+	cfg, err := logging.ClientTLS(p.a.cfg.KeysDir, host)
+	if err != nil {
+		return err
+	}
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: p.a.cfg.DialTimeout}, Config: cfg}
+	dctx, cancel := context.WithTimeout(ctx, p.a.cfg.DialTimeout)
+	defer cancel()
+	conn, err := d.DialContext(dctx, "tcp", p.peer)
+	if err != nil {
+		return fmt.Errorf("backup host %s does not answer: %w", p.peer, err)
+	}
+	p.addCleanup(conn.Close)
+	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize}); err != nil {
+		return fmt.Errorf("backup %s: %w", p.peer, err)
+	}
+	var reply peerReply
+	if err := logging.ReadHelloReply(conn, &reply); err != nil {
+		return fmt.Errorf("backup %s: %w", p.peer, err)
+	}
+	if !reply.OK {
+		return fmt.Errorf("backup %s refused: %s", p.peer, reply.Error)
+	}
+	p.conn = conn
+	return nil
+}
+
+func (p *primary) createTap(context.Context) error {
+	p.tap = tapName(p.spec.Name)
+	if _, err := netbuf.CreateTap(p.tap, p.a.cfg.Bridge); err != nil {
+		return err
+	}
+	p.addCleanup(func() error { return netbuf.DeleteTap(p.tap) })
+	return nil
+}
+
+func (p *primary) createCgroup(context.Context) error {
+	if p.a.cfg.CgroupRoot == "" {
+		return nil
+	}
+	cg, err := throttle.NewCgroup(p.a.cfg.CgroupRoot, p.a.cfg.Host+"-"+p.spec.Name, p.a.cfg.CPUs)
+	if err != nil {
+		return err
+	}
+	p.cg = cg
+	p.addCleanup(cg.Remove)
+	return nil
+}
+
+func (p *primary) qemuConfig(mode qemu.Mode, rrfile string) qemu.Config {
+	return qemu.Config{
+		Name: p.spec.Name, Binary: p.a.cfg.QEMU, MemoryMB: p.spec.MemoryMB,
+		Kernel: p.spec.Kernel, Initrd: p.spec.Initrd, Append: p.spec.Append,
+		Mode: mode, RRFile: rrfile, IcountShift: p.spec.Shift(),
+		NIC: &qemu.NIC{
+			MAC:        p.spec.MAC,
+			SocketPath: filepath.Join(p.dir, "net-agent.sock"),
+			LocalPath:  filepath.Join(p.dir, "net-qemu.sock"),
+		},
+		QMPSocket:  filepath.Join(p.dir, "qmp.sock"),
+		ConsoleLog: filepath.Join(p.dir, "console.log"),
+		FlushLib:   p.a.cfg.FlushLib,
+		Dir:        p.dir,
+	}
+}
+
+func (p *primary) startQEMU(ctx context.Context) error {
+	cfg := p.qemuConfig(qemu.ModeRecord, filepath.Join(p.dir, "log.rr"))
+	// The relay's socket must exist before QEMU starts sending to it.
+	tapf, err := netbuf.OpenTap(p.tap)
+	if err != nil {
+		return err
+	}
+	p.addCleanup(tapf.Close)
+	rule := outputrule.New(outputrule.Config{}, outputrule.Protected)
+	if p.peer == "" {
+		rule = outputrule.New(outputrule.Config{}, outputrule.Unprotected)
+	}
+	relay, err := netbuf.NewRelay(netbuf.RelayConfig{
+		AgentSock:      cfg.NIC.SocketPath,
+		QEMUSock:       cfg.NIC.LocalPath,
+		Tap:            tapf,
+		Stamp:          p.stamp,
+		Rule:           rule,
+		Logger:         p.log,
+		CheckInvariant: p.a.cfg.CheckInvariant,
+	})
+	if err != nil {
+		return err
+	}
+	p.relay = relay
+	opts := []qemu.Opt{qemu.WithLogger(p.log)}
+	if p.cg != nil {
+		opts = append(opts, qemu.WithCgroup(p.cg.Add))
+	}
+	m, err := qemu.New(cfg, opts...)
+	if err != nil {
+		return err
+	}
+	if err := m.Start(ctx); err != nil {
+		return err
+	}
+	p.m = m
+	p.addCleanup(func() error {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return m.Stop(sctx, 3*time.Second)
+	})
+	return nil
+}
+
+// stamp is the rr log's size on disk: QEMU flushes the log before it sends a frame,
+// so when the relay receives a frame this size covers every log byte before it.
+func (p *primary) stamp() (int64, error) {
+	st, err := p.rr.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
+
+func (p *primary) openLog(ctx context.Context) error {
+	path := p.m.Config().RRFile
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f, err := os.Open(path)
+		if err == nil {
+			p.rr = f
+			p.addCleanup(f.Close)
+			return nil
+		}
+		if !errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
+			return fmt.Errorf("rr log: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-p.m.Exited():
+			return fmt.Errorf("qemu exited before creating its log: %v", p.m.ExitErr())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func (p *primary) startStreams(context.Context) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	if p.conn != nil {
+		p.sender = logging.NewSender(p.conn, p.rr, logging.SenderConfig{
+			StartOffset:       replay.HeaderSize,
+			HeartbeatInterval: p.a.cfg.HeartbeatInterval,
+			PeerTimeout:       p.a.cfg.PeerTimeout,
+			Logger:            p.log,
+		})
+		p.state = "protected"
+	} else {
+		p.state = "unprotected"
+	}
+	p.go1(func() { p.tail(ctx) })
+	p.go1(func() {
+		if err := p.relay.Run(ctx); err != nil && ctx.Err() == nil {
+			p.fail(fmt.Errorf("network relay: %w", err))
+		}
+	})
+	if p.sender != nil {
+		s := p.sender
+		p.go1(func() {
+			err := s.Run(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			p.backupLost(err)
+		})
+		p.go1(func() { p.ackLoop(ctx, s) })
+	}
+	p.go1(func() {
+		select {
+		case <-ctx.Done():
+		case <-p.m.Exited():
+			p.fail(fmt.Errorf("qemu exited: %v", p.m.ExitErr()))
+		}
+	})
+	return nil
+}
+
+func (p *primary) go1(fn func()) {
+	p.wg.Add(1)
+	go func() { defer p.wg.Done(); fn() }()
+}
+
+// tail follows the growing rr log, cuts it at event boundaries and publishes them.
+func (p *primary) tail(ctx context.Context) {
+	cut := replay.NewCutter(replay.HeaderSize, 0)
+	buf := make([]byte, 256<<10)
+	off := int64(replay.HeaderSize)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		n, err := p.rr.ReadAt(buf, off)
+		if n > 0 {
+			off += int64(n)
+			if _, werr := cut.Write(buf[:n]); werr != nil {
+				p.fail(fmt.Errorf("rr log unreadable: %w", werr))
+				return
+			}
+			now := time.Now()
+			b, ic := cut.Boundary(), cut.Icount()
+			p.mu.Lock()
+			p.written = off
+			p.boundary, p.icount = b, ic
+			p.lags.add(mark{at: now, off: b, icount: ic})
+			p.mu.Unlock()
+			if p.sender != nil {
+				p.sender.Publish(b, ic)
+			}
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			p.fail(fmt.Errorf("read rr log: %w", err))
+			return
+		}
+		if n == len(buf) {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			p.mu.Lock()
+			p.bw.add(time.Now(), p.written)
+			p.mu.Unlock()
+		case ack := <-s.Acks():
+			st := s.Stats()
+			p.relay.Sent(st.Sent)
+			p.relay.Ack(ack.Offset)
+			now := time.Now()
+			p.mu.Lock()
+			lag, off := p.lags.lag(ack.ReplayedIcount, now)
+			p.lagMS = float64(lag) / float64(time.Millisecond)
+			p.replayed = off
+			p.bkIcount = ack.ReplayedIcount
+			p.lagBytes = p.boundary - off
+			old := p.quota
+			q := p.ctrl.Observe(lag, now)
+			p.quota = q
+			p.mu.Unlock()
+			if p.cg != nil && (q < old*0.98 || q > old*1.02 || (q == 1 && old < 1)) {
+				if err := p.cg.SetQuota(q); err != nil {
+					p.log.Warn("throttle", "err", err)
+				} else {
+					p.log.Debug("throttle", "quota", q, "lag_ms", lag.Milliseconds())
+				}
+			}
+		}
+	}
+}
+
+// backupLost handles the end of the log channel. Without a failover arbiter the safe
+// choice is to keep holding output (the backup may still be alive); the VM keeps
+// running and recording, and the operator decides with `ftvmd unprotect`.
+func (p *primary) backupLost(err error) {
+	p.mu.Lock()
+	if p.state == "protected" {
+		p.state = "degraded"
+		p.detail = fmt.Sprintf("log channel to backup lost: %v; output held until 'ftvmd unprotect'", err)
+	}
+	p.mu.Unlock()
+	p.log.Error("backup lost", "err", err)
+}
+
+// goUnprotected stops protection: output flows freely from now on.
+func (p *primary) goUnprotected(reason string) error {
+	p.mu.Lock()
+	if p.state != "protected" && p.state != "degraded" {
+		st := p.state
+		p.mu.Unlock()
+		return fmt.Errorf("vm %s is %s, not protected", p.spec.Name, st)
+	}
+	p.state = "unprotected"
+	p.detail = reason
+	p.mu.Unlock()
+	p.relay.SetMode(outputrule.Unprotected)
+	if p.conn != nil {
+		p.conn.Close() // the backup sees the channel end and stops its replay
+	}
+	if p.cg != nil {
+		_ = p.cg.SetQuota(1)
+	}
+	p.log.Warn("vm unprotected", "reason", reason)
+	return nil
+}
+
+func (p *primary) fail(err error) {
+	p.mu.Lock()
+	if p.state == "failed" || p.state == "stopped" {
+		p.mu.Unlock()
+		return
+	}
+	p.state, p.detail = "failed", err.Error()
+	p.mu.Unlock()
+	p.log.Error("vm failed", "err", err)
+	// A failed primary must not keep releasing output.
+	if p.relay != nil {
+		p.relay.SetMode(outputrule.Halted)
+	}
+	go func() { _ = p.stop(context.Background()) }()
+}
+
+func (p *primary) stop(ctx context.Context) error {
+	p.stopOnce.Do(func() {
+		if p.cancel != nil {
+			p.cancel()
+		}
+		p.wg.Wait()
+		p.runCleanups()
+		p.mu.Lock()
+		if p.state != "failed" {
+			p.state = "stopped"
+		}
+		p.mu.Unlock()
+		close(p.finished)
+		p.log.Info("vm stopped")
+	})
+	return nil
+}
+
+func (p *primary) done() <-chan struct{} { return p.finished }
+
+func (p *primary) status() control.VMStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := control.VMStatus{
+		Name: p.spec.Name, Role: "primary", State: p.state, Peer: p.peer, Detail: p.detail,
+		StartedAt: p.started, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
+		LogReplayed: p.replayed, LagBytes: p.lagBytes, LagMS: p.lagMS, LagBoundMS: p.spec.LagBoundMS,
+		LogBandwidth: p.bw.rate(), ThrottleQuota: p.quota, ThrottledSec: p.ctrl.ThrottledFor().Seconds(),
+	}
+	if p.m != nil {
+		st.PID = p.m.PID()
+	}
+	if p.sender != nil {
+		ss := p.sender.Stats()
+		st.LogSent, st.LogAcked, st.BackupBehind = ss.Sent, ss.Acked, ss.Behind
+	}
+	if p.relay != nil {
+		fillRelayStatus(&st, p.relay.Stats())
+	}
+	return st
+}
+
+// tapName derives a Linux interface name (at most 15 bytes) from the VM name.
+func tapName(vm string) string {
+	n := "ft-" + vm
+	if len(n) > 15 {
+		n = n[:15]
+	}
+	return n
+}

@@ -1,0 +1,359 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ftvmd/ftvmd/agent"
+	"github.com/ftvmd/ftvmd/control"
+	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/replay"
+	"github.com/ftvmd/ftvmd/vmspec"
+)
+
+const defaultStateDir = "/var/lib/ftvmd"
+
+type globalOpts struct {
+	socket string
+}
+
+func newRoot() *cobra.Command {
+	g := &globalOpts{}
+	root := &cobra.Command{
+		Use:           "ftvmd",
+		Short:         "Fault-tolerant VMs: a primary and a backup in virtual lockstep over QEMU record/replay",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.socket, "socket", envOr("FTVMD_SOCKET", filepath.Join(defaultStateDir, "ftvmd.sock")), "control socket of the local agent (env FTVMD_SOCKET)")
+	root.AddCommand(
+		newAgentCmd(),
+		newVMCmd(g),
+		newProtectCmd(g),
+		newRunCmd(g),
+		newStatusCmd(g),
+		newUnprotectCmd(g),
+		newStopCmd(g),
+		newKeysCmd(),
+		newLogCmd(),
+		newBenchCmd(),
+	)
+	return root
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func call(ctx context.Context, g *globalOpts, req control.Request) (control.Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	return control.Call(ctx, g.socket, req)
+}
+
+func newAgentCmd() *cobra.Command {
+	var (
+		host, dir, listen, socket, flush, qemuBin, cpus, bridge, cgroupRoot, logLevel string
+		hb, timeout, ackDelay                                                         time.Duration
+		checkInv                                                                      bool
+	)
+	c := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the per-host daemon (as root)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			cfg := agent.DefaultConfig(host, dir)
+			if listen != "" {
+				cfg.Listen = listen
+			}
+			if socket != "" {
+				cfg.Socket = socket
+			}
+			cfg.FlushLib, cfg.QEMU, cfg.CPUs, cfg.Bridge, cfg.CgroupRoot = flush, qemuBin, cpus, bridge, cgroupRoot
+			cfg.HeartbeatInterval, cfg.PeerTimeout = hb, timeout
+			cfg.TestAckDelay, cfg.CheckInvariant = ackDelay, checkInv
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+			a, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	hn, _ := os.Hostname()
+	f := c.Flags()
+	f.StringVar(&host, "host", hn, "this host's name (as in its certificate)")
+	f.StringVar(&dir, "state-dir", defaultStateDir, "state directory: VM specs, logs, keys")
+	f.StringVar(&listen, "listen", "", fmt.Sprintf("peer listener address (default :%d)", agent.DefaultPeerPort))
+	f.StringVar(&socket, "control-socket", "", "control socket (default <state-dir>/ftvmd.sock)")
+	f.StringVar(&flush, "flush-lib", defaultFlushLib(), "the log flush library (libftflush.so)")
+	f.StringVar(&qemuBin, "qemu", "qemu-system-x86_64", "QEMU binary")
+	f.StringVar(&cpus, "cpus", "", "cpuset for this host's QEMUs, e.g. 0 or 2-3 (default: any)")
+	f.StringVar(&bridge, "bridge", "br0", "host bridge that VM taps join")
+	f.StringVar(&cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup mount (empty disables cpusets and the throttle)")
+	f.DurationVar(&hb, "heartbeat", 50*time.Millisecond, "heartbeat interval on the log channel")
+	f.DurationVar(&timeout, "peer-timeout", time.Second, "silence after which the peer counts as lost")
+	f.DurationVar(&ackDelay, "test-ack-delay", 0, "TEST ONLY: delay every ack the backup sends")
+	f.BoolVar(&checkInv, "check-invariant", false, "verify the output rule on every released frame")
+	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
+	_ = f.MarkHidden("test-ack-delay")
+	return c
+}
+
+// defaultFlushLib looks for libftflush.so beside the binary, then in /usr/local/lib.
+func defaultFlushLib() string {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "libftflush.so")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return "/usr/local/lib/ftvmd/libftflush.so"
+}
+
+func newVMCmd(g *globalOpts) *cobra.Command {
+	vm := &cobra.Command{Use: "vm", Short: "Define VMs"}
+	var s vmspec.Spec
+	var shift int
+	def := &cobra.Command{
+		Use:   "define <name>",
+		Short: "Validate and store a VM spec on the local agent",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s.Name = args[0]
+			for _, p := range []*string{&s.Kernel, &s.Initrd} {
+				if *p != "" {
+					if abs, err := filepath.Abs(*p); err == nil {
+						*p = abs
+					}
+				}
+			}
+			s.IcountShift = &shift
+			s.Normalize()
+			if err := s.Validate(); err != nil {
+				return err
+			}
+			resp, err := call(cmd.Context(), g, control.Request{Op: control.OpDefine, Spec: &s})
+			if err != nil {
+				return err
+			}
+			fmt.Println(resp.Message)
+			return nil
+		},
+	}
+	f := def.Flags()
+	f.IntVar(&s.MemoryMB, "memory", vmspec.DefaultMemoryMB, "guest memory in MiB")
+	f.StringVar(&s.Kernel, "kernel", "", "guest kernel (must exist at the same path on both hosts)")
+	f.StringVar(&s.Initrd, "initrd", "", "guest initrd")
+	f.StringVar(&s.Append, "append", vmspec.DefaultAppend, "kernel command line")
+	f.StringVar(&s.MAC, "mac", "52:54:00:12:34:56", "NIC MAC address")
+	f.IntVar(&shift, "icount-shift", vmspec.DefaultIcountShift, "fixed QEMU icount shift (0-10)")
+	f.IntVar(&s.LagBoundMS, "lag-bound-ms", vmspec.DefaultLagBoundMS, "backup lag above which the primary is slowed")
+	vm.AddCommand(def)
+	return vm
+}
+
+func newProtectCmd(g *globalOpts) *cobra.Command {
+	var backup string
+	c := &cobra.Command{
+		Use:   "protect <vm> --backup <host[:port]>",
+		Short: "Start the VM here as primary with a backup in lockstep on another host",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			resp, err := call(cmd.Context(), g, control.Request{Op: control.OpProtect, VM: args[0], Backup: backup})
+			if err != nil {
+				return err
+			}
+			fmt.Println(resp.Message)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&backup, "backup", "", "backup host's agent address (host or host:port)")
+	return c
+}
+
+func simpleVMCmd(g *globalOpts, use, short, op string) *cobra.Command {
+	return &cobra.Command{
+		Use: use + " <vm>", Short: short, Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			resp, err := call(cmd.Context(), g, control.Request{Op: op, VM: args[0]})
+			if err != nil {
+				return err
+			}
+			fmt.Println(resp.Message)
+			return nil
+		},
+	}
+}
+
+func newRunCmd(g *globalOpts) *cobra.Command {
+	return simpleVMCmd(g, "run", "Start the VM here unprotected (same engine, no backup)", control.OpRun)
+}
+
+func newUnprotectCmd(g *globalOpts) *cobra.Command {
+	return simpleVMCmd(g, "unprotect", "Stop protecting the VM: its primary runs on alone", control.OpUnprotect)
+}
+
+func newStopCmd(g *globalOpts) *cobra.Command {
+	return simpleVMCmd(g, "stop", "Stop the VM on this host", control.OpStop)
+}
+
+func newStatusCmd(g *globalOpts) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use: "status [<vm>]", Short: "Show the VMs this host runs", Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := control.Request{Op: control.OpStatus}
+			if len(args) == 1 {
+				req.VM = args[0]
+			}
+			resp, err := call(cmd.Context(), g, req)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(resp)
+			}
+			printStatus(os.Stdout, resp)
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+func printStatus(w io.Writer, resp control.Response) {
+	if len(resp.VMs) == 0 {
+		fmt.Fprintf(w, "host %s: no VMs\n", resp.Host)
+		return
+	}
+	for _, v := range resp.VMs {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "vm\t%s\t(host %s)\n", v.Name, resp.Host)
+		fmt.Fprintf(tw, "role\t%s\tstate %s\n", v.Role, v.State)
+		if v.Peer != "" {
+			fmt.Fprintf(tw, "peer\t%s\n", v.Peer)
+		}
+		if v.Detail != "" {
+			fmt.Fprintf(tw, "detail\t%s\n", v.Detail)
+		}
+		fmt.Fprintf(tw, "uptime\t%s\tqemu pid %d\n", time.Since(v.StartedAt).Round(time.Second), v.PID)
+		if v.Role == "primary" {
+			fmt.Fprintf(tw, "log\twritten %s  sent %s  acked %s  replayed %s\n", size(v.LogWritten), size(v.LogSent), size(v.LogAcked), size(v.LogReplayed))
+			fmt.Fprintf(tw, "icount\tprimary %d  backup %d\n", v.Icount, v.BackupIcount)
+			fmt.Fprintf(tw, "backup lag\t%.1f ms  %s  (bound %d ms)%s\n", v.LagMS, size(v.LagBytes), v.LagBoundMS, map[bool]string{true: "  BEHIND", false: ""}[v.BackupBehind])
+			fmt.Fprintf(tw, "log bandwidth\t%s/s (%.2f Mbit/s)\n", size(int64(v.LogBandwidth)), v.LogBandwidth*8/1e6)
+			throttle := "off"
+			if v.ThrottleQuota < 1 {
+				throttle = fmt.Sprintf("ON: %.0f%% of a CPU", v.ThrottleQuota*100)
+			}
+			fmt.Fprintf(tw, "throttle\t%s  (throttled %.1f s in all)\n", throttle, v.ThrottledSec)
+			fmt.Fprintf(tw, "output\theld %d frames / %s, oldest %.1f ms; released %d; added delay avg %.2f ms max %.2f ms; backpressure %d\n",
+				v.HeldFrames, size(v.HeldBytes), v.OldestHeldMS, v.Released, v.AddedDelayMS, v.MaxDelayMS, v.Backpressure)
+		} else {
+			fmt.Fprintf(tw, "log\treceived %s  acked %s  fed to qemu %s\n", size(v.LogWritten), size(v.LogAcked), size(v.LogReplayed))
+			fmt.Fprintf(tw, "icount\treplayed %d\n", v.Icount)
+			fmt.Fprintf(tw, "emitted frames\t%d (replay must emit none)\n", v.EmittedFrames)
+		}
+		tw.Flush()
+		fmt.Fprintln(w)
+	}
+}
+
+func size(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func newKeysCmd() *cobra.Command {
+	k := &cobra.Command{Use: "keys", Short: "Make the TLS keys agents use to authenticate each other"}
+	var caDir, name string
+	initCmd := &cobra.Command{
+		Use: "init --ca <dir>", Short: "Create a new certificate authority for a pair of hosts",
+		RunE: func(*cobra.Command, []string) error {
+			if err := logging.InitCA(caDir, name); err != nil {
+				return err
+			}
+			fmt.Printf("CA created in %s (keep ca.key secret; copy only host keys to hosts)\n", caDir)
+			return nil
+		},
+	}
+	initCmd.Flags().StringVar(&caDir, "ca", "", "directory for ca.crt and ca.key")
+	initCmd.Flags().StringVar(&name, "name", "ftvmd", "CA name")
+	_ = initCmd.MarkFlagRequired("ca")
+	var out string
+	var ips []string
+	issue := &cobra.Command{
+		Use: "issue <host> --ca <dir> --out <dir>", Short: "Issue a host certificate signed by the CA", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var parsed []net.IP
+			for _, s := range ips {
+				ip := net.ParseIP(s)
+				if ip == nil {
+					return fmt.Errorf("--ip %q: not an IP address", s)
+				}
+				parsed = append(parsed, ip)
+			}
+			if err := logging.IssueHost(caDir, out, args[0], parsed); err != nil {
+				return err
+			}
+			fmt.Printf("host certificate for %s written to %s\n", args[0], out)
+			return nil
+		},
+	}
+	issue.Flags().StringVar(&caDir, "ca", "", "CA directory")
+	issue.Flags().StringVar(&out, "out", "", "output directory (the agent's <state-dir>/keys)")
+	issue.Flags().StringSliceVar(&ips, "ip", nil, "IP addresses the peer dials this host at")
+	_ = issue.MarkFlagRequired("ca")
+	_ = issue.MarkFlagRequired("out")
+	k.AddCommand(initCmd, issue)
+	return k
+}
+
+func newLogCmd() *cobra.Command {
+	l := &cobra.Command{Use: "log", Short: "Inspect rr logs"}
+	l.AddCommand(&cobra.Command{
+		Use: "inspect <file>", Short: "Parse an rr log and count its events", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			s, err := replay.Summarize(f)
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			b, _ := json.MarshalIndent(s, "", "  ")
+			fmt.Println(strings.TrimSpace(string(b)))
+			return nil
+		},
+	})
+	return l
+}

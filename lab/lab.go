@@ -1,0 +1,351 @@
+// Package lab drives the one-machine lab of test/lab/lab.sh from Go: hosts A and B
+// (agents), a client host C, a bridge between them and a shared-storage directory. It
+// is a non-test package (like hashicorp/raft's testing.go) so both the end-to-end
+// tests and `ftvmd bench` use it.
+package lab
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/ftvmd/ftvmd/control"
+)
+
+// Fixed lab layout; the same constants as test/lab/lab.env.
+const (
+	NSA, NSB, NSC = "ftlab-a", "ftlab-b", "ftlab-c"
+	IPA, IPB, IPC = "10.77.0.1", "10.77.0.2", "10.77.0.10"
+	GuestIP       = "10.77.0.100"
+	GuestPort     = 7000
+	GuestMAC      = "52:54:00:12:34:56"
+	Root          = "/var/lib/ftvmd-lab"
+	PeerPort      = 7800
+)
+
+// Host is one hypervisor host of the lab.
+type Host struct {
+	Name   string // "a" or "b"
+	NS     string
+	IP     string
+	Dir    string
+	Socket string
+	CPUs   string
+}
+
+// Hosts of the lab.
+var (
+	HostA = Host{Name: "a", NS: NSA, IP: IPA, Dir: Root + "/a", Socket: Root + "/a/ftvmd.sock", CPUs: "0"}
+	HostB = Host{Name: "b", NS: NSB, IP: IPB, Dir: Root + "/b", Socket: Root + "/b/ftvmd.sock", CPUs: "1"}
+)
+
+// Peer is the host's agent address.
+func (h Host) Peer() string { return net.JoinHostPort(h.IP, fmt.Sprint(PeerPort)) }
+
+// Lab is a running lab. Create with Up, end with Down.
+type Lab struct {
+	Repo     string
+	Bin      string // build/ftvmd
+	FlushLib string
+	Kernel   string
+	Initrd   string
+	Logf     func(format string, args ...any)
+
+	mu     sync.Mutex
+	agents map[string]*exec.Cmd
+	waits  map[string]chan error
+}
+
+// FindRepo walks up from the working directory to the directory holding go.mod.
+func FindRepo() (string, error) {
+	d, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		p := filepath.Dir(d)
+		if p == d {
+			return "", errors.New("lab: go.mod not found above the working directory")
+		}
+		d = p
+	}
+}
+
+// Check reports what is missing to run the lab: root, the built binary, the flush
+// library, the guest image, QEMU.
+func Check(repo string) error {
+	var errs []error
+	if os.Getuid() != 0 {
+		errs = append(errs, errors.New("must run as root"))
+	}
+	for _, p := range []string{"build/ftvmd", "build/libftflush.so", "build/guest/vmlinuz", "build/guest/initrd.img"} {
+		if _, err := os.Stat(filepath.Join(repo, p)); err != nil {
+			errs = append(errs, fmt.Errorf("%s missing (run test/setup.sh)", p))
+		}
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		errs = append(errs, errors.New("qemu-system-x86_64 not installed (run test/setup.sh)"))
+	}
+	return errors.Join(errs...)
+}
+
+// Up brings the lab up (fresh: an old lab is torn down first) and makes TLS keys.
+func Up(ctx context.Context, repo string, logf func(string, ...any)) (*Lab, error) {
+	if err := Check(repo); err != nil {
+		return nil, err
+	}
+	l := &Lab{
+		Repo: repo, Bin: filepath.Join(repo, "build/ftvmd"), FlushLib: filepath.Join(repo, "build/libftflush.so"),
+		Kernel: filepath.Join(repo, "build/guest/vmlinuz"), Initrd: filepath.Join(repo, "build/guest/initrd.img"),
+		Logf: logf, agents: map[string]*exec.Cmd{}, waits: map[string]chan error{},
+	}
+	script := filepath.Join(repo, "test/lab/lab.sh")
+	if out, err := exec.CommandContext(ctx, "bash", script, "down", "--purge").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("lab down: %v: %s", err, out)
+	}
+	if out, err := exec.CommandContext(ctx, "bash", script, "up").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("lab up: %v: %s", err, out)
+	}
+	ca := filepath.Join(Root, "ca")
+	if _, err := l.Run(ctx, "", "keys", "init", "--ca", ca); err != nil {
+		return nil, err
+	}
+	for _, h := range []Host{HostA, HostB} {
+		if _, err := l.Run(ctx, "", "keys", "issue", h.Name, "--ca", ca, "--out", filepath.Join(h.Dir, "keys"), "--ip", h.IP); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// Down stops the agents (SIGTERM, then the lab script kills what is left) and removes
+// the namespaces. Logs stay in Root for inspection unless purge.
+func (l *Lab) Down(purge bool) error {
+	l.StopAgent(HostA)
+	l.StopAgent(HostB)
+	args := []string{filepath.Join(l.Repo, "test/lab/lab.sh"), "down"}
+	if purge {
+		args = append(args, "--purge")
+	}
+	out, err := exec.Command("bash", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("lab down: %v: %s", err, out)
+	}
+	return nil
+}
+
+// AgentLog is where a host's agent writes its log.
+func AgentLog(h Host) string { return filepath.Join(Root, "agent-"+h.Name+".log") }
+
+// StartAgent runs `ftvmd agent` inside the host's namespace and waits for its socket.
+func (l *Lab) StartAgent(ctx context.Context, h Host, extra ...string) error {
+	logf, err := os.OpenFile(AgentLog(h), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	args := append([]string{"netns", "exec", h.NS, l.Bin, "agent",
+		"--host", h.Name, "--state-dir", h.Dir, "--listen", h.Peer(), "--cpus", h.CPUs,
+		"--flush-lib", l.FlushLib, "--bridge", "br0", "--log-level", "debug"}, extra...)
+	cmd := exec.Command("ip", args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start agent %s: %w", h.Name, err)
+	}
+	wait := make(chan error, 1)
+	go func() { wait <- cmd.Wait(); logf.Close() }()
+	l.mu.Lock()
+	l.agents[h.Name], l.waits[h.Name] = cmd, wait
+	l.mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := control.Call(cctx, h.Socket, control.Request{Op: control.OpPing})
+		cancel()
+		if err == nil {
+			l.logf("agent %s up (pid %d)", h.Name, cmd.Process.Pid)
+			return nil
+		}
+		select {
+		case err := <-wait:
+			wait <- err
+			return fmt.Errorf("agent %s exited: %v (see %s)", h.Name, err, AgentLog(h))
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent %s did not come up: %v (see %s)", h.Name, err, AgentLog(h))
+		}
+	}
+}
+
+// StopAgent stops a host's agent gracefully (it stops its VMs).
+func (l *Lab) StopAgent(h Host) {
+	l.mu.Lock()
+	cmd, wait := l.agents[h.Name], l.waits[h.Name]
+	delete(l.agents, h.Name)
+	l.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-wait:
+	case <-time.After(15 * time.Second):
+		_ = cmd.Process.Kill()
+		<-wait
+	}
+}
+
+func (l *Lab) logf(format string, args ...any) {
+	if l.Logf != nil {
+		l.Logf(format, args...)
+	}
+}
+
+// Run runs the ftvmd CLI against a host's agent ("" runs it in the root namespace
+// without a socket, for commands like keys).
+func (l *Lab) Run(ctx context.Context, host string, args ...string) (string, error) {
+	var cmd *exec.Cmd
+	switch host {
+	case "":
+		cmd = exec.CommandContext(ctx, l.Bin, args...)
+	default:
+		h := HostA
+		if host == "b" {
+			h = HostB
+		}
+		cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, l.Bin, "--socket", h.Socket}, args...)...)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("ftvmd %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// DefineGuest defines the lab guest on a host. appendExtra goes on its kernel
+// command line (e.g. "ft.busy=1").
+func (l *Lab) DefineGuest(ctx context.Context, h Host, name, appendExtra string, extraFlags ...string) error {
+	app := "console=ttyS0 quiet panic=-1 ft.ip=" + GuestIP + "/24 " + appendExtra
+	args := append([]string{"vm", "define", name, "--kernel", l.Kernel, "--initrd", l.Initrd,
+		"--mac", GuestMAC, "--append", strings.TrimSpace(app)}, extraFlags...)
+	_, err := l.Run(ctx, h.Name, args...)
+	return err
+}
+
+// Status asks a host's agent for one VM's status.
+func Status(ctx context.Context, h Host, vm string) (control.VMStatus, error) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := control.Call(cctx, h.Socket, control.Request{Op: control.OpStatus, VM: vm})
+	if err != nil {
+		return control.VMStatus{}, err
+	}
+	if len(resp.VMs) != 1 {
+		return control.VMStatus{}, fmt.Errorf("status of %s on %s: %d entries", vm, h.Name, len(resp.VMs))
+	}
+	return resp.VMs[0], nil
+}
+
+// Console is the path of a VM's console log on a host, by role.
+func Console(h Host, vm, role string) string {
+	return filepath.Join(h.Dir, "run", vm+"."+role, "console.log")
+}
+
+// WaitConsole waits until the console file contains substr.
+func WaitConsole(ctx context.Context, path, substr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), substr) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			tail := string(b)
+			if len(tail) > 500 {
+				tail = tail[len(tail)-500:]
+			}
+			return fmt.Errorf("%q did not appear on %s within %s; console ends: %q", substr, path, timeout, tail)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// DialFromClient opens a TCP connection from the client host's namespace: a real
+// client on another host of the lab, not a loopback shortcut.
+func DialFromClient(ctx context.Context, addr string) (net.Conn, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("current netns: %w", err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(NSC)
+	if err != nil {
+		return nil, fmt.Errorf("client netns %s: %w", NSC, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return nil, fmt.Errorf("enter %s: %w", NSC, err)
+	}
+	defer func() { _ = netns.Set(orig) }()
+	// The socket is created in NSC and stays there after we switch back.
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// Client is a line-protocol client of the guest service.
+type Client struct {
+	Conn net.Conn
+	r    *bufio.Reader
+}
+
+// NewClient dials the guest's service from the client host, retrying until timeout.
+func NewClient(ctx context.Context, timeout time.Duration) (*Client, error) {
+	deadline := time.Now().Add(timeout)
+	addr := net.JoinHostPort(GuestIP, fmt.Sprint(GuestPort))
+	for {
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		c, err := DialFromClient(dctx, addr)
+		cancel()
+		if err == nil {
+			return &Client{Conn: c, r: bufio.NewReader(c)}, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("connect to guest %s from client host: %w", addr, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Do sends one request line and reads one response line.
+func (c *Client) Do(req string, timeout time.Duration) (string, error) {
+	_ = c.Conn.SetDeadline(time.Now().Add(timeout))
+	if _, err := fmt.Fprintf(c.Conn, "%s\n", req); err != nil {
+		return "", err
+	}
+	line, err := c.r.ReadString('\n')
+	return strings.TrimRight(line, "\r\n"), err
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.Conn.Close() }

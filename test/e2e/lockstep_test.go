@@ -1,0 +1,153 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/ftvmd/ftvmd/lab"
+)
+
+// TestLockstep protects a guest from boot on host A with its backup on host B and
+// watches them: the backup's console must equal the primary's (same bytes, same order,
+// at most a moment behind), its replayed instruction count must follow the primary's,
+// and once caught up after boot it must not stay behind past the lag bound.
+func TestLockstep(t *testing.T) {
+	l := needLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
+		if err := l.StartAgent(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const vm = "guest1"
+	if err := l.DefineGuest(ctx, lab.HostA, vm, ""); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := l.Run(ctx, "a", "protect", vm, "--backup", lab.HostB.Peer()); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Log(out)
+	}
+	pcon, bcon := lab.Console(lab.HostA, vm, "primary"), lab.Console(lab.HostB, vm, "backup")
+	if err := lab.WaitConsole(ctx, pcon, "ftguest ready", 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Replay of boot is slower than record: give the backup time to catch up.
+	if err := lab.WaitConsole(ctx, bcon, "ftguest ready", 120*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	st, err := lab.Status(ctx, lab.HostA, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound := time.Duration(st.LagBoundMS) * time.Millisecond
+	waitCaughtUp(ctx, t, vm, bound, 60*time.Second)
+
+	// Watch for 30 s: both run, consoles agree, icounts follow, lag stays bounded.
+	var lags []float64
+	overSince := time.Time{}
+	var lastBk uint64
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		p, err := lab.Status(ctx, lab.HostA, vm)
+		if err != nil {
+			t.Fatalf("primary status: %v", err)
+		}
+		b, err := lab.Status(ctx, lab.HostB, vm)
+		if err != nil {
+			t.Fatalf("backup status: %v", err)
+		}
+		if p.State != "protected" || b.State != "replaying" {
+			t.Fatalf("a copy stopped: primary %s (%s), backup %s (%s)", p.State, p.Detail, b.State, b.Detail)
+		}
+		if b.EmittedFrames != 0 {
+			t.Fatalf("the replaying QEMU emitted %d frames", b.EmittedFrames)
+		}
+		if b.Icount < lastBk {
+			t.Fatalf("backup icount went back: %d -> %d", lastBk, b.Icount)
+		}
+		lastBk = b.Icount
+		if b.Icount > p.Icount {
+			t.Fatalf("backup replayed %d instructions, more than the primary logged (%d)", b.Icount, p.Icount)
+		}
+		lags = append(lags, p.LagMS)
+		if time.Duration(p.LagMS*float64(time.Millisecond)) > bound {
+			if overSince.IsZero() {
+				overSince = time.Now()
+			} else if time.Since(overSince) > 2*time.Second {
+				t.Fatalf("backup behind past the lag bound %v for over 2 s (lag %.0f ms, throttle %.2f)", bound, p.LagMS, p.ThrottleQuota)
+			}
+		} else {
+			overSince = time.Time{}
+		}
+		checkConsolePrefix(t, pcon, bcon)
+	}
+	// The backup must have replayed what the primary printed a moment ago.
+	time.Sleep(2 * time.Second)
+	pb, _ := os.ReadFile(pcon)
+	time.Sleep(3 * time.Second)
+	bb, _ := os.ReadFile(bcon)
+	if !bytes.HasPrefix(bb, pb) {
+		t.Fatalf("backup console (%d bytes) does not contain the primary's console of 3 s earlier (%d bytes)", len(bb), len(pb))
+	}
+	if !bytes.Contains(pb, []byte("ftguest counter")) {
+		t.Fatal("guest console shows no counter")
+	}
+	sort.Float64s(lags)
+	t.Logf("lag over %d samples: p50 %.1f ms, p99 %.1f ms, max %.1f ms", len(lags), lags[len(lags)/2], lags[len(lags)*99/100], lags[len(lags)-1])
+}
+
+// checkConsolePrefix fails the test if one console is not a prefix of the other.
+func checkConsolePrefix(t *testing.T, pcon, bcon string) {
+	t.Helper()
+	bb, err := os.ReadFile(bcon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, err := os.ReadFile(pcon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Read the backup first: it is behind, so its bytes must be a prefix of the primary's.
+	if !bytes.HasPrefix(pb, bb) {
+		i := 0
+		for i < len(pb) && i < len(bb) && pb[i] == bb[i] {
+			i++
+		}
+		t.Fatalf("consoles diverge at byte %d: primary %q, backup %q", i, excerpt(pb, i), excerpt(bb, i))
+	}
+}
+
+func excerpt(b []byte, i int) string {
+	end := i + 60
+	if end > len(b) {
+		end = len(b)
+	}
+	return string(b[i:end])
+}
+
+func waitCaughtUp(ctx context.Context, t *testing.T, vm string, bound, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		p, err := lab.Status(ctx, lab.HostA, vm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.LagMS*float64(time.Millisecond) < float64(bound) && p.BackupIcount > 0 {
+			t.Logf("backup caught up: lag %.1f ms, icount %d/%d", p.LagMS, p.BackupIcount, p.Icount)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(fmt.Sprintf("backup did not catch up within %s: lag %.0f ms, icount %d of %d", timeout, p.LagMS, p.BackupIcount, p.Icount))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

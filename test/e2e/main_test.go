@@ -1,0 +1,66 @@
+// Package e2e holds the end-to-end tests: real QEMU guests on lab hosts made of network
+// namespaces, real agents, a real client. They run when FTVMD_E2E=1 (test/run-tests.sh
+// sets it after test/setup.sh has built everything) and fail if the lab cannot run.
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ftvmd/ftvmd/lab"
+)
+
+func needLab(t *testing.T) *lab.Lab {
+	t.Helper()
+	if os.Getenv("FTVMD_E2E") != "1" {
+		t.Skip("end-to-end test: set FTVMD_E2E=1 (test/run-tests.sh does)")
+	}
+	repo, err := lab.FindRepo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, repo, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpLogs(t)
+		}
+		if err := l.Down(false); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	})
+	return l
+}
+
+// dumpLogs keeps what a failed run needs for a diagnosis.
+func dumpLogs(t *testing.T) {
+	out := os.Getenv("FTVMD_E2E_ARTIFACTS")
+	if out == "" {
+		return
+	}
+	dst := filepath.Join(out, strings.ReplaceAll(t.Name(), "/", "_"))
+	_ = os.MkdirAll(dst, 0o755)
+	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
+		if b, err := os.ReadFile(lab.AgentLog(h)); err == nil {
+			_ = os.WriteFile(filepath.Join(dst, "agent-"+h.Name+".log"), b, 0o644)
+			tail := string(b)
+			if len(tail) > 3000 {
+				tail = tail[len(tail)-3000:]
+			}
+			t.Logf("agent %s log tail:\n%s", h.Name, tail)
+		}
+		matches, _ := filepath.Glob(filepath.Join(h.Dir, "run", "*", "console.log"))
+		for _, m := range matches {
+			b, _ := os.ReadFile(m)
+			_ = os.WriteFile(filepath.Join(dst, h.Name+"-"+filepath.Base(filepath.Dir(m))+"-console.log"), b, 0o644)
+		}
+	}
+}
