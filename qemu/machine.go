@@ -130,6 +130,13 @@ func WithStdout(w io.Writer) Opt { return func(m *Machine) { m.stdout = w } }
 // WithStderr sets the writer for QEMU's stderr.
 func WithStderr(w io.Writer) Opt { return func(m *Machine) { m.stderr = w } }
 
+// WithExtraFiles passes files to QEMU as fds 3, 4, ... (for example tap fds
+// or the flush library's FTVMD_FLUSH_DEBUG fd).
+func WithExtraFiles(files ...*os.File) Opt { return func(m *Machine) { m.extraFiles = files } }
+
+// WithEnv adds KEY=VALUE entries to QEMU's environment.
+func WithEnv(kv ...string) Opt { return func(m *Machine) { m.env = kv } }
+
 // WithQMPTimeout sets the deadline of QMP calls whose context has none.
 func WithQMPTimeout(d time.Duration) Opt { return func(m *Machine) { m.qmpTimeout = d } }
 
@@ -144,6 +151,8 @@ type Machine struct {
 	stdout     io.Writer
 	stderr     io.Writer
 	qmpTimeout time.Duration
+	extraFiles []*os.File
+	env        []string
 
 	startMu sync.Mutex
 	started bool
@@ -265,7 +274,8 @@ func startProcessHandler(_ context.Context, m *Machine) error {
 	}
 	cmd := exec.Command(c.binary(), c.Args()...) //nolint:gosec // argv built from Config
 	cmd.Dir = c.Dir
-	cmd.Env = append(os.Environ(), c.Env()...)
+	cmd.Env = append(append(os.Environ(), c.Env()...), m.env...)
+	cmd.ExtraFiles = m.extraFiles
 	cmd.Stdout, cmd.Stderr = m.stdout, m.stderr
 	if (cmd.Stdout == nil || cmd.Stderr == nil) && c.Dir != "" {
 		name := c.Name

@@ -7,8 +7,8 @@
  * Environment:
  *   FTVMD_RRFILE      path QEMU opens for rr=record,rrfile=...; exact match.
  *   FTVMD_FLUSH_US    periodic flush interval in microseconds (default 1000).
- *   FTVMD_FLUSH_DEBUG fd number; when set, one line "send <ftell>\n" is written
- *                     to it after each flush-before-send (tests use this).
+ *   FTVMD_FLUSH_DEBUG fd number; when set, one line "send <fd> <len> <ftell>\n"
+ *                     is written to it after each flush-before-send (tests).
  *
  * QEMU calls fopen() before library constructors run, so every real function
  * is resolved lazily with dlsym(RTLD_NEXT, ...).
@@ -166,9 +166,18 @@ static int is_net_fd(int fd)
 	return S_ISSOCK(st.st_mode) || S_ISCHR(st.st_mode);
 }
 
+static size_t iov_len_sum(const struct iovec *iov, int n)
+{
+	size_t sum = 0;
+
+	for (int i = 0; iov && i < n; i++)
+		sum += iov[i].iov_len;
+	return sum;
+}
+
 /* flush_before_send pushes the log out before a frame leaves. It never
  * flushes for writes to the log's own fd: fflush itself writes there. */
-static void flush_before_send(int fd, int check_type)
+static void flush_before_send(int fd, size_t len, int check_type)
 {
 	int saved = errno;
 
@@ -176,8 +185,8 @@ static void flush_before_send(int fd, int check_type)
 	if (rr_file && fd != rr_fd && (!check_type || is_net_fd(fd))) {
 		fflush(rr_file);
 		if (debug_fd >= 0) {
-			char buf[48];
-			int n = snprintf(buf, sizeof(buf), "send %ld\n", ftell(rr_file));
+			char buf[80];
+			int n = snprintf(buf, sizeof(buf), "send %d %zu %ld\n", fd, len, ftell(rr_file));
 			RESOLVE(real_write, "write");
 			if (n > 0)
 				(void)real_write(debug_fd, buf, (size_t)n);
@@ -190,21 +199,21 @@ static void flush_before_send(int fd, int check_type)
 ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *addr, socklen_t alen)
 {
 	RESOLVE(real_sendto, "sendto");
-	flush_before_send(fd, 0);
+	flush_before_send(fd, len, 0);
 	return real_sendto(fd, buf, len, flags, addr, alen);
 }
 
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
 	RESOLVE(real_sendmsg, "sendmsg");
-	flush_before_send(fd, 0);
+	flush_before_send(fd, msg ? iov_len_sum(msg->msg_iov, (int)msg->msg_iovlen) : 0, 0);
 	return real_sendmsg(fd, msg, flags);
 }
 
 ssize_t send(int fd, const void *buf, size_t len, int flags)
 {
 	RESOLVE(real_send, "send");
-	flush_before_send(fd, 0);
+	flush_before_send(fd, len, 0);
 	return real_send(fd, buf, len, flags);
 }
 
@@ -212,7 +221,7 @@ ssize_t write(int fd, const void *buf, size_t len)
 {
 	RESOLVE(real_write, "write");
 	if (captured() && fd != __atomic_load_n(&rr_fd, __ATOMIC_RELAXED) && fd != debug_fd)
-		flush_before_send(fd, 1);
+		flush_before_send(fd, len, 1);
 	return real_write(fd, buf, len);
 }
 
@@ -220,6 +229,6 @@ ssize_t writev(int fd, const struct iovec *iov, int n)
 {
 	RESOLVE(real_writev, "writev");
 	if (captured() && fd != __atomic_load_n(&rr_fd, __ATOMIC_RELAXED) && fd != debug_fd)
-		flush_before_send(fd, 1);
+		flush_before_send(fd, iov_len_sum(iov, n), 1);
 	return real_writev(fd, iov, n);
 }
