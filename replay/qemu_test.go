@@ -411,3 +411,34 @@ func kindCounts(evs []Event) string {
 	}
 	return b.String()
 }
+
+// TestRealKilledLog checks the shape of a log whose recorder died: the
+// version is still zero and the file ends wherever the last 4 KiB stdio
+// block ended, usually inside an event.
+func TestRealKilledLog(t *testing.T) {
+	bin := qemuBinary(t)
+	dir := t.TempDir()
+	cmd, _ := vm{name: "killed"}.command(bin, dir, "record")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start qemu: %v", err)
+	}
+	time.Sleep(2 * time.Second)
+	stop(t, cmd, syscall.SIGKILL)
+	data, err := os.ReadFile(filepath.Join(dir, "x.rr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckHeader(data); !errors.Is(err, ErrRecording) {
+		t.Fatalf("killed log header: %v", err)
+	}
+	off, ic, err := LastBoundary(bytes.NewReader(data[HeaderSize:]), HeaderSize, 0)
+	if err != nil || off > int64(len(data)) || off <= HeaderSize || ic == 0 {
+		t.Fatalf("LastBoundary = %d, %d, %v (file %d bytes)", off, ic, err, len(data))
+	}
+	s, err := Summarize(bytes.NewReader(data))
+	if err != nil || s.Finished || s.SawEnd || s.Boundary != off || s.Icount != ic {
+		t.Fatalf("summary %+v, %v", s, err)
+	}
+	t.Logf("killed log: %d bytes (%d mod 4096 past the header), last boundary %d, icount %d, truncated %v",
+		len(data), (len(data)-HeaderSize)%4096, off, ic, s.Truncated)
+}
