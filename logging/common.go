@@ -142,3 +142,17 @@ func peerGone(m Message) error {
 	}
 	return fmt.Errorf("%w: %q", ErrPeerRefused, decodeReason(m.Payload))
 }
+
+// explain picks the better reason when a write failed: if the reader has
+// just learned why (the peer said Bye or Error, or sent garbage), that is
+// the real cause; give it a moment to arrive.
+func explain(errc <-chan error, writeErr error) error {
+	t := time.NewTimer(goodbyeTimeout)
+	defer t.Stop()
+	select {
+	case err := <-errc:
+		return err
+	case <-t.C:
+		return writeErr
+	}
+}

@@ -185,7 +185,7 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("sending ack for %d: %w", off, err)
+			return r.count(explain(errc, fmt.Errorf("sending ack for %d: %w", off, err)))
 		}
 		lastAck = now
 		r.mu.Lock()

@@ -225,7 +225,13 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 			return err
 		case <-tick.C:
 			if err := onTick(); err != nil {
-				return err
+				if ctx.Err() != nil {
+					return nil
+				}
+				if errors.Is(err, ErrPeerSilent) {
+					return err
+				}
+				return explain(errc, err)
 			}
 		default:
 		}
@@ -235,7 +241,10 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return err
+			if errors.Is(err, ErrSource) {
+				return err
+			}
+			return explain(errc, err)
 		}
 		if sent {
 			lastWrite = s.cfg.Now()
@@ -248,7 +257,13 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 			return err
 		case <-tick.C:
 			if err := onTick(); err != nil {
-				return err
+				if ctx.Err() != nil {
+					return nil
+				}
+				if errors.Is(err, ErrPeerSilent) {
+					return err
+				}
+				return explain(errc, err)
 			}
 		case <-s.wake:
 		}
