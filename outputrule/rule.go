@@ -125,7 +125,9 @@ func (c *Config) Validate() error {
 // Ready is what the caller must do next.
 type Ready struct {
 	// Release lists the frames that may leave now, in arrival order. The slice
-	// is owned by the rule; it stays valid until Advance.
+	// is owned by the rule; it stays valid until Advance. The rule never
+	// writes to its elements, so a caller may read them outside its lock
+	// while other events are applied.
 	Release []Frame
 	// Backpressure is true from a Frame call that returned ErrFull until a
 	// Frame call succeeds: the caller must stop taking guest frames and offer
@@ -292,7 +294,8 @@ func (r *Rule) SetMode(m Mode, now time.Time) {
 			r.st.DroppedFrames++
 			r.st.DroppedBytes += uint64(f.Size)
 		}
-		clear(r.q)
+		// No clear(r.q): the caller may still be reading the slice of the
+		// last Ready in another goroutine (under its own lock discipline).
 		r.q, r.rel, r.handed, r.qBytes, r.pendBytes, r.full = nil, 0, 0, 0, 0, false
 	case Protected:
 		r.unprotectedThrough = r.nextSeq
@@ -329,7 +332,7 @@ func (r *Rule) releaseEligible(now time.Time) {
 	}
 }
 
-// HasReady reports whether Ready would hand out frames.
+// HasReady reports whether frames became releasable since the last Ready.
 func (r *Rule) HasReady() bool { return r.rel > r.handed }
 
 // Ready returns the frames that may be written now (all releasable frames,

@@ -1,0 +1,437 @@
+package netbuf
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ftvmd/ftvmd/outputrule"
+)
+
+// fakeTap returns a pollable socketpair standing in for a tap: the relay gets
+// one end, the test (the "network") the other. One message is one frame.
+func fakeTap(t testing.TB) (relaySide, netSide *os.File) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		// Room for bursts of large frames in the benchmark.
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 8<<20)
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
+	}
+	a, b := os.NewFile(uintptr(fds[0]), "tap-relay"), os.NewFile(uintptr(fds[1]), "tap-net")
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// fakeQEMU stands in for QEMU's -netdev dgram: it binds QEMUSock (frames from
+// the network arrive there) and sends guest frames to AgentSock.
+type fakeQEMU struct {
+	local *net.UnixConn // bound at QEMUSock
+	send  *net.UnixConn // connected to AgentSock
+}
+
+func newFakeQEMU(t testing.TB, qemuSock, agentSock string) *fakeQEMU {
+	t.Helper()
+	l, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: qemuSock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: agentSock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close(); s.Close() })
+	return &fakeQEMU{local: l, send: s}
+}
+
+// frame builds an Ethernet-sized frame carrying seq at bytes 14..22.
+func frame(seq uint64, size int) []byte {
+	b := make([]byte, size)
+	copy(b, []byte{0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xb5})
+	binary.BigEndian.PutUint64(b[14:], seq)
+	return b
+}
+
+func seqOf(b []byte) uint64 { return binary.BigEndian.Uint64(b[14:]) }
+
+type harness struct {
+	t     testing.TB
+	relay *Relay
+	qemu  *fakeQEMU
+	net   *os.File
+	log   atomic.Int64 // the fake rr log size returned by Stamp
+	done  chan error
+}
+
+type harnessOpt func(*RelayConfig)
+
+func newHarness(t testing.TB, mode outputrule.Mode, opts ...harnessOpt) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	tap, netSide := fakeTap(t)
+	h := &harness{t: t, net: netSide, done: make(chan error, 1)}
+	cfg := RelayConfig{
+		AgentSock:      filepath.Join(dir, "agent.sock"),
+		QEMUSock:       filepath.Join(dir, "qemu.sock"),
+		Tap:            tap,
+		Stamp:          func() (int64, error) { return h.log.Load(), nil },
+		Rule:           outputrule.New(outputrule.Config{}, mode),
+		CheckInvariant: true,
+		Logger:         slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	r, err := NewRelay(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.relay = r
+	h.qemu = newFakeQEMU(t, cfg.QEMUSock, cfg.AgentSock)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { h.done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-h.done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return h
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+// waitFor polls cond until it holds, failing after a long stop.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(500 * time.Microsecond)
+	}
+}
+
+// sendGuest sends one guest frame with the log at size stamp and waits until
+// the relay has stamped it.
+func (h *harness) sendGuest(seq uint64, stamp int64) {
+	h.t.Helper()
+	h.log.Store(stamp)
+	before := h.relay.Stats().GuestFrames
+	if _, err := h.qemu.send.Write(frame(seq, 64)); err != nil {
+		h.t.Fatal(err)
+	}
+	waitFor(h.t, "guest frame stamped", func() bool { return h.relay.Stats().GuestFrames > before })
+}
+
+// readNet reads one frame that reached the network.
+func (h *harness) readNet() []byte {
+	h.t.Helper()
+	buf := make([]byte, DefaultMaxFrame)
+	_ = h.net.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := h.net.Read(buf)
+	if err != nil {
+		h.t.Fatalf("read network: %v", err)
+	}
+	return buf[:n]
+}
+
+// expectNoNet asserts that nothing reached the network.
+func (h *harness) expectNoNet() {
+	h.t.Helper()
+	buf := make([]byte, DefaultMaxFrame)
+	_ = h.net.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if n, err := h.net.Read(buf); err == nil {
+		h.t.Fatalf("frame seq %d reached the network", seqOf(buf[:n]))
+	}
+}
+
+func (h *harness) expectSeqs(seqs ...uint64) {
+	h.t.Helper()
+	for _, want := range seqs {
+		if got := seqOf(h.readNet()); got != want {
+			h.t.Fatalf("network got seq %d, want %d", got, want)
+		}
+	}
+}
+
+func TestRelayHoldsUntilAckInOrder(t *testing.T) {
+	h := newHarness(t, outputrule.Protected)
+	h.sendGuest(1, 100)
+	h.sendGuest(2, 200)
+	h.sendGuest(3, 300)
+	if s := h.relay.Stats().Rule; s.HeldFrames != 3 {
+		t.Fatalf("held %d, want 3", s.HeldFrames)
+	}
+	h.expectNoNet()
+	h.relay.Sent(1000)
+	h.relay.Ack(250)
+	h.expectSeqs(1, 2)
+	h.expectNoNet()
+	h.relay.Ack(150) // stale
+	h.relay.Ack(300)
+	h.expectSeqs(3)
+	s := h.relay.Stats()
+	if s.TapFrames != 3 || s.Invariant != 0 || s.Rule.StaleAcks != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestRelayLyingAckReleasesNothing(t *testing.T) {
+	h := newHarness(t, outputrule.Protected)
+	h.sendGuest(1, 100)
+	h.relay.Sent(50)
+	h.relay.Ack(100)
+	h.expectNoNet()
+	if s := h.relay.Stats().Rule; s.LyingAcks != 1 || s.HeldFrames != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+	h.relay.Sent(100)
+	h.relay.Ack(100)
+	h.expectSeqs(1)
+}
+
+func TestRelayUnprotectedPassThrough(t *testing.T) {
+	h := newHarness(t, outputrule.Unprotected)
+	for i := uint64(1); i <= 100; i++ {
+		if _, err := h.qemu.send.Write(frame(i, 1500)); err != nil {
+			t.Fatal(err)
+		}
+		if got := seqOf(h.readNet()); got != i {
+			t.Fatalf("got seq %d, want %d", got, i)
+		}
+	}
+}
+
+func TestRelaySwitchToUnprotectedReleasesHeld(t *testing.T) {
+	h := newHarness(t, outputrule.Protected)
+	h.sendGuest(1, 100)
+	h.sendGuest(2, 200)
+	h.expectNoNet()
+	h.relay.SetMode(outputrule.Unprotected)
+	h.expectSeqs(1, 2)
+	h.sendGuest(3, 300)
+	h.expectSeqs(3)
+}
+
+func TestRelayHaltReleasesNothing(t *testing.T) {
+	h := newHarness(t, outputrule.Protected)
+	h.sendGuest(1, 100)
+	h.sendGuest(2, 200)
+	h.relay.SetMode(outputrule.Halted)
+	h.relay.Sent(1000)
+	h.relay.Ack(1000)
+	h.sendGuest(3, 300)
+	h.relay.SetMode(outputrule.Unprotected) // terminal: ignored
+	h.sendGuest(4, 400)
+	h.expectNoNet()
+	s := h.relay.Stats()
+	if s.TapFrames != 0 || s.Rule.DroppedFrames != 4 || s.Rule.Mode != outputrule.Halted {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestRelayBackpressureThenResumes(t *testing.T) {
+	const total = 60
+	var stamp atomic.Int64
+	h := newHarness(t, outputrule.Protected, func(c *RelayConfig) {
+		c.Rule = outputrule.New(outputrule.Config{MaxHeldFrames: 4}, outputrule.Protected)
+		c.Stamp = func() (int64, error) { return stamp.Add(10), nil }
+	})
+	var sent atomic.Int64
+	sendErr := make(chan error, 1)
+	go func() {
+		for i := uint64(1); i <= total; i++ {
+			if _, err := h.qemu.send.Write(frame(i, 200)); err != nil {
+				sendErr <- err
+				return
+			}
+			sent.Add(1)
+		}
+		sendErr <- nil
+	}()
+	waitFor(t, "backpressure", func() bool {
+		s := h.relay.Stats()
+		return s.BackpressureWaits > 0 && s.Rule.HeldFrames == 4
+	})
+	// The reader stopped: the sender's queue fills and it blocks, as QEMU's
+	// sendto would see EAGAIN.
+	waitFor(t, "sender blocked", func() bool {
+		n := sent.Load()
+		time.Sleep(20 * time.Millisecond)
+		return n == sent.Load()
+	})
+	if n := sent.Load(); n >= total {
+		t.Fatalf("sender was never stopped (%d sent)", n)
+	}
+	h.expectNoNet()
+	// Ack step by step; everything arrives, in order, none dropped.
+	h.relay.Sent(1 << 40)
+	for i := uint64(1); i <= total; i++ {
+		h.relay.Ack(int64(i) * 10)
+		if got := seqOf(h.readNet()); got != i {
+			t.Fatalf("got seq %d, want %d", got, i)
+		}
+	}
+	if err := <-sendErr; err != nil {
+		t.Fatal(err)
+	}
+	s := h.relay.Stats()
+	if s.GuestFrames != total || s.TapFrames != total || s.Rule.MaxHeldFrames > 4 || s.Invariant != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	t.Logf("backpressure waits %d, time %s, full events %d", s.BackpressureWaits, s.BackpressureTime, s.Rule.FullEvents)
+}
+
+func TestRelayBadDatagrams(t *testing.T) {
+	var failStamp atomic.Bool
+	h := newHarness(t, outputrule.Unprotected, func(c *RelayConfig) {
+		c.MaxFrame = 2000
+		c.Stamp = func() (int64, error) {
+			if failStamp.Load() {
+				return 0, errors.New("stat rr log: gone")
+			}
+			return 1, nil
+		}
+	})
+	write := func(b []byte) {
+		t.Helper()
+		if _, err := h.qemu.send.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(make([]byte, 5)) // truncated
+	write(make([]byte, 0)) // empty
+	write(frame(1, 2001))  // oversized
+	write(frame(2, 2000))  // largest allowed
+	failStamp.Store(true)  //
+	write(frame(3, 100))   // cannot be stamped
+	waitFor(t, "stamp error", func() bool { return h.relay.Stats().StampErrors == 1 })
+	failStamp.Store(false)
+	write(frame(4, 100))
+	h.expectSeqs(2, 4)
+	s := h.relay.Stats()
+	if s.Truncated != 2 || s.Oversized != 1 || s.StampErrors != 1 || s.TapFrames != 2 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestRelayNetworkToGuest(t *testing.T) {
+	h := newHarness(t, outputrule.Protected)
+	// Frames from the network go to QEMU at once, whatever the rule holds.
+	h.sendGuest(1, 100)
+	for i := uint64(1); i <= 20; i++ {
+		if _, err := h.net.Write(frame(100+i, 1000)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, DefaultMaxFrame)
+		_ = h.qemu.local.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := h.qemu.local.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := seqOf(buf[:n]); got != 100+i || n != 1000 {
+			t.Fatalf("QEMU got seq %d (%d bytes), want %d", got, n, 100+i)
+		}
+	}
+	if s := h.relay.Stats(); s.NetFrames != 20 || s.Rule.HeldFrames != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestRelayNetworkToGuestWithoutQEMU(t *testing.T) {
+	h := newHarness(t, outputrule.Protected)
+	h.qemu.local.Close() // QEMU gone: its socket file is removed
+	if _, err := h.net.Write(frame(1, 100)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "drop counted", func() bool { return h.relay.Stats().NetDrops == 1 })
+}
+
+func TestRelayConfigErrors(t *testing.T) {
+	tap, _ := fakeTap(t)
+	dir := t.TempDir()
+	ok := RelayConfig{
+		AgentSock: filepath.Join(dir, "a.sock"), QEMUSock: filepath.Join(dir, "q.sock"),
+		Tap: tap, Stamp: func() (int64, error) { return 0, nil },
+	}
+	notSock := filepath.Join(dir, "file")
+	if err := os.WriteFile(notSock, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		mut  func(*RelayConfig)
+		want error
+	}{
+		{"no agent sock", func(c *RelayConfig) { c.AgentSock = "" }, ErrConfig},
+		{"no qemu sock", func(c *RelayConfig) { c.QEMUSock = "" }, ErrConfig},
+		{"same sock", func(c *RelayConfig) { c.QEMUSock = c.AgentSock }, ErrConfig},
+		{"no tap", func(c *RelayConfig) { c.Tap = nil }, ErrConfig},
+		{"no stamp", func(c *RelayConfig) { c.Stamp = nil }, ErrConfig},
+		{"tiny max frame", func(c *RelayConfig) { c.MaxFrame = 3 }, ErrConfig},
+		{"negative buffer", func(c *RelayConfig) { c.RcvBuf = -1 }, ErrConfig},
+		{"agent sock is a file", func(c *RelayConfig) { c.AgentSock = notSock }, ErrConfig},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := ok
+			tc.mut(&c)
+			r, err := NewRelay(c)
+			if !errors.Is(err, tc.want) {
+				if r != nil {
+					r.Close()
+				}
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestRelayRunOnceAndStaleSocket(t *testing.T) {
+	tap, _ := fakeTap(t)
+	dir := t.TempDir()
+	cfg := RelayConfig{
+		AgentSock: filepath.Join(dir, "a.sock"), QEMUSock: filepath.Join(dir, "q.sock"),
+		Tap: tap, Stamp: func() (int64, error) { return 0, nil },
+	}
+	// A stale socket file left by a crashed agent is replaced.
+	stale, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: cfg.AgentSock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.Close()
+	r, err := NewRelay(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	waitFor(t, "running", r.started.Load)
+	if err := r.Run(ctx); !errors.Is(err, ErrAlreadyRunning) {
+		t.Fatalf("second Run: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if _, err := os.Stat(cfg.AgentSock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("agent socket left behind: %v", err)
+	}
+}
