@@ -176,7 +176,7 @@ func (b *backup) openLog(context.Context) error {
 	}
 	b.logFile = f
 	b.cleanups = append(b.cleanups, f.Close)
-	feed, err := qemu.NewFeed(filepath.Join(b.dir, "log.fifo"), f, b.log)
+	feed, err := qemu.NewFeed(filepath.Join(b.dir, "log.fifo"), f.Name(), qemu.WithFeedLogger(b.log))
 	if err != nil {
 		return err
 	}

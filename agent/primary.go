@@ -511,3 +511,19 @@ func tapName(vm string) string {
 	}
 	return n
 }
+
+func fillRelayStatus(st *control.VMStatus, rs netbuf.RelayStats) {
+	r := rs.Rule
+	st.HeldFrames, st.HeldBytes = r.HeldFrames+r.PendingFrames, r.HeldBytes+r.PendingBytes
+	if !r.OldestHeldAt.IsZero() {
+		st.OldestHeldMS = float64(time.Since(r.OldestHeldAt)) / float64(time.Millisecond)
+	}
+	st.Released = r.ReleasedFrames
+	if r.ReleasedFrames > 0 {
+		st.AddedDelayMS = float64(r.TotalDelay) / float64(r.ReleasedFrames) / float64(time.Millisecond)
+	}
+	st.MaxDelayMS = float64(r.MaxDelay) / float64(time.Millisecond)
+	st.Backpressure = rs.BackpressureWaits
+	st.NetErrors = rs.Oversized + rs.Truncated + rs.StampErrors + rs.TapWriteErrors
+	st.InvariantFails = rs.Invariant
+}
