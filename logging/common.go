@@ -65,7 +65,9 @@ func (p *peerConn) readLoop(handle func(Message) error, errc chan<- error) {
 	br := bufio.NewReaderSize(p.conn, 64<<10)
 	for {
 		m, err := ReadMessage(br)
-		if err == nil {
+		if err != nil {
+			err = fmt.Errorf("reading from peer: %w", err)
+		} else {
 			err = handle(m)
 		}
 		if err != nil {
