@@ -186,6 +186,7 @@ func TestRelayHoldsUntilAckInOrder(t *testing.T) {
 	h.relay.Ack(150) // stale
 	h.relay.Ack(300)
 	h.expectSeqs(3)
+	waitFor(t, "counters", func() bool { return h.relay.Stats().TapFrames == 3 })
 	s := h.relay.Stats()
 	if s.TapFrames != 3 || s.Invariant != 0 || s.Rule.StaleAcks != 1 {
 		t.Fatalf("stats %+v", s)
@@ -291,6 +292,7 @@ func TestRelayBackpressureThenResumes(t *testing.T) {
 	if err := <-sendErr; err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, "counters", func() bool { return h.relay.Stats().TapFrames == total })
 	s := h.relay.Stats()
 	if s.GuestFrames != total || s.TapFrames != total || s.Rule.MaxHeldFrames > 4 || s.Invariant != 0 {
 		t.Fatalf("stats %+v", s)
@@ -319,12 +321,14 @@ func TestRelayBadDatagrams(t *testing.T) {
 	write(make([]byte, 0)) // empty
 	write(frame(1, 2001))  // oversized
 	write(frame(2, 2000))  // largest allowed
-	failStamp.Store(true)  //
-	write(frame(3, 100))   // cannot be stamped
+	waitFor(t, "frame 2", func() bool { return h.relay.Stats().GuestFrames == 1 })
+	failStamp.Store(true)
+	write(frame(3, 100)) // cannot be stamped
 	waitFor(t, "stamp error", func() bool { return h.relay.Stats().StampErrors == 1 })
 	failStamp.Store(false)
 	write(frame(4, 100))
 	h.expectSeqs(2, 4)
+	waitFor(t, "counters", func() bool { return h.relay.Stats().TapFrames == 2 })
 	s := h.relay.Stats()
 	if s.Truncated != 2 || s.Oversized != 1 || s.StampErrors != 1 || s.TapFrames != 2 {
 		t.Fatalf("stats %+v", s)
@@ -349,6 +353,7 @@ func TestRelayNetworkToGuest(t *testing.T) {
 			t.Fatalf("QEMU got seq %d (%d bytes), want %d", got, n, 100+i)
 		}
 	}
+	waitFor(t, "counters", func() bool { return h.relay.Stats().NetFrames == 20 })
 	if s := h.relay.Stats(); s.NetFrames != 20 || s.Rule.HeldFrames != 1 {
 		t.Fatalf("stats %+v", s)
 	}
