@@ -87,6 +87,8 @@ func CreateTap(name, bridge string) (*net.Interface, error) {
 		switch {
 		case errors.Is(err, unix.ENODEV):
 			return nil, fmt.Errorf("%w: %q", ErrBridgeNotFound, bridge)
+		case errors.Is(err, unix.EOPNOTSUPP): // e.g. lo has no driver info
+			return nil, fmt.Errorf("%w: %q", ErrNotBridge, bridge)
 		case err != nil:
 			return nil, fmt.Errorf("netbuf: look up bridge %q: %w", bridge, err)
 		case drv != "bridge":
@@ -167,6 +169,8 @@ func DeleteTap(name string) error {
 	switch {
 	case errors.Is(err, unix.ENODEV):
 		return nil
+	case errors.Is(err, unix.EOPNOTSUPP):
+		return fmt.Errorf("%w: %q", ErrNotTap, name)
 	case err != nil:
 		return fmt.Errorf("netbuf: look up tap %q: %w", name, err)
 	case drv != "tun":

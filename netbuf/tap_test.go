@@ -1,0 +1,242 @@
+package netbuf
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ftvmd/ftvmd/outputrule"
+)
+
+// requireRoot skips unless the test can create network namespaces and taps;
+// FTVMD_REQUIRE_ROOT=1 turns the skip into a failure.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	why := ""
+	if os.Geteuid() != 0 {
+		why = "needs root"
+	} else if _, err := os.Stat(tunPath); err != nil {
+		why = "needs " + tunPath
+	}
+	if why == "" {
+		return
+	}
+	if os.Getenv("FTVMD_REQUIRE_ROOT") == "1" {
+		t.Fatal(why + " (FTVMD_REQUIRE_ROOT=1)")
+	}
+	t.Skip(why)
+}
+
+// netnsThread runs functions on one locked OS thread inside a fresh network
+// namespace. The thread is never unlocked, so it exits with its goroutine and
+// the namespace (and every link in it) goes away with it.
+type netnsThread struct {
+	fns  chan func()
+	done chan struct{}
+}
+
+func newNetns(t *testing.T) *netnsThread {
+	t.Helper()
+	n := &netnsThread{fns: make(chan func()), done: make(chan struct{})}
+	errc := make(chan error, 1)
+	go func() {
+		defer close(n.done)
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		errc <- nil
+		for fn := range n.fns {
+			fn()
+		}
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("unshare netns: %v", err)
+	}
+	t.Cleanup(func() { close(n.fns); <-n.done })
+	return n
+}
+
+// do runs fn in the namespace and returns its error.
+func (n *netnsThread) do(fn func() error) error {
+	errc := make(chan error, 1)
+	n.fns <- func() { errc <- fn() }
+	return <-errc
+}
+
+// addBridge creates bridge name with address addr/24 and sets it up.
+func addBridge(name string, addr net.IP) error {
+	sock, err := ctlSocket()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(sock)
+	b, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return err
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(sock), unix.SIOCBRADDBR, uintptr(unsafe.Pointer(b))); errno != 0 {
+		return errno
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := ifr.SetInet4Addr(addr.To4()); err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(sock, unix.SIOCSIFADDR, ifr); err != nil {
+		return err
+	}
+	if err := ifr.SetInet4Addr(net.IPv4(255, 255, 255, 0).To4()); err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(sock, unix.SIOCSIFNETMASK, ifr); err != nil {
+		return err
+	}
+	return setUp(sock, name)
+}
+
+var (
+	guestMAC = []byte{0x02, 0, 0, 0, 0, 0x01}
+	guestIP  = net.IPv4(10, 99, 0, 2).To4()
+	hostIP   = net.IPv4(10, 99, 0, 1).To4()
+)
+
+// arpRequest is a guest's "who has hostIP" broadcast.
+func arpRequest() []byte {
+	var b bytes.Buffer
+	b.Write([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	b.Write(guestMAC)
+	b.Write([]byte{0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1})
+	b.Write(guestMAC)
+	b.Write(guestIP)
+	b.Write(make([]byte, 6))
+	b.Write(hostIP)
+	b.Write(make([]byte, 60-b.Len()))
+	return b.Bytes()
+}
+
+func isARPReplyFromHost(f []byte) bool {
+	return len(f) >= 42 && f[12] == 0x08 && f[13] == 0x06 && f[20] == 0 && f[21] == 2 &&
+		bytes.Equal(f[28:32], hostIP) && bytes.Equal(f[0:6], guestMAC)
+}
+
+func TestTapInNetnsEndToEnd(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	const br, tap, other = "ftbr0", "fttap0", "fttap1"
+	if err := ns.do(func() error { return addBridge(br, hostIP) }); err != nil {
+		t.Fatalf("bridge: %v", err)
+	}
+
+	// Errors first.
+	err := ns.do(func() error { _, err := CreateTap(tap, "nosuchbr"); return err })
+	if !errors.Is(err, ErrBridgeNotFound) {
+		t.Fatalf("missing bridge: %v", err)
+	}
+	err = ns.do(func() error { _, err := CreateTap(tap, "lo"); return err })
+	if !errors.Is(err, ErrNotBridge) {
+		t.Fatalf("lo as bridge: %v", err)
+	}
+	if err := ns.do(func() error { _, err := CreateTap(other, ""); return err }); err != nil {
+		t.Fatal(err)
+	}
+	err = ns.do(func() error { _, err := CreateTap(tap, other); return err })
+	if !errors.Is(err, ErrNotBridge) {
+		t.Fatalf("tap as bridge: %v", err)
+	}
+	err = ns.do(func() error { _, err := CreateTap("this-name-is-too-long", br); return err })
+	if !errors.Is(err, ErrTapName) {
+		t.Fatalf("long name: %v", err)
+	}
+	if err := ns.do(func() error { return DeleteTap(br) }); !errors.Is(err, ErrNotTap) {
+		t.Fatalf("delete bridge as tap: %v", err)
+	}
+
+	// The real thing: tap on the bridge, relay in front of it.
+	var ifi *net.Interface
+	if err := ns.do(func() (err error) { ifi, err = CreateTap(tap, br); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if ifi.Flags&net.FlagUp == 0 {
+		t.Fatalf("tap not up: %+v", ifi)
+	}
+	err = ns.do(func() error { _, err := CreateTap(tap, br); return err })
+	if !errors.Is(err, ErrTapExists) {
+		t.Fatalf("second create: %v", err)
+	}
+	var tapf *os.File
+	if err := ns.do(func() (err error) { tapf, err = OpenTap(tap); return err }); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	var logSize int64 = 1000
+	r, err := NewRelay(RelayConfig{
+		AgentSock:      filepath.Join(dir, "agent.sock"),
+		QEMUSock:       filepath.Join(dir, "qemu.sock"),
+		Tap:            tapf,
+		Stamp:          func() (int64, error) { return logSize, nil },
+		Rule:           outputrule.New(outputrule.Config{}, outputrule.Protected),
+		CheckInvariant: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := newFakeQEMU(t, filepath.Join(dir, "qemu.sock"), filepath.Join(dir, "agent.sock"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+
+	if _, err := q.send.Write(arpRequest()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "ARP request held", func() bool { return r.Stats().Rule.HeldFrames == 1 })
+	r.Sent(logSize)
+	r.Ack(logSize)
+	buf := make([]byte, DefaultMaxFrame)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_ = q.local.SetReadDeadline(deadline)
+		n, err := q.local.Read(buf)
+		if err != nil {
+			t.Fatalf("no ARP reply reached the guest: %v (stats %+v)", err, r.Stats())
+		}
+		if isARPReplyFromHost(buf[:n]) {
+			break // other frames (IPv6 ND, MLD) may come first
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	s := r.Stats()
+	if s.TapFrames != 1 || s.NetFrames < 1 || s.Invariant != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	t.Logf("ARP round trip through relay, tap and bridge: %d frame out, %d in", s.TapFrames, s.NetFrames)
+
+	if err := tapf.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{tap, tap, other} { // second delete: already gone, not an error
+		if err := ns.do(func() error { return DeleteTap(name) }); err != nil {
+			t.Fatalf("delete %s: %v", name, err)
+		}
+	}
+	if err := ns.do(func() error { _, err := OpenTap(tap); return err }); !errors.Is(err, ErrTapNotFound) {
+		t.Fatalf("open deleted tap: %v", err)
+	}
+}
