@@ -139,10 +139,20 @@ func (m *Machine) HMP(ctx context.Context, cmdline string) (string, error) {
 	return out, err
 }
 
+// announceArgs are announce-self's arguments; QEMU 7.2 requires all four
+// (the values are QEMU's own -global defaults, in milliseconds).
+type announceArgs struct {
+	Initial int64 `json:"initial"`
+	Max     int64 `json:"max"`
+	Rounds  int64 `json:"rounds"`
+	Step    int64 `json:"step"`
+}
+
 // AnnounceSelf makes the guest NIC send gratuitous announcements so that
 // switches learn the MAC's new port (absent from go-qemu's generated API).
 func (m *Machine) AnnounceSelf(ctx context.Context) error {
-	return m.runTyped(ctx, qmp.Command{Execute: "announce-self", Args: struct{}{}}, nil)
+	args := announceArgs{Initial: 50, Max: 550, Rounds: 5, Step: 100}
+	return m.runTyped(ctx, qmp.Command{Execute: "announce-self", Args: args}, nil)
 }
 
 // Quit asks QEMU to exit (QMP quit). QEMU may close the socket before it
