@@ -138,10 +138,10 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 			log.Warn("log receiver stopped", "err", err, "held", r.Held())
 		}
 	}()
-	unhook := context.AfterFunc(ctx, func() { r.conn.SetWriteDeadline(time.Now()) })
-	defer unhook()
 
-	tick := time.NewTicker(tickEvery(r.cfg.HeartbeatInterval, r.cfg.PeerTimeout))
+	// Blocked writes are bounded by the PeerTimeout deadline (see Sender.Run).
+	period := tickEvery(r.cfg.HeartbeatInterval, r.cfg.PeerTimeout)
+	tick := time.NewTicker(period)
 	defer tick.Stop()
 	delay := time.NewTimer(time.Hour)
 	delay.Stop()
@@ -167,7 +167,7 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 			if d := now.Sub(last); d > r.cfg.PeerTimeout {
 				return fmt.Errorf("%w: nothing from the primary for %s (timeout %s)", ErrPeerSilent, d.Round(time.Millisecond), r.cfg.PeerTimeout)
 			}
-			force = now.Sub(lastAck) >= r.cfg.HeartbeatInterval
+			force = now.Sub(lastAck) >= r.cfg.HeartbeatInterval-period/2
 		}
 		now := r.cfg.Now()
 		off, next := r.ackable(now)

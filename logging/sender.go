@@ -186,11 +186,12 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 			log.Warn("log sender stopped", "err", err)
 		}
 	}()
-	// Unblock a write stuck on a peer that stopped reading as soon as ctx ends.
-	unhook := context.AfterFunc(ctx, func() { s.conn.SetWriteDeadline(time.Now()) })
-	defer unhook()
 
-	tick := time.NewTicker(tickEvery(s.cfg.HeartbeatInterval, s.cfg.PeerTimeout))
+	// A write stuck on a peer that stopped reading is bounded by its
+	// PeerTimeout deadline; it is not cut short when ctx ends, because
+	// interrupting a TLS write corrupts the stream.
+	period := tickEvery(s.cfg.HeartbeatInterval, s.cfg.PeerTimeout)
+	tick := time.NewTicker(period)
 	defer tick.Stop()
 	buf := make([]byte, 0, HeaderSize+FrameHeaderSize+s.cfg.MaxFrame)
 	lastWrite := now
@@ -204,7 +205,9 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 		if d := now.Sub(last); d > s.cfg.PeerTimeout {
 			return fmt.Errorf("%w: nothing from the backup for %s (timeout %s)", ErrPeerSilent, d.Round(time.Millisecond), s.cfg.PeerTimeout)
 		}
-		if now.Sub(lastWrite) >= s.cfg.HeartbeatInterval {
+		// Ticks jitter: allow half a period of slack so an idle sender
+		// really beats every interval.
+		if now.Sub(lastWrite) >= s.cfg.HeartbeatInterval-period/2 {
 			if err := pc.write(appendHeartbeat(buf[:0], now)); err != nil {
 				return fmt.Errorf("sending heartbeat: %w", err)
 			}

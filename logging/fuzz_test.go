@@ -1,0 +1,71 @@
+package logging
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"testing"
+	"time"
+)
+
+func FuzzReadMessage(f *testing.F) {
+	f.Add(AppendFrame(nil, 12, 99, []byte("hello rr log")))
+	f.Add(appendAck(nil, wireAck{Offset: 12, Replayed: 5, SentNano: 7}))
+	f.Add(appendHeartbeat(nil, time.Unix(1, 2)))
+	f.Add(appendReason(nil, MsgBye, "shutdown"))
+	f.Add(appendReason(nil, MsgError, "bad \xff utf8"))
+	f.Add(AppendMessage(nil, MsgHello, []byte(`{"vm":"x"}`)))
+	f.Add([]byte{byte(MsgFrame), 0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte{byte(MsgFrame), 0, 0, 0, 24, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0})
+	f.Add([]byte("GET / HTTP/1.1\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bytes.NewReader(data)
+		for {
+			before := r.Len()
+			m, err := ReadMessage(r)
+			if err != nil {
+				if errors.Is(err, io.EOF) && before != 0 {
+					t.Fatalf("clean EOF reported mid-stream")
+				}
+				return
+			}
+			consumed := before - r.Len()
+			if consumed != HeaderSize+len(m.Payload) {
+				t.Fatalf("consumed %d bytes for a %d-byte payload", consumed, len(m.Payload))
+			}
+			// Round trip: re-encoding gives back the input bytes.
+			if enc := AppendMessage(nil, m.Type, m.Payload); !bytes.Equal(enc, data[len(data)-before:len(data)-before+consumed]) {
+				t.Fatalf("re-encoding differs")
+			}
+			switch m.Type {
+			case MsgFrame:
+				if fr, err := DecodeFrame(m.Payload); err == nil {
+					if fr.End() < fr.Offset || len(fr.Data) == 0 {
+						t.Fatalf("decoded impossible frame %+v", fr)
+					}
+					if fr.Verify() == nil && !bytes.Equal(AppendFrame(nil, fr.Offset, fr.Icount, fr.Data), AppendMessage(nil, m.Type, m.Payload)) {
+						t.Fatal("frame round trip differs")
+					}
+				} else if !errors.Is(err, ErrProtocol) {
+					t.Fatalf("DecodeFrame error %v is not ErrProtocol", err)
+				}
+			case MsgAck:
+				if _, err := decodeAck(m.Payload); err != nil {
+					t.Fatalf("ack of valid length refused: %v", err)
+				}
+			case MsgHeartbeat:
+				if _, err := decodeHeartbeat(m.Payload); err != nil {
+					t.Fatalf("heartbeat of valid length refused: %v", err)
+				}
+			case MsgBye, MsgError:
+				_ = decodeReason(m.Payload)
+			case MsgHello, MsgHelloReply:
+				var v any
+				_ = json.Unmarshal(m.Payload, &v)
+			default:
+				t.Fatalf("ReadMessage accepted unknown type %d", m.Type)
+			}
+		}
+	})
+}
