@@ -203,6 +203,15 @@ func (a *Agent) register(name string, v vmRunner) error {
 	return nil
 }
 
+// unregister forgets a VM that failed to start, if it is still the registered one.
+func (a *Agent) unregister(name string, v vmRunner) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.vms[name] == v {
+		delete(a.vms, name)
+	}
+}
+
 func (a *Agent) lookup(name string) (vmRunner, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -71,7 +71,7 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn) {
 		return
 	}
 	reply(nil)
-	b.run()
+	b.run(c)
 }
 
 // backup replays the primary's log as it arrives.
@@ -116,9 +116,9 @@ func (s logSink) Append(off int64, data []byte) error {
 	return nil
 }
 
-func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (b *backup, err error) {
-	b = &backup{
-		a: a, spec: hello.Spec, peer: hello.From, started: time.Now(), conn: c,
+func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_ *backup, err error) {
+	b := &backup{
+		a: a, spec: hello.Spec, peer: hello.From, started: time.Now(),
 		log:      a.log.With("vm", hello.Spec.Name, "role", "backup"),
 		dir:      a.vmDir(hello.Spec.Name, "backup"),
 		finished: make(chan struct{}),
@@ -132,8 +132,8 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (b
 	}
 	defer func() {
 		if err != nil {
-			b.runCleanups()
-			close(b.finished)
+			_ = b.stop(context.Background())
+			a.unregister(b.spec.Name, b)
 		}
 	}()
 	steps := []struct {
@@ -143,7 +143,7 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (b
 		{"prepare-dir", b.prepareDir},
 		{"open-log", b.openLog},
 		{"bind-net", b.bindNet},
-		{"start-qemu", b.startQEMU},
+		{"prepare-qemu", b.prepareQEMU},
 	}
 	for _, s := range steps {
 		if err := s.fn(ctx); err != nil {
@@ -151,15 +151,6 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (b
 		}
 	}
 	return b, nil
-}
-
-func (b *backup) runCleanups() {
-	for i := len(b.cleanups) - 1; i >= 0; i-- {
-		if err := b.cleanups[i](); err != nil {
-			b.log.Warn("cleanup", "err", err)
-		}
-	}
-	b.cleanups = nil
 }
 
 func (b *backup) prepareDir(context.Context) error {
@@ -209,7 +200,10 @@ func (b *backup) bindNet(context.Context) error {
 	return nil
 }
 
-func (b *backup) startQEMU(ctx context.Context) error {
+// prepareQEMU checks and builds the replaying QEMU's config. QEMU itself starts in run:
+// in replay mode it blocks reading its log before it even opens its QMP socket, so it
+// can only finish starting once the primary streams.
+func (b *backup) prepareQEMU(context.Context) error {
 	cfg := qemu.Config{
 		Name: b.spec.Name, Binary: b.a.cfg.QEMU, MemoryMB: b.spec.MemoryMB,
 		Kernel: b.spec.Kernel, Initrd: b.spec.Initrd, Append: b.spec.Append,
@@ -232,29 +226,42 @@ func (b *backup) startQEMU(ctx context.Context) error {
 		b.cleanups = append(b.cleanups, cg.Remove)
 		opts = append(opts, qemu.WithCgroup(cg.Add))
 	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
 	m, err := qemu.New(cfg, opts...)
 	if err != nil {
 		return err
 	}
-	if err := m.Start(ctx); err != nil {
+	b.m = m
+	return nil
+}
+
+// startQEMU starts the replaying QEMU; it returns once QMP answers, which needs log.
+func (b *backup) startQEMU(ctx context.Context) error {
+	if err := b.m.Start(ctx); err != nil {
 		return err
 	}
-	b.m = m
+	b.mu.Lock()
 	b.cleanups = append(b.cleanups, func() error {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
 		// A replaying QEMU has nothing to save: kill it rather than let it read on.
-		_ = sctx
-		return m.Kill()
+		if err := b.m.Kill(); err != nil {
+			return err
+		}
+		<-b.m.Exited()
+		return nil
 	})
+	b.mu.Unlock()
 	return nil
 }
 
 // run receives the log until the channel ends, then stops the replay. Going live on
 // a lost primary is the failover arbiter's job; without it the backup stops.
-func (b *backup) run() {
+func (b *backup) run(conn net.Conn) {
 	ctx, cancel := context.WithCancel(context.Background())
-	b.cancel = cancel
+	b.mu.Lock()
+	b.cancel, b.conn = cancel, conn
+	b.mu.Unlock()
 	b.recv = logging.NewReceiver(b.conn, logSink{f: b.logFile, feed: b.feed}, logging.ReceiverConfig{
 		StartOffset:       replay.HeaderSize,
 		HeartbeatInterval: b.a.cfg.HeartbeatInterval,
@@ -265,9 +272,23 @@ func (b *backup) run() {
 	b.mu.Lock()
 	b.state = "replaying"
 	b.mu.Unlock()
-	b.log.Info("backup replaying", "from", b.peer, "pid", b.m.PID())
+	b.log.Info("backup replaying", "from", b.peer)
 	b.wg.Add(1)
-	go func() { defer b.wg.Done(); b.pollReplay(ctx) }()
+	go func() {
+		defer b.wg.Done()
+		sctx, scancel := context.WithTimeout(ctx, 5*time.Minute)
+		err := b.startQEMU(sctx)
+		scancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				b.setFailed(fmt.Errorf("replaying qemu: %w", err))
+				b.conn.Close()
+			}
+			return
+		}
+		b.log.Info("replaying qemu running", "pid", b.m.PID())
+		b.pollReplay(ctx)
+	}()
 	err := b.recv.Run(ctx)
 	if ctx.Err() == nil {
 		b.mu.Lock()
@@ -293,13 +314,7 @@ func (b *backup) pollReplay(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-b.m.Exited():
-			b.mu.Lock()
-			if b.state == "replaying" {
-				b.state = "failed"
-				b.detail = fmt.Sprintf("replaying qemu exited: %v", b.m.ExitErr())
-			}
-			b.mu.Unlock()
-			b.log.Error("replaying qemu exited", "err", b.m.ExitErr())
+			b.setFailed(fmt.Errorf("replaying qemu exited: %v", b.m.ExitErr()))
 			b.conn.Close()
 			return
 		case <-t.C:
@@ -317,14 +332,36 @@ func (b *backup) pollReplay(ctx context.Context) {
 	}
 }
 
+func (b *backup) setFailed(err error) {
+	b.mu.Lock()
+	if b.state == "replaying" || b.state == "starting" {
+		b.state, b.detail = "failed", err.Error()
+	}
+	b.mu.Unlock()
+	b.log.Error("backup failed", "err", err)
+}
+
 func (b *backup) stop(ctx context.Context) error {
 	b.stopOnce.Do(func() {
-		if b.cancel != nil {
-			b.cancel()
+		b.mu.Lock()
+		cancel, conn := b.cancel, b.conn
+		b.mu.Unlock()
+		if cancel != nil {
+			cancel()
 		}
-		b.conn.Close()
+		if conn != nil {
+			conn.Close()
+		}
 		b.wg.Wait()
-		b.runCleanups()
+		b.mu.Lock()
+		cleanups := b.cleanups
+		b.cleanups = nil
+		b.mu.Unlock()
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			if err := cleanups[i](); err != nil {
+				b.log.Warn("cleanup", "err", err)
+			}
+		}
 		b.mu.Lock()
 		if b.state == "replaying" || b.state == "starting" {
 			b.state = "stopped"

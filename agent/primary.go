@@ -57,23 +57,24 @@ type primary struct {
 	finished chan struct{}
 	wg       sync.WaitGroup
 
-	mu        sync.Mutex
-	state     string
-	detail    string
-	written   int64
-	boundary  int64
-	icount    uint64
-	lagMS     float64
-	lagBytes  int64
-	replayed  int64
-	bkIcount  uint64
-	lags      *lagTracker
-	bw        rateMeter
-	ctrl      *throttle.Controller
-	quota     float64
-	cleanups  []func() error
-	stopOnce  sync.Once
-	unprotect func(reason string) error
+	mu          sync.Mutex
+	state       string
+	detail      string
+	written     int64
+	boundary    int64
+	icount      uint64
+	lagMS       float64
+	lagBytes    int64
+	replayed    int64
+	bkIcount    uint64
+	lags        *lagTracker
+	bw          rateMeter
+	ctrl        *throttle.Controller
+	quota       float64
+	lastObserve time.Time
+	cleanups    []func() error
+	stopOnce    sync.Once
+	unprotect   func(reason string) error
 }
 
 func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup string) (err error) {
@@ -94,8 +95,8 @@ func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup strin
 	}
 	defer func() {
 		if err != nil {
-			p.runCleanups()
-			close(p.finished)
+			_ = p.stop(context.Background())
+			a.unregister(spec.Name, p)
 		}
 	}()
 	steps := []struct {
@@ -395,9 +396,14 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 			p.replayed = off
 			p.bkIcount = ack.ReplayedIcount
 			p.lagBytes = p.boundary - off
-			old := p.quota
-			q := p.ctrl.Observe(lag, now)
-			p.quota = q
+			old, q := p.quota, p.quota
+			// The controller works at a fixed cadence, not per ack: acks come every
+			// few ms and a multiplicative step per ack would collapse the quota.
+			if now.Sub(p.lastObserve) >= throttleEvery {
+				p.lastObserve = now
+				q = p.ctrl.Observe(lag, now)
+				p.quota = q
+			}
 			p.mu.Unlock()
 			if p.cg != nil && (q < old*0.98 || q > old*1.02 || (q == 1 && old < 1)) {
 				if err := p.cg.SetQuota(q); err != nil {
@@ -409,6 +415,9 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 		}
 	}
 }
+
+// throttleEvery is the throttle controller's period.
+const throttleEvery = 100 * time.Millisecond
 
 // backupLost handles the end of the log channel. Without a failover arbiter the safe
 // choice is to keep holding output (the backup may still be alive); the VM keeps

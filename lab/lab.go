@@ -32,7 +32,24 @@ const (
 	GuestMAC      = "52:54:00:12:34:56"
 	Root          = "/var/lib/ftvmd-lab"
 	PeerPort      = 7800
+	// CgroupRoot is where the lab binds /sys/fs/cgroup for agents in namespaces.
+	CgroupRoot = "/run/ftvmd-lab-cgroup"
 )
+
+func bindCgroups() error {
+	if out, err := exec.Command("mountpoint", "-q", CgroupRoot).CombinedOutput(); err == nil {
+		return nil
+	} else if len(out) > 0 {
+		return fmt.Errorf("mountpoint %s: %s", CgroupRoot, out)
+	}
+	if err := os.MkdirAll(CgroupRoot, 0o755); err != nil {
+		return err
+	}
+	if out, err := exec.Command("mount", "--rbind", "/sys/fs/cgroup", CgroupRoot).CombinedOutput(); err != nil {
+		return fmt.Errorf("bind cgroups for the lab: %v: %s", err, out)
+	}
+	return nil
+}
 
 // Host is one hypervisor host of the lab.
 type Host struct {
@@ -120,6 +137,11 @@ func Up(ctx context.Context, repo string, logf func(string, ...any)) (*Lab, erro
 	if out, err := exec.CommandContext(ctx, "bash", script, "up").CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("lab up: %v: %s", err, out)
 	}
+	// `ip netns exec` mounts a fresh /sys, hiding the cgroup hierarchy: agents in the
+	// lab reach it through a bind mount instead.
+	if err := bindCgroups(); err != nil {
+		return nil, err
+	}
 	ca := filepath.Join(Root, "ca")
 	if _, err := l.Run(ctx, "", "keys", "init", "--ca", ca); err != nil {
 		return nil, err
@@ -159,7 +181,7 @@ func (l *Lab) StartAgent(ctx context.Context, h Host, extra ...string) error {
 	}
 	args := append([]string{"netns", "exec", h.NS, l.Bin, "agent",
 		"--host", h.Name, "--state-dir", h.Dir, "--listen", h.Peer(), "--cpus", h.CPUs,
-		"--flush-lib", l.FlushLib, "--bridge", "br0", "--log-level", "debug"}, extra...)
+		"--flush-lib", l.FlushLib, "--cgroup-root", CgroupRoot, "--peer-timeout", "3s", "--bridge", "br0", "--log-level", "debug"}, extra...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {

@@ -108,10 +108,24 @@ func (s Spec) Validate() error {
 		errs = append(errs, fmt.Errorf("lag_bound_ms %d: must be between 10 and 60000", s.LagBoundMS))
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("invalid vm spec: %w", errors.Join(errs...))
+		return &InvalidError{Problems: errs}
 	}
 	return nil
 }
+
+// InvalidError lists every problem of a spec, on one line so a CLI shows one line.
+type InvalidError struct{ Problems []error }
+
+func (e *InvalidError) Error() string {
+	msgs := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		msgs[i] = p.Error()
+	}
+	return "invalid vm spec: " + strings.Join(msgs, "; ")
+}
+
+// Unwrap exposes the individual problems to errors.Is/As.
+func (e *InvalidError) Unwrap() []error { return e.Problems }
 
 // Parse decodes a spec, rejecting unknown fields, normalizes and validates it.
 func Parse(b []byte) (Spec, error) {
