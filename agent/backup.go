@@ -264,7 +264,9 @@ func (b *backup) run(conn net.Conn) {
 	b.mu.Unlock()
 	b.recv = logging.NewReceiver(b.conn, logSink{f: b.logFile, feed: b.feed}, logging.ReceiverConfig{
 		StartOffset:       replay.HeaderSize,
-		HeartbeatInterval: b.a.cfg.HeartbeatInterval,
+		// Acks carry the replayed icount, the primary's only view of the backup's
+		// progress: send them often so the measured lag is not ack cadence.
+		HeartbeatInterval: min(b.a.cfg.HeartbeatInterval, ackEvery),
 		PeerTimeout:       b.a.cfg.PeerTimeout,
 		AckDelay:          b.a.cfg.TestAckDelay,
 		Logger:            b.log,
@@ -306,8 +308,16 @@ func (b *backup) run(conn net.Conn) {
 	_ = b.stop(context.Background())
 }
 
+// ackEvery is the backup's ack period and replayPollEvery how often it asks its QEMU how
+// far it has replayed. The poll also wakes the replaying QEMU's main loop, without
+// which an idle replay stalls on checkpoints written by the recorder's main loop.
+const (
+	ackEvery        = 10 * time.Millisecond
+	replayPollEvery = 10 * time.Millisecond
+)
+
 func (b *backup) pollReplay(ctx context.Context) {
-	t := time.NewTicker(20 * time.Millisecond)
+	t := time.NewTicker(replayPollEvery)
 	defer t.Stop()
 	for {
 		select {
