@@ -1,0 +1,165 @@
+// Package bench holds the lab benchmarks behind `ftvmd bench`: each boots real guests
+// on the lab, measures, and returns a summary that the CLI prints as its last line in
+// JSON, for docs/benchmarks.md. Comparisons (protected vs unprotected) are made in one
+// run, since the machine is noisy.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ftvmd/ftvmd/lab"
+)
+
+// Env describes the machine and moment of a run.
+type Env struct {
+	Command string `json:"command"`
+	Date    string `json:"date"`
+	Host    string `json:"host"`
+	CPUs    int    `json:"cpus"`
+	CPU     string `json:"cpu_model"`
+	Kernel  string `json:"kernel"`
+	QEMU    string `json:"qemu"`
+}
+
+// NewEnv records the machine.
+func NewEnv(command string) Env {
+	hn, _ := os.Hostname()
+	e := Env{Command: command, Date: time.Now().UTC().Format(time.RFC3339), Host: hn, CPUs: runtime.NumCPU()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				e.CPU = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		e.Kernel = strings.TrimSpace(string(b))
+	}
+	if out, err := runOut("qemu-system-x86_64", "--version"); err == nil {
+		e.QEMU = strings.SplitN(out, "\n", 2)[0]
+	}
+	return e
+}
+
+// Dist summarises samples.
+type Dist struct {
+	N   int     `json:"n"`
+	P50 float64 `json:"p50"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+	Avg float64 `json:"avg"`
+}
+
+// NewDist computes the distribution of xs.
+func NewDist(xs []float64) Dist {
+	if len(xs) == 0 {
+		return Dist{}
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	var sum float64
+	for _, x := range s {
+		sum += x
+	}
+	q := func(p float64) float64 {
+		i := int(p * float64(len(s)-1))
+		return s[i]
+	}
+	return Dist{N: len(s), P50: q(0.5), P99: q(0.99), Max: s[len(s)-1], Avg: sum / float64(len(s))}
+}
+
+// Session is a lab with both agents running, for one benchmark.
+type Session struct {
+	Lab *lab.Lab
+	Out io.Writer
+}
+
+// Open brings up the lab and both agents.
+func Open(ctx context.Context, out io.Writer, agentArgs ...string) (*Session, error) {
+	repo, err := lab.FindRepo()
+	if err != nil {
+		return nil, err
+	}
+	logf := func(f string, a ...any) { fmt.Fprintf(out, "lab: "+f+"\n", a...) }
+	l, err := lab.Up(ctx, repo, logf)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{Lab: l, Out: out}
+	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
+		if err := l.StartAgent(ctx, h, agentArgs...); err != nil {
+			_ = s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Close stops the agents and removes the lab.
+func (s *Session) Close() error { return s.Lab.Down(false) }
+
+func (s *Session) logf(f string, a ...any) { fmt.Fprintf(s.Out, f+"\n", a...) }
+
+// StartGuest defines and starts vm on host A, protected by B or not, and waits until
+// the guest is ready and, if protected, the backup has caught up.
+func (s *Session) StartGuest(ctx context.Context, vm, appendExtra string, protected bool) (time.Duration, error) {
+	if err := s.Lab.DefineGuest(ctx, lab.HostA, vm, appendExtra); err != nil {
+		return 0, err
+	}
+	t0 := time.Now()
+	args := []string{"run", vm}
+	if protected {
+		args = []string{"protect", vm, "--backup", lab.HostB.Peer()}
+	}
+	if _, err := s.Lab.Run(ctx, "a", args...); err != nil {
+		return 0, err
+	}
+	if err := lab.WaitConsole(ctx, lab.Console(lab.HostA, vm, "primary"), "ftguest ready", 5*time.Minute); err != nil {
+		return 0, err
+	}
+	boot := time.Since(t0)
+	if protected {
+		if err := s.WaitCaughtUp(ctx, vm, 3*time.Minute); err != nil {
+			return boot, err
+		}
+	}
+	return boot, nil
+}
+
+// WaitCaughtUp waits until the backup's lag is under its bound.
+func (s *Session) WaitCaughtUp(ctx context.Context, vm string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := lab.Status(ctx, lab.HostA, vm)
+		if err != nil {
+			return err
+		}
+		if st.BackupIcount > 0 && st.LagMS < float64(st.LagBoundMS) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("backup of %s did not catch up within %s (lag %.0f ms)", vm, timeout, st.LagMS)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// StopGuest stops vm on host A (and so its backup).
+func (s *Session) StopGuest(ctx context.Context, vm string) error {
+	_, err := s.Lab.Run(ctx, "a", "stop", vm)
+	// Give the backup a moment to see the channel end and stop too.
+	time.Sleep(500 * time.Millisecond)
+	return err
+}
