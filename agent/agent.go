@@ -46,6 +46,8 @@ type Config struct {
 
 	// TestAckDelay delays every ack the backup sends (test-only: proves the hold).
 	TestAckDelay time.Duration
+	// TestKnobs enables test-only control operations (OpTestAckDelay).
+	TestKnobs bool
 	// CheckInvariant makes the relay verify the output rule on every release.
 	CheckInvariant bool
 
@@ -288,6 +290,19 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 			return fail(err)
 		}
 		return ok(fmt.Sprintf("vm %s stopped on %s", req.VM, a.cfg.Host))
+	case control.OpTestAckDelay:
+		if !a.cfg.TestKnobs {
+			return fail(errors.New("test knobs are disabled on this agent (--test-knobs)"))
+		}
+		v, found := a.lookup(req.VM)
+		b, isBackup := v.(*backup)
+		if !found || !isBackup {
+			return fail(fmt.Errorf("vm %q has no backup on %s", req.VM, a.cfg.Host))
+		}
+		if err := b.setAckDelay(time.Duration(req.AckDelayMS) * time.Millisecond); err != nil {
+			return fail(err)
+		}
+		return ok(fmt.Sprintf("ack delay of %s set to %d ms", req.VM, req.AckDelayMS))
 	default:
 		return fail(fmt.Errorf("unknown operation %q", req.Op))
 	}

@@ -262,8 +262,8 @@ func (b *backup) run(conn net.Conn) {
 	b.mu.Lock()
 	b.cancel, b.conn = cancel, conn
 	b.mu.Unlock()
-	b.recv = logging.NewReceiver(b.conn, logSink{f: b.logFile, feed: b.feed}, logging.ReceiverConfig{
-		StartOffset:       replay.HeaderSize,
+	recv := logging.NewReceiver(b.conn, logSink{f: b.logFile, feed: b.feed}, logging.ReceiverConfig{
+		StartOffset: replay.HeaderSize,
 		// Acks carry the replayed icount, the primary's only view of the backup's
 		// progress: send them often so the measured lag is not ack cadence.
 		HeartbeatInterval: min(b.a.cfg.HeartbeatInterval, ackEvery),
@@ -272,6 +272,7 @@ func (b *backup) run(conn net.Conn) {
 		Logger:            b.log,
 	})
 	b.mu.Lock()
+	b.recv = recv
 	b.state = "replaying"
 	b.mu.Unlock()
 	b.log.Info("backup replaying", "from", b.peer)
@@ -291,7 +292,7 @@ func (b *backup) run(conn net.Conn) {
 		b.log.Info("replaying qemu running", "pid", b.m.PID())
 		b.pollReplay(ctx)
 	}()
-	err := b.recv.Run(ctx)
+	err := recv.Run(ctx)
 	if ctx.Err() == nil {
 		b.mu.Lock()
 		if b.state == "replaying" {
@@ -340,6 +341,18 @@ func (b *backup) pollReplay(ctx context.Context) {
 			b.mu.Unlock()
 		}
 	}
+}
+
+func (b *backup) setAckDelay(d time.Duration) error {
+	b.mu.Lock()
+	r := b.recv
+	b.mu.Unlock()
+	if r == nil {
+		return fmt.Errorf("backup %s is not receiving yet", b.spec.Name)
+	}
+	r.SetAckDelay(d)
+	b.log.Warn("test knob: ack delay set", "delay", d)
+	return nil
 }
 
 func (b *backup) setFailed(err error) {

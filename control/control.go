@@ -29,6 +29,9 @@ const (
 	OpUnprotect = "unprotect"
 	OpStop      = "stop"
 	OpDefine    = "define"
+	// OpTestAckDelay sets the backup's ack delay (test-only; the agent must run with
+	// --test-knobs). It proves the output rule holds frames until acked.
+	OpTestAckDelay = "test-ack-delay"
 )
 
 // Request is one CLI call.
@@ -37,6 +40,8 @@ type Request struct {
 	VM     string       `json:"vm,omitempty"`
 	Backup string       `json:"backup,omitempty"` // host:port of the backup agent
 	Spec   *vmspec.Spec `json:"spec,omitempty"`
+	// AckDelayMS is OpTestAckDelay's argument.
+	AckDelayMS int `json:"ack_delay_ms,omitempty"`
 }
 
 // Response carries either an error or the result.

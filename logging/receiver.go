@@ -78,6 +78,7 @@ type Receiver struct {
 	err      error
 	replayed atomic.Uint64
 	held     atomic.Int64
+	ackDelay atomic.Int64 // nanoseconds; starts as cfg.AckDelay, see SetAckDelay
 	wake     chan struct{} // cap 1: something new to ack
 
 	mu      sync.Mutex
@@ -95,6 +96,7 @@ func NewReceiver(conn net.Conn, sink Sink, cfg ReceiverConfig) *Receiver {
 	}
 	r.cfg = cfg
 	r.held.Store(cfg.StartOffset)
+	r.ackDelay.Store(int64(cfg.AckDelay))
 	r.st.Held, r.st.Acked = cfg.StartOffset, cfg.StartOffset
 	return r
 }
@@ -102,6 +104,15 @@ func NewReceiver(conn net.Conn, sink Sink, cfg ReceiverConfig) *Receiver {
 // SetReplayed records the backup QEMU's replayed instruction count; the next
 // ack carries it. It never blocks on the network.
 func (r *Receiver) SetReplayed(icount uint64) { r.replayed.Store(icount) }
+
+// SetAckDelay changes the test-only ack delay while running (see
+// ReceiverConfig.AckDelay); negative values count as 0.
+func (r *Receiver) SetAckDelay(d time.Duration) {
+	if d < 0 {
+		d = 0
+	}
+	r.ackDelay.Store(int64(d))
+}
 
 // Held is the offset up to which the Sink holds the log.
 func (r *Receiver) Held() int64 { return r.held.Load() }
@@ -198,7 +209,10 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 // ackable returns the highest offset that may be acked at now and, with
 // AckDelay, when the next pending one becomes ackable (zero if none).
 func (r *Receiver) ackable(now time.Time) (int64, time.Time) {
-	if r.cfg.AckDelay == 0 {
+	if r.ackDelay.Load() == 0 {
+		r.mu.Lock()
+		r.pending = nil
+		r.mu.Unlock()
 		return r.held.Load(), time.Time{}
 	}
 	r.mu.Lock()
@@ -262,8 +276,8 @@ func (r *Receiver) onFrame(p []byte, now time.Time) error {
 	if f.Icount != 0 {
 		r.st.BoundaryIcount = f.Icount
 	}
-	if r.cfg.AckDelay > 0 {
-		r.pending = append(r.pending, pendingAck{off: end, at: now.Add(r.cfg.AckDelay)})
+	if d := time.Duration(r.ackDelay.Load()); d > 0 {
+		r.pending = append(r.pending, pendingAck{off: end, at: now.Add(d)})
 	}
 	r.mu.Unlock()
 	select {

@@ -69,7 +69,7 @@ func newAgentCmd() *cobra.Command {
 	var (
 		host, dir, listen, socket, flush, qemuBin, cpus, bridge, cgroupRoot, logLevel string
 		hb, timeout, ackDelay                                                         time.Duration
-		checkInv                                                                      bool
+		checkInv, testKnobs                                                           bool
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -88,7 +88,7 @@ func newAgentCmd() *cobra.Command {
 			}
 			cfg.FlushLib, cfg.QEMU, cfg.CPUs, cfg.Bridge, cfg.CgroupRoot = flush, qemuBin, cpus, bridge, cgroupRoot
 			cfg.HeartbeatInterval, cfg.PeerTimeout = hb, timeout
-			cfg.TestAckDelay, cfg.CheckInvariant = ackDelay, checkInv
+			cfg.TestAckDelay, cfg.CheckInvariant, cfg.TestKnobs = ackDelay, checkInv, testKnobs
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 			a, err := agent.New(cfg)
 			if err != nil {
@@ -113,7 +113,9 @@ func newAgentCmd() *cobra.Command {
 	f.DurationVar(&ackDelay, "test-ack-delay", 0, "TEST ONLY: delay every ack the backup sends")
 	f.BoolVar(&checkInv, "check-invariant", false, "verify the output rule on every released frame")
 	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
+	f.BoolVar(&testKnobs, "test-knobs", false, "TEST ONLY: enable test control operations")
 	_ = f.MarkHidden("test-ack-delay")
+	_ = f.MarkHidden("test-knobs")
 	return c
 }
 
