@@ -78,7 +78,7 @@ type Receiver struct {
 	err      error
 	replayed atomic.Uint64
 	held     atomic.Int64
-	ackDelay atomic.Int64 // nanoseconds; starts as cfg.AckDelay, see SetAckDelay
+	ackDelay atomic.Int64  // nanoseconds; starts as cfg.AckDelay, see SetAckDelay
 	wake     chan struct{} // cap 1: something new to ack
 
 	mu      sync.Mutex
