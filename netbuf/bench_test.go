@@ -3,7 +3,9 @@ package netbuf
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,12 +21,35 @@ import (
 func BenchmarkRelay(b *testing.B) {
 	for _, mode := range []string{"unprotected", "protected"} {
 		for _, size := range []int{64, 1500, 9000, 65000} {
-			b.Run(fmt.Sprintf("%s/%d", mode, size), func(b *testing.B) { benchRelay(b, mode, size) })
+			b.Run(fmt.Sprintf("%s/%d", mode, size), func(b *testing.B) { benchRelay(b, mode, size, nil) })
 		}
 	}
 }
 
-func benchRelay(b *testing.B, mode string, size int) {
+// BenchmarkRelayDgramQueue is BenchmarkRelay/*/1500 with the relay's socket
+// made in a fresh network namespace whose net.unix.max_dgram_qlen is the
+// kernel default (10) or DefaultDgramQueue. Needs root.
+func BenchmarkRelayDgramQueue(b *testing.B) {
+	requireRoot(b)
+	for _, qlen := range []int{10, DefaultDgramQueue} {
+		for _, mode := range []string{"unprotected", "protected"} {
+			b.Run(fmt.Sprintf("qlen=%d/%s/1500", qlen, mode), func(b *testing.B) {
+				ns := newNetns(b)
+				err := ns.do(func() error {
+					return os.WriteFile(dgramQlenPath, []byte(strconv.Itoa(qlen)), 0)
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				benchRelay(b, mode, 1500, ns.do)
+			})
+		}
+	}
+}
+
+// benchRelay runs one relay benchmark. inNetns, if not nil, runs NewRelay
+// (which creates the relay's socket) in another network namespace.
+func benchRelay(b *testing.B, mode string, size int, inNetns func(func() error) error) {
 	dir := b.TempDir()
 	tap, netSide := fakeTap(b)
 	var logSize atomic.Int64
@@ -33,7 +58,7 @@ func benchRelay(b *testing.B, mode string, size int) {
 	if mode != "unprotected" {
 		m = outputrule.Protected
 	}
-	r, err := NewRelay(RelayConfig{
+	cfg := RelayConfig{
 		AgentSock: filepath.Join(dir, "agent.sock"),
 		QEMUSock:  filepath.Join(dir, "qemu.sock"),
 		Tap:       tap,
@@ -43,7 +68,14 @@ func benchRelay(b *testing.B, mode string, size int) {
 			return s, nil
 		},
 		Rule: outputrule.New(outputrule.Config{}, m),
-	})
+	}
+	var r *Relay
+	var err error
+	if inNetns != nil {
+		err = inNetns(func() (err error) { r, err = NewRelay(cfg); return err })
+	} else {
+		r, err = NewRelay(cfg)
+	}
 	if err != nil {
 		b.Fatal(err)
 	}

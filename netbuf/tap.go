@@ -3,9 +3,10 @@
 // that tap, which holds guest output under the output rule (see
 // package outputrule).
 //
-// Tap handling uses ioctls from golang.org/x/sys/unix (TUNSETIFF,
-// TUNSETPERSIST, SIOCBRADDIF, SIOCSIFFLAGS, ETHTOOL_GDRVINFO), which act in
-// the calling thread's network namespace.
+// Tap handling uses github.com/vishvananda/netlink (rtnetlink, plus the
+// TUNSETIFF/TUNSETPERSIST ioctls netlink issues to create a tap). Only
+// OpenTap uses golang.org/x/sys/unix directly. All of it acts in the calling
+// thread's network namespace.
 package netbuf
 
 import (
@@ -15,6 +16,7 @@ import (
 	"os"
 	"unsafe"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,151 +39,121 @@ func checkIfName(name string) error {
 	return nil
 }
 
-// ctlSocket is a socket to issue interface ioctls on, in the calling
-// thread's network namespace.
-func ctlSocket() (int, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("netbuf: control socket: %w", err)
+// lookupLink returns link name, or (nil, nil) if there is no such link.
+func lookupLink(name string) (netlink.Link, error) {
+	l, err := netlink.LinkByName(name)
+	if errors.As(err, &netlink.LinkNotFoundError{}) {
+		return nil, nil
 	}
-	return fd, nil
+	if err != nil {
+		return nil, fmt.Errorf("netbuf: look up link %q: %w", name, err)
+	}
+	return l, nil
 }
 
-// linkDriver returns the driver of interface name ("bridge", "tun", ...), or
-// an error wrapping unix.ENODEV if there is no such interface.
-func linkDriver(sock int, name string) (string, error) {
-	info, err := unix.IoctlGetEthtoolDrvinfo(sock, name)
-	if err != nil {
-		return "", err
+// asTap returns l as a tap, or ErrNotTap. A kernel that does not report the
+// tun device's mode (Mode 0) is given the benefit of the doubt.
+func asTap(l netlink.Link) (*netlink.Tuntap, error) {
+	t, ok := l.(*netlink.Tuntap)
+	if !ok {
+		return nil, fmt.Errorf("%w: %q is a %s link", ErrNotTap, l.Attrs().Name, l.Type())
 	}
-	return unix.ByteSliceToString(info.Driver[:]), nil
+	if t.Mode != 0 && t.Mode != netlink.TUNTAP_MODE_TAP {
+		return nil, fmt.Errorf("%w: %q is a %s device", ErrNotTap, t.Name, t.Mode)
+	}
+	return t, nil
 }
 
-func ifIndex(sock int, name string) (int32, error) {
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return 0, err
-	}
-	if err := unix.IoctlIfreq(sock, unix.SIOCGIFINDEX, ifr); err != nil {
-		return 0, err
-	}
-	return int32(ifr.Uint32()), nil
-}
-
-// CreateTap creates a persistent tap device name (no packet-info header, no
-// vnet header), attaches it to bridge and sets it up. The bridge must exist
-// and be a Linux bridge (ErrBridgeNotFound, ErrNotBridge); an empty bridge
-// leaves the tap unattached. A link that already exists is ErrTapExists. On
-// error nothing is left behind. Open the tap's queue with OpenTap.
+// CreateTap creates a persistent tap device name, attaches it to bridge and
+// sets it up. The tap carries plain Ethernet frames: no packet-info header
+// and no vnet header, since the relay copies frames unchanged between it and
+// QEMU's datagram netdev. The bridge must exist and be a Linux bridge
+// (ErrBridgeNotFound, ErrNotBridge); an empty bridge leaves the tap
+// unattached. A link that already exists is ErrTapExists. On error nothing
+// is left behind. Open the tap's queue with OpenTap.
 func CreateTap(name, bridge string) (*net.Interface, error) {
 	if err := checkIfName(name); err != nil {
 		return nil, err
 	}
-	sock, err := ctlSocket()
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(sock)
+	var br netlink.Link
 	if bridge != "" {
-		drv, err := linkDriver(sock, bridge)
+		l, err := lookupLink(bridge)
 		switch {
-		case errors.Is(err, unix.ENODEV):
-			return nil, fmt.Errorf("%w: %q", ErrBridgeNotFound, bridge)
-		case errors.Is(err, unix.EOPNOTSUPP): // e.g. lo has no driver info
-			return nil, fmt.Errorf("%w: %q", ErrNotBridge, bridge)
 		case err != nil:
-			return nil, fmt.Errorf("netbuf: look up bridge %q: %w", bridge, err)
-		case drv != "bridge":
-			return nil, fmt.Errorf("%w: %q has driver %q", ErrNotBridge, bridge, drv)
+			return nil, err
+		case l == nil:
+			return nil, fmt.Errorf("%w: %q", ErrBridgeNotFound, bridge)
 		}
+		if _, ok := l.(*netlink.Bridge); !ok {
+			return nil, fmt.Errorf("%w: %q is a %s link", ErrNotBridge, bridge, l.Type())
+		}
+		br = l
 	}
-	if _, err := ifIndex(sock, name); err == nil {
-		return nil, fmt.Errorf("%w: %q", ErrTapExists, name)
+	if l, err := lookupLink(name); err != nil {
+		return nil, err
+	} else if l != nil {
+		return nil, fmt.Errorf("%w: %q (a %s link)", ErrTapExists, name, l.Type())
 	}
-	// IFF_TUN_EXCL: fail rather than attach if the name appeared meanwhile.
-	fd, err := tunAttach(name, unix.IFF_TAP|unix.IFF_NO_PI|unix.IFF_TUN_EXCL)
-	if err != nil {
-		if errors.Is(err, unix.EBUSY) {
-			return nil, fmt.Errorf("%w: %q", ErrTapExists, name)
+	tap := &netlink.Tuntap{
+		LinkAttrs: netlink.LinkAttrs{Name: name},
+		Mode:      netlink.TUNTAP_MODE_TAP,
+		// TUN_EXCL: fail rather than attach to a tap that appeared since
+		// the check above.
+		Flags:      netlink.TUNTAP_NO_PI | netlink.TUNTAP_TUN_EXCL,
+		NonPersist: false,
+	}
+	// netlink sets TUNSETOWNER/TUNSETGROUP from Owner and Group, so the tap
+	// is owned by uid 0 and gid 0; only the root agent opens it.
+	if err := netlink.LinkAdd(tap); err != nil {
+		// netlink does not wrap the TUNSETIFF errno (EBUSY for an existing
+		// name); if the link is there now, someone else made it.
+		if l, lerr := lookupLink(name); lerr == nil && l != nil {
+			return nil, fmt.Errorf("%w: %q: %v", ErrTapExists, name, err)
 		}
 		return nil, fmt.Errorf("netbuf: create tap %q: %w", name, err)
 	}
 	fail := func(err error) (*net.Interface, error) {
-		_ = unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 0)
-		unix.Close(fd) // the last close of a non-persistent tap removes it
+		if derr := netlink.LinkDel(tap); derr != nil {
+			err = errors.Join(err, fmt.Errorf("netbuf: remove half-made tap %q: %w", name, derr))
+		}
 		return nil, err
 	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
-		return fail(fmt.Errorf("netbuf: make tap %q persistent: %w", name, err))
-	}
-	if bridge != "" {
-		tapIndex, err := ifIndex(sock, name)
-		if err != nil {
-			return fail(fmt.Errorf("netbuf: look up new tap %q: %w", name, err))
-		}
-		ifr, err := unix.NewIfreq(bridge)
-		if err != nil {
-			return fail(err)
-		}
-		ifr.SetUint32(uint32(tapIndex))
-		if err := unix.IoctlIfreq(sock, unix.SIOCBRADDIF, ifr); err != nil {
+	if br != nil {
+		if err := netlink.LinkSetMaster(tap, br); err != nil {
 			return fail(fmt.Errorf("netbuf: attach tap %q to bridge %q: %w", name, bridge, err))
 		}
 	}
-	if err := setUp(sock, name); err != nil {
+	if err := netlink.LinkSetUp(tap); err != nil {
 		return fail(fmt.Errorf("netbuf: set tap %q up: %w", name, err))
 	}
-	unix.Close(fd)
 	ifi, err := net.InterfaceByName(name)
 	if err != nil {
-		// net.InterfaceByName uses netlink in the calling thread's namespace;
-		// the tap exists, report what we know.
-		return &net.Interface{Name: name}, nil
+		// net.InterfaceByName uses netlink in the calling thread's
+		// namespace; the tap exists, report what we know.
+		return &net.Interface{Index: tap.Index, Name: name, Flags: net.FlagUp}, nil
 	}
 	return ifi, nil
 }
 
-func setUp(sock int, name string) error {
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(sock, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(sock, unix.SIOCSIFFLAGS, ifr)
-}
-
-// DeleteTap removes the persistent tap name. A tap that does not exist is not
-// an error; a link that is not a tap is ErrNotTap. If a queue is still open
-// (QEMU, a relay), the device goes away when the last one is closed.
+// DeleteTap removes the tap name. A tap that does not exist is not an error;
+// a link that is not a tap is ErrNotTap. The device goes away at once even
+// if a queue is still open (QEMU, a relay): reads and writes on that queue
+// then fail, so stop its users first.
 func DeleteTap(name string) error {
 	if err := checkIfName(name); err != nil {
 		return err
 	}
-	sock, err := ctlSocket()
-	if err != nil {
+	l, err := lookupLink(name)
+	if err != nil || l == nil {
 		return err
 	}
-	defer unix.Close(sock)
-	drv, err := linkDriver(sock, name)
-	switch {
-	case errors.Is(err, unix.ENODEV):
-		return nil
-	case errors.Is(err, unix.EOPNOTSUPP):
-		return fmt.Errorf("%w: %q", ErrNotTap, name)
-	case err != nil:
-		return fmt.Errorf("netbuf: look up tap %q: %w", name, err)
-	case drv != "tun":
-		return fmt.Errorf("%w: %q has driver %q", ErrNotTap, name, drv)
+	if _, err := asTap(l); err != nil {
+		return err
 	}
-	fd, err := tunAttach(name, unix.IFF_TAP|unix.IFF_NO_PI)
-	if err != nil {
-		return fmt.Errorf("netbuf: attach tap %q to delete it: %w", name, err)
-	}
-	defer unix.Close(fd)
-	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 0); err != nil {
+	if err := netlink.LinkDel(l); err != nil {
+		if errors.Is(err, unix.ENODEV) {
+			return nil // gone meanwhile
+		}
 		return fmt.Errorf("netbuf: delete tap %q: %w", name, err)
 	}
 	return nil
@@ -194,7 +166,7 @@ type ifreq struct {
 	_     [22]byte
 }
 
-// tunAttach opens /dev/net/tun and attaches it to (or creates) tap name.
+// tunAttach opens /dev/net/tun and attaches it to tap name.
 func tunAttach(name string, flags uint16) (int, error) {
 	fd, err := unix.Open(tunPath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -214,24 +186,27 @@ func tunAttach(name string, flags uint16) (int, error) {
 // non-blocking, pollable file: Read returns one Ethernet frame, Write sends
 // one, and SetReadDeadline works. Closing the file detaches the queue; the
 // persistent tap stays.
+//
+// The attach itself is a raw TUNSETIFF ioctl: netlink can create a tap (and
+// hand back the creating queues) but has no call to attach a queue to an
+// existing one.
 func OpenTap(name string) (*os.File, error) {
 	if err := checkIfName(name); err != nil {
 		return nil, err
 	}
-	sock, err := ctlSocket()
-	if err != nil {
+	l, err := lookupLink(name)
+	switch {
+	case err != nil:
+		return nil, err
+	case l == nil:
+		return nil, fmt.Errorf("%w: %q", ErrTapNotFound, name)
+	}
+	if _, err := asTap(l); err != nil {
 		return nil, err
 	}
-	drv, err := linkDriver(sock, name)
-	unix.Close(sock)
-	switch {
-	case errors.Is(err, unix.ENODEV):
-		return nil, fmt.Errorf("%w: %q", ErrTapNotFound, name)
-	case err != nil:
-		return nil, fmt.Errorf("netbuf: look up tap %q: %w", name, err)
-	case drv != "tun":
-		return nil, fmt.Errorf("%w: %q has driver %q", ErrNotTap, name, drv)
-	}
+	// Without IFF_TUN_EXCL, TUNSETIFF attaches to the existing tap (it would
+	// create one if the tap vanished meanwhile; that one is not persistent
+	// and goes away with the file).
 	fd, err := tunAttach(name, unix.IFF_TAP|unix.IFF_NO_PI)
 	if err != nil {
 		return nil, fmt.Errorf("netbuf: open tap: %w", err)

@@ -4,14 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
-	"unsafe"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/ftvmd/ftvmd/outputrule"
@@ -19,7 +20,7 @@ import (
 
 // requireRoot skips unless the test can create network namespaces and taps;
 // FTVMD_REQUIRE_ROOT=1 turns the skip into a failure.
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	why := ""
 	if os.Geteuid() != 0 {
@@ -44,7 +45,7 @@ type netnsThread struct {
 	done chan struct{}
 }
 
-func newNetns(t *testing.T) *netnsThread {
+func newNetns(t testing.TB) *netnsThread {
 	t.Helper()
 	n := &netnsThread{fns: make(chan func()), done: make(chan struct{})}
 	errc := make(chan error, 1)
@@ -77,35 +78,18 @@ func (n *netnsThread) do(fn func() error) error {
 
 // addBridge creates bridge name with address addr/24 and sets it up.
 func addBridge(name string, addr net.IP) error {
-	sock, err := ctlSocket()
-	if err != nil {
-		return err
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
+	if err := netlink.LinkAdd(br); err != nil {
+		return fmt.Errorf("add bridge %s: %w", name, err)
 	}
-	defer unix.Close(sock)
-	b, err := unix.BytePtrFromString(name)
-	if err != nil {
-		return err
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: addr, Mask: net.CIDRMask(24, 32)}}
+	if err := netlink.AddrAdd(br, a); err != nil {
+		return fmt.Errorf("address bridge %s: %w", name, err)
 	}
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(sock), unix.SIOCBRADDBR, uintptr(unsafe.Pointer(b))); errno != 0 {
-		return errno
+	if err := netlink.LinkSetUp(br); err != nil {
+		return fmt.Errorf("set bridge %s up: %w", name, err)
 	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return err
-	}
-	if err := ifr.SetInet4Addr(addr.To4()); err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(sock, unix.SIOCSIFADDR, ifr); err != nil {
-		return err
-	}
-	if err := ifr.SetInet4Addr(net.IPv4(255, 255, 255, 0).To4()); err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(sock, unix.SIOCSIFNETMASK, ifr); err != nil {
-		return err
-	}
-	return setUp(sock, name)
+	return nil
 }
 
 var (
@@ -238,5 +222,115 @@ func TestTapInNetnsEndToEnd(t *testing.T) {
 	}
 	if err := ns.do(func() error { _, err := OpenTap(tap); return err }); !errors.Is(err, ErrTapNotFound) {
 		t.Fatalf("open deleted tap: %v", err)
+	}
+}
+
+func TestTapAttributesAndDelete(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	const br, tap, tun, veth = "ftbr1", "fttap2", "fttun0", "ftveth0"
+	if err := ns.do(func() error { return addBridge(br, hostIP) }); err != nil {
+		t.Fatalf("bridge: %v", err)
+	}
+	err := ns.do(func() error {
+		if err := netlink.LinkAdd(&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: tun}, Mode: netlink.TUNTAP_MODE_TUN, Flags: netlink.TUNTAP_NO_PI}); err != nil {
+			return err
+		}
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: veth}, PeerName: veth + "p"})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Links of the wrong kind.
+	for _, name := range []string{tun, veth, "lo"} {
+		if err := ns.do(func() error { return DeleteTap(name) }); !errors.Is(err, ErrNotTap) {
+			t.Errorf("DeleteTap(%s): %v", name, err)
+		}
+		if err := ns.do(func() error { _, err := OpenTap(name); return err }); !errors.Is(err, ErrNotTap) {
+			t.Errorf("OpenTap(%s): %v", name, err)
+		}
+	}
+	if err := ns.do(func() error { _, err := CreateTap(tap, veth); return err }); !errors.Is(err, ErrNotBridge) {
+		t.Errorf("veth as bridge: %v", err)
+	}
+	for _, name := range []string{br, tun, veth} {
+		if err := ns.do(func() error { _, err := CreateTap(name, br); return err }); !errors.Is(err, ErrTapExists) {
+			t.Errorf("CreateTap(%s) over an existing link: %v", name, err)
+		}
+	}
+	if err := ns.do(func() error { _, err := OpenTap(tap); return err }); !errors.Is(err, ErrTapNotFound) {
+		t.Errorf("OpenTap of a missing tap: %v", err)
+	}
+
+	// What CreateTap makes: a persistent tap, plain frames, on the bridge, up.
+	var ifi *net.Interface
+	var link netlink.Link
+	var brIndex int
+	err = ns.do(func() (err error) {
+		if ifi, err = CreateTap(tap, br); err != nil {
+			return err
+		}
+		if link, err = netlink.LinkByName(tap); err != nil {
+			return err
+		}
+		b, err := netlink.LinkByName(br)
+		if err != nil {
+			return err
+		}
+		brIndex = b.Attrs().Index
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tt, ok := link.(*netlink.Tuntap)
+	if !ok {
+		t.Fatalf("tap is a %T", link)
+	}
+	switch {
+	case tt.Mode != netlink.TUNTAP_MODE_TAP:
+		t.Errorf("mode %v", tt.Mode)
+	case tt.Flags&netlink.TUNTAP_NO_PI == 0:
+		t.Errorf("packet-info header on: flags %#x", tt.Flags)
+	case tt.Flags&netlink.TUNTAP_VNET_HDR != 0:
+		t.Errorf("vnet header on: flags %#x", tt.Flags)
+	case tt.NonPersist:
+		t.Errorf("tap not persistent")
+	case tt.MasterIndex != brIndex:
+		t.Errorf("master index %d, bridge is %d", tt.MasterIndex, brIndex)
+	case tt.Flags&netlink.TUNTAP_MULTI_QUEUE != 0:
+		t.Errorf("multi-queue tap: flags %#x", tt.Flags)
+	case ifi.Index != tt.Index || ifi.Flags&net.FlagUp == 0:
+		t.Errorf("CreateTap returned %+v, link index %d", ifi, tt.Index)
+	}
+
+	// Deleting a tap with an open queue removes it at once; the queue fails.
+	var tapf *os.File
+	if err := ns.do(func() (err error) { tapf, err = OpenTap(tap); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer tapf.Close()
+	if err := ns.do(func() error { return DeleteTap(tap) }); err != nil {
+		t.Fatal(err)
+	}
+	err = ns.do(func() error {
+		_, err := netlink.LinkByName(tap)
+		if !errors.As(err, &netlink.LinkNotFoundError{}) {
+			return fmt.Errorf("tap still there after DeleteTap: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = tapf.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = tapf.Read(make([]byte, DefaultMaxFrame))
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read on the deleted tap's queue: %v, want an immediate error", err)
+	}
+	t.Logf("read on the deleted tap's queue: %v", err)
+	if err := ns.do(func() error { return DeleteTap(tap) }); err != nil {
+		t.Fatalf("second delete: %v", err)
 	}
 }
