@@ -3,7 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"fmt"
+
 	"os"
 	"sort"
 	"testing"
@@ -146,7 +146,7 @@ func waitCaughtUp(ctx context.Context, t *testing.T, vm string, bound, timeout t
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatal(fmt.Sprintf("backup did not catch up within %s: lag %.0f ms, icount %d of %d", timeout, p.LagMS, p.BackupIcount, p.Icount))
+			t.Fatalf("backup did not catch up within %s: lag %.0f ms, icount %d of %d", timeout, p.LagMS, p.BackupIcount, p.Icount)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
