@@ -49,6 +49,7 @@ type Feed struct {
 	upTo   atomic.Int64 // source offset known to be written
 	fed    atomic.Int64 // source offset written into the FIFO
 	wake   chan struct{}
+	ctl    chan feedCtl // Halt and Finish requests (golive.go)
 	cancel context.CancelFunc
 	done   chan struct{}
 	err    error // set before done closes
@@ -65,6 +66,7 @@ func NewFeed(fifoPath, srcPath string, opts ...FeedOpt) (*Feed, error) {
 		src:  srcPath,
 		log:  slog.Default(),
 		wake: make(chan struct{}, 1),
+		ctl:  make(chan feedCtl),
 		done: make(chan struct{}),
 	}
 	for _, o := range opts {
@@ -163,7 +165,17 @@ func (f *Feed) feed(ctx context.Context) error {
 		tick = t.C
 	}
 	buf := make([]byte, 256<<10)
+	var st feedState
 	for {
+		if st.halted {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case r := <-f.ctl:
+				f.control(out, &st, r)
+			}
+			continue
+		}
 		if f.pollSize != nil {
 			if n, err := f.pollSize(); err == nil {
 				f.Notify(n)
@@ -171,7 +183,13 @@ func (f *Feed) feed(ctx context.Context) error {
 				return fmt.Errorf("poll source size: %w", err)
 			}
 		}
-		for f.fed.Load() < f.upTo.Load() {
+		for !st.halted && f.fed.Load() < f.upTo.Load() {
+			select { // a Halt or Finish takes effect between chunks
+			case r := <-f.ctl:
+				f.control(out, &st, r)
+				continue
+			default:
+			}
 			if in == nil {
 				if in, err = os.Open(f.src); err != nil {
 					return fmt.Errorf("open source: %w", err)
@@ -198,6 +216,8 @@ func (f *Feed) feed(ctx context.Context) error {
 			return ctx.Err()
 		case <-f.wake:
 		case <-tick:
+		case r := <-f.ctl:
+			f.control(out, &st, r)
 		}
 	}
 }

@@ -1,0 +1,630 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ftvmd/ftvmd/replay"
+)
+
+// Going live: the backup's replaying QEMU becomes the primary without a
+// guest reboot (design.md, "Going live"). QEMU cannot switch a running
+// process from replay to record, so the guest moves through a snapshot:
+//
+//  1. cut the log at the last complete event <= the acked offset; the
+//     target icount T is the start icount plus every INSTRUCTION count;
+//  2. feed the replay exactly up to the cut, then one CHECKPOINT_RESET
+//     byte (38). Replay checks that checkpoint only at machine creation, so
+//     it never consumes it: replay_get_instructions then returns 0 for ever
+//     and the guest parks at T. The FIFO stays open: an EOF is exit(1);
+//  3. poll query-replay until icount == T and stays there;
+//  4. savevm <tag> (qcow2 snapshot drive), retrying "Try once more later";
+//  5. end the replaying QEMU;
+//  6. start a recording QEMU (rr=record, a new rrfile, the flush library)
+//     with -loadvm <tag>: only an rr QEMU can load the snapshot's "replay"
+//     section, and recording keeps the same execution engine;
+//  7. announce-self, so switches learn the MAC's new port.
+
+// Go-live defaults.
+const (
+	DefaultGoLivePoll  = 10 * time.Millisecond
+	DefaultParkStable  = 50 * time.Millisecond
+	DefaultParkStall   = 10 * time.Second
+	DefaultSaveTimeout = 10 * time.Second
+	DefaultReplayGrace = time.Second
+)
+
+// Errors of GoLive and of Feed.Halt/Finish.
+var (
+	// ErrOvershoot: the replay went past the target icount, so the log
+	// it was fed does not end where GoLive cut it.
+	ErrOvershoot = errors.New("replay went past the cut")
+	// ErrParkStalled: the replay's icount stopped short of the target.
+	ErrParkStalled = errors.New("replay stalled before the cut")
+	// ErrSnapshotBusy: savevm kept answering "Try once more later" (rr's
+	// async event queue never emptied).
+	ErrSnapshotBusy = errors.New("savevm refused while replay events are queued")
+	// ErrFeedFinished: Finish was already called.
+	ErrFeedFinished = errors.New("feed already finished")
+	// ErrNoCut: the log holds no complete event where a cut is needed.
+	ErrNoCut = errors.New("no event boundary to cut at")
+)
+
+// FedPastCutError is Finish's error when the Feed had already written more
+// of the source than the cut.
+type FedPastCutError struct{ Fed, Cut int64 }
+
+func (e *FedPastCutError) Error() string {
+	return fmt.Sprintf("feed already wrote up to offset %d, past the cut at %d", e.Fed, e.Cut)
+}
+
+// GoLiveConfig describes one go-live.
+type GoLiveConfig struct {
+	// Replay is the running replaying QEMU. Its Config has SnapshotDrive
+	// set and RRFile is Feed's FIFO.
+	Replay *Machine
+	// Feed feeds Replay from LogPath. GoLive finishes it and closes it
+	// once Replay has exited.
+	Feed *Feed
+	// LogPath is the backup's local copy of the log (a regular file).
+	LogPath string
+	// AckedOffset is the last offset acknowledged to the primary: the
+	// replay runs exactly to the last complete event at or before it (or,
+	// if the Feed has already written more, to the first boundary at or
+	// after what it wrote).
+	AckedOffset int64
+	// StartIcount is the icount at offset 12 (0 when protected from boot).
+	StartIcount uint64
+	// Resume optionally names a known event boundary at or before
+	// AckedOffset and its icount (a replay.Mark the agent kept): the scan
+	// for the cut starts there instead of at offset 12 with StartIcount.
+	Resume replay.Mark
+	// Record is the new recording QEMU: ModeRecord, a new RRFile, the
+	// flush library, the same machine (memory, kernel, NIC and MAC, disks)
+	// as Replay. GoLive sets LoadVM to Tag and, when empty, SnapshotDrive
+	// to Replay's.
+	Record Config
+	// Tag is the snapshot's name.
+	Tag    string
+	Logger *slog.Logger
+
+	// Poll is the query-replay period while parking (DefaultGoLivePoll).
+	// It also wakes the replay's main loop: a replay whose main loop
+	// nothing wakes does not consume the main-loop checkpoints in the log
+	// and stalls.
+	Poll time.Duration
+	// ParkStable is how long icount must stay at the target, with the
+	// FIFO drained, before savevm (DefaultParkStable): events that follow
+	// the last INSTRUCTION have the same icount and are consumed by the
+	// vCPU thread or the main loop a little later.
+	ParkStable time.Duration
+	// ParkStall fails the park when icount has not moved for this long
+	// short of the target (DefaultParkStall).
+	ParkStall time.Duration
+	// SaveTimeout bounds savevm's retries (DefaultSaveTimeout).
+	SaveTimeout time.Duration
+	// ReplayGrace is how long QMP quit may take to end the replaying QEMU
+	// before SIGKILL (DefaultReplayGrace).
+	ReplayGrace time.Duration
+}
+
+// GoLiveReport is what GoLive measured.
+type GoLiveReport struct {
+	CutOffset    int64  // log offset the replay was fed to
+	TargetIcount uint64 // icount at CutOffset
+	Cut          time.Duration
+	Park         time.Duration // finish the feed and wait for icount == target
+	Save         time.Duration // savevm, retries included
+	SaveTries    int
+	Stop         time.Duration // end the replaying QEMU
+	Start        time.Duration // new QEMU: exec, -loadvm, QMP connected, running
+	Announce     time.Duration
+	Total        time.Duration
+}
+
+func (c *GoLiveConfig) validate() error {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: go-live: "+format, append([]any{ErrInvalidConfig}, a...)...))
+	}
+	if c.Replay == nil || c.Feed == nil {
+		bad("Replay and Feed are required")
+	} else {
+		rc := c.Replay.Config()
+		if rc.Mode != ModeReplay {
+			bad("Replay runs in mode %q, not replay", rc.Mode)
+		}
+		if rc.SnapshotDrive == "" {
+			bad("Replay has no SnapshotDrive: savevm needs a qcow2 drive")
+		}
+		if rc.RRFile != c.Feed.Path() {
+			bad("Replay reads %q, not the Feed's FIFO %q", rc.RRFile, c.Feed.Path())
+		}
+		if c.Record.SnapshotDrive == "" {
+			c.Record.SnapshotDrive = rc.SnapshotDrive
+		} else if c.Record.SnapshotDrive != rc.SnapshotDrive {
+			bad("Record.SnapshotDrive %q differs from Replay's %q, which will hold the snapshot", c.Record.SnapshotDrive, rc.SnapshotDrive)
+		}
+	}
+	if c.Record.Mode != ModeRecord {
+		bad("Record must be mode record (a non-rr QEMU cannot load the snapshot's replay section), got %q", c.Record.Mode)
+	}
+	if c.Record.RRFile == c.LogPath {
+		bad("Record.RRFile must be a new file, not the log being replayed")
+	}
+	if c.Tag == "" || strings.ContainsAny(c.Tag, " \t\n") {
+		bad("Tag %q must be a non-empty word", c.Tag)
+	}
+	if c.AckedOffset < LogHeaderSize {
+		bad("AckedOffset %d is inside the log header", c.AckedOffset)
+	}
+	if c.Resume.Offset != 0 && (c.Resume.Offset < LogHeaderSize || c.Resume.Offset > c.AckedOffset) {
+		bad("Resume offset %d outside %d..AckedOffset %d", c.Resume.Offset, LogHeaderSize, c.AckedOffset)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	for _, d := range []struct {
+		p   *time.Duration
+		def time.Duration
+	}{{&c.Poll, DefaultGoLivePoll}, {&c.ParkStable, DefaultParkStable}, {&c.ParkStall, DefaultParkStall},
+		{&c.SaveTimeout, DefaultSaveTimeout}, {&c.ReplayGrace, DefaultReplayGrace}} {
+		if *d.p <= 0 {
+			*d.p = d.def
+		}
+	}
+	c.Record.LoadVM = c.Tag
+	return errors.Join(errs...)
+}
+
+// GoLive turns the backup's replaying QEMU into a recording primary at the
+// acked offset, without a guest reboot, and returns the new Machine
+// (started with opts after WithLogger(cfg.Logger)). On error the replaying
+// QEMU is left running when the failure came before savevm, and any new
+// QEMU is stopped.
+func GoLive(ctx context.Context, cfg GoLiveConfig, opts ...Opt) (*Machine, GoLiveReport, error) {
+	var rep GoLiveReport
+	if err := cfg.validate(); err != nil {
+		return nil, rep, err
+	}
+	log := cfg.Logger.With("tag", cfg.Tag)
+	t0 := time.Now()
+	phase := func(d *time.Duration, since time.Time) time.Time {
+		now := time.Now()
+		*d = now.Sub(since)
+		return now
+	}
+
+	// 1. Cut. Halt the feed first: it must not write past a cut we have
+	// not chosen yet.
+	fed, err := haltFeed(ctx, cfg)
+	if err != nil {
+		return nil, rep, err
+	}
+	from := cfg.Resume
+	if from.Offset == 0 {
+		from = replay.Mark{Offset: LogHeaderSize, Icount: cfg.StartIcount}
+	}
+	cut, target, err := findCut(cfg.LogPath, from, cfg.AckedOffset, fed)
+	if err != nil {
+		return nil, rep, fmt.Errorf("go-live: %w", err)
+	}
+	if cut > cfg.AckedOffset {
+		log.Warn("go-live: the feed had written past the acked offset; the cut moves to the next boundary",
+			"acked", cfg.AckedOffset, "fed", fed, "cut", cut)
+	}
+	rep.CutOffset, rep.TargetIcount = cut, target
+	log.Info("go-live: cut", "acked", cfg.AckedOffset, "fed", fed, "cut", cut, "target_icount", target)
+	t := phase(&rep.Cut, t0)
+
+	// 2+3. Finish the feed and park.
+	if err := park(ctx, cfg, log, cut, target); err != nil {
+		return nil, rep, err
+	}
+	t = phase(&rep.Park, t)
+
+	// 4. savevm.
+	if rep.SaveTries, err = saveVM(ctx, cfg); err != nil {
+		return nil, rep, err
+	}
+	t = phase(&rep.Save, t)
+
+	// 5. End the replay. QMP quit rather than SIGKILL: QEMU then closes
+	// the qcow2 snapshot drive in order (its metadata caches flushed), and
+	// in play mode quit works even while the replay is parked.
+	if err := cfg.Replay.Stop(ctx, cfg.ReplayGrace); err != nil {
+		return nil, rep, fmt.Errorf("go-live: stop replaying qemu: %w", err)
+	}
+	if err := cfg.Feed.Close(); err != nil {
+		log.Warn("go-live: close feed", "err", err)
+	}
+	t = phase(&rep.Stop, t)
+
+	// 6. The new primary.
+	m, err := New(cfg.Record, append([]Opt{WithLogger(cfg.Logger)}, opts...)...)
+	if err != nil {
+		return nil, rep, fmt.Errorf("go-live: %w", err)
+	}
+	fail := func(err error) (*Machine, GoLiveReport, error) {
+		if m.PID() != 0 {
+			_ = m.Kill()
+			select {
+			case <-m.Exited():
+			case <-ctx.Done():
+			}
+		}
+		return nil, rep, err
+	}
+	if err := m.Start(ctx); err != nil {
+		return fail(fmt.Errorf("go-live: start recording qemu with -loadvm %s: %w", cfg.Tag, err))
+	}
+	st, err := m.Status(ctx)
+	if err != nil {
+		return fail(fmt.Errorf("go-live: %w", err))
+	}
+	if st != "running" {
+		return fail(fmt.Errorf("go-live: new qemu is %q after -loadvm, want running", st))
+	}
+	t = phase(&rep.Start, t)
+
+	// 7. Announce.
+	if err := m.AnnounceSelf(ctx); err != nil {
+		return fail(fmt.Errorf("go-live: %w", err))
+	}
+	phase(&rep.Announce, t)
+	rep.Total = time.Since(t0)
+	log.Info("go-live: done", "cut", rep.CutOffset, "icount", rep.TargetIcount, "park", rep.Park,
+		"save", rep.Save, "save_tries", rep.SaveTries, "stop", rep.Stop, "start", rep.Start,
+		"announce", rep.Announce, "total", rep.Total)
+	return m, rep, nil
+}
+
+// haltFeed stops the Feed while nudging the replay: a Feed blocked on a
+// full FIFO waits for the replay to read, which may need its main loop.
+func haltFeed(ctx context.Context, cfg GoLiveConfig) (int64, error) {
+	var fed int64
+	err := withNudges(ctx, cfg, func(ctx context.Context) (err error) {
+		fed, err = cfg.Feed.Halt(ctx)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("go-live: halt feed: %w", err)
+	}
+	return fed, nil
+}
+
+// withNudges runs fn in a goroutine it owns while it polls query-replay
+// every cfg.Poll, and returns fn's error.
+func withNudges(ctx context.Context, cfg GoLiveConfig, fn func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- fn(ctx) }()
+	tick := time.NewTicker(cfg.Poll)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			qctx, qcancel := context.WithTimeout(ctx, time.Second)
+			_, err := cfg.Replay.QueryReplay(qctx)
+			qcancel()
+			if errors.Is(err, ErrExited) {
+				cancel()
+				<-done
+				return fmt.Errorf("replaying qemu: %w", err)
+			}
+		}
+	}
+}
+
+// findCut scans the log from a known boundary and returns the cut: the
+// last complete event at or before acked; if the feed already wrote past
+// that (fed), the first boundary at or after fed instead.
+func findCut(path string, from replay.Mark, acked, fed int64) (int64, uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0, fmt.Errorf("open log: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(from.Offset, io.SeekStart); err != nil {
+		return 0, 0, fmt.Errorf("seek log: %w", err)
+	}
+	c := replay.NewCutter(from.Offset, from.Icount)
+	last := from
+	var next *replay.Mark
+	if fed <= from.Offset {
+		next = &from
+	}
+	c.OnEvent(func(ev replay.Event) {
+		if ev.End() <= acked {
+			last = replay.Mark{Offset: ev.End(), Icount: c.Icount()}
+		}
+		if next == nil && ev.End() >= fed {
+			next = &replay.Mark{Offset: ev.End(), Icount: c.Icount()}
+		}
+	})
+	buf := make([]byte, 256<<10)
+	for c.Boundary() < acked || next == nil {
+		n, rerr := f.Read(buf)
+		if _, err := c.Write(buf[:n]); err != nil {
+			if c.Boundary() >= acked && last.Offset >= fed {
+				break // garbage after the cut does not matter
+			}
+			return 0, 0, fmt.Errorf("scan log: %w", err)
+		}
+		if errors.Is(rerr, io.EOF) {
+			break
+		}
+		if rerr != nil {
+			return 0, 0, fmt.Errorf("read log: %w", rerr)
+		}
+	}
+	if last.Offset >= fed {
+		return last.Offset, last.Icount, nil
+	}
+	if next == nil {
+		return 0, 0, fmt.Errorf("%w: the feed wrote up to %d but the log (boundary %d) holds no complete event ending there or later",
+			ErrNoCut, fed, c.Boundary())
+	}
+	return next.Offset, next.Icount, nil
+}
+
+// park finishes the feed at cut plus CHECKPOINT_RESET and waits until the
+// replay's icount is target, the FIFO is drained, and both stay so for
+// cfg.ParkStable.
+func park(ctx context.Context, cfg GoLiveConfig, log *slog.Logger, cut int64, target uint64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	finished := make(chan error, 1)
+	go func() { // owned: park waits for it on every return path
+		finished <- cfg.Feed.Finish(ctx, cut, []byte{byte(replay.KindCheckpointReset)})
+	}()
+	feedDone := false
+	defer func() {
+		if !feedDone {
+			cancel()
+			<-finished
+		}
+	}()
+
+	tick := time.NewTicker(cfg.Poll)
+	defer tick.Stop()
+	var (
+		last       uint64
+		lastMove   = time.Now()
+		stableFrom time.Time
+	)
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("go-live: park at icount %d (at %d): %w", target, last, ctx.Err())
+		case err := <-finished:
+			feedDone = true
+			if err != nil {
+				return fmt.Errorf("go-live: finish feed at %d: %w", cut, err)
+			}
+			continue
+		case <-tick.C:
+		}
+		// Every poll also wakes the replay's main loop (see Poll).
+		qctx, qcancel := context.WithTimeout(ctx, time.Second)
+		ri, err := cfg.Replay.QueryReplay(qctx)
+		qcancel()
+		switch {
+		case errors.Is(err, ErrExited):
+			return fmt.Errorf("go-live: replaying qemu exited while parking: %w", err)
+		case err != nil:
+			log.Debug("go-live: query-replay", "err", err) // a busy QEMU may miss a poll
+		case ri.Mode != "play":
+			return fmt.Errorf("go-live: replaying qemu is in rr mode %q", ri.Mode)
+		case ri.Icount > target:
+			return fmt.Errorf("go-live: %w: icount %d, cut at %d has icount %d", ErrOvershoot, ri.Icount, cut, target)
+		}
+		now := time.Now()
+		if err == nil && ri.Icount != last {
+			last, lastMove = ri.Icount, now
+		}
+		if last < target {
+			stableFrom = time.Time{}
+			if now.Sub(lastMove) > cfg.ParkStall {
+				return fmt.Errorf("go-live: %w: icount %d for %s, target %d (feed finished: %v)",
+					ErrParkStalled, last, now.Sub(lastMove).Round(time.Millisecond), target, feedDone)
+			}
+			continue
+		}
+		if !feedDone {
+			continue
+		}
+		q, err := cfg.Feed.Queued(ctx)
+		if err != nil {
+			return fmt.Errorf("go-live: %w", err)
+		}
+		if q > 0 {
+			stableFrom = time.Time{}
+			continue
+		}
+		if stableFrom.IsZero() {
+			stableFrom = now
+		}
+		if now.Sub(stableFrom) >= cfg.ParkStable {
+			return nil
+		}
+	}
+}
+
+// savevmBusy is the text of migration/savevm.c's refusal while rr's async
+// queue is not empty. HMP reports failures only as text.
+const savevmBusy = "Try once more later"
+
+// saveVM runs savevm, retrying while replay's async queue is non-empty.
+func saveVM(ctx context.Context, cfg GoLiveConfig) (int, error) {
+	deadline := time.Now().Add(cfg.SaveTimeout)
+	for tries := 1; ; tries++ {
+		out, err := cfg.Replay.HMP(ctx, "savevm "+cfg.Tag)
+		if err != nil {
+			return tries, fmt.Errorf("go-live: savevm %s: %w", cfg.Tag, err)
+		}
+		out = strings.TrimSpace(out)
+		if out == "" {
+			return tries, nil
+		}
+		if !strings.Contains(out, savevmBusy) {
+			return tries, fmt.Errorf("go-live: savevm %s: %s", cfg.Tag, out)
+		}
+		if time.Now().After(deadline) {
+			return tries, fmt.Errorf("go-live: savevm %s: %w after %d tries in %s: %s", cfg.Tag, ErrSnapshotBusy, tries, cfg.SaveTimeout, out)
+		}
+		select {
+		case <-ctx.Done():
+			return tries, fmt.Errorf("go-live: savevm %s: %w", cfg.Tag, ctx.Err())
+		case <-time.After(cfg.Poll):
+		}
+	}
+}
+
+// Feed: stopping at a cut. The feeding goroutine serves these requests
+// between chunks (feed.go); after Halt it writes nothing until Finish, and
+// after Finish nothing at all. The FIFO stays open until Close.
+
+type feedCtlKind int
+
+const (
+	feedHalt feedCtlKind = iota
+	feedFinish
+	feedQueued
+)
+
+type feedCtl struct {
+	kind  feedCtlKind
+	cut   int64
+	tail  []byte
+	reply chan feedReply // buffered: the goroutine never blocks on it
+}
+
+type feedReply struct {
+	n   int64
+	err error
+}
+
+type feedState struct {
+	halted, finished bool
+}
+
+// Halt stops feeding new source data and returns the source offset written
+// so far. It waits for a chunk being written, so the reader must be
+// reading.
+func (f *Feed) Halt(ctx context.Context) (int64, error) {
+	return f.request(ctx, feedCtl{kind: feedHalt})
+}
+
+// Finish writes the source from what has been fed up to cut, then tail,
+// and stops feeding for good; the FIFO stays open (the reader never sees
+// EOF) until Close. It returns when tail is in the FIFO. A cut below what
+// was already fed is a *FedPastCutError, after which the Feed is halted
+// and Finish may be called again with a later cut.
+func (f *Feed) Finish(ctx context.Context, cut int64, tail []byte) error {
+	_, err := f.request(ctx, feedCtl{kind: feedFinish, cut: cut, tail: tail})
+	return err
+}
+
+// Queued is the number of bytes in the FIFO that the reader has not read
+// yet (FIONREAD). It waits for a chunk being written.
+func (f *Feed) Queued(ctx context.Context) (int, error) {
+	n, err := f.request(ctx, feedCtl{kind: feedQueued})
+	return int(n), err
+}
+
+func (f *Feed) request(ctx context.Context, r feedCtl) (int64, error) {
+	r.reply = make(chan feedReply, 1)
+	select {
+	case f.ctl <- r:
+	case <-ctx.Done():
+		return 0, fmt.Errorf("feed: %w", ctx.Err())
+	case <-f.done:
+		return 0, fmt.Errorf("feed: stopped: %w", errors.Join(f.err, os.ErrClosed))
+	}
+	select {
+	case rep := <-r.reply:
+		return rep.n, rep.err
+	case <-ctx.Done():
+		return 0, fmt.Errorf("feed: %w", ctx.Err())
+	case <-f.done:
+		return 0, fmt.Errorf("feed: stopped: %w", errors.Join(f.err, os.ErrClosed))
+	}
+}
+
+// control serves one request in the feeding goroutine.
+func (f *Feed) control(out *os.File, st *feedState, r feedCtl) {
+	switch r.kind {
+	case feedHalt:
+		st.halted = true
+		r.reply <- feedReply{n: f.fed.Load()}
+	case feedQueued:
+		n, err := fifoQueued(out)
+		r.reply <- feedReply{n: int64(n), err: err}
+	case feedFinish:
+		st.halted = true
+		if st.finished {
+			r.reply <- feedReply{err: ErrFeedFinished}
+			return
+		}
+		if fed := f.fed.Load(); r.cut < fed {
+			r.reply <- feedReply{err: &FedPastCutError{Fed: fed, Cut: r.cut}}
+			return
+		}
+		st.finished = true
+		err := f.writeFinal(out, r.cut, r.tail)
+		if err != nil {
+			f.log.Warn("rr feed finish failed", "fifo", f.fifo, "err", err)
+		}
+		r.reply <- feedReply{n: f.fed.Load(), err: err}
+	}
+}
+
+// fifoQueued is FIONREAD (TIOCINQ on Linux) on the FIFO. It goes through
+// SyscallConn: os.File.Fd would switch the fd to blocking mode, and Close
+// relies on a non-blocking fd to interrupt a blocked write.
+func fifoQueued(out *os.File) (int, error) {
+	rc, err := out.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("feed: %w", err)
+	}
+	var n int
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil {
+		return 0, fmt.Errorf("feed: %w", err)
+	}
+	if ierr != nil {
+		return 0, fmt.Errorf("feed: FIONREAD: %w", ierr)
+	}
+	return n, nil
+}
+
+func (f *Feed) writeFinal(out *os.File, cut int64, tail []byte) error {
+	in, err := os.Open(f.src)
+	if err != nil {
+		return fmt.Errorf("feed: open source: %w", err)
+	}
+	defer in.Close()
+	if n, err := io.Copy(out, io.NewSectionReader(in, f.fed.Load(), cut-f.fed.Load())); err != nil {
+		f.fed.Add(n)
+		return fmt.Errorf("feed: write up to the cut: %w", err)
+	} else if f.fed.Add(n) != cut {
+		return fmt.Errorf("feed: source ends at %d, before the cut at %d", f.fed.Load(), cut)
+	}
+	if _, err := out.Write(tail); err != nil {
+		return fmt.Errorf("feed: write tail: %w", err)
+	}
+	f.log.Info("rr feed finished", "fifo", f.fifo, "cut", cut, "tail", len(tail))
+	return nil
+}
