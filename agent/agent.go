@@ -18,10 +18,15 @@ import (
 	"time"
 
 	"github.com/ftvmd/ftvmd/control"
+	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/throttle"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
+
+// dgramQueue is the unix datagram queue length the agent asks for.
+const dgramQueue = 512
 
 // DefaultPeerPort is where agents listen for each other.
 const DefaultPeerPort = 7800
@@ -39,6 +44,7 @@ type Config struct {
 	CPUs       string // cpuset for this host's QEMUs ("" = any)
 	Bridge     string // host bridge the VM taps join
 	CgroupRoot string // normally /sys/fs/cgroup; "" disables cgroups
+	SharedDir  string // shared storage for epoch claims; "" disables failover
 
 	HeartbeatInterval time.Duration
 	PeerTimeout       time.Duration
@@ -113,6 +119,8 @@ type Agent struct {
 	log   *slog.Logger
 	specs vmspec.Store
 
+	store disk.EpochStore // nil without shared storage
+
 	mu  sync.Mutex
 	vms map[string]vmRunner
 
@@ -127,12 +135,20 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	return &Agent{
+	a := &Agent{
 		cfg:   cfg,
 		log:   cfg.Logger.With("host", cfg.Host),
 		specs: vmspec.Store{Dir: filepath.Join(cfg.StateDir, "vms")},
 		vms:   map[string]vmRunner{},
-	}, nil
+	}
+	if cfg.SharedDir != "" {
+		st, err := disk.NewDirStore(cfg.SharedDir, disk.WithLogger(a.log))
+		if err != nil {
+			return nil, fmt.Errorf("shared storage: %w", err)
+		}
+		a.store = st
+	}
+	return a, nil
 }
 
 // Run serves the control socket and the peer listener until ctx is done, then stops
@@ -140,6 +156,11 @@ func New(cfg Config) (*Agent, error) {
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// QEMU sends guest frames as datagrams to the relay; the kernel's default queue
+	// of 10 datagrams per unix socket throttles guest transmit.
+	if err := netbuf.RaiseDgramQueue(dgramQueue); err != nil {
+		a.log.Warn("cannot raise net.unix.max_dgram_qlen; guest transmit may be slow", "err", err)
+	}
 	ctl, err := control.Listen(a.cfg.Socket)
 	if err != nil {
 		return err
@@ -264,7 +285,7 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 		if req.Op == control.OpProtect {
 			backup = withPort(req.Backup)
 		}
-		if err := a.startPrimary(ctx, spec, backup); err != nil {
+		if err := a.startPrimary(ctx, spec, backup, nil); err != nil {
 			return fail(err)
 		}
 		if backup == "" {

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftvmd/ftvmd/arbiter"
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/qemu"
@@ -90,6 +91,8 @@ type backup struct {
 	recv     *logging.Receiver
 	emitted  atomic.Uint64 // frames the replaying QEMU sent (must stay 0)
 	netSock  *net.UnixConn
+	fence    *fence // nil without shared storage
+	epoch    uint64
 	cancel   context.CancelFunc
 	finished chan struct{}
 	wg       sync.WaitGroup
@@ -126,6 +129,13 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_
 	}
 	if hello.StartOffset != replay.HeaderSize {
 		return nil, fmt.Errorf("log start offset %d: only protection from boot (offset %d) is supported", hello.StartOffset, replay.HeaderSize)
+	}
+	if hello.Epoch > 0 && a.store != nil {
+		f, err := newFence(a.store, arbiter.RoleBackup, b.spec.Name, a.cfg.Host, hello.Epoch, b.log)
+		if err != nil {
+			return nil, err
+		}
+		b.fence, b.epoch = f, hello.Epoch
 	}
 	if err := a.register(b.spec.Name, b); err != nil {
 		return nil, err
@@ -216,6 +226,8 @@ func (b *backup) prepareQEMU(context.Context) error {
 		QMPSocket:  filepath.Join(b.dir, "qmp.sock"),
 		ConsoleLog: filepath.Join(b.dir, "console.log"),
 		Dir:        b.dir,
+		// savevm at go-live needs a qcow2 drive.
+		SnapshotDrive: filepath.Join(b.dir, "snapshot.qcow2"),
 	}
 	opts := []qemu.Opt{qemu.WithLogger(b.log)}
 	if b.a.cfg.CgroupRoot != "" {
@@ -293,6 +305,12 @@ func (b *backup) run(conn net.Conn) {
 		b.pollReplay(ctx)
 	}()
 	err := recv.Run(ctx)
+	if ctx.Err() == nil && b.fence != nil && !errors.Is(err, logging.ErrPeerClosed) {
+		b.log.Error("primary lost", "err", err)
+		if b.failover(ctx, recv) {
+			return
+		}
+	}
 	if ctx.Err() == nil {
 		b.mu.Lock()
 		if b.state == "replaying" {
@@ -316,6 +334,55 @@ const (
 	ackEvery        = 10 * time.Millisecond
 	replayPollEvery = 10 * time.Millisecond
 )
+
+// failover runs the fence after the primary was lost and, if this copy won, makes it
+// the live VM. It reports whether the VM now runs here.
+func (b *backup) failover(ctx context.Context, recv *logging.Receiver) bool {
+	b.mu.Lock()
+	b.state, b.detail = "claiming", fmt.Sprintf("primary lost; claiming epoch %d", b.epoch+1)
+	b.mu.Unlock()
+	d, err := b.fence.peerLost(ctx)
+	if err != nil {
+		b.setFailed(fmt.Errorf("failover arbiter: %w", err))
+		return false
+	}
+	if d.Action != arbiter.ActionGoLive {
+		b.mu.Lock()
+		b.state, b.detail = "halted", fmt.Sprintf("lost epoch %d: %s", d.Epoch, d.Reason)
+		b.mu.Unlock()
+		b.log.Error("backup halted", "reason", d.Reason)
+		return false
+	}
+	// Stop polling: GoLive polls the replay itself while it parks, and kills it.
+	b.cancel()
+	b.wg.Wait()
+	held := recv.Held()
+	b.log.Warn("going live", "epoch", d.Epoch, "log_held", held)
+	launch := func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error) {
+		m, rep, err := qemu.GoLive(ctx, qemu.GoLiveConfig{
+			Replay: b.m, Feed: b.feed, LogPath: b.logFile.Name(), AckedOffset: held,
+			Record: rec, Tag: "ftvmd-live", Logger: b.log,
+		}, opts...)
+		if err != nil {
+			return nil, err
+		}
+		b.log.Warn("live", "cut", rep.CutOffset, "icount", rep.TargetIcount, "park_ms", rep.Park.Milliseconds(),
+			"save_ms", rep.Save.Milliseconds(), "start_ms", rep.Start.Milliseconds(), "total_ms", rep.Total.Milliseconds())
+		return m, nil
+	}
+	b.a.unregister(b.spec.Name, b)
+	gctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: d.Epoch, claim: d.Claim, launch: launch}); err != nil {
+		b.setFailed(fmt.Errorf("go live: %w", err))
+		return false
+	}
+	b.mu.Lock()
+	b.state, b.detail = "live", fmt.Sprintf("went live under epoch %d", d.Epoch)
+	b.mu.Unlock()
+	_ = b.stop(context.Background())
+	return true
+}
 
 func (b *backup) pollReplay(ctx context.Context) {
 	t := time.NewTicker(replayPollEvery)

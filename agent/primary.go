@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ftvmd/ftvmd/arbiter"
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/netbuf"
@@ -29,6 +30,9 @@ type peerHello struct {
 	From        string      `json:"from"`
 	Spec        vmspec.Spec `json:"spec"`
 	StartOffset int64       `json:"start_offset"`
+	// Epoch is the shared-storage epoch the primary claimed for this protection
+	// (0 without shared storage: no automatic failover).
+	Epoch uint64 `json:"epoch"`
 }
 
 type peerReply struct {
@@ -52,6 +56,9 @@ type primary struct {
 	tap    string
 	sender *logging.Sender // nil when unprotected
 	conn   net.Conn
+	fence  *fence // nil without shared storage
+	epoch  uint64
+	live   *liveStart
 
 	cancel   context.CancelFunc
 	finished chan struct{}
@@ -72,12 +79,22 @@ type primary struct {
 	ctrl        *throttle.Controller
 	quota       float64
 	lastObserve time.Time
+	claimDur    time.Duration
+	goLiveDur   time.Duration
 	cleanups    []func() error
 	stopOnce    sync.Once
 	unprotect   func(reason string) error
 }
 
-func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup string) (err error) {
+// liveStart makes startPrimary continue a VM from a backup's replay (go-live) instead
+// of booting it: launch replaces the plain QEMU start.
+type liveStart struct {
+	epoch  uint64
+	claim  time.Duration // how long the epoch claim took
+	launch func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error)
+}
+
+func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart) (err error) {
 	p := &primary{
 		a: a, spec: spec, peer: backup, started: time.Now(),
 		log:      a.log.With("vm", spec.Name, "role", "primary"),
@@ -88,6 +105,10 @@ func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup strin
 		bw:       rateMeter{window: 5 * time.Second},
 		ctrl:     throttle.NewController(time.Duration(spec.LagBoundMS) * time.Millisecond),
 		quota:    1,
+		live:     live,
+	}
+	if live != nil {
+		p.epoch = live.epoch
 	}
 	p.unprotect = p.goUnprotected
 	if err := a.register(spec.Name, p); err != nil {
@@ -143,6 +164,17 @@ func (p *primary) connectBackup(ctx context.Context) error {
 	if p.peer == "" {
 		return nil
 	}
+	if p.a.store != nil {
+		e, err := claimFirst(ctx, p.a.store, p.spec.Name, p.a.cfg.Host)
+		if err != nil {
+			return err
+		}
+		f, err := newFence(p.a.store, arbiter.RolePrimary, p.spec.Name, p.a.cfg.Host, e, p.log)
+		if err != nil {
+			return err
+		}
+		p.epoch, p.fence = e, f
+	}
 	host, _, _ := net.SplitHostPort(p.peer)
 	cfg, err := logging.ClientTLS(p.a.cfg.KeysDir, host)
 	if err != nil {
@@ -156,7 +188,7 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		return fmt.Errorf("backup host %s does not answer: %w", p.peer, err)
 	}
 	p.addCleanup(conn.Close)
-	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize}); err != nil {
+	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch}); err != nil {
 		return fmt.Errorf("backup %s: %w", p.peer, err)
 	}
 	var reply peerReply
@@ -238,12 +270,22 @@ func (p *primary) startQEMU(ctx context.Context) error {
 	if p.cg != nil {
 		opts = append(opts, qemu.WithCgroup(p.cg.Add))
 	}
-	m, err := qemu.New(cfg, opts...)
-	if err != nil {
-		return err
-	}
-	if err := m.Start(ctx); err != nil {
-		return err
+	var m *qemu.Machine
+	if p.live != nil {
+		t0 := time.Now()
+		m, err = p.live.launch(ctx, cfg, opts)
+		if err != nil {
+			return err
+		}
+		p.claimDur, p.goLiveDur = p.live.claim, time.Since(t0)
+	} else {
+		m, err = qemu.New(cfg, opts...)
+		if err != nil {
+			return err
+		}
+		if err := m.Start(ctx); err != nil {
+			return err
+		}
 	}
 	p.m = m
 	p.addCleanup(func() error {
@@ -300,6 +342,9 @@ func (p *primary) startStreams(context.Context) error {
 		p.state = "protected"
 	} else {
 		p.state = "unprotected"
+		if p.live != nil {
+			p.detail = fmt.Sprintf("live after failover, epoch %d", p.live.epoch)
+		}
 	}
 	p.go1(func() { p.tail(ctx) })
 	p.go1(func() {
@@ -419,10 +464,33 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 // throttleEvery is the throttle controller's period.
 const throttleEvery = 100 * time.Millisecond
 
-// backupLost handles the end of the log channel. Without a failover arbiter the safe
-// choice is to keep holding output (the backup may still be alive); the VM keeps
-// running and recording, and the operator decides with `ftvmd unprotect`.
+// backupLost handles the end of the log channel. Output stays held (no acks come)
+// while the fence claims the next epoch on shared storage: the winner runs on
+// unprotected and releases what it held, the loser halts for good. Without shared
+// storage the safe choice is to keep holding output (the backup may still be alive)
+// until the operator runs `ftvmd unprotect`.
 func (p *primary) backupLost(err error) {
+	if p.fence != nil {
+		p.log.Error("backup lost", "err", err)
+		p.mu.Lock()
+		p.state, p.detail = "claiming", fmt.Sprintf("backup lost (%v); claiming epoch %d", err, p.epoch+1)
+		p.mu.Unlock()
+		d, ferr := p.fence.peerLost(context.Background())
+		if ferr != nil {
+			p.fail(fmt.Errorf("failover arbiter: %w", ferr))
+			return
+		}
+		switch d.Action {
+		case arbiter.ActionContinueUnprotected:
+			p.mu.Lock()
+			p.epoch, p.claimDur = d.Epoch, d.Claim
+			p.mu.Unlock()
+			_ = p.goUnprotected(fmt.Sprintf("backup lost; won epoch %d in %s", d.Epoch, d.Claim.Round(time.Millisecond)))
+		default:
+			p.halt(fmt.Sprintf("lost epoch %d to the backup: %s", d.Epoch, d.Reason))
+		}
+		return
+	}
 	p.mu.Lock()
 	if p.state == "protected" {
 		p.state = "degraded"
@@ -435,7 +503,7 @@ func (p *primary) backupLost(err error) {
 // goUnprotected stops protection: output flows freely from now on.
 func (p *primary) goUnprotected(reason string) error {
 	p.mu.Lock()
-	if p.state != "protected" && p.state != "degraded" {
+	if p.state != "protected" && p.state != "degraded" && p.state != "claiming" {
 		st := p.state
 		p.mu.Unlock()
 		return fmt.Errorf("vm %s is %s, not protected", p.spec.Name, st)
@@ -454,9 +522,21 @@ func (p *primary) goUnprotected(reason string) error {
 	return nil
 }
 
+// halt stops this copy for good: another copy owns the VM now.
+func (p *primary) halt(reason string) {
+	p.relay.SetMode(outputrule.Halted)
+	p.mu.Lock()
+	p.state, p.detail = "halted", reason
+	p.mu.Unlock()
+	p.log.Error("vm halted", "reason", reason)
+	if err := p.m.Kill(); err != nil {
+		p.log.Warn("kill qemu", "err", err)
+	}
+}
+
 func (p *primary) fail(err error) {
 	p.mu.Lock()
-	if p.state == "failed" || p.state == "stopped" {
+	if p.state == "failed" || p.state == "stopped" || p.state == "halted" {
 		p.mu.Unlock()
 		return
 	}
@@ -478,7 +558,7 @@ func (p *primary) stop(ctx context.Context) error {
 		p.wg.Wait()
 		p.runCleanups()
 		p.mu.Lock()
-		if p.state != "failed" {
+		if p.state != "failed" && p.state != "halted" {
 			p.state = "stopped"
 		}
 		p.mu.Unlock()
@@ -495,7 +575,8 @@ func (p *primary) status() control.VMStatus {
 	defer p.mu.Unlock()
 	st := control.VMStatus{
 		Name: p.spec.Name, Role: "primary", State: p.state, Peer: p.peer, Detail: p.detail,
-		StartedAt: p.started, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
+		StartedAt: p.started, Epoch: p.epoch,
+		FailoverClaimMS: ms(p.claimDur), FailoverGoLiveMS: ms(p.goLiveDur), LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
 		LogReplayed: p.replayed, LagBytes: p.lagBytes, LagMS: p.lagMS, LagBoundMS: p.spec.LagBoundMS,
 		LogBandwidth: p.bw.rate(), ThrottleQuota: p.quota, ThrottledSec: p.ctrl.ThrottledFor().Seconds(),
 	}
@@ -536,3 +617,5 @@ func fillRelayStatus(st *control.VMStatus, rs netbuf.RelayStats) {
 	st.NetErrors = rs.Oversized + rs.Truncated + rs.StampErrors + rs.TapWriteErrors
 	st.InvariantFails = rs.Invariant
 }
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

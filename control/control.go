@@ -62,6 +62,11 @@ type VMStatus struct {
 	Detail    string    `json:"detail,omitempty"`
 	StartedAt time.Time `json:"started_at"`
 	PID       int       `json:"pid,omitempty"`
+	Epoch     uint64    `json:"epoch,omitempty"` // shared-storage epoch this copy runs under
+	// Last failover handled by this copy: time to win the epoch claim, and (after a
+	// backup went live) the go-live itself.
+	FailoverClaimMS  float64 `json:"failover_claim_ms,omitempty"`
+	FailoverGoLiveMS float64 `json:"failover_golive_ms,omitempty"`
 
 	LogWritten    int64   `json:"log_written"`  // bytes in the local rr log
 	LogSent       int64   `json:"log_sent"`     // primary: offset sent to the backup

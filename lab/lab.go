@@ -181,7 +181,7 @@ func (l *Lab) StartAgent(ctx context.Context, h Host, extra ...string) error {
 	}
 	args := append([]string{"netns", "exec", h.NS, l.Bin, "agent",
 		"--host", h.Name, "--state-dir", h.Dir, "--listen", h.Peer(), "--cpus", h.CPUs,
-		"--flush-lib", l.FlushLib, "--cgroup-root", CgroupRoot, "--peer-timeout", "3s", "--test-knobs", "--check-invariant", "--bridge", "br0", "--log-level", "debug"}, extra...)
+		"--flush-lib", l.FlushLib, "--cgroup-root", CgroupRoot, "--peer-timeout", "3s", "--test-knobs", "--check-invariant", "--shared-dir", Root + "/shared", "--bridge", "br0", "--log-level", "debug"}, extra...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"math/rand"
 	"os"
 	"strings"
 	"time"
@@ -42,6 +44,46 @@ func newBenchCmd() *cobra.Command {
 	cpu.Flags().IntVar(&runs, "runs", 3, "runs each way")
 	b.AddCommand(lag, cpu)
 	return b
+}
+
+// newDrillCmd runs a failover drill on the lab and prints its report.
+func newDrillCmd() *cobra.Command {
+	var kind string
+	var seed int64
+	c := &cobra.Command{
+		Use:   "drill <vm> --kind kill-primary|kill-backup|partition",
+		Short: "Rehearse a failover on the lab under client load and print a report (last line JSON)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if seed == 0 {
+				seed = time.Now().UnixNano()
+			}
+			rng := rand.New(rand.NewSource(seed))
+			return runBench(cmd.Context(), func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
+				rep, err := bench.RunDrill(ctx, s, env, args[0], kind, rng)
+				if err == nil {
+					printDrill(os.Stderr, rep)
+				}
+				return rep, err
+			})
+		},
+	}
+	c.Flags().StringVar(&kind, "kind", bench.KillPrimary, "kill-primary, kill-backup or partition")
+	c.Flags().Int64Var(&seed, "seed", 0, "random seed for the fault's moment (default: time)")
+	return c
+}
+
+func printDrill(w io.Writer, r bench.DrillReport) {
+	fmt.Fprintf(w, "\nfailover drill %s (fault after %.1f s of client load)\n", r.Kind, r.FaultAfterS)
+	fmt.Fprintf(w, "  detection       %8.0f ms\n", r.DetectionMS)
+	fmt.Fprintf(w, "  epoch claim     %8.0f ms\n", r.ClaimMS)
+	fmt.Fprintf(w, "  go-live         %8.0f ms\n", r.GoLiveMS)
+	fmt.Fprintf(w, "  client outage   %8.0f ms (longest gap between answered requests)\n", r.OutageMS)
+	fmt.Fprintf(w, "  requests        %d answered, %d lost, %d inconsistent; tcp connection survived: %v\n", r.Requests, r.RequestsLost, r.Inconsistent, r.ConnSurvived)
+	fmt.Fprintf(w, "  new connections %d ok, %d failed\n", r.NewConns, r.NewConnsFailed)
+	fmt.Fprintf(w, "  frames          %d held at the fault, %d released by the survivor\n", r.HeldAtFault, r.ReleasedAfter)
+	fmt.Fprintf(w, "  guest           counter %d -> %d, rebooted: %v\n", r.CounterBefore, r.CounterAfter, r.GuestRebooted)
+	fmt.Fprintf(w, "  owner now       host %s (%s); the other copy: %s\n\n", r.Owner, r.OwnerState, r.LoserState)
 }
 
 func runBench(ctx context.Context, fn func(context.Context, *bench.Session, bench.Env) (any, error)) error {

@@ -48,6 +48,7 @@ func newRoot() *cobra.Command {
 		newKeysCmd(),
 		newLogCmd(),
 		newBenchCmd(),
+		newDrillCmd(),
 	)
 	return root
 }
@@ -67,9 +68,9 @@ func call(ctx context.Context, g *globalOpts, req control.Request) (control.Resp
 
 func newAgentCmd() *cobra.Command {
 	var (
-		host, dir, listen, socket, flush, qemuBin, cpus, bridge, cgroupRoot, logLevel string
-		hb, timeout, ackDelay                                                         time.Duration
-		checkInv, testKnobs                                                           bool
+		host, dir, listen, socket, flush, qemuBin, cpus, bridge, cgroupRoot, logLevel, shared string
+		hb, timeout, ackDelay                                                                 time.Duration
+		checkInv, testKnobs                                                                   bool
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -87,6 +88,7 @@ func newAgentCmd() *cobra.Command {
 				cfg.Socket = socket
 			}
 			cfg.FlushLib, cfg.QEMU, cfg.CPUs, cfg.Bridge, cfg.CgroupRoot = flush, qemuBin, cpus, bridge, cgroupRoot
+			cfg.SharedDir = shared
 			cfg.HeartbeatInterval, cfg.PeerTimeout = hb, timeout
 			cfg.TestAckDelay, cfg.CheckInvariant, cfg.TestKnobs = ackDelay, checkInv, testKnobs
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
@@ -107,6 +109,7 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&qemuBin, "qemu", "qemu-system-x86_64", "QEMU binary")
 	f.StringVar(&cpus, "cpus", "", "cpuset for this host's QEMUs, e.g. 0 or 2-3 (default: any)")
 	f.StringVar(&bridge, "bridge", "br0", "host bridge that VM taps join")
+	f.StringVar(&shared, "shared-dir", "", "shared storage directory (both hosts) for failover epoch claims; empty disables failover")
 	f.StringVar(&cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup mount (empty disables cpusets and the throttle)")
 	f.DurationVar(&hb, "heartbeat", 50*time.Millisecond, "heartbeat interval on the log channel")
 	f.DurationVar(&timeout, "peer-timeout", time.Second, "silence after which the peer counts as lost")

@@ -1,0 +1,325 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ftvmd/ftvmd/lab"
+)
+
+// Drill kinds.
+const (
+	KillPrimary = "kill-primary" // SIGKILL every process of host A (agent and QEMU): a power loss
+	KillBackup  = "kill-backup"  // the same on host B
+	Partition   = "partition"    // cut the A-B link; both still reach storage and clients
+)
+
+// DrillReport is what `ftvmd drill` prints.
+type DrillReport struct {
+	Env             Env     `json:"env"`
+	Kind            string  `json:"kind"`
+	FaultAfterS     float64 `json:"fault_after_s"`
+	DetectionMS     float64 `json:"detection_ms"`      // fault -> the survivor starts claiming
+	ClaimMS         float64 `json:"claim_ms"`          // claiming -> decision
+	GoLiveMS        float64 `json:"go_live_ms"`        // decision -> running (unprotected/live)
+	OutageMS        float64 `json:"client_outage_ms"`  // longest gap between answered requests around the fault
+	Requests        int     `json:"requests_answered"` // on the long-lived connection
+	RequestsLost    int     `json:"requests_lost"`     // sent, never answered (must be 0)
+	Inconsistent    int     `json:"requests_inconsistent"`
+	NewConns        int     `json:"new_connections_ok"`
+	NewConnsFailed  int     `json:"new_connections_failed"`
+	HeldAtFault     int     `json:"frames_held_at_fault"`
+	ReleasedAfter   uint64  `json:"frames_released_by_survivor"`
+	Owner           string  `json:"owner"` // host running the VM now
+	OwnerState      string  `json:"owner_state"`
+	LoserState      string  `json:"loser_state"`
+	ConnSurvived    bool    `json:"tcp_connection_survived"`
+	GuestRebooted   bool    `json:"guest_rebooted"`
+	CounterBefore   int     `json:"guest_counter_before"`
+	CounterAfter    int     `json:"guest_counter_after"`
+	LoserReleasedAf uint64  `json:"frames_released_by_loser_after_claim"`
+}
+
+// RunDrill protects a guest and injects the fault at a random moment under client
+// load: requests with sequence numbers on one TCP connection, plus new connections.
+func RunDrill(ctx context.Context, s *Session, env Env, vm, kind string, rng *rand.Rand) (DrillReport, error) {
+	rep := DrillReport{Env: env, Kind: kind}
+	switch kind {
+	case KillPrimary, KillBackup, Partition:
+	default:
+		return rep, fmt.Errorf("unknown drill kind %q (kill-primary, kill-backup, partition)", kind)
+	}
+	if _, err := s.StartGuest(ctx, vm, "", true); err != nil {
+		return rep, err
+	}
+	c, err := lab.NewClient(ctx, time.Minute)
+	if err != nil {
+		return rep, err
+	}
+	defer c.Close()
+	before, err := c.Do("counter", 10*time.Second)
+	if err != nil {
+		return rep, fmt.Errorf("counter: %w", err)
+	}
+	fmt.Sscanf(before, "%d", &rep.CounterBefore)
+
+	load := startLoad(ctx, c)
+	conns := startNewConns(ctx)
+	wait := 2*time.Second + time.Duration(rng.Int63n(int64(4*time.Second)))
+	time.Sleep(wait)
+	rep.FaultAfterS = wait.Seconds()
+
+	pre, _ := lab.Status(ctx, lab.HostA, vm)
+	rep.HeldAtFault = pre.HeldFrames
+	survivor, loser := lab.HostB, lab.HostA
+	if kind == KillBackup {
+		survivor, loser = lab.HostA, lab.HostB
+	}
+	tFault := time.Now()
+	switch kind {
+	case KillPrimary:
+		err = killHost(lab.NSA)
+	case KillBackup:
+		err = killHost(lab.NSB)
+	case Partition:
+		err = partition(true)
+		defer func() { _ = partition(false) }()
+	}
+	if err != nil {
+		return rep, err
+	}
+	s.logf("drill %s: fault injected after %.1f s of load", kind, wait.Seconds())
+
+	// Watch the copies until one runs alone.
+	var tClaim, tDecide, tLive time.Time
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		hosts := []lab.Host{survivor}
+		if kind == Partition {
+			hosts = []lab.Host{lab.HostA, lab.HostB}
+		}
+		done := false
+		for _, h := range hosts {
+			st, err := lab.Status(ctx, h, vm)
+			if err != nil {
+				continue
+			}
+			if st.State == "claiming" && tClaim.IsZero() {
+				tClaim = time.Now()
+			}
+			if (st.State == "unprotected" || st.State == "halted") && tDecide.IsZero() {
+				tDecide = time.Now()
+				if tClaim.IsZero() {
+					tClaim = tDecide
+				}
+			}
+			if st.State == "unprotected" {
+				tLive = time.Now()
+				survivor = h
+				done = true
+			}
+		}
+		if done {
+			break
+		}
+	}
+	if tLive.IsZero() {
+		return rep, fmt.Errorf("drill %s: no copy runs the VM 2 minutes after the fault", kind)
+	}
+	if kind == Partition {
+		loser = lab.HostA
+		if survivor == lab.HostA {
+			loser = lab.HostB
+		}
+	}
+	rep.DetectionMS = ms(tClaim.Sub(tFault))
+	if st, err := lab.Status(ctx, survivor, vm); err == nil {
+		// The survivor measured its own claim and go-live.
+		rep.ClaimMS, rep.GoLiveMS = st.FailoverClaimMS, st.FailoverGoLiveMS
+	}
+	rep.Owner = survivor.Name
+
+	// Keep the load going a little, then stop and judge.
+	time.Sleep(3 * time.Second)
+	if kind == Partition {
+		if st, err := lab.Status(ctx, loser, vm); err == nil {
+			rep.LoserState = st.State
+			time.Sleep(time.Second)
+			if st2, err := lab.Status(ctx, loser, vm); err == nil {
+				rep.LoserReleasedAf = st2.Released - st.Released
+			}
+		} else {
+			rep.LoserState = "gone"
+		}
+	} else {
+		rep.LoserState = "killed"
+	}
+	lr := load.stop()
+	rep.Requests, rep.RequestsLost, rep.Inconsistent = lr.answered, lr.lost, lr.inconsistent
+	rep.OutageMS = ms(lr.maxGapAround(tFault))
+	rep.ConnSurvived = lr.err == nil
+	rep.NewConns, rep.NewConnsFailed = conns.stop()
+	if st, err := lab.Status(ctx, survivor, vm); err == nil {
+		rep.OwnerState = st.State
+		rep.ReleasedAfter = st.Released
+	}
+	after, err := c.Do("counter", 10*time.Second)
+	if err == nil {
+		fmt.Sscanf(after, "%d", &rep.CounterAfter)
+	}
+	rep.GuestRebooted = rep.CounterAfter < rep.CounterBefore
+	return rep, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// killHost SIGKILLs every process in a lab host's namespace, as a power loss would.
+func killHost(ns string) error {
+	out, err := exec.Command("ip", "netns", "pids", ns).Output()
+	if err != nil {
+		return fmt.Errorf("list pids of %s: %w", ns, err)
+	}
+	pids := strings.Fields(string(out))
+	if len(pids) == 0 {
+		return fmt.Errorf("no processes in %s", ns)
+	}
+	if out, err := exec.Command("kill", append([]string{"-9"}, pids...)...).CombinedOutput(); err != nil {
+		return fmt.Errorf("kill %v: %v: %s", pids, err, out)
+	}
+	return nil
+}
+
+// partition isolates the A and B ports of the lab's bridge from each other; both keep
+// reaching the client port.
+func partition(on bool) error {
+	v := "off"
+	if on {
+		v = "on"
+	}
+	for _, port := range []string{"port-a", "port-b"} {
+		if out, err := exec.Command("ip", "netns", "exec", "ftlab-net", "bridge", "link", "set", "dev", port, "isolated", v).CombinedOutput(); err != nil {
+			return fmt.Errorf("partition %s %s: %v: %s", port, v, err, out)
+		}
+	}
+	return nil
+}
+
+type loadResult struct {
+	answered, lost, inconsistent int
+	times                        []time.Time
+	err                          error
+}
+
+// maxGapAround is the longest gap between answered requests from 2 s before t on.
+func (r loadResult) maxGapAround(t time.Time) time.Duration {
+	var max time.Duration
+	for i := 1; i < len(r.times); i++ {
+		if r.times[i].Before(t.Add(-2 * time.Second)) {
+			continue
+		}
+		if d := r.times[i].Sub(r.times[i-1]); d > max {
+			max = d
+		}
+	}
+	return max
+}
+
+type loader struct {
+	stopc chan struct{}
+	done  chan loadResult
+}
+
+// startLoad sends `seq n` requests back to back on c; each answer must carry its own
+// sequence number and payload and a guest request count that only grows.
+func startLoad(ctx context.Context, c *lab.Client) *loader {
+	l := &loader{stopc: make(chan struct{}), done: make(chan loadResult, 1)}
+	go func() {
+		var r loadResult
+		last := 0
+		for n := 1; ; n++ {
+			select {
+			case <-l.stopc:
+				l.done <- r
+				return
+			case <-ctx.Done():
+				l.done <- r
+				return
+			default:
+			}
+			payload := fmt.Sprintf("x%d", n)
+			resp, err := c.Do(fmt.Sprintf("seq %d %s", n, payload), 60*time.Second)
+			if err != nil {
+				r.lost++
+				r.err = err
+				l.done <- r
+				return
+			}
+			var seq, count int
+			var p string
+			if _, err := fmt.Sscanf(resp, "ok %d %d %s", &seq, &count, &p); err != nil || seq != n || p != payload || count <= last {
+				r.inconsistent++
+			}
+			last = count
+			r.answered++
+			r.times = append(r.times, time.Now())
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	return l
+}
+
+func (l *loader) stop() loadResult {
+	close(l.stopc)
+	return <-l.done
+}
+
+type connLoad struct {
+	mu         sync.Mutex
+	ok, failed int
+	stopc      chan struct{}
+	done       chan struct{}
+}
+
+// startNewConns opens a new connection to the guest every 500 ms and pings it.
+func startNewConns(ctx context.Context) *connLoad {
+	cl := &connLoad{stopc: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(cl.done)
+		for {
+			select {
+			case <-cl.stopc:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+			c, err := lab.NewClient(ctx, 20*time.Second)
+			good := err == nil
+			if good {
+				resp, err := c.Do("ping", 20*time.Second)
+				good = err == nil && resp == "pong"
+				c.Close()
+			}
+			cl.mu.Lock()
+			if good {
+				cl.ok++
+			} else {
+				cl.failed++
+			}
+			cl.mu.Unlock()
+		}
+	}()
+	return cl
+}
+
+func (cl *connLoad) stop() (int, int) {
+	close(cl.stopc)
+	<-cl.done
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.ok, cl.failed
+}
