@@ -2,6 +2,7 @@ package netbuf
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ftvmd/ftvmd/outputrule"
 )
@@ -102,9 +105,25 @@ func benchRelay(b *testing.B, mode string, size int, inNetns func(func() error) 
 	b.SetBytes(int64(size))
 	b.ResetTimer()
 	start := time.Now()
+	// Like QEMU, the sender stops on EAGAIN (the relay's queue is full) and
+	// waits for the socket to become writable; stalls counts the stops.
+	var stalls int
+	rc, err := q.send.SyscallConn()
+	if err != nil {
+		b.Fatal(err)
+	}
 	go func() {
 		for i := 0; i < b.N; i++ {
-			if _, err := q.send.Write(payload); err != nil {
+			var werr error
+			err := rc.Write(func(fd uintptr) bool {
+				_, werr = unix.Write(int(fd), payload)
+				if errors.Is(werr, unix.EAGAIN) {
+					stalls++
+					return false
+				}
+				return true
+			})
+			if err := errors.Join(err, werr); err != nil {
 				sendErr <- err
 				return
 			}
@@ -124,6 +143,7 @@ func benchRelay(b *testing.B, mode string, size int, inNetns func(func() error) 
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N)/el.Seconds(), "frames/s")
+	b.ReportMetric(float64(stalls)/float64(b.N), "stalls/frame")
 	s := r.Stats()
 	if s.Rule.ReleasedFrames > 0 {
 		b.ReportMetric(float64(s.Rule.MaxDelay.Microseconds()), "max-delay-µs")
