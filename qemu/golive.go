@@ -336,30 +336,29 @@ func findCut(path string, from replay.Mark, acked, fed int64) (int64, uint64, er
 		return 0, 0, fmt.Errorf("open log: %w", err)
 	}
 	defer f.Close()
-	if _, err := f.Seek(from.Offset, io.SeekStart); err != nil {
-		return 0, 0, fmt.Errorf("seek log: %w", err)
+	// The common case, fed <= cut, needs only the prefix and no per-event
+	// hook (the scan runs at about 100 MB/s; Resume skips it).
+	off, ic, err := replay.LastBoundary(io.NewSectionReader(f, from.Offset, max(acked-from.Offset, 0)), from.Offset, from.Icount)
+	if err != nil {
+		return 0, 0, fmt.Errorf("scan log: %w", err)
 	}
-	c := replay.NewCutter(from.Offset, from.Icount)
-	last := from
+	if off >= fed {
+		return off, ic, nil
+	}
+	// The feed wrote past the acked boundary: go on to the first boundary
+	// at or after fed.
+	c := replay.NewCutter(off, ic)
 	var next *replay.Mark
-	if fed <= from.Offset {
-		next = &from
-	}
 	c.OnEvent(func(ev replay.Event) {
-		if ev.End() <= acked {
-			last = replay.Mark{Offset: ev.End(), Icount: c.Icount()}
-		}
 		if next == nil && ev.End() >= fed {
 			next = &replay.Mark{Offset: ev.End(), Icount: c.Icount()}
 		}
 	})
-	buf := make([]byte, 256<<10)
-	for c.Boundary() < acked || next == nil {
-		n, rerr := f.Read(buf)
-		if _, err := c.Write(buf[:n]); err != nil {
-			if c.Boundary() >= acked && last.Offset >= fed {
-				break // garbage after the cut does not matter
-			}
+	r := io.NewSectionReader(f, off, 1<<62)
+	buf := make([]byte, 64<<10)
+	for next == nil {
+		n, rerr := r.Read(buf)
+		if _, err := c.Write(buf[:n]); err != nil && next == nil {
 			return 0, 0, fmt.Errorf("scan log: %w", err)
 		}
 		if errors.Is(rerr, io.EOF) {
@@ -368,9 +367,6 @@ func findCut(path string, from replay.Mark, acked, fed int64) (int64, uint64, er
 		if rerr != nil {
 			return 0, 0, fmt.Errorf("read log: %w", rerr)
 		}
-	}
-	if last.Offset >= fed {
-		return last.Offset, last.Icount, nil
 	}
 	if next == nil {
 		return 0, 0, fmt.Errorf("%w: the feed wrote up to %d but the log (boundary %d) holds no complete event ending there or later",

@@ -458,3 +458,23 @@ func goLiveRound(t *testing.T, base, lib string, round int) GoLiveReport {
 	}
 	return r
 }
+
+// BenchmarkFindCut scans a 5 MB log of small events (a booted guest's log
+// is about that size): the cut-scan cost GoLiveConfig.Resume avoids.
+func BenchmarkFindCut(b *testing.B) {
+	ev := synthLog()[LogHeaderSize:32] // 20 bytes, 3 instruction events
+	log := make([]byte, LogHeaderSize, 5<<20)
+	for len(log)+len(ev) <= cap(log) {
+		log = append(log, ev...)
+	}
+	path := filepath.Join(b.TempDir(), "log")
+	if err := os.WriteFile(path, log, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(log)))
+	for b.Loop() {
+		if cut, _, err := findCut(path, replay.Mark{Offset: LogHeaderSize}, int64(len(log)), LogHeaderSize); err != nil || cut != int64(len(log)) {
+			b.Fatalf("cut %d, %v", cut, err)
+		}
+	}
+}
