@@ -187,9 +187,10 @@ func (c *GoLiveConfig) validate() error {
 
 // GoLive turns the backup's replaying QEMU into a recording primary at the
 // acked offset, without a guest reboot, and returns the new Machine
-// (started with opts after WithLogger(cfg.Logger)). On error the replaying
-// QEMU is left running when the failure came before savevm, and any new
-// QEMU is stopped.
+// (started with opts after WithLogger(cfg.Logger)). On an error before the
+// replay is stopped it is left running, but its Feed may already be halted
+// or finished (parked): the caller decides whether to retry GoLive's later
+// steps or halt the VM. A new QEMU that fails to come up is killed.
 func GoLive(ctx context.Context, cfg GoLiveConfig, opts ...Opt) (*Machine, GoLiveReport, error) {
 	var rep GoLiveReport
 	if err := cfg.validate(); err != nil {
