@@ -105,17 +105,25 @@ type backup struct {
 	cleanups []func() error
 }
 
-// logSink appends received frames to the backup's local log and tells the feed.
+// logSink appends received frames to the backup's local log and lets the feed pass
+// only whole events to the replaying QEMU: frames may end mid-event, and a go-live
+// must be able to cut where the replay stands.
 type logSink struct {
 	f    *os.File
 	feed *qemu.Feed
+	cut  *replay.Cutter
 }
 
 func (s logSink) Append(off int64, data []byte) error {
 	if _, err := s.f.WriteAt(data, off); err != nil {
 		return err
 	}
-	s.feed.Notify(off + int64(len(data)))
+	if _, err := s.cut.Write(data); err != nil {
+		// The primary sent bytes that are not an rr log: refuse them (the receiver
+		// stops and the channel ends) rather than feed them to QEMU.
+		return fmt.Errorf("received log does not parse: %w", err)
+	}
+	s.feed.Notify(s.cut.Boundary())
 	return nil
 }
 
@@ -274,7 +282,7 @@ func (b *backup) run(conn net.Conn) {
 	b.mu.Lock()
 	b.cancel, b.conn = cancel, conn
 	b.mu.Unlock()
-	recv := logging.NewReceiver(b.conn, logSink{f: b.logFile, feed: b.feed}, logging.ReceiverConfig{
+	recv := logging.NewReceiver(b.conn, logSink{f: b.logFile, feed: b.feed, cut: replay.NewCutter(replay.HeaderSize, 0)}, logging.ReceiverConfig{
 		StartOffset: replay.HeaderSize,
 		// Acks carry the replayed icount, the primary's only view of the backup's
 		// progress: send them often so the measured lag is not ack cadence.

@@ -23,7 +23,7 @@ type Controller struct {
 
 // NewController returns an unthrottled controller for the given bound.
 func NewController(bound time.Duration) *Controller {
-	return &Controller{Bound: bound, MinQuota: 0.05, quota: 1}
+	return &Controller{Bound: bound, MinQuota: 0.1, quota: 1}
 }
 
 // Observe takes one lag sample at time now and returns the new quota.

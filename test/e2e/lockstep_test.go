@@ -35,11 +35,11 @@ func TestLockstep(t *testing.T) {
 		t.Log(out)
 	}
 	pcon, bcon := lab.Console(lab.HostA, vm, "primary"), lab.Console(lab.HostB, vm, "backup")
-	if err := lab.WaitConsole(ctx, pcon, "ftguest ready", 90*time.Second); err != nil {
+	if err := lab.WaitConsole(ctx, pcon, "ftguest ready", 4*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	// Replay of boot is slower than record: give the backup time to catch up.
-	if err := lab.WaitConsole(ctx, bcon, "ftguest ready", 120*time.Second); err != nil {
+	if err := lab.WaitConsole(ctx, bcon, "ftguest ready", 4*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	st, err := lab.Status(ctx, lab.HostA, vm)
@@ -47,7 +47,7 @@ func TestLockstep(t *testing.T) {
 		t.Fatal(err)
 	}
 	bound := time.Duration(st.LagBoundMS) * time.Millisecond
-	waitCaughtUp(ctx, t, vm, bound, 60*time.Second)
+	waitCaughtUp(ctx, t, vm, bound, 2*time.Minute)
 
 	// Watch for 30 s: both run, consoles agree, icounts follow, lag stays bounded.
 	var lags []float64
