@@ -66,7 +66,7 @@ func RunDrill(ctx context.Context, s *Session, env Env, vm, kind string, rng *ra
 	if err != nil {
 		return rep, fmt.Errorf("counter: %w", err)
 	}
-	fmt.Sscanf(before, "%d", &rep.CounterBefore)
+	fmt.Sscanf(before, "counter %d", &rep.CounterBefore)
 
 	load := startLoad(ctx, c)
 	conns := startNewConns(ctx)
@@ -171,7 +171,7 @@ func RunDrill(ctx context.Context, s *Session, env Env, vm, kind string, rng *ra
 	}
 	after, err := c.Do("counter", 10*time.Second)
 	if err == nil {
-		fmt.Sscanf(after, "%d", &rep.CounterAfter)
+		fmt.Sscanf(after, "counter %d", &rep.CounterAfter)
 	}
 	rep.GuestRebooted = rep.CounterAfter < rep.CounterBefore
 	return rep, nil
