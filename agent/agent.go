@@ -302,6 +302,16 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 			return fail(err)
 		}
 		return ok(fmt.Sprintf("vm %s now runs unprotected on %s", req.VM, a.cfg.Host))
+	case control.OpFailover:
+		v, found := a.lookup(req.VM)
+		p, isPrimary := v.(*primary)
+		if !found || !isPrimary {
+			return fail(fmt.Errorf("vm %q has no primary on %s (run failover on the primary's host)", req.VM, a.cfg.Host))
+		}
+		if err := p.handover(ctx); err != nil {
+			return fail(err)
+		}
+		return ok(fmt.Sprintf("vm %s handed over to %s", req.VM, p.backupHost))
 	case control.OpStop:
 		v, found := a.lookup(req.VM)
 		if !found {

@@ -45,7 +45,7 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn) {
 		return
 	}
 	reply := func(err error) {
-		r := peerReply{OK: err == nil}
+		r := peerReply{OK: err == nil, Host: a.cfg.Host}
 		if err != nil {
 			r.Error = err.Error()
 		}
@@ -313,10 +313,18 @@ func (b *backup) run(conn net.Conn) {
 		b.pollReplay(ctx)
 	}()
 	err := recv.Run(ctx)
-	if ctx.Err() == nil && b.fence != nil && !errors.Is(err, logging.ErrPeerClosed) {
-		b.log.Error("primary lost", "err", err)
-		if b.failover(ctx, recv) {
-			return
+	if ctx.Err() == nil && b.fence != nil {
+		if !errors.Is(err, logging.ErrPeerClosed) {
+			b.log.Error("primary lost", "err", err)
+			if b.failover(ctx, recv) {
+				return
+			}
+		} else if e, ok := b.handedOver(ctx); ok {
+			// A planned failover: the primary claimed the next epoch for us.
+			b.log.Warn("planned failover: this copy owns the VM now", "epoch", e)
+			if b.goLive(recv, decision{Action: arbiter.ActionGoLive, Epoch: e, Reason: "planned failover"}) {
+				return
+			}
 		}
 	}
 	if ctx.Err() == nil {
@@ -361,6 +369,23 @@ func (b *backup) failover(ctx context.Context, recv *logging.Receiver) bool {
 		b.log.Error("backup halted", "reason", d.Reason)
 		return false
 	}
+	return b.goLive(recv, d)
+}
+
+// handedOver reports whether the primary, ending the channel, claimed the next epoch
+// for this host (a planned failover).
+func (b *backup) handedOver(ctx context.Context) (uint64, bool) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := b.a.store.Current(cctx, b.spec.Name)
+	if err != nil || c.Corrupt || c.Epoch != b.epoch+1 || c.Owner != b.a.cfg.Host {
+		return 0, false
+	}
+	return c.Epoch, true
+}
+
+// goLive turns this backup into the live VM from the log it holds.
+func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 	// Stop polling: GoLive polls the replay itself while it parks, and kills it.
 	b.cancel()
 	b.wg.Wait()

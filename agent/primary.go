@@ -15,6 +15,7 @@ import (
 
 	"github.com/ftvmd/ftvmd/arbiter"
 	"github.com/ftvmd/ftvmd/control"
+	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/outputrule"
@@ -38,6 +39,7 @@ type peerHello struct {
 type peerReply struct {
 	OK    bool   `json:"ok"`
 	Error string `json:"error,omitempty"`
+	Host  string `json:"host,omitempty"` // the backup's host name (its epoch claims' owner)
 }
 
 // primary runs the recording QEMU, streams its log and holds its output.
@@ -59,6 +61,9 @@ type primary struct {
 	fence  *fence // nil without shared storage
 	epoch  uint64
 	live   *liveStart
+	// stopSender ends the log channel with a Bye; backupHost is the backup's name.
+	stopSender context.CancelFunc
+	backupHost string
 
 	cancel   context.CancelFunc
 	finished chan struct{}
@@ -110,7 +115,7 @@ func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup strin
 	if live != nil {
 		p.epoch = live.epoch
 	}
-	p.unprotect = p.goUnprotected
+	p.unprotect = p.operatorUnprotect
 	if err := a.register(spec.Name, p); err != nil {
 		return err
 	}
@@ -198,6 +203,7 @@ func (p *primary) connectBackup(ctx context.Context) error {
 	if !reply.OK {
 		return fmt.Errorf("backup %s refused: %s", p.peer, reply.Error)
 	}
+	p.backupHost = reply.Host
 	p.conn = conn
 	return nil
 }
@@ -354,9 +360,13 @@ func (p *primary) startStreams(context.Context) error {
 	})
 	if p.sender != nil {
 		s := p.sender
+		// The sender has its own context: ending protection stops it with a Bye
+		// (the backup then stops quietly) while the VM runs on.
+		sctx, scancel := context.WithCancel(ctx)
+		p.stopSender = scancel
 		p.go1(func() {
-			err := s.Run(ctx)
-			if ctx.Err() != nil {
+			err := s.Run(sctx)
+			if sctx.Err() != nil {
 				return
 			}
 			p.backupLost(err)
@@ -512,13 +522,107 @@ func (p *primary) goUnprotected(reason string) error {
 	p.detail = reason
 	p.mu.Unlock()
 	p.relay.SetMode(outputrule.Unprotected)
-	if p.conn != nil {
-		p.conn.Close() // the backup sees the channel end and stops its replay
+	if p.stopSender != nil {
+		p.stopSender() // Bye: the backup stops its replay without claiming
 	}
 	if p.cg != nil {
 		_ = p.cg.SetQuota(1)
 	}
 	p.log.Warn("vm unprotected", "reason", reason)
+	return nil
+}
+
+// operatorUnprotect ends protection on request. With shared storage the primary first
+// claims the next epoch, so that a backup which already lost the channel and is
+// claiming cannot also go live: if the backup won, this copy halts instead.
+func (p *primary) operatorUnprotect(reason string) error {
+	p.mu.Lock()
+	st := p.state
+	p.mu.Unlock()
+	if st != "protected" && st != "degraded" {
+		return fmt.Errorf("vm %s is %s, not protected", p.spec.Name, st)
+	}
+	if p.a.store != nil && p.epoch > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := p.a.store.ClaimNext(ctx, p.spec.Name, p.epoch, p.a.cfg.Host, "unprotect")
+		cancel()
+		switch {
+		case errors.Is(err, disk.ErrLost):
+			p.halt(fmt.Sprintf("the backup (%s) owns epoch %d", c.Owner, c.Epoch))
+			return fmt.Errorf("vm %s: the backup already took over (epoch %d); this copy halted", p.spec.Name, c.Epoch)
+		case err != nil:
+			return fmt.Errorf("unprotect %s: shared storage: %w (protection unchanged)", p.spec.Name, err)
+		}
+		p.mu.Lock()
+		p.epoch = c.Epoch
+		p.mu.Unlock()
+	}
+	return p.goUnprotected(reason)
+}
+
+// handover is the planned failover: the primary pauses its guest, lets the backup
+// acknowledge the whole log and releases every held frame, halts, claims the next
+// epoch for the backup and ends the channel; the backup sees its own claim and goes
+// live. No frame is lost and no two copies run.
+func (p *primary) handover(ctx context.Context) error {
+	p.mu.Lock()
+	st := p.state
+	p.mu.Unlock()
+	if st != "protected" || p.sender == nil {
+		return fmt.Errorf("vm %s is %s: a planned failover needs a protected VM", p.spec.Name, st)
+	}
+	if p.a.store == nil || p.backupHost == "" {
+		return errors.New("planned failover needs shared storage (--shared-dir) on both hosts")
+	}
+	if err := p.m.Pause(ctx); err != nil {
+		return fmt.Errorf("pause guest: %w", err)
+	}
+	resume := func(err error) error {
+		if cerr := p.m.Cont(context.Background()); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("resume guest: %w", cerr))
+		}
+		return err
+	}
+	// The vCPU is stopped: the guest emits nothing more. Wait until the backup holds
+	// the log up to the pause (the paused QEMU may still log clock events after it;
+	// they do not change the guest) and every held frame is released.
+	time.Sleep(50 * time.Millisecond) // let the flush library and the tail catch up
+	p.mu.Lock()
+	paused := p.boundary // whole events only: the channel sends up to boundaries
+	p.mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ss := p.sender.Stats()
+		rs := p.relay.Stats().Rule
+		if ss.Acked >= paused && rs.HeldFrames+rs.PendingFrames == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return resume(fmt.Errorf("backup did not acknowledge the log up to the pause in time (acked %d of %d)", ss.Acked, paused))
+		}
+		select {
+		case <-ctx.Done():
+			return resume(ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	p.relay.SetMode(outputrule.Halted)
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c, err := p.a.store.ClaimNext(sctx, p.spec.Name, p.epoch, p.backupHost, "planned failover from "+p.a.cfg.Host)
+	cancel()
+	if err != nil {
+		// The claim's outcome is unknown or someone else holds it: stay halted.
+		p.halt(fmt.Sprintf("planned failover: epoch claim: %v", err))
+		return fmt.Errorf("planned failover: %w", err)
+	}
+	p.mu.Lock()
+	p.state, p.detail = "handed-over", fmt.Sprintf("planned failover to %s, epoch %d", p.backupHost, c.Epoch)
+	p.mu.Unlock()
+	p.stopSender() // Bye: the backup finds its claim and goes live
+	if err := p.m.Kill(); err != nil {
+		p.log.Warn("kill qemu", "err", err)
+	}
+	p.log.Warn("handed over", "to", p.backupHost, "epoch", c.Epoch)
 	return nil
 }
 
@@ -536,7 +640,7 @@ func (p *primary) halt(reason string) {
 
 func (p *primary) fail(err error) {
 	p.mu.Lock()
-	if p.state == "failed" || p.state == "stopped" || p.state == "halted" {
+	if p.state == "failed" || p.state == "stopped" || p.state == "halted" || p.state == "handed-over" {
 		p.mu.Unlock()
 		return
 	}
@@ -558,7 +662,7 @@ func (p *primary) stop(ctx context.Context) error {
 		p.wg.Wait()
 		p.runCleanups()
 		p.mu.Lock()
-		if p.state != "failed" && p.state != "halted" {
+		if p.state != "failed" && p.state != "halted" && p.state != "handed-over" {
 			p.state = "stopped"
 		}
 		p.mu.Unlock()

@@ -17,6 +17,7 @@ const (
 	KillPrimary = "kill-primary" // SIGKILL every process of host A (agent and QEMU): a power loss
 	KillBackup  = "kill-backup"  // the same on host B
 	Partition   = "partition"    // cut the A-B link; both still reach storage and clients
+	Planned     = "planned"      // `ftvmd failover`: a planned switch to the backup
 )
 
 // DrillReport is what `ftvmd drill` prints.
@@ -50,9 +51,9 @@ type DrillReport struct {
 func RunDrill(ctx context.Context, s *Session, env Env, vm, kind string, rng *rand.Rand) (DrillReport, error) {
 	rep := DrillReport{Env: env, Kind: kind}
 	switch kind {
-	case KillPrimary, KillBackup, Partition:
+	case KillPrimary, KillBackup, Partition, Planned:
 	default:
-		return rep, fmt.Errorf("unknown drill kind %q (kill-primary, kill-backup, partition)", kind)
+		return rep, fmt.Errorf("unknown drill kind %q (kill-primary, kill-backup, partition, planned)", kind)
 	}
 	if _, err := s.StartGuest(ctx, vm, "", true); err != nil {
 		return rep, err
@@ -89,6 +90,14 @@ func RunDrill(ctx context.Context, s *Session, env Env, vm, kind string, rng *ra
 	case Partition:
 		err = partition(true)
 		defer func() { _ = partition(false) }()
+	case Planned:
+		go func() {
+			if out, err := s.Lab.Run(ctx, "a", "failover", vm); err != nil {
+				s.logf("planned failover: %v", err)
+			} else {
+				s.logf("%s", strings.TrimSpace(out))
+			}
+		}()
 	}
 	if err != nil {
 		return rep, err
@@ -156,6 +165,10 @@ func RunDrill(ctx context.Context, s *Session, env Env, vm, kind string, rng *ra
 			}
 		} else {
 			rep.LoserState = "gone"
+		}
+	} else if kind == Planned {
+		if st, err := lab.Status(ctx, loser, vm); err == nil {
+			rep.LoserState = st.State
 		}
 	} else {
 		rep.LoserState = "killed"

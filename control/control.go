@@ -29,6 +29,7 @@ const (
 	OpUnprotect = "unprotect"
 	OpStop      = "stop"
 	OpDefine    = "define"
+	OpFailover  = "failover"
 	// OpTestAckDelay sets the backup's ack delay (test-only; the agent must run with
 	// --test-knobs). It proves the output rule holds frames until acked.
 	OpTestAckDelay = "test-ack-delay"

@@ -45,6 +45,7 @@ func newRoot() *cobra.Command {
 		newStatusCmd(g),
 		newUnprotectCmd(g),
 		newStopCmd(g),
+		newFailoverCmd(g),
 		newKeysCmd(),
 		newLogCmd(),
 		newBenchCmd(),
@@ -214,6 +215,10 @@ func newRunCmd(g *globalOpts) *cobra.Command {
 
 func newUnprotectCmd(g *globalOpts) *cobra.Command {
 	return simpleVMCmd(g, "unprotect", "Stop protecting the VM: its primary runs on alone", control.OpUnprotect)
+}
+
+func newFailoverCmd(g *globalOpts) *cobra.Command {
+	return simpleVMCmd(g, "failover", "Planned switch: the backup takes over with no lost frame (run on the primary's host)", control.OpFailover)
 }
 
 func newStopCmd(g *globalOpts) *cobra.Command {

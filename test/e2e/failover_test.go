@@ -21,7 +21,7 @@ func TestFailover(t *testing.T) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewSource(seed))
-	kinds := []string{bench.KillPrimary, bench.KillBackup, bench.Partition, bench.KillPrimary}
+	kinds := []string{bench.KillPrimary, bench.KillBackup, bench.Partition, bench.Planned, bench.KillPrimary}
 	for i, kind := range kinds {
 		t.Run(kind, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -59,6 +59,10 @@ func TestFailover(t *testing.T) {
 			case bench.KillPrimary:
 				if rep.Owner != "b" {
 					t.Fatalf("owner %s after the primary died", rep.Owner)
+				}
+			case bench.Planned:
+				if rep.Owner != "b" || rep.LoserState != "handed-over" {
+					t.Fatalf("planned failover: owner %s, old primary %s", rep.Owner, rep.LoserState)
 				}
 			case bench.KillBackup:
 				if rep.Owner != "a" {
