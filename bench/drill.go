@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand"
 	"os/exec"
 	"strings"
@@ -335,4 +336,44 @@ func (cl *connLoad) stop() (int, int) {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	return cl.ok, cl.failed
+}
+
+// FailoverResult is `ftvmd bench failover`'s summary over many kill-primary drills.
+type FailoverResult struct {
+	Env          Env           `json:"env"`
+	Runs         int           `json:"runs"`
+	OutageMS     Dist          `json:"client_outage_ms"`
+	DetectionMS  Dist          `json:"detection_ms"`
+	ClaimMS      Dist          `json:"claim_ms"`
+	GoLiveMS     Dist          `json:"go_live_ms"`
+	RequestsLost int           `json:"requests_lost"`
+	Failed       int           `json:"failed_runs"`
+	Reports      []DrillReport `json:"-"`
+}
+
+// Failover runs kill-primary drills, each on a fresh lab, and summarises them.
+func Failover(ctx context.Context, out io.Writer, env Env, runs int) (FailoverResult, error) {
+	res := FailoverResult{Env: env, Runs: runs}
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	var outage, det, claim, live []float64
+	for i := 0; i < runs; i++ {
+		s, err := Open(ctx, out)
+		if err != nil {
+			return res, err
+		}
+		rep, err := RunDrill(ctx, s, env, fmt.Sprintf("fo%d", i), KillPrimary, rng)
+		if cerr := s.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+		if err != nil || !rep.ConnSurvived || rep.RequestsLost > 0 {
+			res.Failed++
+			fmt.Fprintf(out, "run %d failed: %v %+v\n", i, err, rep)
+			continue
+		}
+		fmt.Fprintf(out, "run %d: outage %.0f ms (detection %.0f, claim %.0f, go-live %.0f)\n", i, rep.OutageMS, rep.DetectionMS, rep.ClaimMS, rep.GoLiveMS)
+		outage, det, claim, live = append(outage, rep.OutageMS), append(det, rep.DetectionMS), append(claim, rep.ClaimMS), append(live, rep.GoLiveMS)
+		res.RequestsLost += rep.RequestsLost
+	}
+	res.OutageMS, res.DetectionMS, res.ClaimMS, res.GoLiveMS = NewDist(outage), NewDist(det), NewDist(claim), NewDist(live)
+	return res, nil
 }

@@ -371,3 +371,12 @@ func (c *Client) Do(req string, timeout time.Duration) (string, error) {
 
 // Close closes the connection.
 func (c *Client) Close() error { return c.Conn.Close() }
+
+// ReadLine reads one response line (for requests written to Conn directly).
+func (c *Client) ReadLine() (string, error) {
+	line, err := c.r.ReadString('\n')
+	return strings.TrimRight(line, "\r\n"), err
+}
+
+// Reader is the buffered reader behind the client, for bulk responses.
+func (c *Client) Reader() *bufio.Reader { return c.r }

@@ -42,7 +42,36 @@ func newBenchCmd() *cobra.Command {
 	}
 	cpu.Flags().IntVar(&mb, "mb", 30, "MiB to md5 in the guest")
 	cpu.Flags().IntVar(&runs, "runs", 3, "runs each way")
-	b.AddCommand(lag, cpu)
+	var requests, bulk int
+	netc := &cobra.Command{
+		Use: "net", Short: "Request/response latency and bulk TCP throughput both ways, unprotected vs protected, in one run",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBench(cmd.Context(), func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
+				return bench.Net(ctx, s, env, requests, bulk)
+			})
+		},
+	}
+	netc.Flags().IntVar(&requests, "requests", 1000, "request/response round trips")
+	netc.Flags().IntVar(&bulk, "mb", 200, "MiB per bulk transfer")
+	var foRuns int
+	fo := &cobra.Command{
+		Use: "failover", Short: "Client-observed outage of kill-primary over many runs (detection, claim, go-live)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			env := bench.NewEnv("ftvmd " + strings.Join(os.Args[1:], " "))
+			res, err := bench.Failover(cmd.Context(), os.Stderr, env, foRuns)
+			if err != nil {
+				return err
+			}
+			line, err := json.Marshal(res)
+			if err != nil {
+				return err
+			}
+			fmt.Println(string(line))
+			return nil
+		},
+	}
+	fo.Flags().IntVar(&foRuns, "runs", 20, "kill-primary drills")
+	b.AddCommand(lag, cpu, netc, fo)
 	return b
 }
 

@@ -1,0 +1,158 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/ftvmd/ftvmd/lab"
+)
+
+// NetSide is one mode's figures in `ftvmd bench net`.
+type NetSide struct {
+	RTTms          Dist    `json:"rtt_ms"`
+	RRLogMbitS     float64 `json:"rr_log_mbit_s"`
+	ToGuestMBs     float64 `json:"client_to_guest_MB_s"`
+	ToGuestLogMbit float64 `json:"client_to_guest_log_mbit_s"`
+	ToClientMBs    float64 `json:"guest_to_client_MB_s"`
+	ToClientLog    float64 `json:"guest_to_client_log_mbit_s"`
+	AddedDelayMS   float64 `json:"output_rule_added_delay_avg_ms"`
+	Backpressure   uint64  `json:"backpressure_events"`
+}
+
+// NetResult is `ftvmd bench net`'s summary: request/response latency and bulk TCP
+// throughput both ways, unprotected and protected on the same engine, in one run.
+type NetResult struct {
+	Env               Env     `json:"env"`
+	Requests          int     `json:"requests"`
+	BulkMB            int     `json:"bulk_mb"`
+	Unprotected       NetSide `json:"unprotected"`
+	Protected         NetSide `json:"protected"`
+	AddedP50ms        float64 `json:"added_latency_p50_ms"`
+	AddedP99ms        float64 `json:"added_latency_p99_ms"`
+	ToGuestRatio      float64 `json:"client_to_guest_ratio"`
+	ToClientRatio     float64 `json:"guest_to_client_ratio"`
+	InvariantFailures uint64  `json:"invariant_failures"`
+}
+
+// Net runs the network benchmark.
+func Net(ctx context.Context, s *Session, env Env, requests, mb int) (NetResult, error) {
+	res := NetResult{Env: env, Requests: requests, BulkMB: mb}
+	for _, protected := range []bool{false, true} {
+		vm := "benchnet"
+		if _, err := s.StartGuest(ctx, vm, "", protected); err != nil {
+			return res, err
+		}
+		side, err := netSide(ctx, s, vm, requests, mb)
+		if err != nil {
+			return res, err
+		}
+		st, err := lab.Status(ctx, lab.HostA, vm)
+		if err != nil {
+			return res, err
+		}
+		side.AddedDelayMS, side.Backpressure = st.AddedDelayMS, st.Backpressure
+		if protected {
+			res.Protected = side
+			res.InvariantFailures = st.InvariantFails
+		} else {
+			res.Unprotected = side
+		}
+		if err := s.StopGuest(ctx, vm); err != nil {
+			return res, err
+		}
+	}
+	res.AddedP50ms = res.Protected.RTTms.P50 - res.Unprotected.RTTms.P50
+	res.AddedP99ms = res.Protected.RTTms.P99 - res.Unprotected.RTTms.P99
+	res.ToGuestRatio = res.Protected.ToGuestMBs / res.Unprotected.ToGuestMBs
+	res.ToClientRatio = res.Protected.ToClientMBs / res.Unprotected.ToClientMBs
+	return res, nil
+}
+
+func logBytes(ctx context.Context, vm string) int64 {
+	st, err := lab.Status(ctx, lab.HostA, vm)
+	if err != nil {
+		return 0
+	}
+	return st.LogWritten
+}
+
+func mbit(bytes int64, d time.Duration) float64 { return float64(bytes) * 8 / 1e6 / d.Seconds() }
+
+func netSide(ctx context.Context, s *Session, vm string, requests, mb int) (NetSide, error) {
+	var side NetSide
+	c, err := lab.NewClient(ctx, time.Minute)
+	if err != nil {
+		return side, err
+	}
+	defer c.Close()
+	// Warm up, then request/response latency.
+	for i := 0; i < 20; i++ {
+		if _, err := c.Do("ping", 30*time.Second); err != nil {
+			return side, err
+		}
+	}
+	var rtts []float64
+	l0, t0 := logBytes(ctx, vm), time.Now()
+	for i := 1; i <= requests; i++ {
+		start := time.Now()
+		resp, err := c.Do(fmt.Sprintf("seq %d bench", i), 30*time.Second)
+		if err != nil || !strings.HasPrefix(resp, fmt.Sprintf("ok %d ", i)) {
+			return side, fmt.Errorf("request %d: %q %v", i, resp, err)
+		}
+		rtts = append(rtts, ms(time.Since(start)))
+	}
+	side.RTTms = NewDist(rtts)
+	side.RRLogMbitS = mbit(logBytes(ctx, vm)-l0, time.Since(t0))
+	s.logf("rtt p50 %.2f ms p99 %.2f ms", side.RTTms.P50, side.RTTms.P99)
+
+	n := int64(mb) << 20
+	// Guest -> client: `get n` answers a header line then n bytes.
+	l0, t0 = logBytes(ctx, vm), time.Now()
+	_ = c.Conn.SetDeadline(time.Now().Add(10 * time.Minute))
+	if _, err := fmt.Fprintf(c.Conn, "get %d\n", n); err != nil {
+		return side, err
+	}
+	hdr, err := c.ReadLine()
+	if err != nil || hdr != fmt.Sprintf("data %d", n) {
+		return side, fmt.Errorf("get: header %q %v", hdr, err)
+	}
+	if _, err := io.CopyN(io.Discard, c.Reader(), n); err != nil {
+		return side, fmt.Errorf("get: %w", err)
+	}
+	d := time.Since(t0)
+	side.ToClientMBs = float64(n) / (1 << 20) / d.Seconds()
+	side.ToClientLog = mbit(logBytes(ctx, vm)-l0, d)
+	s.logf("guest->client %.1f MB/s", side.ToClientMBs)
+
+	// Client -> guest: `put n`, n bytes, then `got n crc`.
+	l0, t0 = logBytes(ctx, vm), time.Now()
+	if _, err := fmt.Fprintf(c.Conn, "put %d\n", n); err != nil {
+		return side, err
+	}
+	buf := make([]byte, 64<<10)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	for left := n; left > 0; {
+		k := int64(len(buf))
+		if left < k {
+			k = left
+		}
+		if _, err := c.Conn.Write(buf[:k]); err != nil {
+			return side, fmt.Errorf("put: %w", err)
+		}
+		left -= k
+	}
+	got, err := c.ReadLine()
+	if err != nil || !strings.HasPrefix(got, fmt.Sprintf("got %d ", n)) {
+		return side, fmt.Errorf("put: %q %v", got, err)
+	}
+	d = time.Since(t0)
+	side.ToGuestMBs = float64(n) / (1 << 20) / d.Seconds()
+	side.ToGuestLogMbit = mbit(logBytes(ctx, vm)-l0, d)
+	s.logf("client->guest %.1f MB/s", side.ToGuestMBs)
+	return side, nil
+}
