@@ -25,6 +25,7 @@ say "starting an agent on each host (logs in $FTLAB_ROOT/agent-*.log)"
 start_agent() { # host ns ip dir cpus
   ip netns exec "$2" setsid "$ft" agent --host "$1" --state-dir "$4" --listen "$3:7800" --cpus "$5" \
     --flush-lib "$repo/build/libftflush.so" --cgroup-root /run/ftvmd-lab-cgroup --peer-timeout 3s \
+    --shared-dir "$FTLAB_SHARED" \
     >>"$FTLAB_ROOT/agent-$1.log" 2>&1 </dev/null &
 }
 start_agent a "$FTLAB_NS_A" "$FTLAB_IP_A" "$FTLAB_DIR_A" "$FTLAB_CPUS_A"
@@ -52,5 +53,15 @@ done
 say "the last console lines of the primary and of the backup (they must match)"
 tail -n 3 "$FTLAB_DIR_A/run/demo.primary/console.log"; echo
 tail -n 3 "$FTLAB_DIR_B/run/demo.backup/console.log"; echo
-say "demo done; the lab keeps running. Inspect with: ip netns exec $FTLAB_NS_A $ft --socket $FTLAB_SOCK_A status"
-say "remove it with: bash test/lab/lab.sh down"
+say "planned failover: the backup on host B takes over (ftvmd failover)"
+fa failover demo
+sleep 2
+say "status on host B: the VM now runs there"
+fb status demo
+say "the client still talks to the guest"
+echo "seq 99 after-failover" | ip netns exec "$FTLAB_NS_C" nc -w 5 -q 2 "$FTLAB_IP_GUEST" "$FTLAB_GUEST_PORT" || true
+tail -n 2 "$FTLAB_DIR_B/run/demo.primary/console.log"; echo
+
+say "failover drill: a fresh lab, client load, then every process of host A is SIGKILLed"
+"$ft" drill demo --kind kill-primary >/dev/null
+say "demo done. Logs: $FTLAB_ROOT/agent-*.log; remove the lab with: bash test/lab/lab.sh down"
