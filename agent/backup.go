@@ -102,7 +102,7 @@ type backup struct {
 	state    string
 	detail   string
 	replayed uint64
-	cleanups []func() error
+	cleanups cleanupStack
 }
 
 // logSink appends received frames to the backup's local log and lets the feed pass
@@ -184,13 +184,13 @@ func (b *backup) openLog(context.Context) error {
 		return err
 	}
 	b.logFile = f
-	b.cleanups = append(b.cleanups, f.Close)
+	b.cleanups.push(f.Close)
 	feed, err := qemu.NewFeed(filepath.Join(b.dir, "log.fifo"), f.Name(), qemu.WithFeedLogger(b.log))
 	if err != nil {
 		return err
 	}
 	b.feed = feed
-	b.cleanups = append(b.cleanups, feed.Close)
+	b.cleanups.push(feed.Close)
 	return nil
 }
 
@@ -203,7 +203,7 @@ func (b *backup) bindNet(context.Context) error {
 		return err
 	}
 	b.netSock = uc
-	b.cleanups = append(b.cleanups, uc.Close)
+	b.cleanups.push(uc.Close)
 	go func() {
 		buf := make([]byte, 65536)
 		for {
@@ -243,7 +243,7 @@ func (b *backup) prepareQEMU(context.Context) error {
 		if err != nil {
 			return err
 		}
-		b.cleanups = append(b.cleanups, cg.Remove)
+		b.cleanups.push(cg.Remove)
 		opts = append(opts, qemu.WithCgroup(cg.Add))
 	}
 	if err := cfg.Validate(); err != nil {
@@ -262,8 +262,7 @@ func (b *backup) startQEMU(ctx context.Context) error {
 	if err := b.m.Start(ctx); err != nil {
 		return err
 	}
-	b.mu.Lock()
-	b.cleanups = append(b.cleanups, func() error {
+	b.cleanups.push(func() error {
 		// A replaying QEMU has nothing to save: kill it rather than let it read on.
 		if err := b.m.Kill(); err != nil {
 			return err
@@ -271,7 +270,6 @@ func (b *backup) startQEMU(ctx context.Context) error {
 		<-b.m.Exited()
 		return nil
 	})
-	b.mu.Unlock()
 	return nil
 }
 
@@ -476,15 +474,7 @@ func (b *backup) stop(ctx context.Context) error {
 			conn.Close()
 		}
 		b.wg.Wait()
-		b.mu.Lock()
-		cleanups := b.cleanups
-		b.cleanups = nil
-		b.mu.Unlock()
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			if err := cleanups[i](); err != nil {
-				b.log.Warn("cleanup", "err", err)
-			}
-		}
+		b.cleanups.run(b.log)
 		b.mu.Lock()
 		if b.state == "replaying" || b.state == "starting" {
 			b.state = "stopped"

@@ -86,7 +86,7 @@ type primary struct {
 	lastObserve time.Time
 	claimDur    time.Duration
 	goLiveDur   time.Duration
-	cleanups    []func() error
+	cleanups    cleanupStack
 	stopOnce    sync.Once
 	unprotect   func(reason string) error
 }
@@ -147,16 +147,9 @@ func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup strin
 	return nil
 }
 
-func (p *primary) addCleanup(fn func() error) { p.cleanups = append(p.cleanups, fn) }
+func (p *primary) addCleanup(fn func() error) { p.cleanups.push(fn) }
 
-func (p *primary) runCleanups() {
-	for i := len(p.cleanups) - 1; i >= 0; i-- {
-		if err := p.cleanups[i](); err != nil {
-			p.log.Warn("cleanup", "err", err)
-		}
-	}
-	p.cleanups = nil
-}
+func (p *primary) runCleanups() { p.cleanups.run(p.log) }
 
 func (p *primary) prepareDir(context.Context) error {
 	if err := os.RemoveAll(p.dir); err != nil {

@@ -20,33 +20,13 @@ func TestLockstep(t *testing.T) {
 	l := needLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
-		if err := l.StartAgent(ctx, h); err != nil {
-			t.Fatal(err)
-		}
-	}
 	const vm = "guest1"
-	if err := l.DefineGuest(ctx, lab.HostA, vm, ""); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := l.Run(ctx, "a", "protect", vm, "--backup", lab.HostB.Peer()); err != nil {
-		t.Fatal(err)
-	} else {
-		t.Log(out)
-	}
+	bound := protectGuest(ctx, t, l, vm)
 	pcon, bcon := lab.Console(lab.HostA, vm, "primary"), lab.Console(lab.HostB, vm, "backup")
-	if err := lab.WaitConsole(ctx, pcon, "ftguest ready", 4*time.Minute); err != nil {
-		t.Fatal(err)
-	}
 	// Replay of boot is slower than record: give the backup time to catch up.
 	if err := lab.WaitConsole(ctx, bcon, "ftguest ready", 4*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	st, err := lab.Status(ctx, lab.HostA, vm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bound := time.Duration(st.LagBoundMS) * time.Millisecond
 	waitCaughtUp(ctx, t, vm, bound, 2*time.Minute)
 
 	// Watch for 30 s: both run, consoles agree, icounts follow, lag stays bounded.

@@ -40,6 +40,33 @@ func needLab(t *testing.T) *lab.Lab {
 	return l
 }
 
+// protectGuest starts both agents, defines vm on host A, protects it with its backup
+// on host B and waits until the guest is ready on the primary. It returns the lag bound.
+func protectGuest(ctx context.Context, t *testing.T, l *lab.Lab, vm string) time.Duration {
+	t.Helper()
+	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
+		if err := l.StartAgent(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.DefineGuest(ctx, lab.HostA, vm, ""); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := l.Run(ctx, "a", "protect", vm, "--backup", lab.HostB.Peer()); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Log(strings.TrimSpace(out))
+	}
+	if err := lab.WaitConsole(ctx, lab.Console(lab.HostA, vm, "primary"), "ftguest ready", 4*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	st, err := lab.Status(ctx, lab.HostA, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(st.LagBoundMS) * time.Millisecond
+}
+
 // dumpLogs keeps what a failed run needs for a diagnosis.
 func dumpLogs(t *testing.T) {
 	out := os.Getenv("FTVMD_E2E_ARTIFACTS")

@@ -20,26 +20,9 @@ func TestOutputRule(t *testing.T) {
 	l := needLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
-		if err := l.StartAgent(ctx, h); err != nil {
-			t.Fatal(err)
-		}
-	}
 	const vm = "guest2"
-	if err := l.DefineGuest(ctx, lab.HostA, vm, ""); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.Run(ctx, "a", "protect", vm, "--backup", lab.HostB.Peer()); err != nil {
-		t.Fatal(err)
-	}
-	if err := lab.WaitConsole(ctx, lab.Console(lab.HostA, vm, "primary"), "ftguest ready", 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	st, err := lab.Status(ctx, lab.HostA, vm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitCaughtUp(ctx, t, vm, time.Duration(st.LagBoundMS)*time.Millisecond, 2*time.Minute)
+	bound := protectGuest(ctx, t, l, vm)
+	waitCaughtUp(ctx, t, vm, bound, 2*time.Minute)
 
 	c, err := lab.NewClient(ctx, time.Minute)
 	if err != nil {

@@ -1,0 +1,32 @@
+package agent
+
+import (
+	"log/slog"
+	"sync"
+)
+
+// cleanupStack undoes a VM's start steps in reverse order, once. Steps push as they
+// succeed; stop or a failed start runs the stack.
+type cleanupStack struct {
+	mu  sync.Mutex
+	fns []func() error
+}
+
+func (c *cleanupStack) push(fn func() error) {
+	c.mu.Lock()
+	c.fns = append(c.fns, fn)
+	c.mu.Unlock()
+}
+
+// run calls every pushed function, newest first, and logs failures.
+func (c *cleanupStack) run(log *slog.Logger) {
+	c.mu.Lock()
+	fns := c.fns
+	c.fns = nil
+	c.mu.Unlock()
+	for i := len(fns) - 1; i >= 0; i-- {
+		if err := fns[i](); err != nil {
+			log.Warn("cleanup", "err", err)
+		}
+	}
+}
