@@ -150,7 +150,7 @@ cat >"$root/init" <<'EOF'
 #   ft.ip=ADDR/LEN  eth0 address (default 10.77.0.100/24)
 #   ft.gw=ADDR      default gateway (optional)
 #   ft.busy=1       also run a CPU-bound loop
-#   ft.disk=DEV     report the disk DEV (default /dev/vda) if present
+#   ft.disk=DEV     record disk (default /dev/vda): reported on the console, used by ftguest
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -182,11 +182,15 @@ else
   echo "ftguest init: no eth0"
 fi
 
-# Disk hook: only reported for now.
-[ -b "$disk" ] && echo "disk: $disk present"
+# Disk hook: report the record disk (ftguest "rec" commands) and its size in bytes.
+# virtio_blk was loaded above; insmod probes synchronously, so the node exists by now.
+if [ -b "$disk" ]; then
+  sectors=$(cat "/sys/class/block/${disk##*/}/size" 2>/dev/null || echo 0)
+  echo "disk: $disk $((sectors * 512))"
+fi
 
 # The service prints "ftguest ready" once it listens on :7000.
-/bin/ftguest &
+/bin/ftguest -disk "$disk" &
 
 if [ "$busy" = 1 ]; then
   echo "ftguest init: busy loop on"

@@ -13,6 +13,19 @@
 //	counter            -> counter <N>     (console counter, read from /run/counter)
 //	uptime             -> uptime <contents of /proc/uptime>
 //
+// Durable records on the disk (/dev/vda; see disk.go for the slot layout):
+//
+//	rec <n> <payload>  -> rec ok <n>        (written to 512-byte slot n at offset n*512;
+//	                                         answered only after the write is durable)
+//	recget <n>         -> rec <n> <payload>  or  rec <n> missing  (empty/invalid slot)
+//	reccount           -> reccount <k>      (slots 0..k-1 valid, slot k missing or end of disk)
+//	disk               -> disk <size bytes>  or  disk none
+//
+// The payload is the rest of the line (may be empty, at most 480 bytes). n must be
+// below <disk size>/512. Errors: "err rec: <reason>" (likewise recget, reccount);
+// every record command answers "err no disk" when the device does not exist.
+// Disk access is serialized; the device is opened O_RDWR|O_SYNC on first use.
+//
 // Unknown or malformed requests get "err <reason>". "quit" closes the
 // connection. Stdlib only; built statically with CGO_ENABLED=0.
 package main
@@ -46,10 +59,15 @@ type server struct {
 	served      uint64 // number of seq requests served this boot
 	counterPath string // file the console counter loop writes its value to
 	uptimePath  string
+
+	dmu      sync.Mutex // serializes all disk access
+	diskPath string     // record device, default /dev/vda
+	disk     *os.File   // opened on first use (see openDisk)
+	diskSize int64
 }
 
 func newServer() *server {
-	return &server{counterPath: "/run/counter", uptimePath: "/proc/uptime"}
+	return &server{counterPath: "/run/counter", uptimePath: "/proc/uptime", diskPath: "/dev/vda"}
 }
 
 // next returns the new global count after serving one more seq request.
@@ -164,6 +182,14 @@ func (s *server) serve(line string, r *bufio.Reader, w *bufio.Writer) (quit bool
 		_, err = fmt.Fprintf(w, "counter %s\n", readTrim(s.counterPath))
 	case "uptime":
 		_, err = fmt.Fprintf(w, "uptime %s\n", readTrim(s.uptimePath))
+	case "rec":
+		_, err = fmt.Fprintln(w, s.recPut(rest))
+	case "recget":
+		_, err = fmt.Fprintln(w, s.recGet(strings.TrimSpace(rest)))
+	case "reccount":
+		_, err = fmt.Fprintln(w, s.recCount())
+	case "disk":
+		_, err = fmt.Fprintln(w, s.diskInfo())
 	case "quit":
 		_, err = w.WriteString("bye\n")
 		return true, err
@@ -223,6 +249,7 @@ func readTrim(path string) string {
 
 func main() {
 	addr := flag.String("listen", ":7000", "TCP address to listen on")
+	disk := flag.String("disk", "/dev/vda", "block device (or file) holding the record slots")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("ftguest: ")
@@ -232,6 +259,7 @@ func main() {
 		log.Fatal(err)
 	}
 	s := newServer()
+	s.diskPath = *disk
 	// The marker the launcher and smoke test wait for on the console.
 	fmt.Println("ftguest ready")
 	for {
