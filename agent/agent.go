@@ -312,6 +312,17 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 			return fail(err)
 		}
 		return ok(fmt.Sprintf("vm %s handed over to %s", req.VM, p.backupHost))
+	case control.OpVerify:
+		v, found := a.lookup(req.VM)
+		p, isPrimary := v.(*primary)
+		if !found || !isPrimary {
+			return fail(fmt.Errorf("vm %q has no primary on %s (run verify on the primary's host)", req.VM, a.cfg.Host))
+		}
+		msg, err := p.verify(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		return ok(msg)
 	case control.OpStop:
 		v, found := a.lookup(req.VM)
 		if !found {

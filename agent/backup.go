@@ -14,6 +14,7 @@ import (
 
 	"github.com/ftvmd/ftvmd/arbiter"
 	"github.com/ftvmd/ftvmd/control"
+	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
@@ -52,6 +53,13 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn) {
 		if werr := logging.WriteHelloReply(c, r); werr != nil {
 			log.Warn("peer reply", "err", werr)
 		}
+	}
+	if hello.Op == "checksum" {
+		if err := logging.WriteHelloReply(c, a.checksum(hello.Spec.Name)); err != nil {
+			log.Warn("checksum reply", "err", err)
+		}
+		c.Close()
+		return
 	}
 	if hello.Op != "backup" {
 		reply(fmt.Errorf("unknown peer operation %q", hello.Op))
@@ -93,6 +101,8 @@ type backup struct {
 	netSock  *net.UnixConn
 	fence    *fence // nil without shared storage
 	epoch    uint64
+	img      *disk.ImageInfo // the primary's image, copied before the log
+	diskPath string
 	cancel   context.CancelFunc
 	finished chan struct{}
 	wg       sync.WaitGroup
@@ -129,7 +139,7 @@ func (s logSink) Append(off int64, data []byte) error {
 
 func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_ *backup, err error) {
 	b := &backup{
-		a: a, spec: hello.Spec, peer: hello.From, started: time.Now(),
+		a: a, spec: hello.Spec, peer: hello.From, started: time.Now(), img: hello.Disk,
 		log:      a.log.With("vm", hello.Spec.Name, "role", "backup"),
 		dir:      a.vmDir(hello.Spec.Name, "backup"),
 		finished: make(chan struct{}),
@@ -237,6 +247,10 @@ func (b *backup) prepareQEMU(context.Context) error {
 		// savevm at go-live needs a qcow2 drive.
 		SnapshotDrive: filepath.Join(b.dir, "snapshot.qcow2"),
 	}
+	if b.img != nil {
+		b.diskPath = filepath.Join(b.dir, "disk.qcow2")
+		cfg.Disks = disks(b.diskPath)
+	}
 	opts := []qemu.Opt{qemu.WithLogger(b.log)}
 	if b.a.cfg.CgroupRoot != "" {
 		cg, err := newCgroupFor(b.a, b.spec.Name+"-backup")
@@ -293,6 +307,16 @@ func (b *backup) run(conn net.Conn) {
 	b.recv = recv
 	b.state = "replaying"
 	b.mu.Unlock()
+	if b.img != nil {
+		b.log.Info("receiving disk image", "bytes", b.img.Size)
+		info, err := disk.ReceiveImage(ctx, conn, b.diskPath, disk.CopyConfig{})
+		if err != nil {
+			b.setFailed(fmt.Errorf("disk copy from primary: %w", err))
+			_ = b.stop(context.Background())
+			return
+		}
+		b.log.Info("disk image received", "bytes", info.Size, "sha256", info.SHA256)
+	}
 	b.log.Info("backup replaying", "from", b.peer)
 	b.wg.Add(1)
 	go func() {
@@ -404,7 +428,7 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 	b.a.unregister(b.spec.Name, b)
 	gctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: d.Epoch, claim: d.Claim, launch: launch}); err != nil {
+	if err := b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: d.Epoch, disk: b.diskPath, claim: d.Claim, launch: launch}); err != nil {
 		b.setFailed(fmt.Errorf("go live: %w", err))
 		return false
 	}

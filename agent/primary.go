@@ -34,6 +34,8 @@ type peerHello struct {
 	// Epoch is the shared-storage epoch the primary claimed for this protection
 	// (0 without shared storage: no automatic failover).
 	Epoch uint64 `json:"epoch"`
+	// Disk describes the VM's image; the primary streams it right after the reply.
+	Disk *disk.ImageInfo `json:"disk,omitempty"`
 }
 
 type peerReply struct {
@@ -84,6 +86,7 @@ type primary struct {
 	ctrl        *throttle.Controller
 	quota       float64
 	lastObserve time.Time
+	copied      disk.Progress
 	claimDur    time.Duration
 	goLiveDur   time.Duration
 	cleanups    cleanupStack
@@ -95,6 +98,7 @@ type primary struct {
 // of booting it: launch replaces the plain QEMU start.
 type liveStart struct {
 	epoch  uint64
+	disk   string        // the backup's copy of the image, which the live VM keeps using
 	claim  time.Duration // how long the epoch claim took
 	launch func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error)
 }
@@ -186,7 +190,15 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		return fmt.Errorf("backup host %s does not answer: %w", p.peer, err)
 	}
 	p.addCleanup(conn.Close)
-	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch}); err != nil {
+	var img *disk.ImageInfo
+	if p.spec.Disk != "" {
+		info, err := disk.Inspect(p.spec.Disk)
+		if err != nil {
+			return fmt.Errorf("vm disk: %w", err)
+		}
+		img = &info
+	}
+	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch, Disk: img}); err != nil {
 		return fmt.Errorf("backup %s: %w", p.peer, err)
 	}
 	var reply peerReply
@@ -197,6 +209,15 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		return fmt.Errorf("backup %s refused: %s", p.peer, reply.Error)
 	}
 	p.backupHost = reply.Host
+	if img != nil {
+		// The image is quiet: QEMU starts only after the copy.
+		p.log.Info("copying disk to backup", "image", p.spec.Disk, "bytes", img.Size)
+		err := disk.SendImage(ctx, conn, p.spec.Disk, *img, disk.CopyConfig{Progress: p.copyProgress})
+		if err != nil {
+			return fmt.Errorf("copy disk to backup %s: %w", p.peer, err)
+		}
+		p.log.Info("disk copied", "bytes", img.Size)
+	}
 	p.conn = conn
 	return nil
 }
@@ -237,7 +258,15 @@ func (p *primary) qemuConfig(mode qemu.Mode, rrfile string) qemu.Config {
 		ConsoleLog: filepath.Join(p.dir, "console.log"),
 		FlushLib:   p.a.cfg.FlushLib,
 		Dir:        p.dir,
+		Disks:      disks(p.diskPath()),
 	}
+}
+
+func disks(path string) []qemu.Disk {
+	if path == "" {
+		return nil
+	}
+	return []qemu.Disk{{Path: path}}
 }
 
 func (p *primary) startQEMU(ctx context.Context) error {
@@ -293,6 +322,20 @@ func (p *primary) startQEMU(ctx context.Context) error {
 		return m.Stop(sctx, 3*time.Second)
 	})
 	return nil
+}
+
+func (p *primary) copyProgress(pr disk.Progress) {
+	p.mu.Lock()
+	p.copied = pr
+	p.mu.Unlock()
+}
+
+// diskPath is the image this copy's QEMU uses.
+func (p *primary) diskPath() string {
+	if p.live != nil && p.live.disk != "" {
+		return p.live.disk
+	}
+	return p.spec.Disk
 }
 
 // stamp is the rr log's size on disk: QEMU flushes the log before it sends a frame,
@@ -673,7 +716,8 @@ func (p *primary) status() control.VMStatus {
 	st := control.VMStatus{
 		Name: p.spec.Name, Role: "primary", State: p.state, Peer: p.peer, Detail: p.detail,
 		StartedAt: p.started, Epoch: p.epoch,
-		FailoverClaimMS: ms(p.claimDur), FailoverGoLiveMS: ms(p.goLiveDur), LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
+		FailoverClaimMS: ms(p.claimDur), FailoverGoLiveMS: ms(p.goLiveDur),
+		Disk: p.diskPath(), CopyDone: p.copied.Done, CopyTotal: p.copied.Total, CopyRate: p.copied.Rate, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
 		LogReplayed: p.replayed, LagBytes: p.lagBytes, LagMS: p.lagMS, LagBoundMS: p.spec.LagBoundMS,
 		LogBandwidth: p.bw.rate(), ThrottleQuota: p.quota, ThrottledSec: p.ctrl.ThrottledFor().Seconds(),
 	}

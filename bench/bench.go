@@ -110,8 +110,8 @@ func (s *Session) logf(f string, a ...any) { fmt.Fprintf(s.Out, f+"\n", a...) }
 
 // StartGuest defines and starts vm on host A, protected by B or not, and waits until
 // the guest is ready and, if protected, the backup has caught up.
-func (s *Session) StartGuest(ctx context.Context, vm, appendExtra string, protected bool) (time.Duration, error) {
-	if err := s.Lab.DefineGuest(ctx, lab.HostA, vm, appendExtra); err != nil {
+func (s *Session) StartGuest(ctx context.Context, vm, appendExtra string, protected bool, defineFlags ...string) (time.Duration, error) {
+	if err := s.Lab.DefineGuest(ctx, lab.HostA, vm, appendExtra, defineFlags...); err != nil {
 		return 0, err
 	}
 	t0 := time.Now()

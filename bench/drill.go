@@ -38,6 +38,8 @@ type DrillReport struct {
 	HeldAtFault     int     `json:"frames_held_at_fault"`
 	ReleasedAfter   uint64  `json:"frames_released_by_survivor"`
 	Owner           string  `json:"owner"` // host running the VM now
+	RecordsAcked    int     `json:"records_acked,omitempty"`
+	RecordsMissing  int     `json:"records_missing_after,omitempty"` // acked records not read back (must be 0)
 	OwnerState      string  `json:"owner_state"`
 	LoserState      string  `json:"loser_state"`
 	ConnSurvived    bool    `json:"tcp_connection_survived"`
@@ -50,13 +52,31 @@ type DrillReport struct {
 // RunDrill protects a guest and injects the fault at a random moment under client
 // load: requests with sequence numbers on one TCP connection, plus new connections.
 func RunDrill(ctx context.Context, s *Session, env Env, vm, kind string, rng *rand.Rand) (DrillReport, error) {
+	return RunDrillOpts(ctx, s, env, DrillOpts{VM: vm, Kind: kind}, rng)
+}
+
+// DrillOpts selects a drill. With Disk, the guest gets that qcow2 image and the
+// client writes durable records instead of plain requests; afterwards every record
+// the client got an acknowledgement for must read back from the new primary.
+type DrillOpts struct {
+	VM, Kind string
+	Disk     string
+}
+
+// RunDrillOpts is RunDrill with options.
+func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *rand.Rand) (DrillReport, error) {
+	vm, kind := o.VM, o.Kind
 	rep := DrillReport{Env: env, Kind: kind}
 	switch kind {
 	case KillPrimary, KillBackup, Partition, Planned:
 	default:
 		return rep, fmt.Errorf("unknown drill kind %q (kill-primary, kill-backup, partition, planned)", kind)
 	}
-	if _, err := s.StartGuest(ctx, vm, "", true); err != nil {
+	var extra []string
+	if o.Disk != "" {
+		extra = []string{"--disk", o.Disk}
+	}
+	if _, err := s.StartGuest(ctx, vm, "", true, extra...); err != nil {
 		return rep, err
 	}
 	c, err := lab.NewClient(ctx, time.Minute)
@@ -70,7 +90,7 @@ func RunDrill(ctx context.Context, s *Session, env Env, vm, kind string, rng *ra
 	}
 	fmt.Sscanf(before, "counter %d", &rep.CounterBefore)
 
-	load := startLoad(ctx, c)
+	load := startLoadMode(ctx, c, o.Disk != "")
 	conns := startNewConns(ctx)
 	wait := 2*time.Second + time.Duration(rng.Int63n(int64(4*time.Second)))
 	time.Sleep(wait)
@@ -188,6 +208,14 @@ func RunDrill(ctx context.Context, s *Session, env Env, vm, kind string, rng *ra
 		fmt.Sscanf(after, "counter %d", &rep.CounterAfter)
 	}
 	rep.GuestRebooted = rep.CounterAfter < rep.CounterBefore
+	rep.RecordsAcked = len(lr.acked)
+	for _, n := range lr.acked {
+		resp, err := c.Do(fmt.Sprintf("recget %d", n), 30*time.Second)
+		if err != nil || resp != fmt.Sprintf("rec %d x%d", n, n) {
+			rep.RecordsMissing++
+			s.logf("acknowledged record %d reads back as %q (%v)", n, resp, err)
+		}
+	}
 	return rep, nil
 }
 
@@ -226,6 +254,7 @@ func partition(on bool) error {
 
 type loadResult struct {
 	answered, lost, inconsistent int
+	acked                        []int // records mode: record numbers acknowledged
 	times                        []time.Time
 	err                          error
 }
@@ -251,7 +280,11 @@ type loader struct {
 
 // startLoad sends `seq n` requests back to back on c; each answer must carry its own
 // sequence number and payload and a guest request count that only grows.
-func startLoad(ctx context.Context, c *lab.Client) *loader {
+func startLoad(ctx context.Context, c *lab.Client) *loader { return startLoadMode(ctx, c, false) }
+
+// startLoadMode with records=true sends `rec n payload` instead: each answer means
+// record n is durable on the guest's disk; answered record numbers are kept.
+func startLoadMode(ctx context.Context, c *lab.Client, records bool) *loader {
 	l := &loader{stopc: make(chan struct{}), done: make(chan loadResult, 1)}
 	go func() {
 		var r loadResult
@@ -267,19 +300,31 @@ func startLoad(ctx context.Context, c *lab.Client) *loader {
 			default:
 			}
 			payload := fmt.Sprintf("x%d", n)
-			resp, err := c.Do(fmt.Sprintf("seq %d %s", n, payload), 60*time.Second)
+			req := fmt.Sprintf("seq %d %s", n, payload)
+			if records {
+				req = fmt.Sprintf("rec %d %s", n, payload)
+			}
+			resp, err := c.Do(req, 60*time.Second)
 			if err != nil {
 				r.lost++
 				r.err = err
 				l.done <- r
 				return
 			}
-			var seq, count int
-			var p string
-			if _, err := fmt.Sscanf(resp, "ok %d %d %s", &seq, &count, &p); err != nil || seq != n || p != payload || count <= last {
-				r.inconsistent++
+			if records {
+				if resp != fmt.Sprintf("rec ok %d", n) {
+					r.inconsistent++
+				} else {
+					r.acked = append(r.acked, n)
+				}
+			} else {
+				var seq, count int
+				var p string
+				if _, err := fmt.Sscanf(resp, "ok %d %d %s", &seq, &count, &p); err != nil || seq != n || p != payload || count <= last {
+					r.inconsistent++
+				}
+				last = count
 			}
-			last = count
 			r.answered++
 			r.times = append(r.times, time.Now())
 			time.Sleep(10 * time.Millisecond)

@@ -30,6 +30,7 @@ const (
 	OpStop      = "stop"
 	OpDefine    = "define"
 	OpFailover  = "failover"
+	OpVerify    = "verify"
 	// OpTestAckDelay sets the backup's ack delay (test-only; the agent must run with
 	// --test-knobs). It proves the output rule holds frames until acked.
 	OpTestAckDelay = "test-ack-delay"
@@ -68,6 +69,11 @@ type VMStatus struct {
 	// backup went live) the go-live itself.
 	FailoverClaimMS  float64 `json:"failover_claim_ms,omitempty"`
 	FailoverGoLiveMS float64 `json:"failover_golive_ms,omitempty"`
+	// The VM's disk image on this host, and the initial copy to the backup.
+	Disk      string  `json:"disk,omitempty"`
+	CopyDone  int64   `json:"copy_done,omitempty"`
+	CopyTotal int64   `json:"copy_total,omitempty"`
+	CopyRate  float64 `json:"copy_rate_bps,omitempty"`
 
 	LogWritten    int64   `json:"log_written"`  // bytes in the local rr log
 	LogSent       int64   `json:"log_sent"`     // primary: offset sent to the backup

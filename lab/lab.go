@@ -380,3 +380,17 @@ func (c *Client) ReadLine() (string, error) {
 
 // Reader is the buffered reader behind the client, for bulk responses.
 func (c *Client) Reader() *bufio.Reader { return c.r }
+
+// CreateImage makes an empty qcow2 image for a lab guest on a host.
+func CreateImage(h Host, name string, size string) (string, error) {
+	dir := filepath.Join(h.Dir, "images")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, name+".qcow2")
+	_ = os.Remove(p)
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", p, size).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("qemu-img create %s: %v: %s", p, err, out)
+	}
+	return p, nil
+}

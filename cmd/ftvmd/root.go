@@ -46,6 +46,7 @@ func newRoot() *cobra.Command {
 		newUnprotectCmd(g),
 		newStopCmd(g),
 		newFailoverCmd(g),
+		newVerifyCmd(g),
 		newKeysCmd(),
 		newLogCmd(),
 		newBenchCmd(),
@@ -144,7 +145,7 @@ func newVMCmd(g *globalOpts) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s.Name = args[0]
-			for _, p := range []*string{&s.Kernel, &s.Initrd} {
+			for _, p := range []*string{&s.Kernel, &s.Initrd, &s.Disk} {
 				if *p != "" {
 					if abs, err := filepath.Abs(*p); err == nil {
 						*p = abs
@@ -168,6 +169,7 @@ func newVMCmd(g *globalOpts) *cobra.Command {
 	f.IntVar(&s.MemoryMB, "memory", vmspec.DefaultMemoryMB, "guest memory in MiB")
 	f.StringVar(&s.Kernel, "kernel", "", "guest kernel (must exist at the same path on both hosts)")
 	f.StringVar(&s.Initrd, "initrd", "", "guest initrd")
+	f.StringVar(&s.Disk, "disk", "", "qcow2 disk image on this host (copied to the backup at protect)")
 	f.StringVar(&s.Append, "append", vmspec.DefaultAppend, "kernel command line")
 	f.StringVar(&s.MAC, "mac", "52:54:00:12:34:56", "NIC MAC address")
 	f.IntVar(&shift, "icount-shift", vmspec.DefaultIcountShift, "fixed QEMU icount shift (0-10)")
@@ -183,7 +185,15 @@ func newProtectCmd(g *globalOpts) *cobra.Command {
 		Short: "Start the VM here as primary with a backup in lockstep on another host",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			resp, err := call(cmd.Context(), g, control.Request{Op: control.OpProtect, VM: args[0], Backup: backup})
+			// The disk copy can take minutes: show its progress from the agent's status.
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Minute)
+			defer cancel()
+			stop := make(chan struct{})
+			done := make(chan struct{})
+			go func() { defer close(done); showCopyProgress(ctx, g, args[0], stop) }()
+			resp, err := control.Call(ctx, g.socket, control.Request{Op: control.OpProtect, VM: args[0], Backup: backup})
+			close(stop)
+			<-done
 			if err != nil {
 				return err
 			}
@@ -193,6 +203,36 @@ func newProtectCmd(g *globalOpts) *cobra.Command {
 	}
 	c.Flags().StringVar(&backup, "backup", "", "backup host's agent address (host or host:port)")
 	return c
+}
+
+// showCopyProgress prints a progress bar of the initial disk copy until stop.
+func showCopyProgress(ctx context.Context, g *globalOpts, vm string, stop <-chan struct{}) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	shown := false
+	for {
+		select {
+		case <-stop:
+			if shown {
+				fmt.Fprintln(os.Stderr)
+			}
+			return
+		case <-t.C:
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		resp, err := control.Call(sctx, g.socket, control.Request{Op: control.OpStatus, VM: vm})
+		cancel()
+		if err != nil || len(resp.VMs) != 1 || resp.VMs[0].CopyTotal == 0 {
+			continue
+		}
+		v := resp.VMs[0]
+		const width = 30
+		n := int(float64(width) * float64(v.CopyDone) / float64(v.CopyTotal))
+		fmt.Fprintf(os.Stderr, "\rcopying disk to backup [%s%s] %5.1f%%  %s of %s  %.1f MB/s ",
+			strings.Repeat("#", n), strings.Repeat(".", width-n), 100*float64(v.CopyDone)/float64(v.CopyTotal),
+			size(v.CopyDone), size(v.CopyTotal), v.CopyRate/1e6)
+		shown = true
+	}
 }
 
 func simpleVMCmd(g *globalOpts, use, short, op string) *cobra.Command {
@@ -219,6 +259,10 @@ func newUnprotectCmd(g *globalOpts) *cobra.Command {
 
 func newFailoverCmd(g *globalOpts) *cobra.Command {
 	return simpleVMCmd(g, "failover", "Planned switch: the backup takes over with no lost frame (run on the primary's host)", control.OpFailover)
+}
+
+func newVerifyCmd(g *globalOpts) *cobra.Command {
+	return simpleVMCmd(g, "verify", "Check that both hosts' disk copies are identical at a quiesced point (run on the primary's host)", control.OpVerify)
 }
 
 func newStopCmd(g *globalOpts) *cobra.Command {
