@@ -71,7 +71,19 @@ func newBenchCmd() *cobra.Command {
 		},
 	}
 	fo.Flags().IntVar(&foRuns, "runs", 20, "kill-primary drills")
-	b.AddCommand(lag, cpu, netc, fo)
+	var imgSize string
+	var records int
+	dk := &cobra.Command{
+		Use: "disk", Short: "Durable writes in the guest, unprotected vs protected, and the initial image copy rate",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBench(cmd.Context(), func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
+				return bench.Disk(ctx, s, env, imgSize, records)
+			})
+		},
+	}
+	dk.Flags().StringVar(&imgSize, "image-size", "1G", "size of the fully allocated image copied at protect")
+	dk.Flags().IntVar(&records, "records", 500, "durable records to write each way")
+	b.AddCommand(lag, cpu, netc, fo, dk)
 	return b
 }
 
