@@ -369,8 +369,9 @@ func (b *backup) run(conn net.Conn) {
 // far it has replayed. The poll also wakes the replaying QEMU's main loop, without
 // which an idle replay stalls on checkpoints written by the recorder's main loop.
 const (
-	ackEvery        = 10 * time.Millisecond
-	replayPollEvery = 10 * time.Millisecond
+	ackEvery         = 10 * time.Millisecond
+	replayPollEvery  = 10 * time.Millisecond
+	replayPollBehind = time.Millisecond
 )
 
 // failover runs the fence after the primary was lost and, if this copy won, makes it
@@ -440,7 +441,7 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 }
 
 func (b *backup) pollReplay(ctx context.Context) {
-	t := time.NewTicker(replayPollEvery)
+	t := time.NewTimer(replayPollEvery)
 	defer t.Stop()
 	for {
 		select {
@@ -451,17 +452,23 @@ func (b *backup) pollReplay(ctx context.Context) {
 			b.conn.Close()
 			return
 		case <-t.C:
-			qctx, cancel := context.WithTimeout(ctx, time.Second)
-			info, err := b.m.QueryReplay(qctx)
-			cancel()
-			if err != nil {
-				continue
-			}
+		}
+		next := replayPollEvery
+		qctx, cancel := context.WithTimeout(ctx, time.Second)
+		info, err := b.m.QueryReplay(qctx)
+		cancel()
+		if err == nil {
 			b.recv.SetReplayed(info.Icount)
 			b.mu.Lock()
 			b.replayed = info.Icount
 			b.mu.Unlock()
+			// While the replay is behind what it has received, poll (and so wake its
+			// main loop) often: each main-loop checkpoint in the log waits for a wake.
+			if info.Icount < b.recv.Stats().BoundaryIcount {
+				next = replayPollBehind
+			}
 		}
+		t.Reset(next)
 	}
 }
 

@@ -83,6 +83,9 @@ type primary struct {
 	bkIcount    uint64
 	lags        *lagTracker
 	bw          rateMeter
+	ipsP        rateMeter // primary's logged instructions per second
+	ipsB        rateMeter // backup's replayed instructions per second
+	workLagMS   float64
 	ctrl        *throttle.Controller
 	quota       float64
 	lastObserve time.Time
@@ -112,6 +115,8 @@ func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup strin
 		state:    "starting",
 		lags:     newLagTracker(1 << 16),
 		bw:       rateMeter{window: 5 * time.Second},
+		ipsP:     rateMeter{window: 2 * time.Second},
+		ipsB:     rateMeter{window: 2 * time.Second},
 		ctrl:     throttle.NewController(time.Duration(spec.LagBoundMS) * time.Millisecond),
 		quota:    1,
 		live:     live,
@@ -487,12 +492,14 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 			p.replayed = off
 			p.bkIcount = ack.ReplayedIcount
 			p.lagBytes = p.boundary - off
+			work := p.workLag(now)
+			p.workLagMS = ms(work)
 			old, q := p.quota, p.quota
 			// The controller works at a fixed cadence, not per ack: acks come every
 			// few ms and a multiplicative step per ack would collapse the quota.
 			if now.Sub(p.lastObserve) >= throttleEvery {
 				p.lastObserve = now
-				q = p.ctrl.Observe(lag, now)
+				q = p.ctrl.Observe(work, now)
 				p.quota = q
 			}
 			p.mu.Unlock()
@@ -500,11 +507,29 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 				if err := p.cg.SetQuota(q); err != nil {
 					p.log.Warn("throttle", "err", err)
 				} else {
-					p.log.Debug("throttle", "quota", q, "lag_ms", lag.Milliseconds())
+					p.log.Debug("throttle", "quota", q, "lag_ms", lag.Milliseconds(), "work_lag_ms", work.Milliseconds())
 				}
 			}
 		}
 	}
+}
+
+// workLag is how much execution the backup has still to replay, in time at the
+// current instruction rate of the faster side. The throttle acts on it rather than on
+// the age of the oldest unreplayed log position: an idle guest's backup trails by a
+// few wake-ups in age but has almost nothing to execute, and slowing the primary
+// would not bring it closer. Called with p.mu held.
+func (p *primary) workLag(now time.Time) time.Duration {
+	p.ipsP.add(now, int64(p.icount))
+	p.ipsB.add(now, int64(p.bkIcount))
+	if p.bkIcount >= p.icount {
+		return 0
+	}
+	rate := max(p.ipsP.rate(), p.ipsB.rate())
+	if rate <= 0 {
+		return 0
+	}
+	return time.Duration(float64(p.icount-p.bkIcount) / rate * float64(time.Second))
 }
 
 // throttleEvery is the throttle controller's period.
@@ -718,7 +743,7 @@ func (p *primary) status() control.VMStatus {
 		StartedAt: p.started, Epoch: p.epoch,
 		FailoverClaimMS: ms(p.claimDur), FailoverGoLiveMS: ms(p.goLiveDur),
 		Disk: p.diskPath(), CopyDone: p.copied.Done, CopyTotal: p.copied.Total, CopyRate: p.copied.Rate, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
-		LogReplayed: p.replayed, LagBytes: p.lagBytes, LagMS: p.lagMS, LagBoundMS: p.spec.LagBoundMS,
+		LogReplayed: p.replayed, LagBytes: p.lagBytes, LagMS: p.lagMS, WorkLagMS: p.workLagMS, LagBoundMS: p.spec.LagBoundMS,
 		LogBandwidth: p.bw.rate(), ThrottleQuota: p.quota, ThrottledSec: p.ctrl.ThrottledFor().Seconds(),
 	}
 	if p.m != nil {

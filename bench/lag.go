@@ -21,6 +21,7 @@ type LagResult struct {
 	BootMbitS    float64 `json:"boot_log_mbit_s"`
 	LagMS        Dist    `json:"lag_ms"`
 	LagBytes     Dist    `json:"lag_bytes"`
+	WorkLagMS    Dist    `json:"work_lag_ms"`
 	LogMbitS     float64 `json:"log_mbit_s"`
 	// Throttle cost: share of the run the primary was throttled, and the guest's
 	// progress (instructions per second) protected.
@@ -52,7 +53,7 @@ func Lag(ctx context.Context, s *Session, env Env, d time.Duration, busy bool) (
 	res.LagBoundMS = st.LagBoundMS
 	res.IcountShift = 4
 	s.logf("guest booted in %.1f s (%d log bytes); sampling lag for %s", boot.Seconds(), st.LogWritten, d)
-	var lags, lagBytes, quotas []float64
+	var lags, lagBytes, quotas, work []float64
 	first := st
 	t0 := time.Now()
 	over := 0
@@ -67,13 +68,14 @@ func Lag(ctx context.Context, s *Session, env Env, d time.Duration, busy bool) (
 		}
 		lags = append(lags, st.LagMS)
 		lagBytes = append(lagBytes, float64(st.LagBytes))
+		work = append(work, st.WorkLagMS)
 		quotas = append(quotas, st.ThrottleQuota)
 		if st.LagMS > float64(st.LagBoundMS) {
 			over++
 		}
 	}
 	el := time.Since(t0).Seconds()
-	res.LagMS, res.LagBytes = NewDist(lags), NewDist(lagBytes)
+	res.LagMS, res.LagBytes, res.WorkLagMS = NewDist(lags), NewDist(lagBytes), NewDist(work)
 	res.LogMbitS = float64(st.LogWritten-first.LogWritten) * 8 / 1e6 / el
 	res.ThrottledFrac = (st.ThrottledSec - first.ThrottledSec) / el
 	res.AvgQuota = NewDist(quotas).Avg

@@ -82,7 +82,8 @@ type VMStatus struct {
 	Icount        uint64  `json:"icount"`       // instructions logged (primary) / replayed (backup)
 	BackupIcount  uint64  `json:"backup_icount,omitempty"`
 	LagBytes      int64   `json:"lag_bytes"`
-	LagMS         float64 `json:"lag_ms"`
+	LagMS         float64 `json:"lag_ms"`      // age of the oldest log position the backup has not replayed
+	WorkLagMS     float64 `json:"work_lag_ms"` // execution still to replay, at the current instruction rate (drives the throttle)
 	LagBoundMS    int     `json:"lag_bound_ms,omitempty"`
 	LogBandwidth  float64 `json:"log_bandwidth_bps"` // bytes/s over the last few seconds
 	BackupBehind  bool    `json:"backup_behind,omitempty"`

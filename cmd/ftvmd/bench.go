@@ -19,12 +19,14 @@ import (
 // stderr; the last line on stdout is the JSON summary for docs/benchmarks.md.
 func newBenchCmd() *cobra.Command {
 	b := &cobra.Command{Use: "bench", Short: "Benchmarks on the lab (see docs/benchmarks.md); the last output line is JSON"}
+	opts := &benchOpts{}
+	b.PersistentFlags().StringSliceVar(&opts.agentArgs, "agent-arg", nil, "extra flag for the lab agents, e.g. --agent-arg=--cgroup-root= (repeatable)")
 	var dur time.Duration
 	var busy bool
 	lag := &cobra.Command{
 		Use: "lag", Short: "Backup lag and log bandwidth of a protected guest, idle or busy",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runBench(cmd.Context(), func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
+			return runBench(cmd.Context(), opts, func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
 				return bench.Lag(ctx, s, env, dur, busy)
 			})
 		},
@@ -35,7 +37,7 @@ func newBenchCmd() *cobra.Command {
 	cpu := &cobra.Command{
 		Use: "cpu", Short: "A CPU-bound task in the guest, unprotected vs protected, in one run",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runBench(cmd.Context(), func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
+			return runBench(cmd.Context(), opts, func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
 				return bench.CPU(ctx, s, env, mb, runs)
 			})
 		},
@@ -46,7 +48,7 @@ func newBenchCmd() *cobra.Command {
 	netc := &cobra.Command{
 		Use: "net", Short: "Request/response latency and bulk TCP throughput both ways, unprotected vs protected, in one run",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runBench(cmd.Context(), func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
+			return runBench(cmd.Context(), opts, func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
 				return bench.Net(ctx, s, env, requests, bulk)
 			})
 		},
@@ -76,7 +78,7 @@ func newBenchCmd() *cobra.Command {
 	dk := &cobra.Command{
 		Use: "disk", Short: "Durable writes in the guest, unprotected vs protected, and the initial image copy rate",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runBench(cmd.Context(), func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
+			return runBench(cmd.Context(), opts, func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
 				return bench.Disk(ctx, s, env, imgSize, records)
 			})
 		},
@@ -92,7 +94,7 @@ func newDrillCmd() *cobra.Command {
 	var kind string
 	var seed int64
 	c := &cobra.Command{
-		Use:   "drill <vm> --kind kill-primary|kill-backup|partition",
+		Use:   "drill <vm> --kind kill-primary|kill-backup|partition|planned",
 		Short: "Rehearse a failover on the lab under client load and print a report (last line JSON)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -100,7 +102,7 @@ func newDrillCmd() *cobra.Command {
 				seed = time.Now().UnixNano()
 			}
 			rng := rand.New(rand.NewSource(seed))
-			return runBench(cmd.Context(), func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
+			return runBench(cmd.Context(), &benchOpts{}, func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
 				rep, err := bench.RunDrill(ctx, s, env, args[0], kind, rng)
 				if err == nil {
 					printDrill(os.Stderr, rep)
@@ -127,9 +129,14 @@ func printDrill(w io.Writer, r bench.DrillReport) {
 	fmt.Fprintf(w, "  owner now       host %s (%s); the other copy: %s\n\n", r.Owner, r.OwnerState, r.LoserState)
 }
 
-func runBench(ctx context.Context, fn func(context.Context, *bench.Session, bench.Env) (any, error)) error {
+// benchOpts are the bench command's shared flags.
+type benchOpts struct {
+	agentArgs []string // extra agent flags for benchmark variants (--agent-arg)
+}
+
+func runBench(ctx context.Context, o *benchOpts, fn func(context.Context, *bench.Session, bench.Env) (any, error)) error {
 	env := bench.NewEnv("ftvmd " + strings.Join(os.Args[1:], " "))
-	s, err := bench.Open(ctx, os.Stderr)
+	s, err := bench.Open(ctx, os.Stderr, o.agentArgs...)
 	if err != nil {
 		return err
 	}

@@ -314,7 +314,7 @@ func printStatus(w io.Writer, resp control.Response) {
 		if v.Role == "primary" {
 			fmt.Fprintf(tw, "log\twritten %s  sent %s  acked %s  replayed %s\n", size(v.LogWritten), size(v.LogSent), size(v.LogAcked), size(v.LogReplayed))
 			fmt.Fprintf(tw, "icount\tprimary %d  backup %d\n", v.Icount, v.BackupIcount)
-			fmt.Fprintf(tw, "backup lag\t%.1f ms  %s  (bound %d ms)%s\n", v.LagMS, size(v.LagBytes), v.LagBoundMS, map[bool]string{true: "  BEHIND", false: ""}[v.BackupBehind])
+			fmt.Fprintf(tw, "backup lag\t%.1f ms  %s  work %.1f ms (bound %d ms)%s\n", v.LagMS, size(v.LagBytes), v.WorkLagMS, v.LagBoundMS, map[bool]string{true: "  BEHIND", false: ""}[v.BackupBehind])
 			fmt.Fprintf(tw, "log bandwidth\t%s/s (%.2f Mbit/s)\n", size(int64(v.LogBandwidth)), v.LogBandwidth*8/1e6)
 			throttle := "off"
 			if v.ThrottleQuota < 1 {
