@@ -249,7 +249,6 @@ func (b *backup) prepareQEMU(context.Context) error {
 	}
 	if b.img != nil {
 		b.diskPath = filepath.Join(b.dir, "disk.qcow2")
-		cfg.Disks = disks(b.diskPath)
 	}
 	opts := []qemu.Opt{qemu.WithLogger(b.log)}
 	if b.a.cfg.CgroupRoot != "" {
@@ -260,9 +259,11 @@ func (b *backup) prepareQEMU(context.Context) error {
 		b.cleanups.push(cg.Remove)
 		opts = append(opts, qemu.WithCgroup(cg.Add))
 	}
+	// Validate before replying to the primary; the disk copy arrives only after.
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	cfg.Disks = disks(b.diskPath)
 	m, err := qemu.New(cfg, opts...)
 	if err != nil {
 		return err
