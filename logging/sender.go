@@ -219,6 +219,21 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 		return nil
 	}
 
+	// handleTick runs onTick and says whether Run must return, and with what.
+	handleTick := func() (bool, error) {
+		err := onTick()
+		switch {
+		case err == nil:
+			return false, nil
+		case ctx.Err() != nil:
+			return true, nil
+		case errors.Is(err, ErrPeerSilent):
+			return true, err
+		default:
+			return true, explain(errc, err)
+		}
+	}
+
 	for {
 		// Without blocking: stop, fail, or tick first.
 		select {
@@ -227,14 +242,8 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 		case err := <-errc:
 			return err
 		case <-tick.C:
-			if err := onTick(); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				if errors.Is(err, ErrPeerSilent) {
-					return err
-				}
-				return explain(errc, err)
+			if done, err := handleTick(); done {
+				return err
 			}
 		default:
 		}
@@ -259,14 +268,8 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 		case err := <-errc:
 			return err
 		case <-tick.C:
-			if err := onTick(); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				if errors.Is(err, ErrPeerSilent) {
-					return err
-				}
-				return explain(errc, err)
+			if done, err := handleTick(); done {
+				return err
 			}
 		case <-s.wake:
 		}
