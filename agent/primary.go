@@ -69,6 +69,7 @@ type primary struct {
 
 	cancel   context.CancelFunc
 	finished chan struct{}
+	tailWake chan struct{} // cap 1: a held frame waits for the log
 	wg       sync.WaitGroup
 
 	mu          sync.Mutex
@@ -112,6 +113,7 @@ func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup strin
 		log:      a.log.With("vm", spec.Name, "role", "primary"),
 		dir:      a.vmDir(spec.Name, "primary"),
 		finished: make(chan struct{}),
+		tailWake: make(chan struct{}, 1),
 		state:    "starting",
 		lags:     newLagTracker(1 << 16),
 		bw:       rateMeter{window: 5 * time.Second},
@@ -346,6 +348,12 @@ func (p *primary) diskPath() string {
 // stamp is the rr log's size on disk: QEMU flushes the log before it sends a frame,
 // so when the relay receives a frame this size covers every log byte before it.
 func (p *primary) stamp() (int64, error) {
+	// A frame is waiting for the log before it: read and send that log now rather
+	// than at the next tail tick.
+	select {
+	case p.tailWake <- struct{}{}:
+	default:
+	}
 	st, err := p.rr.Stat()
 	if err != nil {
 		return 0, err
@@ -466,6 +474,7 @@ func (p *primary) tail(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-p.tailWake:
 		}
 	}
 }
