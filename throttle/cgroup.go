@@ -65,7 +65,8 @@ func NewCgroup(root, name, cpus string) (*Cgroup, error) {
 	} else {
 		g.cpusDir = ""
 	}
-	return g, nil
+	// A cgroup left by an earlier run keeps its quota: start unthrottled.
+	return g, g.SetQuota(1)
 }
 
 func newV2(root, name, cpus string, period int) (*Cgroup, error) {

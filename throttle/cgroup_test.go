@@ -21,6 +21,21 @@ func TestCgroupReal(t *testing.T) {
 		}
 		t.Skip(err)
 	}
+	// A fresh handle on an existing cgroup starts unthrottled.
+	if err := g.SetQuota(0.3); err != nil {
+		t.Fatal(err)
+	}
+	if g, err = NewCgroup("/sys/fs/cgroup", "throttle-test", "0"); err != nil {
+		t.Fatal(err)
+	}
+	quotaFile0 := filepath.Join(g.cpuDir, "cpu.cfs_quota_us")
+	want0 := "-1"
+	if g.v2 {
+		quotaFile0, want0 = filepath.Join(g.cpuDir, "cpu.max"), "max 100000"
+	}
+	if b, err := os.ReadFile(quotaFile0); err != nil || strings.TrimSpace(string(b)) != want0 {
+		t.Fatalf("reopened cgroup quota %q (%v), want %q", b, err, want0)
+	}
 	cmd := exec.Command("sleep", "30")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
