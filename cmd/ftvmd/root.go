@@ -404,8 +404,25 @@ func newLogCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
-			b, _ := json.MarshalIndent(s, "", "  ")
-			fmt.Println(strings.TrimSpace(string(b)))
+			counts := map[string]uint64{}
+			for k, n := range s.Counts {
+				if n > 0 {
+					counts[replay.Kind(k).String()] = n
+				}
+			}
+			out := struct {
+				Version   string            `json:"version"`
+				Finished  bool              `json:"finished"`
+				Events    uint64            `json:"events"`
+				Icount    uint64            `json:"icount"`
+				Bytes     int64             `json:"bytes"`
+				Boundary  int64             `json:"boundary"`
+				SawEnd    bool              `json:"saw_end"`
+				Truncated bool              `json:"truncated"`
+				Counts    map[string]uint64 `json:"counts"`
+			}{fmt.Sprintf("%#08x", s.Version), s.Finished, s.Events, s.Icount, s.Bytes, s.Boundary, s.SawEnd, s.Truncated, counts}
+			b, _ := json.MarshalIndent(out, "", "  ")
+			fmt.Println(string(b))
 			return nil
 		},
 	})
