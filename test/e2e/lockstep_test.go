@@ -58,11 +58,14 @@ func TestLockstep(t *testing.T) {
 			t.Fatalf("backup replayed %d instructions, more than the primary logged (%d)", b.Icount, p.Icount)
 		}
 		lags = append(lags, p.LagMS)
-		if time.Duration(p.LagMS*float64(time.Millisecond)) > bound {
+		// "Behind" is the execution the backup still has to replay (work lag), which
+		// the throttle bounds; the age of the oldest unreplayed position (LagMS) also
+		// counts wake-up latencies of an idle replay and is only reported.
+		if time.Duration(p.WorkLagMS*float64(time.Millisecond)) > bound {
 			if overSince.IsZero() {
 				overSince = time.Now()
 			} else if time.Since(overSince) > 2*time.Second {
-				t.Fatalf("backup behind past the lag bound %v for over 2 s (lag %.0f ms, throttle %.2f)", bound, p.LagMS, p.ThrottleQuota)
+				t.Fatalf("backup behind past the lag bound %v for over 2 s (work lag %.0f ms, lag %.0f ms, throttle %.2f)", bound, p.WorkLagMS, p.LagMS, p.ThrottleQuota)
 			}
 		} else {
 			overSince = time.Time{}
