@@ -311,6 +311,20 @@ func printStatus(w io.Writer, resp control.Response) {
 			fmt.Fprintf(tw, "detail\t%s\n", v.Detail)
 		}
 		fmt.Fprintf(tw, "uptime\t%s\tqemu pid %d\n", time.Since(v.StartedAt).Round(time.Second), v.PID)
+		if v.Epoch > 0 {
+			fmt.Fprintf(tw, "epoch\t%d", v.Epoch)
+			if v.FailoverClaimMS > 0 || v.FailoverGoLiveMS > 0 {
+				fmt.Fprintf(tw, "  (last failover: claim %.0f ms, go-live %.0f ms)", v.FailoverClaimMS, v.FailoverGoLiveMS)
+			}
+			fmt.Fprintln(tw)
+		}
+		if v.Disk != "" {
+			fmt.Fprintf(tw, "disk\t%s", v.Disk)
+			if v.CopyTotal > 0 {
+				fmt.Fprintf(tw, "  (copied to backup: %s of %s, %.1f MB/s)", size(v.CopyDone), size(v.CopyTotal), v.CopyRate/1e6)
+			}
+			fmt.Fprintln(tw)
+		}
 		if v.Role == "primary" {
 			fmt.Fprintf(tw, "log\twritten %s  sent %s  acked %s  replayed %s\n", size(v.LogWritten), size(v.LogSent), size(v.LogAcked), size(v.LogReplayed))
 			fmt.Fprintf(tw, "icount\tprimary %d  backup %d\n", v.Icount, v.BackupIcount)
