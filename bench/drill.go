@@ -126,7 +126,7 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 	s.logf("drill %s: fault injected after %.1f s of load", kind, wait.Seconds())
 
 	// Watch the copies until one runs alone.
-	var tClaim, tDecide, tLive time.Time
+	var tClaim, tLive time.Time
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
@@ -142,12 +142,6 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 			}
 			if st.State == "claiming" && tClaim.IsZero() {
 				tClaim = time.Now()
-			}
-			if (st.State == "unprotected" || st.State == "halted") && tDecide.IsZero() {
-				tDecide = time.Now()
-				if tClaim.IsZero() {
-					tClaim = tDecide
-				}
 			}
 			if st.State == "unprotected" {
 				tLive = time.Now()
@@ -168,10 +162,18 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 			loser = lab.HostB
 		}
 	}
-	rep.DetectionMS = ms(tClaim.Sub(tFault))
 	if st, err := lab.Status(ctx, survivor, vm); err == nil {
 		// The survivor measured its own claim and go-live.
 		rep.ClaimMS, rep.GoLiveMS = st.FailoverClaimMS, st.FailoverGoLiveMS
+	}
+	// Detection: from the fault to the start of the claim. The claiming state is
+	// short and a backup is briefly unregistered while it goes live, so when the poll
+	// did not see it, derive it from when the VM ran again less what the survivor
+	// measured (the poll's 20 ms granularity remains).
+	if !tClaim.IsZero() {
+		rep.DetectionMS = ms(tClaim.Sub(tFault))
+	} else {
+		rep.DetectionMS = max(0, ms(tLive.Sub(tFault))-rep.ClaimMS-rep.GoLiveMS)
 	}
 	rep.Owner = survivor.Name
 
