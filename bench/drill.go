@@ -280,12 +280,10 @@ type loader struct {
 	done  chan loadResult
 }
 
-// startLoad sends `seq n` requests back to back on c; each answer must carry its own
-// sequence number and payload and a guest request count that only grows.
-func startLoad(ctx context.Context, c *lab.Client) *loader { return startLoadMode(ctx, c, false) }
-
-// startLoadMode with records=true sends `rec n payload` instead: each answer means
-// record n is durable on the guest's disk; answered record numbers are kept.
+// startLoadMode sends `seq n` requests back to back on c; each answer must carry its
+// own sequence number and payload and a guest request count that only grows. With
+// records it sends `rec n payload` instead: each answer means record n is durable on
+// the guest's disk; answered record numbers are kept.
 func startLoadMode(ctx context.Context, c *lab.Client, records bool) *loader {
 	l := &loader{stopc: make(chan struct{}), done: make(chan loadResult, 1)}
 	go func() {
