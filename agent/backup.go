@@ -102,6 +102,7 @@ type backup struct {
 	fence    *fence // nil without shared storage
 	epoch    uint64
 	img      *disk.ImageInfo // the primary's image, copied before the log
+	safeCut  *atomic.Int64   // the feed's limit: the last safe cut point received
 	diskPath string
 	cancel   context.CancelFunc
 	finished chan struct{}
@@ -116,12 +117,38 @@ type backup struct {
 }
 
 // logSink appends received frames to the backup's local log and lets the feed pass
-// only whole events to the replaying QEMU: frames may end mid-event, and a go-live
-// must be able to cut where the replay stands.
+// only up to a safe cut point to the replaying QEMU: frames may end mid-event, and a
+// go-live must be able to stop the replay exactly where the feed stopped with no
+// block request in flight (savevm refuses while replay events are queued).
 type logSink struct {
 	f    *os.File
 	feed *qemu.Feed
 	cut  *replay.Cutter
+	safe *atomic.Int64 // last safe cut point (see safeCut)
+}
+
+func newLogSink(f *os.File, feed *qemu.Feed) logSink {
+	s := logSink{f: f, feed: feed, cut: replay.NewCutter(replay.HeaderSize, 0), safe: new(atomic.Int64)}
+	s.safe.Store(replay.HeaderSize)
+	s.cut.OnEvent(func(ev replay.Event) {
+		if safeCut(ev.Kind) {
+			s.safe.Store(ev.Offset + int64(ev.Size))
+		}
+	})
+	return s
+}
+
+// safeCut reports whether the log may be cut right after an event of this kind.
+// QEMU writes a vCPU's executed instructions lazily, as an INSTRUCTION event just
+// before the next event, and queues a block request's completion to be written (as
+// an ASYNC event) at the top of the next loop: [INSTRUCTION n][ASYNC_BLOCK id][31].
+// Cut after the INSTRUCTION or inside the async run and the replay executes the
+// instructions that issued a request whose completion it never reads, so savevm
+// refuses forever. Such a group is written by one thread in one go, before any
+// network send of that thread can flush it, so no released frame's stamp falls
+// inside it: backing off to before it drops no output a client has seen.
+func safeCut(k replay.Kind) bool {
+	return k != replay.KindInstruction && !k.IsAsync()
 }
 
 func (s logSink) Append(off int64, data []byte) error {
@@ -133,7 +160,7 @@ func (s logSink) Append(off int64, data []byte) error {
 		// stops and the channel ends) rather than feed them to QEMU.
 		return fmt.Errorf("received log does not parse: %w", err)
 	}
-	s.feed.Notify(s.cut.Boundary())
+	s.feed.Notify(s.safe.Load())
 	return nil
 }
 
@@ -295,7 +322,9 @@ func (b *backup) run(conn net.Conn) {
 	b.mu.Lock()
 	b.cancel, b.conn = cancel, conn
 	b.mu.Unlock()
-	recv := logging.NewReceiver(b.conn, logSink{f: b.logFile, feed: b.feed, cut: replay.NewCutter(replay.HeaderSize, 0)}, logging.ReceiverConfig{
+	sink := newLogSink(b.logFile, b.feed)
+	b.safeCut = sink.safe
+	recv := logging.NewReceiver(b.conn, sink, logging.ReceiverConfig{
 		StartOffset: replay.HeaderSize,
 		// Acks carry the replayed icount, the primary's only view of the backup's
 		// progress: send them often so the measured lag is not ack cadence.
@@ -414,10 +443,14 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 	b.cancel()
 	b.wg.Wait()
 	held := recv.Held()
-	b.log.Warn("going live", "epoch", d.Epoch, "log_held", held)
+	// Replay exactly to the last safe cut point of what we hold: it covers every
+	// frame the primary can have released (their stamps are at most the ack, and a
+	// stamp never falls inside the group safeCut backs off over).
+	cut := b.safeCut.Load()
+	b.log.Warn("going live", "epoch", d.Epoch, "log_held", held, "cut", cut)
 	launch := func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error) {
 		m, rep, err := qemu.GoLive(ctx, qemu.GoLiveConfig{
-			Replay: b.m, Feed: b.feed, LogPath: b.logFile.Name(), AckedOffset: held,
+			Replay: b.m, Feed: b.feed, LogPath: b.logFile.Name(), AckedOffset: cut,
 			Record: rec, Tag: "ftvmd-live", Logger: b.log,
 		}, opts...)
 		if err != nil {
