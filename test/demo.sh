@@ -30,6 +30,7 @@ start_agent() { # host ns ip dir cpus
 }
 start_agent a "$FTLAB_NS_A" "$FTLAB_IP_A" "$FTLAB_DIR_A" "$FTLAB_CPUS_A"
 start_agent b "$FTLAB_NS_B" "$FTLAB_IP_B" "$FTLAB_DIR_B" "$FTLAB_CPUS_B"
+disown -a # the drill at the end stops these agents; no job notices
 fa() { ip netns exec "$FTLAB_NS_A" "$ft" --socket "$FTLAB_SOCK_A" "$@"; }
 fb() { ip netns exec "$FTLAB_NS_B" "$ft" --socket "$FTLAB_SOCK_B" "$@"; }
 for i in $(seq 50); do fa status >/dev/null 2>&1 && fb status >/dev/null 2>&1 && break; sleep 0.2; done
@@ -64,4 +65,4 @@ tail -n 2 "$FTLAB_DIR_B/run/demo.primary/console.log"; echo
 
 say "failover drill: a fresh lab, client load, then every process of host A is SIGKILLed"
 "$ft" drill demo --kind kill-primary >/dev/null
-say "demo done. Logs: $FTLAB_ROOT/agent-*.log; remove the lab with: bash test/lab/lab.sh down"
+say "demo done. Agent logs of the drill: $FTLAB_ROOT/agent-*.log"
