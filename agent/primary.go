@@ -184,17 +184,9 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		}
 		p.epoch, p.fence = e, f
 	}
-	host, _, _ := net.SplitHostPort(p.peer)
-	cfg, err := logging.ClientTLS(p.a.cfg.KeysDir, host)
+	conn, err := p.dialBackup(ctx)
 	if err != nil {
 		return err
-	}
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: p.a.cfg.DialTimeout}, Config: cfg}
-	dctx, cancel := context.WithTimeout(ctx, p.a.cfg.DialTimeout)
-	defer cancel()
-	conn, err := d.DialContext(dctx, "tcp", p.peer)
-	if err != nil {
-		return fmt.Errorf("backup host %s does not answer: %w", p.peer, err)
 	}
 	p.addCleanup(conn.Close)
 	var img *disk.ImageInfo
@@ -227,6 +219,24 @@ func (p *primary) connectBackup(ctx context.Context) error {
 	}
 	p.conn = conn
 	return nil
+}
+
+// dialBackup opens an authenticated connection to the backup's agent, the dial and
+// the TLS handshake bounded by the agent's dial timeout.
+func (p *primary) dialBackup(ctx context.Context) (net.Conn, error) {
+	host, _, _ := net.SplitHostPort(p.peer)
+	cfg, err := logging.ClientTLS(p.a.cfg.KeysDir, host)
+	if err != nil {
+		return nil, err
+	}
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: p.a.cfg.DialTimeout}, Config: cfg}
+	dctx, cancel := context.WithTimeout(ctx, p.a.cfg.DialTimeout)
+	defer cancel()
+	conn, err := d.DialContext(dctx, "tcp", p.peer)
+	if err != nil {
+		return nil, fmt.Errorf("backup host %s does not answer: %w", p.peer, err)
+	}
+	return conn, nil
 }
 
 func (p *primary) createTap(context.Context) error {

@@ -2,10 +2,8 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/ftvmd/ftvmd/disk"
@@ -85,15 +83,9 @@ func (p *primary) verify(ctx context.Context) (string, error) {
 
 // askChecksum opens a second authenticated connection to the backup's agent.
 func (p *primary) askChecksum(ctx context.Context) (checksumReply, error) {
-	host, _, _ := net.SplitHostPort(p.peer)
-	cfg, err := logging.ClientTLS(p.a.cfg.KeysDir, host)
+	conn, err := p.dialBackup(ctx)
 	if err != nil {
 		return checksumReply{}, err
-	}
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: p.a.cfg.DialTimeout}, Config: cfg}
-	conn, err := d.DialContext(ctx, "tcp", p.peer)
-	if err != nil {
-		return checksumReply{}, fmt.Errorf("backup host %s does not answer: %w", p.peer, err)
 	}
 	defer conn.Close()
 	if err := logging.WriteHello(conn, peerHello{Op: "checksum", From: p.a.cfg.Host, Spec: p.spec}); err != nil {

@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"time"
 
 	"github.com/ftvmd/ftvmd/lab"
@@ -37,15 +36,12 @@ func Disk(ctx context.Context, s *Session, env Env, size string, records int) (D
 	res := DiskResult{Env: env, ImageSize: size}
 	for _, protected := range []bool{false, true} {
 		img, err := lab.CreateImage(lab.HostA, "benchdisk", "64M")
-		if err != nil {
-			return res, err
-		}
 		if protected {
 			// A full image for the copy rate: preallocation writes every byte.
-			_ = exec.Command("rm", "-f", img).Run()
-			if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=full", img, size).CombinedOutput(); err != nil {
-				return res, fmt.Errorf("qemu-img: %v: %s", err, out)
-			}
+			img, err = lab.CreateImage(lab.HostA, "benchdisk", size, "preallocation=full")
+		}
+		if err != nil {
+			return res, err
 		}
 		vm := "benchdisk"
 		if _, err := s.StartGuest(ctx, vm, "", protected, "--disk", img); err != nil {

@@ -381,15 +381,20 @@ func (c *Client) ReadLine() (string, error) {
 // Reader is the buffered reader behind the client, for bulk responses.
 func (c *Client) Reader() *bufio.Reader { return c.r }
 
-// CreateImage makes an empty qcow2 image for a lab guest on a host.
-func CreateImage(h Host, name string, size string) (string, error) {
+// CreateImage makes a qcow2 image for a lab guest on a host; opts are extra
+// qemu-img create options (e.g. "preallocation=full" to write every byte).
+func CreateImage(h Host, name string, size string, opts ...string) (string, error) {
 	dir := filepath.Join(h.Dir, "images")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
 	p := filepath.Join(dir, name+".qcow2")
 	_ = os.Remove(p)
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", p, size).CombinedOutput(); err != nil {
+	args := []string{"create", "-q", "-f", "qcow2"}
+	for _, o := range opts {
+		args = append(args, "-o", o)
+	}
+	if out, err := exec.Command("qemu-img", append(args, p, size)...).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("qemu-img create %s: %v: %s", p, err, out)
 	}
 	return p, nil

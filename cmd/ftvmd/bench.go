@@ -64,12 +64,7 @@ func newBenchCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			line, err := json.Marshal(res)
-			if err != nil {
-				return err
-			}
-			fmt.Println(string(line))
-			return nil
+			return printSummary(res)
 		},
 	}
 	fo.Flags().IntVar(&foRuns, "runs", 20, "kill-primary drills")
@@ -147,6 +142,11 @@ func runBench(ctx context.Context, o *benchOpts, fn func(context.Context, *bench
 	if err != nil {
 		return err
 	}
+	return printSummary(res)
+}
+
+// printSummary prints a benchmark's JSON summary as the last line on stdout.
+func printSummary(res any) error {
 	line, err := json.Marshal(res)
 	if err != nil {
 		return err
