@@ -20,7 +20,7 @@ func TestAppenders(t *testing.T) {
 		{"name", appendName, Config{Name: "vm,1"}, "-name vm,,1"},
 		{"name empty", appendName, Config{}, ""},
 		{"machine", appendMachine, Config{MemoryMB: 256},
-			"-M pc -accel tcg -cpu qemu64 -smp 1 -m 256 -nographic -nodefaults -no-user-config"},
+			"-M pc -accel tcg -cpu qemu64 -smp 1 -m 256 -rtc clock=vm -nographic -nodefaults -no-user-config"},
 		{"icount record", appendIcount, Config{Mode: ModeRecord, IcountShift: 4, RRFile: "/l/rr.bin"},
 			"-icount shift=4,rr=record,rrfile=/l/rr.bin"},
 		{"icount replay snapshot", appendIcount, Config{Mode: ModeReplay, IcountShift: 2, RRFile: "/l/a,b", RRSnapshot: "init"},
@@ -59,7 +59,7 @@ func TestArgsOrder(t *testing.T) {
 		ConsoleLog: "/l/c.log", QMPSocket: "/l/q.sock", SnapshotDrive: "/l/s.qcow2",
 		StartPaused: true, ExtraArgs: []string{"-d", "guest_errors"},
 	}
-	want := "-name pri -M pc -accel tcg -cpu qemu64 -smp 1 -m 128 -nographic -nodefaults -no-user-config " +
+	want := "-name pri -M pc -accel tcg -cpu qemu64 -smp 1 -m 128 -rtc clock=vm -nographic -nodefaults -no-user-config " +
 		"-icount shift=4,rr=record,rrfile=/l/rr.bin -serial file:/l/c.log " +
 		"-drive file=/l/s.qcow2,if=none,id=snap0,format=qcow2 -qmp unix:/l/q.sock,server=on,wait=off -S -d guest_errors"
 	if got := strings.Join(c.Args(), " "); got != want {
