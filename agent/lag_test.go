@@ -3,6 +3,8 @@ package agent
 import (
 	"testing"
 	"time"
+
+	"github.com/ftvmd/ftvmd/logging"
 )
 
 func TestLagTracker(t *testing.T) {
@@ -55,5 +57,27 @@ func TestRateMeter(t *testing.T) {
 	}
 	if got := r.rate(); got < 999 || got > 1001 {
 		t.Fatalf("rate %v, want 1000", got)
+	}
+}
+
+func TestReplayPollInterval(t *testing.T) {
+	now := time.Unix(1000, 0)
+	recent := logging.ReceiverStats{BoundaryIcount: 500, LastFrameAt: now.Add(-10 * time.Millisecond)}
+	stale := logging.ReceiverStats{BoundaryIcount: 500, LastFrameAt: now.Add(-time.Second)}
+	cases := []struct {
+		name     string
+		replayed uint64
+		st       logging.ReceiverStats
+		want     time.Duration
+	}{
+		{"executing: leave the vCPU alone", 100, recent, replayPollEvery},
+		{"caught up in instructions, fresh log: wake the main loop", 500, recent, replayPollWaking},
+		{"caught up, nothing new for a while", 500, stale, replayPollEvery},
+		{"nothing received yet", 0, logging.ReceiverStats{}, replayPollEvery},
+	}
+	for _, c := range cases {
+		if got := replayPollInterval(c.replayed, c.st, now); got != c.want {
+			t.Errorf("%s: got %v, want %v", c.name, got, c.want)
+		}
 	}
 }
