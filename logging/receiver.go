@@ -101,9 +101,18 @@ func NewReceiver(conn net.Conn, sink Sink, cfg ReceiverConfig) *Receiver {
 	return r
 }
 
-// SetReplayed records the backup QEMU's replayed instruction count; the next
-// ack carries it. It never blocks on the network.
-func (r *Receiver) SetReplayed(icount uint64) { r.replayed.Store(icount) }
+// SetReplayed records the backup QEMU's replayed instruction count. When it has
+// moved, an ack carrying it goes out at once (not at the next heartbeat): the
+// primary measures the backup's lag, and throttles, from these reports. It never
+// blocks on the network.
+func (r *Receiver) SetReplayed(icount uint64) {
+	if r.replayed.Swap(icount) != icount {
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
+}
 
 // SetAckDelay changes the test-only ack delay while running (see
 // ReceiverConfig.AckDelay); negative values count as 0.
@@ -158,6 +167,7 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 	delay.Stop()
 	defer delay.Stop()
 	lastAck := now
+	var lastReplayed uint64
 	var buf []byte
 	log.Info("log receiver running", "start", r.cfg.StartOffset)
 
@@ -185,20 +195,21 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 		if !next.IsZero() {
 			delay.Reset(next.Sub(now))
 		}
+		replayed := r.replayed.Load()
 		r.mu.Lock()
-		advanced := off > r.st.Acked
+		advanced := off > r.st.Acked || replayed != lastReplayed
 		r.mu.Unlock()
 		if !advanced && !force {
 			continue
 		}
-		buf = appendAck(buf[:0], wireAck{Offset: uint64(off), Replayed: r.replayed.Load(), SentNano: uint64(now.UnixNano())})
+		buf = appendAck(buf[:0], wireAck{Offset: uint64(off), Replayed: replayed, SentNano: uint64(now.UnixNano())})
 		if err := pc.write(buf); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return r.count(explain(errc, fmt.Errorf("sending ack for %d: %w", off, err)))
 		}
-		lastAck = now
+		lastAck, lastReplayed = now, replayed
 		r.mu.Lock()
 		r.st.Acked = max(r.st.Acked, off)
 		r.st.Acks++

@@ -31,7 +31,7 @@ func TestCgroupReal(t *testing.T) {
 	quotaFile0 := filepath.Join(g.cpuDir, "cpu.cfs_quota_us")
 	want0 := "-1"
 	if g.v2 {
-		quotaFile0, want0 = filepath.Join(g.cpuDir, "cpu.max"), "max 100000"
+		quotaFile0, want0 = filepath.Join(g.cpuDir, "cpu.max"), "max 10000"
 	}
 	if b, err := os.ReadFile(quotaFile0); err != nil || strings.TrimSpace(string(b)) != want0 {
 		t.Fatalf("reopened cgroup quota %q (%v), want %q", b, err, want0)
@@ -54,9 +54,9 @@ func TestCgroupReal(t *testing.T) {
 		t.Fatal(err)
 	}
 	quotaFile := filepath.Join(g.cpuDir, "cpu.cfs_quota_us")
-	want := "50000"
+	want := "5000"
 	if g.v2 {
-		quotaFile, want = filepath.Join(g.cpuDir, "cpu.max"), "50000 100000"
+		quotaFile, want = filepath.Join(g.cpuDir, "cpu.max"), "5000 10000"
 	}
 	b, err := os.ReadFile(quotaFile)
 	if err != nil || strings.TrimSpace(string(b)) != want {
