@@ -93,21 +93,22 @@ type backup struct {
 	started time.Time
 	conn    net.Conn
 
-	logFile  *os.File
-	feed     *qemu.Feed
-	m        *qemu.Machine
-	recv     *logging.Receiver
-	emitted  atomic.Uint64 // frames the replaying QEMU sent (must stay 0)
-	netSock  *net.UnixConn
-	fence    *fence // nil without shared storage
-	epoch    uint64
-	img      *disk.ImageInfo // the primary's image, copied before the log
-	safeCut  *atomic.Int64   // the feed's limit: the last safe cut point received
-	diskPath string
-	cancel   context.CancelFunc
-	finished chan struct{}
-	wg       sync.WaitGroup
-	stopOnce sync.Once
+	logFile   *os.File
+	feed      *qemu.Feed
+	m         *qemu.Machine
+	recv      *logging.Receiver
+	emitted   atomic.Uint64 // frames the replaying QEMU sent (must stay 0)
+	netSock   *net.UnixConn
+	fence     *fence // nil without shared storage
+	epoch     uint64
+	img       *disk.ImageInfo // the primary's image, copied before the log
+	safeCut   *atomic.Int64   // the feed's limit: the last safe cut point received
+	cutPoints *cutPoints      // icounts at recent safe cut points
+	diskPath  string
+	cancel    context.CancelFunc
+	finished  chan struct{}
+	wg        sync.WaitGroup
+	stopOnce  sync.Once
 
 	mu       sync.Mutex
 	state    string
@@ -125,14 +126,19 @@ type logSink struct {
 	feed *qemu.Feed
 	cut  *replay.Cutter
 	safe *atomic.Int64 // last safe cut point (see safeCut)
+	// points maps recent safe cut points to their instruction counts.
+	points *cutPoints
 }
 
 func newLogSink(f *os.File, feed *qemu.Feed) logSink {
-	s := logSink{f: f, feed: feed, cut: replay.NewCutter(replay.HeaderSize, 0), safe: new(atomic.Int64)}
+	s := logSink{f: f, feed: feed, cut: replay.NewCutter(replay.HeaderSize, 0), safe: new(atomic.Int64), points: new(cutPoints)}
 	s.safe.Store(replay.HeaderSize)
+	s.points.add(replay.HeaderSize, 0)
 	s.cut.OnEvent(func(ev replay.Event) {
 		if safeCut(ev.Kind) {
-			s.safe.Store(ev.Offset + int64(ev.Size))
+			end := ev.Offset + int64(ev.Size)
+			s.points.add(end, s.cut.Icount()) // before safe moves, so the feed never outruns it
+			s.safe.Store(end)
 		}
 	})
 	return s
@@ -324,6 +330,7 @@ func (b *backup) run(conn net.Conn) {
 	b.mu.Unlock()
 	sink := newLogSink(b.logFile, b.feed)
 	b.safeCut = sink.safe
+	b.cutPoints = sink.points
 	recv := logging.NewReceiver(b.conn, sink, logging.ReceiverConfig{
 		StartOffset: replay.HeaderSize,
 		// Acks carry the replayed icount, the primary's only view of the backup's
@@ -407,15 +414,15 @@ const (
 	recentInput = 200 * time.Millisecond
 )
 
-// replayPollInterval picks the next query-replay poll. A query takes the replay mutex
-// from the vCPU, so it costs a replay that is executing instructions (measured: a
-// busy replay woken every 0.5 ms took 72 s instead of 50 s). So: while the replay is
-// behind in instructions its vCPU is running and needs no wake, poll slowly; once it
-// has executed everything received but new log arrived recently, what is left are the
-// recorder's main-loop checkpoints, which an idle replay consumes only when its main
-// loop wakes: poll fast.
-func replayPollInterval(replayed uint64, st logging.ReceiverStats, now time.Time) time.Duration {
-	if replayed < st.BoundaryIcount {
+// replayPollInterval picks the next query-replay poll from the replayed icount now
+// and at the previous poll. A query takes the replay mutex from the vCPU, so it costs
+// a replay that is executing (measured: a busy replay woken every 0.5 ms took 72 s
+// instead of 50 s): while the count moves, poll slowly. When it has not moved but
+// log arrived recently, the replay is most likely parked on one of the recorder's
+// main-loop checkpoints, which it consumes only when its main loop wakes, and a query
+// is such a wake: poll fast.
+func replayPollInterval(replayed, prev uint64, st logging.ReceiverStats, now time.Time) time.Duration {
+	if replayed != prev {
 		return replayPollEvery
 	}
 	if !st.LastFrameAt.IsZero() && now.Sub(st.LastFrameAt) < recentInput {
@@ -497,6 +504,8 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 func (b *backup) pollReplay(ctx context.Context) {
 	t := time.NewTimer(replayPollEvery)
 	defer t.Stop()
+	watch := qemu.NewFeedWatch(b.m.PID(), b.feed.Path())
+	var prev uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -507,19 +516,40 @@ func (b *backup) pollReplay(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		next := replayPollEvery
-		qctx, cancel := context.WithTimeout(ctx, time.Second)
-		info, err := b.m.QueryReplay(qctx)
-		cancel()
-		if err == nil {
-			b.recv.SetReplayed(info.Icount)
-			b.mu.Lock()
-			b.replayed = info.Icount
-			b.mu.Unlock()
-			next = replayPollInterval(info.Icount, b.recv.Stats(), time.Now())
+		replayed, next, ok := b.replayedFromFeed(watch)
+		if !ok {
+			qctx, cancel := context.WithTimeout(ctx, time.Second)
+			info, err := b.m.QueryReplay(qctx)
+			cancel()
+			if err != nil {
+				t.Reset(replayPollEvery)
+				continue
+			}
+			replayed = info.Icount
+			next = replayPollInterval(replayed, prev, b.recv.Stats(), time.Now())
 		}
+		prev = replayed
+		b.recv.SetReplayed(replayed)
+		b.mu.Lock()
+		b.replayed = replayed
+		b.mu.Unlock()
 		t.Reset(next)
 	}
+}
+
+// replayedFromFeed answers "how far has the replay got" without QMP when it can: a
+// replay blocked reading its FIFO has executed everything fed (see qemu.FeedWatch).
+// Then it is waiting for the primary, and the next poll can come soon and cheaply.
+func (b *backup) replayedFromFeed(w *qemu.FeedWatch) (uint64, time.Duration, bool) {
+	drained, err := w.Drained()
+	if err != nil || !drained {
+		return 0, 0, false
+	}
+	icount, ok := b.cutPoints.icountAt(b.feed.FedOffset())
+	if !ok {
+		return 0, 0, false
+	}
+	return icount, replayPollWaking, true
 }
 
 func (b *backup) setAckDelay(d time.Duration) error {

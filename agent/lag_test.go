@@ -65,18 +65,18 @@ func TestReplayPollInterval(t *testing.T) {
 	recent := logging.ReceiverStats{BoundaryIcount: 500, LastFrameAt: now.Add(-10 * time.Millisecond)}
 	stale := logging.ReceiverStats{BoundaryIcount: 500, LastFrameAt: now.Add(-time.Second)}
 	cases := []struct {
-		name     string
-		replayed uint64
-		st       logging.ReceiverStats
-		want     time.Duration
+		name           string
+		replayed, prev uint64
+		st             logging.ReceiverStats
+		want           time.Duration
 	}{
-		{"executing: leave the vCPU alone", 100, recent, replayPollEvery},
-		{"caught up in instructions, fresh log: wake the main loop", 500, recent, replayPollWaking},
-		{"caught up, nothing new for a while", 500, stale, replayPollEvery},
-		{"nothing received yet", 0, logging.ReceiverStats{}, replayPollEvery},
+		{"executing: leave the vCPU alone", 200, 100, recent, replayPollEvery},
+		{"not moving, fresh log: wake the main loop", 300, 300, recent, replayPollWaking},
+		{"not moving, nothing new for a while", 500, 500, stale, replayPollEvery},
+		{"nothing received yet", 0, 0, logging.ReceiverStats{}, replayPollEvery},
 	}
 	for _, c := range cases {
-		if got := replayPollInterval(c.replayed, c.st, now); got != c.want {
+		if got := replayPollInterval(c.replayed, c.prev, c.st, now); got != c.want {
 			t.Errorf("%s: got %v, want %v", c.name, got, c.want)
 		}
 	}
