@@ -409,6 +409,9 @@ const (
 	ackEvery         = 10 * time.Millisecond
 	replayPollEvery  = 10 * time.Millisecond
 	replayPollWaking = time.Millisecond
+	// feedCheckEvery is how often the backup checks whether its replay has drained
+	// the FIFO (a few small /proc reads).
+	feedCheckEvery = 2 * time.Millisecond
 	// recentInput is how long after the last frame the replay counts as having
 	// main-loop work that may need a wake.
 	recentInput = 200 * time.Millisecond
@@ -502,10 +505,35 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 }
 
 func (b *backup) pollReplay(ctx context.Context) {
-	t := time.NewTimer(replayPollEvery)
+	t := time.NewTimer(feedCheckEvery)
 	defer t.Stop()
 	watch := qemu.NewFeedWatch(b.m.PID(), b.feed.Path())
-	var prev uint64
+	// The QMP query runs in its own goroutine: a replay that runs out of log while a
+	// query is in flight answers it only when more log arrives, and meanwhile the
+	// FIFO check below keeps reporting.
+	type answer struct {
+		icount uint64
+		err    error
+	}
+	answers := make(chan answer, 1)
+	inFlight := false
+	defer func() {
+		if inFlight {
+			<-answers // ctx is done: the query returns
+		}
+	}()
+	var replayed, atLastQuery uint64
+	var nextQuery time.Time
+	report := func(v uint64) {
+		if v <= replayed {
+			return // a late answer never moves progress back
+		}
+		replayed = v
+		b.recv.SetReplayed(v)
+		b.mu.Lock()
+		b.replayed = v
+		b.mu.Unlock()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -514,42 +542,41 @@ func (b *backup) pollReplay(ctx context.Context) {
 			b.setFailed(fmt.Errorf("replaying qemu exited: %v", b.m.ExitErr()))
 			b.conn.Close()
 			return
+		case a := <-answers:
+			inFlight = false
+			if a.err == nil {
+				report(a.icount)
+				nextQuery = time.Now().Add(replayPollInterval(a.icount, atLastQuery, b.recv.Stats(), time.Now()))
+				atLastQuery = a.icount
+			}
+			continue
 		case <-t.C:
 		}
-		replayed, next, ok := b.replayedFromFeed(watch)
-		if !ok {
-			qctx, cancel := context.WithTimeout(ctx, time.Second)
-			info, err := b.m.QueryReplay(qctx)
-			cancel()
-			if err != nil {
-				t.Reset(replayPollEvery)
-				continue
-			}
-			replayed = info.Icount
-			next = replayPollInterval(replayed, prev, b.recv.Stats(), time.Now())
+		t.Reset(feedCheckEvery)
+		if v, ok := b.replayedFromFeed(watch); ok {
+			report(v)
+			continue
 		}
-		prev = replayed
-		b.recv.SetReplayed(replayed)
-		b.mu.Lock()
-		b.replayed = replayed
-		b.mu.Unlock()
-		t.Reset(next)
+		if !inFlight && !time.Now().Before(nextQuery) {
+			inFlight = true
+			go func() {
+				qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				info, err := b.m.QueryReplay(qctx)
+				answers <- answer{info.Icount, err}
+			}()
+		}
 	}
 }
 
 // replayedFromFeed answers "how far has the replay got" without QMP when it can: a
 // replay blocked reading its FIFO has executed everything fed (see qemu.FeedWatch).
-// Then it is waiting for the primary, and the next poll can come soon and cheaply.
-func (b *backup) replayedFromFeed(w *qemu.FeedWatch) (uint64, time.Duration, bool) {
+func (b *backup) replayedFromFeed(w *qemu.FeedWatch) (uint64, bool) {
 	drained, err := w.Drained()
 	if err != nil || !drained {
-		return 0, 0, false
+		return 0, false
 	}
-	icount, ok := b.cutPoints.icountAt(b.feed.FedOffset())
-	if !ok {
-		return 0, 0, false
-	}
-	return icount, replayPollWaking, true
+	return b.cutPoints.icountAt(b.feed.FedOffset())
 }
 
 func (b *backup) setAckDelay(d time.Duration) error {
