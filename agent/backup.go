@@ -411,7 +411,7 @@ const (
 	replayPollWaking = time.Millisecond
 	// feedCheckEvery is how often the backup checks whether its replay has drained
 	// the FIFO (a few small /proc reads).
-	feedCheckEvery = 2 * time.Millisecond
+	feedCheckEvery = 5 * time.Millisecond
 	// recentInput is how long after the last frame the replay counts as having
 	// main-loop work that may need a wake.
 	recentInput = 200 * time.Millisecond

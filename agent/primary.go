@@ -447,12 +447,19 @@ func (p *primary) go1(fn func()) {
 	go func() { defer p.wg.Done(); fn() }()
 }
 
+// tailEvery is how often the primary reads new log when no output waits for it. A
+// held frame wakes the tail at once (tailWake), so this bounds only how stale the
+// backup's copy may be, and with it the lag. Every read is a frame sent, written,
+// fed and acked: on a busy guest 1 ms meant thousands of wake-ups a second in each
+// agent, CPU the two QEMUs then lacked.
+const tailEvery = 5 * time.Millisecond
+
 // tail follows the growing rr log, cuts it at event boundaries and publishes them.
 func (p *primary) tail(ctx context.Context) {
 	cut := replay.NewCutter(replay.HeaderSize, 0)
 	buf := make([]byte, 256<<10)
 	off := int64(replay.HeaderSize)
-	tick := time.NewTicker(time.Millisecond)
+	tick := time.NewTicker(tailEvery)
 	defer tick.Stop()
 	for {
 		n, err := p.rr.ReadAt(buf, off)
