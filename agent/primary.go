@@ -117,8 +117,8 @@ func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup strin
 		state:    "starting",
 		lags:     newLagTracker(1 << 16),
 		bw:       rateMeter{window: 5 * time.Second},
-		ipsP:     rateMeter{window: 2 * time.Second},
-		ipsB:     rateMeter{window: 2 * time.Second},
+		ipsP:     rateMeter{window: time.Second},
+		ipsB:     rateMeter{window: time.Second},
 		ctrl:     throttle.NewController(time.Duration(spec.LagBoundMS) * time.Millisecond),
 		quota:    1,
 		live:     live,
@@ -525,7 +525,7 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 			// few ms and a multiplicative step per ack would collapse the quota.
 			if now.Sub(p.lastObserve) >= throttleEvery {
 				p.lastObserve = now
-				q = p.ctrl.Observe(work, now)
+				q = p.ctrl.Observe(throttle.Sample{Lag: work, PrimaryRate: p.ipsP.rate(), BackupRate: p.ipsB.rate()}, now)
 				p.quota = q
 			}
 			p.mu.Unlock()

@@ -7,11 +7,14 @@ import "time"
 
 // Controller turns the backup's lag into a CPU quota for the primary, as a fraction of
 // one CPU in (0, 1]; 1 means unthrottled. It is a pure state machine: the caller feeds
-// lag samples and applies Quota().
+// samples and applies Quota().
 //
-// The rule is multiplicative decrease when the lag is above the bound and gentle
-// increase once it is back under half the bound: the backup must be able to catch up
-// (quota strictly below its replay speed) and the primary must not oscillate hard.
+// Above the set point (half the bound) the backup is replaying flat out, so the ratio
+// of its instruction rate to the primary's says at what quota the two would run at the
+// same speed; the controller goes there, a little below to drain the lag, in one step.
+// Without rates it falls back to multiplicative decrease. Below a quarter of the bound
+// it releases the primary quickly, since a short burst of guest work (the common case)
+// should run at full speed while the lag budget lasts. In between it holds.
 type Controller struct {
 	Bound    time.Duration // lag bound: above it, throttle
 	MinQuota float64       // floor, so the guest never stops entirely
@@ -21,39 +24,48 @@ type Controller struct {
 	lastAt       time.Time
 }
 
+// Sample is one observation of the pair.
+type Sample struct {
+	Lag time.Duration // work the backup still has to replay, in time
+	// Instruction rates over the last second or so; 0 when unknown.
+	PrimaryRate, BackupRate float64
+}
+
 // NewController returns an unthrottled controller for the given bound.
 func NewController(bound time.Duration) *Controller {
 	return &Controller{Bound: bound, MinQuota: 0.1, quota: 1}
 }
 
-// Observe takes one lag sample at time now and returns the new quota.
-func (c *Controller) Observe(lag time.Duration, now time.Time) float64 {
+// Observe takes one sample at time now and returns the new quota. Call it at a fixed
+// cadence (the agent uses 100 ms), not per ack.
+func (c *Controller) Observe(s Sample, now time.Time) float64 {
 	if !c.lastAt.IsZero() && c.quota < 1 {
 		c.throttledFor += now.Sub(c.lastAt)
 	}
 	c.lastAt = now
+	setPoint := c.Bound / 2
 	switch {
-	case lag > c.Bound:
-		// Above the bound: cut in proportion to how far above it we are.
-		over := float64(lag) / float64(c.Bound)
-		f := 0.85
-		if over > 2 {
-			f = 0.6
+	case s.Lag > setPoint:
+		// Drain: aim below the matching quota, the more the further above the set point.
+		over := float64(s.Lag-setPoint) / float64(c.Bound)
+		drain := 1 - 0.5*min(over, 1)
+		if s.PrimaryRate > 0 && s.BackupRate > 0 {
+			match := c.quota * s.BackupRate / s.PrimaryRate
+			c.quota = clamp(match*drain, c.quota*0.5, c.quota*0.95)
+		} else if s.Lag > 2*c.Bound {
+			c.quota *= 0.6
+		} else {
+			c.quota *= 0.85
 		}
-		c.quota *= f
-	case lag > c.Bound*3/4:
-		// Approaching the bound: cut mildly so it is not crossed.
-		c.quota *= 0.95
-	case lag < c.Bound/2:
-		c.quota = c.quota*1.05 + 0.01
+	case s.Lag < c.Bound/4:
+		c.quota = c.quota*1.2 + 0.02
 	}
-	if c.quota < c.MinQuota {
-		c.quota = c.MinQuota
-	}
-	if c.quota > 1 {
-		c.quota = 1
-	}
+	c.quota = clamp(c.quota, c.MinQuota, 1)
 	return c.quota
+}
+
+func clamp(v, lo, hi float64) float64 {
+	return max(lo, min(v, hi))
 }
 
 // Quota is the current CPU fraction; 1 means no throttle.
