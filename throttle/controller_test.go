@@ -82,7 +82,7 @@ func TestControllerRecoversFast(t *testing.T) {
 // quota in one step, and a garbage rate cannot cut it by more than half.
 func TestControllerMatchesRates(t *testing.T) {
 	c := NewController(100 * time.Millisecond)
-	c.Observe(Sample{Lag: 60 * time.Millisecond, PrimaryRate: 400e6, BackupRate: 300e6}, time.Unix(1, 0))
+	c.Observe(Sample{Lag: 45 * time.Millisecond, PrimaryRate: 400e6, BackupRate: 300e6}, time.Unix(1, 0))
 	if q := c.Quota(); q < 0.70 || q > 0.75 {
 		t.Fatalf("quota %.3f, want just under 0.75", q)
 	}
