@@ -104,6 +104,7 @@ type backup struct {
 	img       *disk.ImageInfo // the primary's image, copied before the log
 	safeCut   *atomic.Int64   // the feed's limit: the last safe cut point received
 	cutPoints *cutPoints      // icounts at recent safe cut points
+	blocks    *blockIDs       // block completions in the log, for go-live
 	diskPath  string
 	cancel    context.CancelFunc
 	finished  chan struct{}
@@ -128,13 +129,17 @@ type logSink struct {
 	safe *atomic.Int64 // last safe cut point (see safeCut)
 	// points maps recent safe cut points to their instruction counts.
 	points *cutPoints
+	blocks *blockIDs // block completions seen, for go-live
 }
 
 func newLogSink(f *os.File, feed *qemu.Feed) logSink {
-	s := logSink{f: f, feed: feed, cut: replay.NewCutter(replay.HeaderSize, 0), safe: new(atomic.Int64), points: new(cutPoints)}
+	s := logSink{f: f, feed: feed, cut: replay.NewCutter(replay.HeaderSize, 0), safe: new(atomic.Int64), points: new(cutPoints), blocks: newBlockIDs()}
 	s.safe.Store(replay.HeaderSize)
 	s.points.add(replay.HeaderSize, 0)
 	s.cut.OnEvent(func(ev replay.Event) {
+		if ev.Kind == replay.KindAsyncBlock {
+			s.blocks.completed(ev.ID, ev.Offset)
+		}
 		if safeCut(ev.Kind) {
 			end := ev.Offset + int64(ev.Size)
 			s.points.add(end, s.cut.Icount()) // before safe moves, so the feed never outruns it
@@ -331,6 +336,7 @@ func (b *backup) run(conn net.Conn) {
 	sink := newLogSink(b.logFile, b.feed)
 	b.safeCut = sink.safe
 	b.cutPoints = sink.points
+	b.blocks = sink.blocks
 	recv := logging.NewReceiver(b.conn, sink, logging.ReceiverConfig{
 		StartOffset: replay.HeaderSize,
 		// Acks carry the replayed icount, the primary's only view of the backup's
@@ -481,7 +487,7 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 	launch := func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error) {
 		m, rep, err := qemu.GoLive(ctx, qemu.GoLiveConfig{
 			Replay: b.m, Feed: b.feed, LogPath: b.logFile.Name(), AckedOffset: cut,
-			Record: rec, Tag: "ftvmd-live", Logger: b.log,
+			Record: rec, Tag: "ftvmd-live", Logger: b.log, PendingBlocks: b.pendingBlocks,
 		}, opts...)
 		if err != nil {
 			return nil, err
@@ -567,6 +573,19 @@ func (b *backup) pollReplay(ctx context.Context) {
 			}()
 		}
 	}
+}
+
+// pendingBlocks is GoLiveConfig.PendingBlocks for this backup's log.
+func (b *backup) pendingBlocks(cut int64) []uint64 {
+	if b.spec.Disk == "" {
+		return nil
+	}
+	ids, ok := b.blocks.pendingAt(cut)
+	if !ok {
+		b.log.Warn("go-live: cut before remembered block completions; none appended", "cut", cut)
+		return nil
+	}
+	return ids
 }
 
 // replayedFromFeed answers "how far has the replay got" without QMP when it can: a

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -92,6 +93,13 @@ type GoLiveConfig struct {
 	// as Replay. GoLive sets LoadVM to Tag and, when empty, SnapshotDrive
 	// to Replay's.
 	Record Config
+	// PendingBlocks, if set, returns the block request ids (blkreplay's
+	// numbering, in increasing order) that a replay fed exactly to cut may
+	// have issued without their completion in the log. Park appends an
+	// ASYNC_BLOCK completion for each after the cut: the replay completes the
+	// ones it holds and parks at the first it never issued. Without them a
+	// request in flight at the cut stays queued and savevm is refused forever.
+	PendingBlocks func(cut int64) []uint64
 	// Tag is the snapshot's name.
 	Tag    string
 	Logger *slog.Logger
@@ -376,6 +384,20 @@ func findCut(path string, from replay.Mark, acked, fed int64) (int64, uint64, er
 	return next.Offset, next.Icount, nil
 }
 
+// parkTail is what follows the cut in the FIFO: completions for block requests
+// that may be in flight (see GoLiveConfig.PendingBlocks), then CHECKPOINT_RESET,
+// which nothing in a running guest consumes, so the replay parks before it.
+func parkTail(cfg GoLiveConfig, cut int64) []byte {
+	var tail []byte
+	if cfg.PendingBlocks != nil {
+		for _, id := range cfg.PendingBlocks(cut) {
+			tail = append(tail, byte(replay.KindAsyncBlock))
+			tail = binary.BigEndian.AppendUint64(tail, id)
+		}
+	}
+	return append(tail, byte(replay.KindCheckpointReset))
+}
+
 // park finishes the feed at cut plus CHECKPOINT_RESET and waits until the
 // replay's icount is target, the FIFO is drained, and both stay so for
 // cfg.ParkStable.
@@ -384,7 +406,7 @@ func park(ctx context.Context, cfg GoLiveConfig, log *slog.Logger, cut int64, ta
 	defer cancel()
 	finished := make(chan error, 1)
 	go func() { // owned: park waits for it on every return path
-		finished <- cfg.Feed.Finish(ctx, cut, []byte{byte(replay.KindCheckpointReset)})
+		finished <- cfg.Feed.Finish(ctx, cut, parkTail(cfg, cut))
 	}()
 	feedDone := false
 	defer func() {
