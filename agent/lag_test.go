@@ -81,3 +81,22 @@ func TestReplayPollInterval(t *testing.T) {
 		}
 	}
 }
+
+func TestWorkLagFor(t *testing.T) {
+	cases := []struct {
+		primary, replayed uint64
+		rate              float64
+		want              time.Duration
+	}{
+		{1000, 1000, 1e6, 0},
+		{1000, 2000, 1e6, 0}, // a report ahead of the primary's tail
+		{700_000, 0, 0, 0},   // no rate yet
+		{700_000, 0, 350e6, 2 * time.Millisecond},
+		{400e6, 200e6, 400e6, 500 * time.Millisecond},
+	}
+	for _, c := range cases {
+		if got := workLagFor(c.primary, c.replayed, c.rate); got != c.want {
+			t.Errorf("workLagFor(%d, %d, %g) = %v, want %v", c.primary, c.replayed, c.rate, got, c.want)
+		}
+	}
+}

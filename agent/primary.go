@@ -86,6 +86,7 @@ type primary struct {
 	bw          rateMeter
 	ipsP        rateMeter // primary's logged instructions per second
 	ipsB        rateMeter // backup's replayed instructions per second
+	peakRate    float64   // the fastest either rate has been (see workLagFor)
 	workLagMS   float64
 	ctrl        *throttle.Controller
 	quota       float64
@@ -548,14 +549,20 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 func (p *primary) workLag(now time.Time) time.Duration {
 	p.ipsP.add(now, int64(p.icount))
 	p.ipsB.add(now, int64(p.bkIcount))
-	if p.bkIcount >= p.icount {
+	p.peakRate = max(p.peakRate, p.ipsP.rate(), p.ipsB.rate())
+	return workLagFor(p.icount, p.bkIcount, p.peakRate)
+}
+
+// workLagFor is the time a backup at replayed instructions needs to reach primary at
+// rate instructions per second. The rate is the fastest either side has run, not the
+// current one: an idle guest averages a million instructions a second in short
+// bursts, and dividing a burst still to replay by that average made an idle backup
+// look hundreds of ms behind, and throttled an idle guest for nothing.
+func workLagFor(primary, replayed uint64, rate float64) time.Duration {
+	if replayed >= primary || rate <= 0 {
 		return 0
 	}
-	rate := max(p.ipsP.rate(), p.ipsB.rate())
-	if rate <= 0 {
-		return 0
-	}
-	return time.Duration(float64(p.icount-p.bkIcount) / rate * float64(time.Second))
+	return time.Duration(float64(primary-replayed) / rate * float64(time.Second))
 }
 
 // throttleEvery is the throttle controller's period.
