@@ -590,12 +590,19 @@ func (b *backup) pendingBlocks(cut int64) []uint64 {
 
 // replayedFromFeed answers "how far has the replay got" without QMP when it can: a
 // replay blocked reading its FIFO has executed everything fed (see qemu.FeedWatch).
+//
+// The fed offset is read on both sides of the check and must not move: bytes written
+// just before the check may not have woken QEMU yet. What is left is a write that
+// lands while QEMU is still being scheduled: a momentary overestimate of well under
+// a millisecond of log, corrected by the next check, and only the lag figures and
+// the throttle read it (acks of held log, which release output, do not).
 func (b *backup) replayedFromFeed(w *qemu.FeedWatch) (uint64, bool) {
+	before := b.feed.FedOffset()
 	drained, err := w.Drained()
-	if err != nil || !drained {
+	if err != nil || !drained || b.feed.FedOffset() != before {
 		return 0, false
 	}
-	return b.cutPoints.icountAt(b.feed.FedOffset())
+	return b.cutPoints.icountAt(before)
 }
 
 func (b *backup) setAckDelay(d time.Duration) error {
