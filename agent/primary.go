@@ -86,7 +86,7 @@ type primary struct {
 	bw          rateMeter
 	ipsP        rateMeter // primary's logged instructions per second
 	ipsB        rateMeter // backup's replayed instructions per second
-	peakRate    float64   // the fastest either rate has been (see workLagFor)
+	peakRate    float64   // the fastest the backup has replayed (see workLagFor)
 	workLagMS   float64
 	ctrl        *throttle.Controller
 	quota       float64
@@ -549,15 +549,19 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 func (p *primary) workLag(now time.Time) time.Duration {
 	p.ipsP.add(now, int64(p.icount))
 	p.ipsB.add(now, int64(p.bkIcount))
-	p.peakRate = max(p.peakRate, p.ipsP.rate(), p.ipsB.rate())
+	p.peakRate = max(p.peakRate, p.ipsB.rate())
 	return workLagFor(p.icount, p.bkIcount, p.peakRate)
 }
 
 // workLagFor is the time a backup at replayed instructions needs to reach primary at
-// rate instructions per second. The rate is the fastest either side has run, not the
-// current one: an idle guest averages a million instructions a second in short
-// bursts, and dividing a burst still to replay by that average made an idle backup
-// look hundreds of ms behind, and throttled an idle guest for nothing.
+// rate instructions per second. The rate is the fastest the backup has replayed (its
+// capacity, seen whenever it catches up, after boot at the latest), not the current
+// one: an idle guest averages a million instructions a second in short bursts, and
+// dividing a burst still to replay by that average made an idle backup look hundreds
+// of ms behind, and throttled an idle guest for nothing. Not the primary's rate
+// either: the primary records faster than the backup replays, and dividing by its
+// rate halved the busy lag the throttle saw (measured: work lag p99 81 ms while the
+// age lag's p99 was 216 ms).
 func workLagFor(primary, replayed uint64, rate float64) time.Duration {
 	if replayed >= primary || rate <= 0 {
 		return 0
