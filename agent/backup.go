@@ -102,8 +102,7 @@ type backup struct {
 	fence     *fence // nil without shared storage
 	epoch     uint64
 	img       *disk.ImageInfo // the primary's image, copied before the log
-	safeCut   *atomic.Int64   // the feed's limit: the last safe cut point received
-	cutPoints *cutPoints      // icounts at recent safe cut points
+	cutPoints *cutPoints      // recent safe cut points; the newest is the feed's limit
 	blocks    *blockIDs       // block completions in the log, for go-live
 	diskPath  string
 	cancel    context.CancelFunc
@@ -126,24 +125,21 @@ type logSink struct {
 	f    *os.File
 	feed *qemu.Feed
 	cut  *replay.Cutter
-	safe *atomic.Int64 // last safe cut point (see safeCut)
-	// points maps recent safe cut points to their instruction counts.
+	// points holds recent safe cut points (see safeCut) and their instruction counts;
+	// the newest is the feed's limit.
 	points *cutPoints
 	blocks *blockIDs // block completions seen, for go-live
 }
 
 func newLogSink(f *os.File, feed *qemu.Feed) logSink {
-	s := logSink{f: f, feed: feed, cut: replay.NewCutter(replay.HeaderSize, 0), safe: new(atomic.Int64), points: new(cutPoints), blocks: newBlockIDs()}
-	s.safe.Store(replay.HeaderSize)
+	s := logSink{f: f, feed: feed, cut: replay.NewCutter(replay.HeaderSize, 0), points: new(cutPoints), blocks: newBlockIDs()}
 	s.points.add(replay.HeaderSize, 0)
 	s.cut.OnEvent(func(ev replay.Event) {
 		if ev.Kind == replay.KindAsyncBlock {
 			s.blocks.completed(ev.ID, ev.Offset)
 		}
 		if safeCut(ev.Kind) {
-			end := ev.Offset + int64(ev.Size)
-			s.points.add(end, s.cut.Icount()) // before safe moves, so the feed never outruns it
-			s.safe.Store(end)
+			s.points.add(ev.Offset+int64(ev.Size), s.cut.Icount())
 		}
 	})
 	return s
@@ -171,7 +167,7 @@ func (s logSink) Append(off int64, data []byte) error {
 		// stops and the channel ends) rather than feed them to QEMU.
 		return fmt.Errorf("received log does not parse: %w", err)
 	}
-	s.feed.Notify(s.safe.Load())
+	s.feed.Notify(s.points.last())
 	return nil
 }
 
@@ -334,7 +330,6 @@ func (b *backup) run(conn net.Conn) {
 	b.cancel, b.conn = cancel, conn
 	b.mu.Unlock()
 	sink := newLogSink(b.logFile, b.feed)
-	b.safeCut = sink.safe
 	b.cutPoints = sink.points
 	b.blocks = sink.blocks
 	recv := logging.NewReceiver(b.conn, sink, logging.ReceiverConfig{
@@ -482,7 +477,7 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 	// Replay exactly to the last safe cut point of what we hold: it covers every
 	// frame the primary can have released (their stamps are at most the ack, and a
 	// stamp never falls inside the group safeCut backs off over).
-	cut := b.safeCut.Load()
+	cut := b.cutPoints.last()
 	b.log.Warn("going live", "epoch", d.Epoch, "log_held", held, "cut", cut)
 	launch := func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error) {
 		m, rep, err := qemu.GoLive(ctx, qemu.GoLiveConfig{

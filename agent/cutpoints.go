@@ -2,11 +2,12 @@ package agent
 
 import "sync"
 
-// cutPoints remembers the instruction count at the most recent safe cut points of the
-// backup's log, so that "the replay has consumed everything up to offset X" (seen
-// from outside QEMU, see qemu.FeedWatch) turns into a replayed instruction count.
-// The feed only ever stops at a safe cut point, and it is at most a few points
-// behind the newest, so a small ring suffices.
+// cutPoints remembers the most recent safe cut points of the backup's log and the
+// instruction count at each. The newest is the feed's limit (and go-live's cut); the
+// others turn "the replay has consumed everything up to offset X" (seen from outside
+// QEMU, see qemu.FeedWatch) into a replayed instruction count. The feed only ever
+// stops at a safe cut point, at most a few behind the newest, so a small ring
+// suffices.
 type cutPoints struct {
 	mu   sync.Mutex
 	ring [64]cutPoint
@@ -23,6 +24,16 @@ func (c *cutPoints) add(off int64, icount uint64) {
 	c.ring[c.n%len(c.ring)] = cutPoint{off, icount}
 	c.n++
 	c.mu.Unlock()
+}
+
+// last returns the newest safe cut point (0 before any was added).
+func (c *cutPoints) last() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == 0 {
+		return 0
+	}
+	return c.ring[(c.n-1)%len(c.ring)].off
 }
 
 // icountAt returns the instruction count at safe cut point off, if it is still known.

@@ -4,11 +4,14 @@ import "testing"
 
 func TestCutPoints(t *testing.T) {
 	var c cutPoints
-	if _, ok := c.icountAt(12); ok {
+	if _, ok := c.icountAt(12); ok || c.last() != 0 {
 		t.Fatal("empty ring knows a point")
 	}
 	for i := int64(0); i < 100; i++ {
 		c.add(100+i*10, uint64(i*1000))
+	}
+	if c.last() != 100+99*10 {
+		t.Fatalf("last %d, want the newest point", c.last())
 	}
 	if v, ok := c.icountAt(100 + 99*10); !ok || v != 99000 {
 		t.Fatalf("newest point: %d %v", v, ok)

@@ -22,7 +22,8 @@ import (
 type FeedWatch struct {
 	pid  int
 	fifo string
-	fd   int // QEMU's descriptor for the FIFO; 0 until found
+	fd   int    // QEMU's descriptor for the FIFO; 0 until found
+	want []byte // the syscall line prefix of a read(2) on fd
 }
 
 // NewFeedWatch watches process pid's reads of the FIFO at path.
@@ -37,21 +38,20 @@ func (w *FeedWatch) Drained() (bool, error) {
 		if err != nil || fd == 0 {
 			return false, err
 		}
-		w.fd = fd
+		// /proc/PID/task/TID/syscall of a blocked thread: "<nr> <arg0> ...";
+		// read(2) is syscall 0 on x86-64 and arg0 is the descriptor in hex.
+		w.fd, w.want = fd, []byte("0 0x"+strconv.FormatInt(int64(fd), 16)+" ")
 	}
 	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", w.pid))
 	if err != nil {
 		return false, fmt.Errorf("qemu threads: %w", err)
 	}
-	// /proc/PID/task/TID/syscall of a blocked thread: "<nr> <arg0> ...";
-	// read(2) is syscall 0 on x86-64 and arg0 is the descriptor in hex.
-	want := []byte("0 0x" + strconv.FormatInt(int64(w.fd), 16) + " ")
 	for _, t := range tasks {
 		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(w.pid), "task", t.Name(), "syscall"))
 		if err != nil {
 			continue // the thread ended
 		}
-		if bytes.HasPrefix(b, want) {
+		if bytes.HasPrefix(b, w.want) {
 			return true, nil
 		}
 	}
