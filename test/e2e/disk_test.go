@@ -19,27 +19,12 @@ func TestDiskVerify(t *testing.T) {
 	l := needLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
-		if err := l.StartAgent(ctx, h); err != nil {
-			t.Fatal(err)
-		}
-	}
-	img, err := lab.CreateImage(lab.HostA, "dv", "64M")
+	const vm = "dv"
+	img, err := lab.CreateImage(lab.HostA, vm, "64M")
 	if err != nil {
 		t.Fatal(err)
 	}
-	const vm = "dv"
-	if err := l.DefineGuest(ctx, lab.HostA, vm, "", "--disk", img); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := l.Run(ctx, "a", "protect", vm, "--backup", lab.HostB.Peer()); err != nil {
-		t.Fatal(err)
-	} else {
-		t.Log(strings.TrimSpace(out))
-	}
-	if err := lab.WaitConsole(ctx, lab.Console(lab.HostA, vm, "primary"), "ftguest ready", 4*time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	protectGuest(ctx, t, l, vm, "--disk", img)
 	waitCaughtUp(ctx, t, vm, 100*time.Millisecond, 2*time.Minute)
 	c, err := lab.NewClient(ctx, time.Minute)
 	if err != nil {
@@ -79,18 +64,7 @@ func TestDiskFailover(t *testing.T) {
 		t.Run(fmt.Sprintf("kill-primary-%d", i), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 			defer cancel()
-			s, err := bench.Open(ctx, testWriter{t})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				if t.Failed() {
-					dumpLogs(t)
-				}
-				if err := s.Close(); err != nil {
-					t.Errorf("lab down: %v", err)
-				}
-			})
+			s := drillLab(ctx, t) // a fresh lab per drill
 			img, err := lab.CreateImage(lab.HostA, "df", "64M")
 			if err != nil {
 				t.Fatal(err)

@@ -26,18 +26,7 @@ func TestFailover(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 			defer cancel()
-			s, err := bench.Open(ctx, testWriter{t}) // a fresh lab per drill
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				if t.Failed() {
-					dumpLogs(t)
-				}
-				if err := s.Close(); err != nil {
-					t.Errorf("lab down: %v", err)
-				}
-			})
+			s := drillLab(ctx, t) // a fresh lab per drill
 			rep, err := bench.RunDrill(ctx, s, bench.NewEnv("e2e"), "fo"+string(rune('a'+i)), kind, rng)
 			if err != nil {
 				t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftvmd/ftvmd/bench"
 	"github.com/ftvmd/ftvmd/lab"
 )
 
@@ -40,16 +41,36 @@ func needLab(t *testing.T) *lab.Lab {
 	return l
 }
 
-// protectGuest starts both agents, defines vm on host A, protects it with its backup
-// on host B and waits until the guest is ready on the primary. It returns the lag bound.
-func protectGuest(ctx context.Context, t *testing.T, l *lab.Lab, vm string) time.Duration {
+// drillLab brings up a fresh lab for one drill and takes it down (keeping the logs
+// of a failed run) when the test ends.
+func drillLab(ctx context.Context, t *testing.T) *bench.Session {
+	t.Helper()
+	s, err := bench.Open(ctx, testWriter{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpLogs(t)
+		}
+		if err := s.Close(); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	})
+	return s
+}
+
+// protectGuest starts both agents, defines vm on host A (with defineFlags passed to
+// `ftvmd vm define`), protects it with its backup on host B and waits until the guest
+// is ready on the primary. It returns the lag bound.
+func protectGuest(ctx context.Context, t *testing.T, l *lab.Lab, vm string, defineFlags ...string) time.Duration {
 	t.Helper()
 	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
 		if err := l.StartAgent(ctx, h); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := l.DefineGuest(ctx, lab.HostA, vm, ""); err != nil {
+	if err := l.DefineGuest(ctx, lab.HostA, vm, "", defineFlags...); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := l.Run(ctx, "a", "protect", vm, "--backup", lab.HostB.Peer()); err != nil {
