@@ -820,6 +820,13 @@ func fillRelayStatus(st *control.VMStatus, rs netbuf.RelayStats) {
 		st.AddedDelayMS = float64(r.TotalDelay) / float64(r.ReleasedFrames) / float64(time.Millisecond)
 	}
 	st.MaxDelayMS = float64(r.MaxDelay) / float64(time.Millisecond)
+	if h := r.DelayHist; h.Count() > 0 {
+		// A bucket's upper bound can exceed the largest delay seen; the true
+		// quantile cannot, so the maximum is the tighter bound there.
+		st.AddedDelayP50MS = ms(min(h.Quantile(0.5), r.MaxDelay))
+		st.AddedDelayP99MS = ms(min(h.Quantile(0.99), r.MaxDelay))
+		st.AddedDelayHist = h.Counts()
+	}
 	st.Backpressure = rs.BackpressureWaits
 	st.NetErrors = rs.Oversized + rs.Truncated + rs.StampErrors + rs.TapWriteErrors
 	st.InvariantFails = rs.Invariant

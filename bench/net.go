@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ftvmd/ftvmd/lab"
+	"github.com/ftvmd/ftvmd/outputrule"
 )
 
 // NetSide is one mode's figures in `ftvmd bench net`.
@@ -20,6 +21,11 @@ type NetSide struct {
 	ToClientLog    float64 `json:"guest_to_client_log_mbit_s"`
 	AddedDelayMS   float64 `json:"output_rule_added_delay_avg_ms"`
 	Backpressure   uint64  `json:"backpressure_events"`
+	// Quantiles of the delay the output rule added to the guest's frames
+	// during the request/response phase only (the warm-up and bulk phases
+	// would swamp them): bucket upper bounds from outputrule.DelayHist.
+	AddedDelayP50ms float64 `json:"output_rule_added_delay_p50_ms"`
+	AddedDelayP99ms float64 `json:"output_rule_added_delay_p99_ms"`
 }
 
 // NetResult is `ftvmd bench net`'s summary: request/response latency and bulk TCP
@@ -79,6 +85,16 @@ func logBytes(ctx context.Context, vm string) int64 {
 	return st.LogWritten
 }
 
+// delayHist reads the output rule's added-delay histogram from the primary's
+// status, for subtracting two snapshots.
+func delayHist(ctx context.Context, vm string) (outputrule.DelayHist, error) {
+	st, err := lab.Status(ctx, lab.HostA, vm)
+	if err != nil {
+		return outputrule.DelayHist{}, err
+	}
+	return outputrule.DelayHistFromCounts(st.AddedDelayHist)
+}
+
 func mbit(bytes int64, d time.Duration) float64 { return float64(bytes) * 8 / 1e6 / d.Seconds() }
 
 func netSide(ctx context.Context, s *Session, vm string, requests, mb int) (NetSide, error) {
@@ -95,6 +111,10 @@ func netSide(ctx context.Context, s *Session, vm string, requests, mb int) (NetS
 		}
 	}
 	var rtts []float64
+	h0, err := delayHist(ctx, vm)
+	if err != nil {
+		return side, err
+	}
 	l0, t0 := logBytes(ctx, vm), time.Now()
 	for i := 1; i <= requests; i++ {
 		start := time.Now()
@@ -106,6 +126,15 @@ func netSide(ctx context.Context, s *Session, vm string, requests, mb int) (NetS
 	}
 	side.RTTms = NewDist(rtts)
 	side.RRLogMbitS = mbit(logBytes(ctx, vm)-l0, time.Since(t0))
+	// Taken after the timed span so the status call does not lengthen it. Each
+	// response was released before the client read it, so every frame of the
+	// loop is already counted.
+	h1, err := delayHist(ctx, vm)
+	if err != nil {
+		return side, err
+	}
+	h := h1.Sub(h0)
+	side.AddedDelayP50ms, side.AddedDelayP99ms = ms(h.Quantile(0.5)), ms(h.Quantile(0.99))
 	s.logf("rtt p50 %.2f ms p99 %.2f ms", side.RTTms.P50, side.RTTms.P99)
 
 	n := int64(mb) << 20

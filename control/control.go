@@ -100,6 +100,15 @@ type VMStatus struct {
 	EmittedFrames  uint64  `json:"emitted_frames,omitempty"` // backup: frames its replaying QEMU tried to send (must be 0)
 	NetErrors      uint64  `json:"net_errors,omitempty"`
 	InvariantFails uint64  `json:"invariant_failures,omitempty"`
+
+	// Quantiles of the added delay since this VM's output rule began: upper
+	// bounds of histogram buckets (each twice the last), capped at the maximum.
+	AddedDelayP50MS float64 `json:"added_delay_p50_ms,omitempty"`
+	AddedDelayP99MS float64 `json:"added_delay_p99_ms,omitempty"`
+	// AddedDelayHist is the raw histogram behind them (outputrule.DelayHist
+	// bucket counts; read it back with outputrule.DelayHistFromCounts), so a
+	// client can subtract two snapshots and take the quantiles of an interval.
+	AddedDelayHist []uint64 `json:"added_delay_hist,omitempty"`
 }
 
 // maxMessage bounds a request or response so a bad peer cannot exhaust memory.

@@ -162,6 +162,9 @@ type Stats struct {
 	// Output delay added by holding: release decision time minus ArrivedAt.
 	TotalDelay time.Duration
 	MaxDelay   time.Duration
+	// DelayHist is the distribution of the same per-frame delays, because an
+	// average and a maximum hide the tail operators and benchmarks ask about.
+	DelayHist DelayHist
 }
 
 // Rule is the output-rule state machine. Create it with New.
@@ -327,6 +330,7 @@ func (r *Rule) releaseEligible(now time.Time) {
 		if d > r.st.MaxDelay {
 			r.st.MaxDelay = d
 		}
+		r.st.DelayHist.Add(d)
 		r.pendBytes += int64(f.Size)
 		r.rel++
 	}

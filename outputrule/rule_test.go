@@ -320,3 +320,38 @@ func BenchmarkRuleProtected(b *testing.B) {
 		r.Advance()
 	}
 }
+
+// TestStatsDelayHist: each frame's added delay (release decision time minus
+// ArrivedAt) lands in Stats.DelayHist when the frame becomes releasable.
+func TestStatsDelayHist(t *testing.T) {
+	r := New(Config{}, Protected)
+	r.Sent(100)
+	for i, at := range []time.Duration{0, 1 * time.Millisecond, 2 * time.Millisecond} {
+		if err := r.Frame(Frame{Stamp: int64(10 * (i + 1)), Size: 1, ArrivedAt: t0.Add(at)}, t0.Add(at)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Acked at 3 ms: frames 1 and 2 waited 3 ms and 2 ms; frame 3 still held.
+	if err := r.Ack(20, t0.Add(3*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if h := r.Stats().DelayHist; h.Count() != 2 || h.Quantile(0.5) != 3200*time.Microsecond || h.Quantile(1) != 3200*time.Microsecond {
+		t.Fatalf("after first ack: count %d p50 %v p100 %v, want 2, 3.2ms, 3.2ms", h.Count(), h.Quantile(0.5), h.Quantile(1))
+	}
+	// Acked at 10 ms: frame 3 waited 8 ms (bucket (6.4, 12.8] ms).
+	if err := r.Ack(30, t0.Add(10*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	r.Ready()
+	r.Advance()
+	s := r.Stats()
+	if s.ReleasedFrames != 3 || s.DelayHist.Count() != 3 {
+		t.Fatalf("released %d, histogram count %d, want 3 and 3", s.ReleasedFrames, s.DelayHist.Count())
+	}
+	if got, want := s.DelayHist.Quantile(1), 12800*time.Microsecond; got != want {
+		t.Fatalf("p100 = %v, want %v", got, want)
+	}
+	if got, want := s.DelayHist.Quantile(0.5), 3200*time.Microsecond; got != want {
+		t.Fatalf("p50 = %v, want %v", got, want)
+	}
+}

@@ -335,8 +335,8 @@ func printStatus(w io.Writer, resp control.Response) {
 				throttle = fmt.Sprintf("ON: %.0f%% of a CPU", v.ThrottleQuota*100)
 			}
 			fmt.Fprintf(tw, "throttle\t%s  (throttled %.1f s in all)\n", throttle, v.ThrottledSec)
-			fmt.Fprintf(tw, "output\theld %d frames / %s, oldest %.1f ms; released %d; added delay avg %.2f ms max %.2f ms; backpressure %d\n",
-				v.HeldFrames, size(v.HeldBytes), v.OldestHeldMS, v.Released, v.AddedDelayMS, v.MaxDelayMS, v.Backpressure)
+			fmt.Fprintf(tw, "output\theld %d frames / %s, oldest %.1f ms; released %d; added delay avg %.2f ms max %.2f ms p50 %.2f ms p99 %.2f ms; backpressure %d\n",
+				v.HeldFrames, size(v.HeldBytes), v.OldestHeldMS, v.Released, v.AddedDelayMS, v.MaxDelayMS, v.AddedDelayP50MS, v.AddedDelayP99MS, v.Backpressure)
 		} else {
 			fmt.Fprintf(tw, "log\treceived %s  acked %s  fed to qemu %s\n", size(v.LogWritten), size(v.LogAcked), size(v.LogReplayed))
 			fmt.Fprintf(tw, "icount\treplayed %d\n", v.Icount)
