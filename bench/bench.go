@@ -156,6 +156,42 @@ func (s *Session) WaitCaughtUp(ctx context.Context, vm string, timeout time.Dura
 	}
 }
 
+// WaitSettled waits until a protected guest has settled after its boot: the
+// backup's lag under half the bound and the primary running unthrottled, both for
+// settleFor. A protected guest boots with the throttle holding it to the replay's
+// pace; figures taken while the throttle is still letting go measure the boot, not
+// protection. Only for guests that go idle after boot.
+func (s *Session) WaitSettled(ctx context.Context, vm string, timeout time.Duration) error {
+	const settleFor = 2 * time.Second
+	deadline := time.Now().Add(timeout)
+	var since time.Time
+	for {
+		st, err := lab.Status(ctx, lab.HostA, vm)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		if st.BackupIcount > 0 && st.LagMS < float64(st.LagBoundMS)/2 && st.ThrottleQuota >= 1 {
+			if since.IsZero() {
+				since = now
+			}
+			if now.Sub(since) >= settleFor {
+				return nil
+			}
+		} else {
+			since = time.Time{}
+		}
+		if now.After(deadline) {
+			return fmt.Errorf("backup of %s did not settle within %s (lag %.0f ms, throttle quota %.2f)", vm, timeout, st.LagMS, st.ThrottleQuota)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 // StopGuest stops vm on host A (and so its backup).
 func (s *Session) StopGuest(ctx context.Context, vm string) error {
 	_, err := s.Lab.Run(ctx, "a", "stop", vm)

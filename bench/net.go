@@ -21,6 +21,9 @@ type NetSide struct {
 	ToClientLog    float64 `json:"guest_to_client_log_mbit_s"`
 	AddedDelayMS   float64 `json:"output_rule_added_delay_avg_ms"`
 	Backpressure   uint64  `json:"backpressure_events"`
+	// Where the cores went during each bulk transfer.
+	ToClientCPU CPUUse `json:"guest_to_client_cpu"`
+	ToGuestCPU  CPUUse `json:"client_to_guest_cpu"`
 	// Quantiles of the delay the output rule added to the guest's frames
 	// during the request/response phase only (the warm-up and bulk phases
 	// would swamp them): bucket upper bounds from outputrule.DelayHist.
@@ -51,7 +54,12 @@ func Net(ctx context.Context, s *Session, env Env, requests, mb int) (NetResult,
 		if _, err := s.StartGuest(ctx, vm, "", protected); err != nil {
 			return res, err
 		}
-		side, err := netSide(ctx, s, vm, requests, mb)
+		if protected {
+			if err := s.WaitSettled(ctx, vm, 3*time.Minute); err != nil {
+				return res, err
+			}
+		}
+		side, err := netSide(ctx, s, vm, protected, requests, mb)
 		if err != nil {
 			return res, err
 		}
@@ -97,8 +105,12 @@ func delayHist(ctx context.Context, vm string) (outputrule.DelayHist, error) {
 
 func mbit(bytes int64, d time.Duration) float64 { return float64(bytes) * 8 / 1e6 / d.Seconds() }
 
-func netSide(ctx context.Context, s *Session, vm string, requests, mb int) (NetSide, error) {
+func netSide(ctx context.Context, s *Session, vm string, protected bool, requests, mb int) (NetSide, error) {
 	var side NetSide
+	probe, err := newCPUProbe(ctx, vm, protected)
+	if err != nil {
+		return side, err
+	}
 	c, err := lab.NewClient(ctx, time.Minute)
 	if err != nil {
 		return side, err
@@ -139,6 +151,10 @@ func netSide(ctx context.Context, s *Session, vm string, requests, mb int) (NetS
 
 	n := int64(mb) << 20
 	// Guest -> client: `get n` answers a header line then n bytes.
+	c0, err := probe.snap()
+	if err != nil {
+		return side, err
+	}
 	l0, t0 = logBytes(ctx, vm), time.Now()
 	_ = c.Conn.SetDeadline(time.Now().Add(10 * time.Minute))
 	if _, err := fmt.Fprintf(c.Conn, "get %d\n", n); err != nil {
@@ -154,7 +170,12 @@ func netSide(ctx context.Context, s *Session, vm string, requests, mb int) (NetS
 	d := time.Since(t0)
 	side.ToClientMBs = float64(n) / (1 << 20) / d.Seconds()
 	side.ToClientLog = mbit(logBytes(ctx, vm)-l0, d)
-	s.logf("guest->client %.1f MB/s", side.ToClientMBs)
+	c1, err := probe.snap()
+	if err != nil {
+		return side, err
+	}
+	side.ToClientCPU = use(c0, c1)
+	s.logf("guest->client %.1f MB/s, cpu %+v", side.ToClientMBs, side.ToClientCPU)
 
 	// Client -> guest: `put n`, n bytes, then `got n crc`.
 	l0, t0 = logBytes(ctx, vm), time.Now()
@@ -182,6 +203,11 @@ func netSide(ctx context.Context, s *Session, vm string, requests, mb int) (NetS
 	d = time.Since(t0)
 	side.ToGuestMBs = float64(n) / (1 << 20) / d.Seconds()
 	side.ToGuestLogMbit = mbit(logBytes(ctx, vm)-l0, d)
-	s.logf("client->guest %.1f MB/s", side.ToGuestMBs)
+	c2, err := probe.snap()
+	if err != nil {
+		return side, err
+	}
+	side.ToGuestCPU = use(c1, c2)
+	s.logf("client->guest %.1f MB/s, cpu %+v", side.ToGuestMBs, side.ToGuestCPU)
 	return side, nil
 }
