@@ -404,22 +404,12 @@ func (b *backup) run(conn net.Conn) {
 }
 
 // ackEvery is the backup's ack period and replayPollEvery how often it asks its QEMU how
-// far it has replayed while it executes (a drained replay is read off its FIFO). The
-// poll also wakes the replaying QEMU's main loop, without which an idle replay stalls
-// on checkpoints written by the recorder's main loop; replayPollWaking is the poll
-// period while the replay stands still with fresh log to run.
-//
-// Each query costs the replay more than it looks: the command runs in QEMU's main
-// loop, which must take the replay mutex from the vCPU, and the monitor thread wakes
-// for every byte of it. At 10 ms / 1 ms the queries slowed the replay enough to
-// engage the throttle on a request/response load; 50 ms / 5 ms measured, in one
-// A/B run of two rounds each on the lab: request/response p50 2.56 -> 1.73 ms, p99
-// 14.4 -> 9.8 ms, guest->client bulk 3.7 -> 4.4 MB/s, for idle lag p99 15 -> 20 ms
-// (target 50) and busy lag p99 121 -> 127 ms (docs/benchmarks.md).
+// far it has replayed. The poll also wakes the replaying QEMU's main loop, without
+// which an idle replay stalls on checkpoints written by the recorder's main loop.
 const (
 	ackEvery         = 10 * time.Millisecond
-	replayPollEvery  = 50 * time.Millisecond
-	replayPollWaking = 5 * time.Millisecond
+	replayPollEvery  = 10 * time.Millisecond
+	replayPollWaking = time.Millisecond
 	// feedCheckEvery is how often the backup checks whether its replay has drained
 	// the FIFO (a few small /proc reads).
 	feedCheckEvery = 5 * time.Millisecond
