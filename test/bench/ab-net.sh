@@ -60,22 +60,37 @@ up() { # bin: fresh lab, agents of bin, guest "ab" protected and settled
   echo "ab-net: guest did not settle" >&2; return 1
 }
 
-throttled() { ip netns exec "$FTLAB_NS_A" "$1" --socket "$FTLAB_SOCK_A" status ab --json | jq '.vms[0].throttled_sec'; }
+status() { ip netns exec "$FTLAB_NS_A" "$1" --socket "$FTLAB_SOCK_A" status ab --json; }
+throttled() { jq '.vms[0].throttled_sec' <<<"$1"; }
+# hold P S0 S1: the P-quantile of the output rule's added delay between two status
+# snapshots, as the top of its histogram bucket in ms (buckets double from 25 us).
+hold() {
+  jq -n --argjson p "$1" --argjson a "$2" --argjson b "$3" '
+    ($a.vms[0].added_delay_hist // []) as $x | ($b.vms[0].added_delay_hist // []) as $y
+    | [range(0; $y|length) | $y[.] - ($x[.] // 0)] as $d | ($d | add) as $n
+    | if $n == 0 then null else
+        (reduce range(0; $d|length) as $i ({c: 0, q: null};
+          .c += $d[$i] | if .q == null and .c >= $p * $n then .q = $i else . end)).q as $i
+        | 0.025 * pow(2; $i) end'
+}
 
 results=$(mktemp)
 for r in $(seq "$rounds"); do
   for bin in "$a" "$b"; do
     up "$bin"
-    t0=$(throttled "$bin"); rtt=$("$probe" rtt "$requests"); t1=$(throttled "$bin")
-    get=$("$probe" get "$mb"); t2=$(throttled "$bin")
+    s0=$(status "$bin"); rtt=$("$probe" rtt "$requests"); s1=$(status "$bin")
+    get=$("$probe" get "$mb"); s2=$(status "$bin")
     jq -cn --arg bin "$bin" --argjson round "$r" --argjson rtt "$rtt" --argjson get "$get" \
-      --argjson tr "$(echo "$t1 - $t0" | bc)" --argjson tg "$(echo "$t2 - $t1" | bc)" \
-      '{bin:$bin, round:$round, rtt:$rtt, rtt_throttled_s:$tr, get:$get, get_throttled_s:$tg}' | tee -a "$results"
+      --argjson tr "$(echo "$(throttled "$s1") - $(throttled "$s0")" | bc)" \
+      --argjson tg "$(echo "$(throttled "$s2") - $(throttled "$s1")" | bc)" \
+      --argjson h50 "$(hold 0.5 "$s0" "$s1")" --argjson h99 "$(hold 0.99 "$s0" "$s1")" \
+      '{bin:$bin, round:$round, rtt:$rtt, rtt_throttled_s:$tr, rtt_hold_p50_ms:$h50, rtt_hold_p99_ms:$h99, get:$get, get_throttled_s:$tg}' | tee -a "$results"
   done
 done
 for bin in "$a" "$b"; do
   jq -sc --arg bin "$bin" 'map(select(.bin==$bin)) as $x
     | def med(f): ($x | map(f) | sort) as $v | if ($v|length)%2==1 then $v[($v|length)/2|floor] else ($v[($v|length)/2-1]+$v[($v|length)/2])/2 end;
     {bin:$bin, rounds:($x|length), rtt_p50_ms:med(.rtt.p50_ms), rtt_p99_ms:med(.rtt.p99_ms),
+     rtt_hold_p50_ms:med(.rtt_hold_p50_ms), rtt_hold_p99_ms:med(.rtt_hold_p99_ms),
      get_MB_s:med(.get.MB_s), rtt_throttled_s:med(.rtt_throttled_s), get_throttled_s:med(.get_throttled_s)}' "$results"
 done
