@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -40,8 +39,8 @@ type cpuProbe struct {
 }
 
 // newCPUProbe finds the processes of vm on the lab: its QEMUs from the agents'
-// status and the agents themselves from /proc.
-func newCPUProbe(ctx context.Context, vm string, protected bool) (*cpuProbe, error) {
+// status, the agents from the lab that started them.
+func newCPUProbe(ctx context.Context, l *lab.Lab, vm string, protected bool) (*cpuProbe, error) {
 	p := &cpuProbe{}
 	st, err := lab.Status(ctx, lab.HostA, vm)
 	if err != nil {
@@ -55,25 +54,8 @@ func newCPUProbe(ctx context.Context, vm string, protected bool) (*cpuProbe, err
 		}
 		p.pids[1] = bst.PID
 	}
-	p.pids[2], p.pids[3] = findAgent("a"), findAgent("b")
+	p.pids[2], p.pids[3] = l.AgentPID(lab.HostA), l.AgentPID(lab.HostB)
 	return p, nil
-}
-
-// findAgent returns the pid of the lab's `ftvmd agent --host <name>`, or 0.
-func findAgent(name string) int {
-	want := []byte("\x00agent\x00--host\x00" + name + "\x00")
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		cmd, err := os.ReadFile(filepath.Join(d, "cmdline"))
-		if err != nil || !bytes.Contains(cmd, want) {
-			continue
-		}
-		pid, err := strconv.Atoi(filepath.Base(d))
-		if err == nil {
-			return pid
-		}
-	}
-	return 0
 }
 
 func (p *cpuProbe) snap() (cpuSnap, error) {

@@ -107,7 +107,7 @@ func mbit(bytes int64, d time.Duration) float64 { return float64(bytes) * 8 / 1e
 
 func netSide(ctx context.Context, s *Session, vm string, protected bool, requests, mb int) (NetSide, error) {
 	var side NetSide
-	probe, err := newCPUProbe(ctx, vm, protected)
+	probe, err := newCPUProbe(ctx, s.Lab, vm, protected)
 	if err != nil {
 		return side, err
 	}

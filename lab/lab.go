@@ -214,6 +214,17 @@ func (l *Lab) StartAgent(ctx context.Context, h Host, extra ...string) error {
 	}
 }
 
+// AgentPID is the pid of the agent this lab started on h, 0 if none runs. `ip netns
+// exec` execs the agent in place, so the command's pid is the agent's.
+func (l *Lab) AgentPID(h Host) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if cmd := l.agents[h.Name]; cmd != nil && cmd.Process != nil {
+		return cmd.Process.Pid
+	}
+	return 0
+}
+
 // StopAgent stops a host's agent gracefully (it stops its VMs).
 func (l *Lab) StopAgent(h Host) {
 	l.mu.Lock()
