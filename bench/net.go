@@ -93,14 +93,15 @@ func logBytes(ctx context.Context, vm string) int64 {
 	return st.LogWritten
 }
 
-// delayHist reads the output rule's added-delay histogram from the primary's
-// status, for subtracting two snapshots.
-func delayHist(ctx context.Context, vm string) (outputrule.DelayHist, error) {
+// rrSnapshot reads, in one status call on the primary, the log bytes written and
+// the output rule's added-delay histogram, for subtracting two snapshots.
+func rrSnapshot(ctx context.Context, vm string) (int64, outputrule.DelayHist, error) {
 	st, err := lab.Status(ctx, lab.HostA, vm)
 	if err != nil {
-		return outputrule.DelayHist{}, err
+		return 0, outputrule.DelayHist{}, err
 	}
-	return outputrule.DelayHistFromCounts(st.AddedDelayHist)
+	h, err := outputrule.DelayHistFromCounts(st.AddedDelayHist)
+	return st.LogWritten, h, err
 }
 
 func mbit(bytes int64, d time.Duration) float64 { return float64(bytes) * 8 / 1e6 / d.Seconds() }
@@ -123,11 +124,13 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 		}
 	}
 	var rtts []float64
-	h0, err := delayHist(ctx, vm)
+	// One status read before and one after the loop give both the log written and
+	// the output rule's delay histogram for the interval.
+	l0, h0, err := rrSnapshot(ctx, vm)
 	if err != nil {
 		return side, err
 	}
-	l0, t0 := logBytes(ctx, vm), time.Now()
+	t0 := time.Now()
 	for i := 1; i <= requests; i++ {
 		start := time.Now()
 		resp, err := c.Do(fmt.Sprintf("seq %d bench", i), 30*time.Second)
@@ -136,15 +139,15 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 		}
 		rtts = append(rtts, ms(time.Since(start)))
 	}
+	elapsed := time.Since(t0)
 	side.RTTms = NewDist(rtts)
-	side.RRLogMbitS = mbit(logBytes(ctx, vm)-l0, time.Since(t0))
-	// Taken after the timed span so the status call does not lengthen it. Each
-	// response was released before the client read it, so every frame of the
-	// loop is already counted.
-	h1, err := delayHist(ctx, vm)
+	// Each response was released before the client read it, so every frame of the
+	// loop is already counted in the histogram.
+	l1, h1, err := rrSnapshot(ctx, vm)
 	if err != nil {
 		return side, err
 	}
+	side.RRLogMbitS = mbit(l1-l0, elapsed)
 	h := h1.Sub(h0)
 	side.AddedDelayP50ms, side.AddedDelayP99ms = ms(h.Quantile(0.5)), ms(h.Quantile(0.99))
 	s.logf("rtt p50 %.2f ms p99 %.2f ms", side.RTTms.P50, side.RTTms.P99)
