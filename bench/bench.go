@@ -6,6 +6,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/lab"
 )
 
@@ -136,24 +138,13 @@ func (s *Session) StartGuest(ctx context.Context, vm, appendExtra string, protec
 
 // WaitCaughtUp waits until the backup's lag is under its bound.
 func (s *Session) WaitCaughtUp(ctx context.Context, vm string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		st, err := lab.Status(ctx, lab.HostA, vm)
-		if err != nil {
-			return err
-		}
-		if st.BackupIcount > 0 && st.LagMS < float64(st.LagBoundMS) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("backup of %s did not catch up within %s (lag %.0f ms)", vm, timeout, st.LagMS)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
+	st, err := pollPrimary(ctx, vm, timeout, func(st control.VMStatus, _ time.Time) bool {
+		return st.BackupIcount > 0 && st.LagMS < float64(st.LagBoundMS)
+	})
+	if errors.Is(err, errPollTimeout) {
+		return fmt.Errorf("backup of %s did not catch up within %s (lag %.0f ms)", vm, timeout, st.LagMS)
 	}
+	return err
 }
 
 // WaitSettled waits until a protected guest has settled after its boot: the
@@ -163,30 +154,44 @@ func (s *Session) WaitCaughtUp(ctx context.Context, vm string, timeout time.Dura
 // protection. Only for guests that go idle after boot.
 func (s *Session) WaitSettled(ctx context.Context, vm string, timeout time.Duration) error {
 	const settleFor = 2 * time.Second
-	deadline := time.Now().Add(timeout)
 	var since time.Time
+	st, err := pollPrimary(ctx, vm, timeout, func(st control.VMStatus, now time.Time) bool {
+		if st.BackupIcount == 0 || st.LagMS >= float64(st.LagBoundMS)/2 || st.ThrottleQuota < 1 {
+			since = time.Time{}
+			return false
+		}
+		if since.IsZero() {
+			since = now
+		}
+		return now.Sub(since) >= settleFor
+	})
+	if errors.Is(err, errPollTimeout) {
+		return fmt.Errorf("backup of %s did not settle within %s (lag %.0f ms, throttle quota %.2f)", vm, timeout, st.LagMS, st.ThrottleQuota)
+	}
+	return err
+}
+
+var errPollTimeout = errors.New("timed out")
+
+// pollPrimary reads vm's status on host A every 200 ms until done says so, and
+// returns the last status read; errPollTimeout when timeout passes first.
+func pollPrimary(ctx context.Context, vm string, timeout time.Duration, done func(control.VMStatus, time.Time) bool) (control.VMStatus, error) {
+	deadline := time.Now().Add(timeout)
 	for {
 		st, err := lab.Status(ctx, lab.HostA, vm)
 		if err != nil {
-			return err
+			return st, err
 		}
 		now := time.Now()
-		if st.BackupIcount > 0 && st.LagMS < float64(st.LagBoundMS)/2 && st.ThrottleQuota >= 1 {
-			if since.IsZero() {
-				since = now
-			}
-			if now.Sub(since) >= settleFor {
-				return nil
-			}
-		} else {
-			since = time.Time{}
+		if done(st, now) {
+			return st, nil
 		}
 		if now.After(deadline) {
-			return fmt.Errorf("backup of %s did not settle within %s (lag %.0f ms, throttle quota %.2f)", vm, timeout, st.LagMS, st.ThrottleQuota)
+			return st, errPollTimeout
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return st, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
