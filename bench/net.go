@@ -29,6 +29,9 @@ type NetSide struct {
 	// would swamp them): bucket upper bounds from outputrule.DelayHist.
 	AddedDelayP50ms float64 `json:"output_rule_added_delay_p50_ms"`
 	AddedDelayP99ms float64 `json:"output_rule_added_delay_p99_ms"`
+	// RTTThrottledS is how long the throttle held the primary back during the
+	// request/response phase (0 unprotected): the round trips' tail follows it.
+	RTTThrottledS float64 `json:"rtt_throttled_s"`
 }
 
 // NetResult is `ftvmd bench net`'s summary: request/response latency and bulk TCP
@@ -37,6 +40,7 @@ type NetResult struct {
 	Env               Env     `json:"env"`
 	Requests          int     `json:"requests"`
 	BulkMB            int     `json:"bulk_mb"`
+	LagBoundMS        int     `json:"lag_bound_ms"`
 	Unprotected       NetSide `json:"unprotected"`
 	Protected         NetSide `json:"protected"`
 	AddedP50ms        float64 `json:"added_latency_p50_ms"`
@@ -46,12 +50,14 @@ type NetResult struct {
 	InvariantFailures uint64  `json:"invariant_failures"`
 }
 
-// Net runs the network benchmark.
-func Net(ctx context.Context, s *Session, env Env, requests, mb int) (NetResult, error) {
-	res := NetResult{Env: env, Requests: requests, BulkMB: mb}
+// Net runs the network benchmark with the guest's lag bound at lagBoundMS (the
+// throttle's set point follows it, so it decides how often round trips meet a
+// throttled primary).
+func Net(ctx context.Context, s *Session, env Env, requests, mb, lagBoundMS int) (NetResult, error) {
+	res := NetResult{Env: env, Requests: requests, BulkMB: mb, LagBoundMS: lagBoundMS}
 	for _, protected := range []bool{false, true} {
 		vm := "benchnet"
-		if _, err := s.StartGuest(ctx, vm, "", protected); err != nil {
+		if _, err := s.StartGuest(ctx, vm, "", protected, "--lag-bound-ms", fmt.Sprint(lagBoundMS)); err != nil {
 			return res, err
 		}
 		if protected {
@@ -93,15 +99,22 @@ func logBytes(ctx context.Context, vm string) int64 {
 	return st.LogWritten
 }
 
-// rrSnapshot reads, in one status call on the primary, the log bytes written and
-// the output rule's added-delay histogram, for subtracting two snapshots.
-func rrSnapshot(ctx context.Context, vm string) (int64, outputrule.DelayHist, error) {
+// rrSnap is what one status call on the primary gives for subtracting two of them:
+// the log bytes written, the output rule's added-delay histogram and the time the
+// throttle has held the primary back.
+type rrSnap struct {
+	logWritten int64
+	hist       outputrule.DelayHist
+	throttled  float64 // seconds
+}
+
+func rrSnapshot(ctx context.Context, vm string) (rrSnap, error) {
 	st, err := lab.Status(ctx, lab.HostA, vm)
 	if err != nil {
-		return 0, outputrule.DelayHist{}, err
+		return rrSnap{}, err
 	}
 	h, err := outputrule.DelayHistFromCounts(st.AddedDelayHist)
-	return st.LogWritten, h, err
+	return rrSnap{logWritten: st.LogWritten, hist: h, throttled: st.ThrottledSec}, err
 }
 
 func mbit(bytes int64, d time.Duration) float64 { return float64(bytes) * 8 / 1e6 / d.Seconds() }
@@ -126,7 +139,7 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 	var rtts []float64
 	// One status read before and one after the loop give both the log written and
 	// the output rule's delay histogram for the interval.
-	l0, h0, err := rrSnapshot(ctx, vm)
+	r0, err := rrSnapshot(ctx, vm)
 	if err != nil {
 		return side, err
 	}
@@ -143,14 +156,15 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 	side.RTTms = NewDist(rtts)
 	// Each response was released before the client read it, so every frame of the
 	// loop is already counted in the histogram.
-	l1, h1, err := rrSnapshot(ctx, vm)
+	r1, err := rrSnapshot(ctx, vm)
 	if err != nil {
 		return side, err
 	}
-	side.RRLogMbitS = mbit(l1-l0, elapsed)
-	h := h1.Sub(h0)
+	side.RRLogMbitS = mbit(r1.logWritten-r0.logWritten, elapsed)
+	h := r1.hist.Sub(r0.hist)
 	side.AddedDelayP50ms, side.AddedDelayP99ms = ms(h.Quantile(0.5)), ms(h.Quantile(0.99))
-	s.logf("rtt p50 %.2f ms p99 %.2f ms", side.RTTms.P50, side.RTTms.P99)
+	side.RTTThrottledS = r1.throttled - r0.throttled
+	s.logf("rtt p50 %.2f ms p99 %.2f ms, throttled %.1f s", side.RTTms.P50, side.RTTms.P99, side.RTTThrottledS)
 
 	n := int64(mb) << 20
 	// Guest -> client: `get n` answers a header line then n bytes.
@@ -158,7 +172,7 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 	if err != nil {
 		return side, err
 	}
-	l0, t0 = logBytes(ctx, vm), time.Now()
+	l0, t0 := logBytes(ctx, vm), time.Now()
 	_ = c.Conn.SetDeadline(time.Now().Add(10 * time.Minute))
 	if _, err := fmt.Fprintf(c.Conn, "get %d\n", n); err != nil {
 		return side, err

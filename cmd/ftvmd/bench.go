@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ftvmd/ftvmd/bench"
+	"github.com/ftvmd/ftvmd/vmspec"
 )
 
 // Benchmarks run on the lab (they bring it up and down themselves). Progress goes to
@@ -44,17 +45,18 @@ func newBenchCmd() *cobra.Command {
 	}
 	cpu.Flags().IntVar(&mb, "mb", 30, "MiB to md5 in the guest")
 	cpu.Flags().IntVar(&runs, "runs", 3, "runs each way")
-	var requests, bulk int
+	var requests, bulk, netLagBound int
 	netc := &cobra.Command{
 		Use: "net", Short: "Request/response latency and bulk TCP throughput both ways, unprotected vs protected, in one run",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBench(cmd.Context(), opts, func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
-				return bench.Net(ctx, s, env, requests, bulk)
+				return bench.Net(ctx, s, env, requests, bulk, netLagBound)
 			})
 		},
 	}
 	netc.Flags().IntVar(&requests, "requests", 1000, "request/response round trips")
 	netc.Flags().IntVar(&bulk, "mb", 200, "MiB per bulk transfer")
+	netc.Flags().IntVar(&netLagBound, "lag-bound-ms", vmspec.DefaultLagBoundMS, "the guest's lag bound: a looser bound throttles the primary less often")
 	var foRuns int
 	fo := &cobra.Command{
 		Use: "failover", Short: "Client-observed outage of kill-primary over many runs (detection, claim, go-live)",

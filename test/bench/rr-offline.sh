@@ -7,7 +7,8 @@
 #   e.g. bash test/bench/rr-offline.sh busy-vm 40 -rtc clock=vm
 #
 # Env: SHIFT (icount shift, default 4), APPEND (extra kernel args, default ft.busy=1),
-# OUT (work dir, default /tmp/rr-offline). Prints record and replay wall times, whether
+# OUT (work dir, default /tmp/rr-offline), QEMU (the emulator, default qemu-system-x86_64;
+# a wrapper script works). Prints record and replay wall times, whether
 # the consoles are byte-identical, and the steady instruction rates (last 20 s).
 set -euo pipefail
 name=$1; secs=$2; shift 2
@@ -15,7 +16,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 g=$repo/build/guest
 out=${OUT:-/tmp/rr-offline}; mkdir -p "$out"; cd "$out"
 shift_=${SHIFT:-4}; append="console=ttyS0 quiet panic=-1 ft.ip=10.9.9.9/24 ${APPEND-ft.busy=1}"
-q=(qemu-system-x86_64 -M pc -accel tcg -cpu qemu64 -smp 1 -m 256 -nographic -nodefaults
+q=("${QEMU:-qemu-system-x86_64}" -M pc -accel tcg -cpu qemu64 -smp 1 -m 256 -nographic -nodefaults
    -no-user-config -kernel "$g/vmlinuz" -initrd "$g/initrd.img" -append "$append" "$@")
 rm -f "$name".*
 poll() { # socket outfile: "seconds icount" once a second until QEMU goes away
