@@ -130,6 +130,10 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 		return side, err
 	}
 	defer c.Close()
+	// The bulk phases block in reads and writes with minutes-long deadlines: when the
+	// run is cancelled (Ctrl-C, SIGTERM) close the connection so that they return at
+	// once and the lab is torn down now, not when a deadline passes.
+	defer context.AfterFunc(ctx, func() { c.Close() })()
 	// Warm up, then request/response latency.
 	for i := 0; i < 20; i++ {
 		if _, err := c.Do("ping", 30*time.Second); err != nil {

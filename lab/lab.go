@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/ftvmd/ftvmd/control"
 )
@@ -34,7 +36,37 @@ const (
 	PeerPort      = 7800
 	// CgroupRoot is where the lab binds /sys/fs/cgroup for agents in namespaces.
 	CgroupRoot = "/run/ftvmd-lab-cgroup"
+	// LockPath is locked (flock) by whoever has the lab up, from Up to Down. The
+	// machine has one lab and bringing one up tears the old one down: without the
+	// lock a second user (a test, a benchmark, test/demo.sh) silently kills the
+	// first one's agents and namespaces mid-run. The file names the holder.
+	LockPath = "/run/ftvmd-lab.lock"
 )
+
+// ErrInUse: another process has the lab up.
+var ErrInUse = errors.New("the lab is in use")
+
+// lockLab takes the lab's lock without waiting and records who holds it. The
+// descriptor is close-on-exec, so agents and QEMUs the holder starts do not keep
+// the lock after it exits.
+func lockLab(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lab lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		holder, _ := io.ReadAll(io.LimitReader(f, 512))
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w (%s: %s); wait for it or stop it first", ErrInUse, path, strings.TrimSpace(string(holder)))
+		}
+		return nil, fmt.Errorf("lab lock %s: %w", path, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d: %s\n", os.Getpid(), strings.Join(os.Args, " "))), 0)
+	}
+	return f, nil
+}
 
 func bindCgroups() error {
 	if out, err := exec.Command("mountpoint", "-q", CgroupRoot).CombinedOutput(); err == nil {
@@ -82,6 +114,7 @@ type Lab struct {
 	mu     sync.Mutex
 	agents map[string]*exec.Cmd
 	waits  map[string]chan error
+	lock   *os.File // LockPath, held from Up to Down
 }
 
 // FindRepo walks up from the working directory to the directory holding go.mod.
@@ -121,11 +154,21 @@ func Check(repo string) error {
 }
 
 // Up brings the lab up (fresh: an old lab is torn down first) and makes TLS keys.
-func Up(ctx context.Context, repo string, logf func(string, ...any)) (*Lab, error) {
+// It fails with ErrInUse while another process has the lab up.
+func Up(ctx context.Context, repo string, logf func(string, ...any)) (_ *Lab, err error) {
 	if err := Check(repo); err != nil {
 		return nil, err
 	}
-	l := &Lab{
+	lock, err := lockLab(LockPath)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			lock.Close()
+		}
+	}()
+	l := &Lab{lock: lock,
 		Repo: repo, Bin: filepath.Join(repo, "build/ftvmd"), FlushLib: filepath.Join(repo, "build/libftflush.so"),
 		Kernel: filepath.Join(repo, "build/guest/vmlinuz"), Initrd: filepath.Join(repo, "build/guest/initrd.img"),
 		Logf: logf, agents: map[string]*exec.Cmd{}, waits: map[string]chan error{},
@@ -164,6 +207,10 @@ func (l *Lab) Down(purge bool) error {
 		args = append(args, "--purge")
 	}
 	out, err := exec.Command("bash", args...).CombinedOutput()
+	if l.lock != nil {
+		l.lock.Close() // releases the flock
+		l.lock = nil
+	}
 	if err != nil {
 		return fmt.Errorf("lab down: %v: %s", err, out)
 	}

@@ -11,6 +11,7 @@ bash test/setup.sh
 ft=$repo/build/ftvmd
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
+ftlab_lock
 say "bringing up the lab (hosts A, B, client C, shared storage)"
 bash test/lab/lab.sh down --purge >/dev/null 2>&1 || true
 bash test/lab/lab.sh up
@@ -26,7 +27,7 @@ start_agent() { # host ns ip dir cpus
   ip netns exec "$2" setsid "$ft" agent --host "$1" --state-dir "$4" --listen "$3:7800" --cpus "$5" \
     --flush-lib "$repo/build/libftflush.so" --cgroup-root /run/ftvmd-lab-cgroup --peer-timeout 3s \
     --shared-dir "$FTLAB_SHARED" \
-    >>"$FTLAB_ROOT/agent-$1.log" 2>&1 </dev/null &
+    >>"$FTLAB_ROOT/agent-$1.log" 2>&1 </dev/null 9>&- &
 }
 start_agent a "$FTLAB_NS_A" "$FTLAB_IP_A" "$FTLAB_DIR_A" "$FTLAB_CPUS_A"
 start_agent b "$FTLAB_NS_B" "$FTLAB_IP_B" "$FTLAB_DIR_B" "$FTLAB_CPUS_B"
@@ -64,5 +65,6 @@ echo "seq 99 after-failover" | ip netns exec "$FTLAB_NS_C" nc -w 5 -q 2 "$FTLAB_
 tail -n 2 "$FTLAB_DIR_B/run/demo.primary/console.log"; echo
 
 say "failover drill: a fresh lab, client load, then every process of host A is SIGKILLed"
+exec 9>&- # the drill tears this lab down, brings up its own and takes the lab's lock itself
 "$ft" drill demo --kind kill-primary >/dev/null
 say "demo done. Agent logs of the drill: $FTLAB_ROOT/agent-*.log"

@@ -14,6 +14,7 @@ set -euo pipefail
 a=$1; b=$2; rounds=${3:-2}; requests=${4:-1500}; mb=${5:-50}
 repo=$(cd "$(dirname "$0")/../.." && pwd); cd "$repo"
 . test/lab/lab.env
+ftlab_lock "$@"
 probe=$(mktemp -d)/netprobe
 go build -o "$probe" ./test/bench/netprobe
 for bin in "$a" "$b"; do [ -x "$bin" ] || { echo "ab-net: $bin is not an executable" >&2; exit 2; }; done
@@ -39,7 +40,7 @@ up() { # bin: fresh lab, agents of bin, guest "ab" protected and settled
     [ $h = b ] && ns=$FTLAB_NS_B ip=$FTLAB_IP_B dir=$FTLAB_DIR_B cpus=$FTLAB_CPUS_B
     ip netns exec "$ns" setsid "$ft" agent --host $h --state-dir "$dir" --listen "$ip:7800" --cpus "$cpus" \
       --flush-lib "$repo/build/libftflush.so" --cgroup-root /run/ftvmd-lab-cgroup --peer-timeout 3s \
-      --shared-dir "$FTLAB_SHARED" >>"$FTLAB_ROOT/agent-$h.log" 2>&1 </dev/null &
+      --shared-dir "$FTLAB_SHARED" >>"$FTLAB_ROOT/agent-$h.log" 2>&1 </dev/null 9>&- &
   done
   disown -a
   fa() { ip netns exec "$FTLAB_NS_A" "$ft" --socket "$FTLAB_SOCK_A" "$@"; }
