@@ -67,6 +67,10 @@ func Net(ctx context.Context, s *Session, env Env, requests, mb, lagBoundMS int)
 		}
 		side, err := netSide(ctx, s, vm, protected, requests, mb)
 		if err != nil {
+			if ctx.Err() != nil {
+				// The connection was closed under the phase: say why, not how.
+				return res, fmt.Errorf("bench net: %w", context.Cause(ctx))
+			}
 			return res, err
 		}
 		st, err := lab.Status(ctx, lab.HostA, vm)
