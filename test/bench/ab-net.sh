@@ -89,8 +89,8 @@ for r in $(seq "$rounds"); do
   done
 done
 for bin in "$a" "$b"; do
-  jq -sc --arg bin "$bin" 'map(select(.bin==$bin)) as $x
-    | def med(f): ($x | map(f) | sort) as $v | if ($v|length)%2==1 then $v[($v|length)/2|floor] else ($v[($v|length)/2-1]+$v[($v|length)/2])/2 end;
+  jq -L "$repo/test/bench" -sc --arg bin "$bin" 'include "median";
+    map(select(.bin==$bin)) as $x | def med(f): $x | map(f) | median;
     {bin:$bin, rounds:($x|length), rtt_p50_ms:med(.rtt.p50_ms), rtt_p99_ms:med(.rtt.p99_ms),
      rtt_hold_p50_ms:med(.rtt_hold_p50_ms), rtt_hold_p99_ms:med(.rtt_hold_p99_ms),
      get_MB_s:med(.get.MB_s), rtt_throttled_s:med(.rtt_throttled_s), get_throttled_s:med(.get_throttled_s)}' "$results"

@@ -22,9 +22,8 @@ for i in $(seq "$n"); do
   echo "$line" | tee -a "$out"
   runs+=("$line")
 done
-printf '%s\n' "${runs[@]}" | jq -sc '
-  def spread(f): (map(f) | sort) as $v
-    | {min: $v[0], median: (if ($v|length)%2==1 then $v[($v|length)/2|floor] else ($v[($v|length)/2-1]+$v[($v|length)/2])/2 end), max: $v[-1]};
+printf '%s\n' "${runs[@]}" | jq -L "$repo/test/bench" -sc 'include "median";
+  def spread(f): map(f) | {min: min, median: median, max: max};
   {runs: length,
    added_p50_ms: spread(.added_latency_p50_ms), added_p99_ms: spread(.added_latency_p99_ms),
    unprotected_p50_ms: spread(.unprotected.rtt_ms.p50), protected_p50_ms: spread(.protected.rtt_ms.p50),
