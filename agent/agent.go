@@ -21,6 +21,7 @@ import (
 	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/netbuf"
+	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/throttle"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
@@ -40,7 +41,7 @@ type Config struct {
 	Socket     string // control socket
 	KeysDir    string // TLS keys made by `ftvmd keys`
 	FlushLib   string // libftflush.so
-	QEMU       string // qemu-system-x86_64 binary
+	QEMU       string // qemu-system-x86_64 binary; "" picks ftvmd's build, then the distribution's (qemu.DetectEngine)
 	CPUs       string // cpuset for this host's QEMUs ("" = any)
 	Bridge     string // host bridge the VM taps join
 	CgroupRoot string // normally /sys/fs/cgroup; "" disables cgroups
@@ -68,7 +69,6 @@ func DefaultConfig(host, dir string) Config {
 		Listen:            fmt.Sprintf(":%d", DefaultPeerPort),
 		Socket:            filepath.Join(dir, "ftvmd.sock"),
 		KeysDir:           filepath.Join(dir, "keys"),
-		QEMU:              "qemu-system-x86_64",
 		Bridge:            "br0",
 		CgroupRoot:        "/sys/fs/cgroup",
 		HeartbeatInterval: 50 * time.Millisecond,
@@ -115,9 +115,10 @@ type vmRunner interface {
 
 // Agent is the daemon. Create with New, run with Run.
 type Agent struct {
-	cfg   Config
-	log   *slog.Logger
-	specs vmspec.Store
+	cfg    Config
+	engine qemu.Engine // the QEMU this host runs VMs on
+	log    *slog.Logger
+	specs  vmspec.Store
 
 	store disk.EpochStore // nil without shared storage
 
@@ -135,11 +136,17 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
+	eng, err := qemu.DetectEngine(context.Background(), cfg.QEMU)
+	if err != nil {
+		return nil, err
+	}
+	cfg.QEMU = eng.Binary
 	a := &Agent{
-		cfg:   cfg,
-		log:   cfg.Logger.With("host", cfg.Host),
-		specs: vmspec.Store{Dir: filepath.Join(cfg.StateDir, "vms")},
-		vms:   map[string]vmRunner{},
+		engine: eng,
+		cfg:    cfg,
+		log:    cfg.Logger.With("host", cfg.Host),
+		specs:  vmspec.Store{Dir: filepath.Join(cfg.StateDir, "vms")},
+		vms:    map[string]vmRunner{},
 	}
 	if cfg.SharedDir != "" {
 		st, err := disk.NewDirStore(cfg.SharedDir, disk.WithLogger(a.log))
@@ -175,7 +182,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		ctl.Close()
 		return fmt.Errorf("peer listener: %w", err)
 	}
-	a.log.Info("agent started", "control", a.cfg.Socket, "peer", a.cfg.Listen, "cpus", a.cfg.CPUs)
+	a.log.Info("agent started", "control", a.cfg.Socket, "peer", a.cfg.Listen, "cpus", a.cfg.CPUs,
+		"engine", a.engine.Name, "qemu", a.engine.Binary)
+	if w := a.engine.Warning(); w != "" {
+		a.log.Warn("QEMU engine", "engine", a.engine.Name, "warning", w)
+	}
 
 	errc := make(chan error, 2)
 	go func() { errc <- control.Serve(ctx, ctl, a.handle, a.log) }()

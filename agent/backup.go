@@ -652,7 +652,7 @@ func (b *backup) status() control.VMStatus {
 	defer b.mu.Unlock()
 	st := control.VMStatus{
 		Name: b.spec.Name, Role: "backup", State: b.state, Peer: b.peer, Detail: b.detail,
-		StartedAt: b.started, Icount: b.replayed, EmittedFrames: b.emitted.Load(),
+		StartedAt: b.started, Engine: b.a.engine.Name, EngineWarning: b.a.engine.Warning(), Icount: b.replayed, EmittedFrames: b.emitted.Load(),
 	}
 	if b.m != nil {
 		st.PID = b.m.PID()

@@ -781,7 +781,7 @@ func (p *primary) status() control.VMStatus {
 	defer p.mu.Unlock()
 	st := control.VMStatus{
 		Name: p.spec.Name, Role: "primary", State: p.state, Peer: p.peer, Detail: p.detail,
-		StartedAt: p.started, Epoch: p.epoch,
+		StartedAt: p.started, Engine: p.a.engine.Name, EngineWarning: p.a.engine.Warning(), Epoch: p.epoch,
 		FailoverClaimMS: ms(p.claimDur), FailoverGoLiveMS: ms(p.goLiveDur),
 		Disk: p.diskPath(), CopyDone: p.copied.Done, CopyTotal: p.copied.Total, CopyRate: p.copied.Rate, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
 		LogReplayed: p.replayed, LagBytes: p.lagBytes, LagMS: p.lagMS, WorkLagMS: p.workLagMS, LagBoundMS: p.spec.LagBoundMS,

@@ -65,6 +65,10 @@ type VMStatus struct {
 	StartedAt time.Time `json:"started_at"`
 	PID       int       `json:"pid,omitempty"`
 	Epoch     uint64    `json:"epoch,omitempty"` // shared-storage epoch this copy runs under
+	// Engine names the QEMU this copy runs on (qemu.Engine.Name), and what an
+	// operator should know about it (qemu.Engine.Warning).
+	Engine        string `json:"engine,omitempty"`
+	EngineWarning string `json:"engine_warning,omitempty"`
 	// Last failover handled by this copy: time to win the epoch claim, and (after a
 	// backup went live) the go-live itself.
 	FailoverClaimMS  float64 `json:"failover_claim_ms,omitempty"`

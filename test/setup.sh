@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 host (as root) for ftvmd: installs the Debian packages it
-# needs, builds ftvmd, the flush library and the lab guest image into build/.
+# needs, builds ftvmd, the flush library and the lab guest image into build/, and
+# ftvmd's QEMU into /opt/ftvmd/qemu (qemu/engine/build.sh).
 # Idempotent: packages already present are not reinstalled, the guest image is cached.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,6 +32,8 @@ log "building ftvmd ($(go env GOVERSION))"
 go build -trimpath -o build/ftvmd ./cmd/ftvmd
 log "building the log flush library"
 bash qemu/flush/build.sh build
+log "building ftvmd's QEMU (cached in /opt/ftvmd/qemu; ~5 min the first time)"
+bash qemu/engine/build.sh
 log "building the lab guest image"
 bash test/guest/build.sh build/guest
-log "setup done: build/ftvmd, build/libftflush.so, build/guest/"
+log "setup done: build/ftvmd, build/libftflush.so, build/guest/, $(readlink -f /opt/ftvmd/qemu/current)"

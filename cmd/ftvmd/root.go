@@ -18,6 +18,7 @@ import (
 	"github.com/ftvmd/ftvmd/agent"
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
@@ -108,7 +109,7 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&listen, "listen", "", fmt.Sprintf("peer listener address (default :%d)", agent.DefaultPeerPort))
 	f.StringVar(&socket, "control-socket", "", "control socket (default <state-dir>/ftvmd.sock)")
 	f.StringVar(&flush, "flush-lib", defaultFlushLib(), "the log flush library (libftflush.so)")
-	f.StringVar(&qemuBin, "qemu", "qemu-system-x86_64", "QEMU binary")
+	f.StringVar(&qemuBin, "qemu", "", "QEMU binary (default: ftvmd's build in "+qemu.EngineDir+", else qemu-system-x86_64 on PATH)")
 	f.StringVar(&cpus, "cpus", "", "cpuset for this host's QEMUs, e.g. 0 or 2-3 (default: any)")
 	f.StringVar(&bridge, "bridge", "br0", "host bridge that VM taps join")
 	f.StringVar(&shared, "shared-dir", "", "shared storage directory (both hosts) for failover epoch claims; empty disables failover")
@@ -311,6 +312,12 @@ func printStatus(w io.Writer, resp control.Response) {
 			fmt.Fprintf(tw, "detail\t%s\n", v.Detail)
 		}
 		fmt.Fprintf(tw, "uptime\t%s\tqemu pid %d\n", time.Since(v.StartedAt).Round(time.Second), v.PID)
+		if v.Engine != "" {
+			fmt.Fprintf(tw, "engine\t%s\n", v.Engine)
+		}
+		if v.EngineWarning != "" {
+			fmt.Fprintf(tw, "warning\t%s\n", v.EngineWarning)
+		}
 		if v.Epoch > 0 {
 			fmt.Fprintf(tw, "epoch\t%d", v.Epoch)
 			if v.FailoverClaimMS > 0 || v.FailoverGoLiveMS > 0 {

@@ -1,0 +1,113 @@
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// EngineDir is where qemu/engine/build.sh installs ftvmd's own QEMU build
+// (a symlink to the build of the current source version and patches).
+const EngineDir = "/opt/ftvmd/qemu/current"
+
+// Engine is the QEMU a host runs VMs on and what it offers.
+type Engine struct {
+	// Binary is the qemu-system-x86_64 to run.
+	Binary string
+	// Name says which engine it is, e.g. "ftvmd-qemu 7.2+dfsg+ftvmd.6dc610661a1154c9"
+	// or "distribution QEMU 7.2.22". Record and replay must run the same engine.
+	Name string
+	// Patched is true for ftvmd's own build (an ENGINE file beside it).
+	Patched bool
+	// Patches lists the patch files of ftvmd's build.
+	Patches []string
+}
+
+// Warning is what an operator should know about the engine, "" if nothing:
+// the distribution's QEMU records guest transmit bursts in a way its replay
+// cannot follow (net/dgram defers a frame at a moment the log does not hold).
+func (e Engine) Warning() string {
+	if e.Patched {
+		return ""
+	}
+	return "not ftvmd's QEMU build: under guest transmit load its replay can diverge and stall " +
+		"(frames deferred by -netdev dgram are not in the log); build it with: bash qemu/engine/build.sh"
+}
+
+// DetectEngine finds the QEMU to use and identifies it. An explicit binary
+// (a path or a name on PATH) wins; otherwise ftvmd's build in EngineDir, then
+// qemu-system-x86_64 on PATH.
+func DetectEngine(ctx context.Context, binary string) (Engine, error) {
+	return detectEngine(ctx, binary, EngineDir)
+}
+
+func detectEngine(ctx context.Context, binary, engineDir string) (Engine, error) {
+	if binary == "" {
+		own := filepath.Join(engineDir, "bin", DefaultBinary)
+		if st, err := os.Stat(own); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			binary = own
+		} else {
+			binary = DefaultBinary
+		}
+	}
+	path, err := exec.LookPath(binary)
+	if err != nil {
+		return Engine{}, fmt.Errorf("%w: %q (install Debian package qemu-system-x86, build ftvmd's QEMU with qemu/engine/build.sh, or pass --qemu)", ErrQEMUNotFound, binary)
+	}
+	e := Engine{Binary: path}
+	// ftvmd's build: <prefix>/bin/qemu-system-x86_64 with <prefix>/ENGINE.
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		real = path
+	}
+	if b, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(real)), "ENGINE")); err == nil {
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		for sc.Scan() {
+			k, v, ok := strings.Cut(sc.Text(), "=")
+			if !ok {
+				continue
+			}
+			switch k {
+			case "engine":
+				e.Name = v
+			case "patch":
+				e.Patches = append(e.Patches, v)
+			}
+		}
+		if e.Name != "" {
+			e.Patched = true
+			return e, nil
+		}
+	}
+	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(vctx, path, "--version").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return Engine{}, fmt.Errorf("%s --version: %w: %s", path, err, bytes.TrimSpace(ee.Stderr))
+		}
+		return Engine{}, fmt.Errorf("%s --version: %w", path, err)
+	}
+	e.Name = "distribution QEMU " + parseVersion(string(out))
+	return e, nil
+}
+
+// parseVersion takes "QEMU emulator version 7.2.22 (Debian ...)" to "7.2.22".
+func parseVersion(out string) string {
+	line, _, _ := strings.Cut(out, "\n")
+	f := strings.Fields(line)
+	for i, w := range f {
+		if w == "version" && i+1 < len(f) {
+			return f[i+1]
+		}
+	}
+	return strings.TrimSpace(line)
+}

@@ -1,0 +1,77 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// writeExe writes an executable shell script at path.
+func writeExe(t *testing.T, path, script string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDetectEnginePrefersOwnBuild(t *testing.T) {
+	dir := t.TempDir()
+	build := filepath.Join(dir, "qemu", "abc123")
+	writeExe(t, filepath.Join(build, "bin", DefaultBinary), "exit 1")
+	engine := "engine=ftvmd-qemu 7.2+dfsg+ftvmd.abc123\nsource=1:7.2+dfsg-7\npatch=0001-a.patch\npatch=0002-b.patch\n"
+	if err := os.WriteFile(filepath.Join(build, "ENGINE"), []byte(engine), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	current := filepath.Join(dir, "qemu", "current")
+	if err := os.Symlink("abc123", current); err != nil {
+		t.Fatal(err)
+	}
+	e, err := detectEngine(context.Background(), "", current)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.Patched || e.Name != "ftvmd-qemu 7.2+dfsg+ftvmd.abc123" || len(e.Patches) != 2 || e.Warning() != "" {
+		t.Fatalf("engine = %+v", e)
+	}
+	if e.Binary != filepath.Join(current, "bin", DefaultBinary) {
+		t.Fatalf("binary = %s", e.Binary)
+	}
+}
+
+func TestDetectEngineDistribution(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin", "fake-qemu")
+	writeExe(t, bin, `echo "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)"; echo "Copyright"`)
+	e, err := detectEngine(context.Background(), bin, filepath.Join(dir, "none"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Patched || e.Name != "distribution QEMU 7.2.22" {
+		t.Fatalf("engine = %+v", e)
+	}
+	if !strings.Contains(e.Warning(), "qemu/engine/build.sh") {
+		t.Fatalf("warning = %q", e.Warning())
+	}
+}
+
+func TestDetectEngineMissing(t *testing.T) {
+	_, err := detectEngine(context.Background(), filepath.Join(t.TempDir(), "no-such-qemu"), t.TempDir())
+	if !errors.Is(err, ErrQEMUNotFound) {
+		t.Fatalf("err = %v, want ErrQEMUNotFound", err)
+	}
+}
+
+func TestDetectEngineBrokenBinary(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "qemu")
+	writeExe(t, bin, "echo boom >&2; exit 3")
+	_, err := detectEngine(context.Background(), bin, t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("err = %v, want the binary's stderr", err)
+	}
+}
