@@ -102,7 +102,7 @@ log "configuring"
   { tail -30 "$work/configure.log" >&2; die "configure failed (log above)"; }
 log "compiling (ninja -j$(nproc))"
 # Progress every ~200 steps instead of ninja's 1400 lines.
-ninja -j"$(nproc)" qemu-system-x86_64 2>&1 | awk '/^\[[0-9]+\/[0-9]+\]/ { split(substr($1,2),a,"/"); if (a[1] % 200 == 0 || a[1] == a[2]) printf "qemu-engine:   step %s of %s\n", a[1], a[2]; fflush(); next } /error|Error|FAILED/ { print }'
+ninja -j"$(nproc)" qemu-system-x86_64 2>&1 | awk '/^\[[0-9]+\/[0-9]+\]/ { split(substr($1,2,length($1)-2),a,"/"); if (a[1] % 200 == 0 || a[1] == a[2]) printf "qemu-engine:   step %s of %s\n", a[1], a[2]; fflush(); next } /error|Error|FAILED/ { print }'
 [ "${PIPESTATUS[0]}" = 0 ] || die "compile failed"
 
 tmpdest=$dest.tmp.$$
