@@ -25,7 +25,7 @@ srcver=$(dpkg-query -W -f='${source:Version}' qemu-system-x86 2>/dev/null) ||
 
 configure_flags=(--target-list=x86_64-softmmu --disable-docs --disable-werror --disable-user
   --without-default-features --enable-tcg --enable-fdt=system
-  --disable-debug-info)
+  --disable-debug-info --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu)
 
 key=$({
   echo "$srcver"
@@ -40,7 +40,7 @@ if [ -x "$dest/bin/qemu-system-x86_64" ] && [ -f "$dest/ENGINE" ]; then
   exit 0
 fi
 
-log "building ftvmd's QEMU from Debian source $srcver with $(ls "$here"/patches/*.patch | wc -l) patches (key $key; ~5 min on 2 cores)"
+log "building ftvmd's QEMU from Debian source $srcver with $(ls "$here"/patches/*.patch | wc -l) patches (key $key; 2-3 min on 2 cores)"
 start=$(date +%s)
 
 # Debian 12's sources list carries only binary packages: add the source entries
@@ -107,12 +107,11 @@ ninja -j"$(nproc)" qemu-system-x86_64 2>&1 | awk '/^\[[0-9]+\/[0-9]+\]/ { split(
 
 tmpdest=$dest.tmp.$$
 rm -rf "$tmpdest"
-mkdir -p "$tmpdest/bin" "$tmpdest/share"
+mkdir -p "$tmpdest/bin"
 install -m 0755 qemu-system-x86_64 "$tmpdest/bin/qemu-system-x86_64"
-# A QEMU finds its firmware relative to its binary (../share/qemu). Debian's own
-# set (SeaBIOS, iPXE, option ROMs) is the firmware record and replay must agree
-# on: both hosts use the same files.
-ln -s /usr/share/qemu "$tmpdest/share/qemu"
+# Firmware comes from Debian's packages, where Debian's own QEMU looks for it
+# (--firmwarepath above): SeaBIOS, iPXE and the option ROMs are part of what
+# record and replay must agree on, so both hosts use the same files.
 {
   echo "engine=ftvmd-qemu $upver+ftvmd.$key"
   echo "source=$srcver"
@@ -120,6 +119,12 @@ ln -s /usr/share/qemu "$tmpdest/share/qemu"
   for p in "$here"/patches/*.patch; do echo "patch=$(basename "$p")"; done
   echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 } >"$tmpdest/ENGINE"
+# The firmware must be found: a QEMU that cannot load its BIOS exits at once,
+# one that can sits paused (-S) until the timeout ends it (exit 124).
+rc=0
+out=$(timeout 3 "$tmpdest/bin/qemu-system-x86_64" -M pc -accel tcg -m 64 -nographic -nodefaults \
+  -no-user-config -serial null -monitor none -S 2>&1) || rc=$?
+[ "$rc" = 124 ] || die "the built QEMU does not start (exit $rc): $out"
 echo "version=$("$tmpdest/bin/qemu-system-x86_64" --version | head -1)" >>"$tmpdest/ENGINE" ||
   die "the built QEMU does not run"
 rm -rf "$dest"
