@@ -54,6 +54,12 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn) {
 			log.Warn("peer reply", "err", werr)
 		}
 	}
+	if err := checkPeerName(a.cfg.Host, hello.From, "primary"); err != nil {
+		log.Warn("peer refused", "from", hello.From, "err", err)
+		reply(err)
+		c.Close()
+		return
+	}
 	if hello.Op == "checksum" {
 		if err := logging.WriteHelloReply(c, a.checksum(hello.Spec.Name)); err != nil {
 			log.Warn("checksum reply", "err", err)

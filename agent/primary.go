@@ -133,6 +133,12 @@ func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup strin
 	}
 	defer func() {
 		if err != nil {
+			if p.conn != nil && p.sender == nil {
+				// The backup is waiting for the log: a Bye makes it stop, where a
+				// closed connection would read as a lost primary and make it claim
+				// the next epoch and go live from a log that never started.
+				_ = logging.WriteBye(p.conn, "primary failed to start: "+err.Error())
+			}
 			_ = p.stop(context.Background())
 			a.unregister(spec.Name, p)
 		}
@@ -207,6 +213,13 @@ func (p *primary) connectBackup(ctx context.Context) error {
 	}
 	if !reply.OK {
 		return fmt.Errorf("backup %s refused: %s", p.peer, reply.Error)
+	}
+	if err := checkPeerName(p.a.cfg.Host, reply.Host, "backup"); err != nil {
+		err = fmt.Errorf("backup %s: %w", p.peer, err)
+		// The backup accepted: end its channel with a Bye, or it takes our leaving
+		// for a lost primary and claims the next epoch.
+		_ = logging.WriteBye(conn, "refused by the primary: "+err.Error())
+		return err
 	}
 	p.backupHost = reply.Host
 	if img != nil {

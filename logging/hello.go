@@ -35,6 +35,20 @@ func WriteRefusal(conn net.Conn, reason string) error {
 	return nil
 }
 
+// WriteBye ends a connection in an orderly way before its log channel started, with
+// reason: the peer's ReadHello or Receiver reports ErrPeerClosed. A backup that
+// accepted a Hello treats any other end as the loss of its primary.
+func WriteBye(conn net.Conn, reason string) error {
+	if err := conn.SetWriteDeadline(time.Now().Add(HandshakeTimeout)); err != nil {
+		return fmt.Errorf("setting deadline: %w", err)
+	}
+	defer conn.SetWriteDeadline(time.Time{})
+	if _, err := conn.Write(appendReason(nil, MsgBye, reason)); err != nil {
+		return fmt.Errorf("sending bye: %w", err)
+	}
+	return nil
+}
+
 func writeJSON(conn net.Conn, t MsgType, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
