@@ -17,6 +17,7 @@ import (
 
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/lab"
+	"github.com/ftvmd/ftvmd/qemu"
 )
 
 // Env describes the machine and moment of a run.
@@ -45,10 +46,32 @@ func NewEnv(command string) Env {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		e.Kernel = strings.TrimSpace(string(b))
 	}
-	if out, err := runOut("qemu-system-x86_64", "--version"); err == nil {
-		e.QEMU = strings.SplitN(out, "\n", 2)[0]
-	}
+	e.QEMU = engineName(agentQEMU(os.Args))
 	return e
+}
+
+// engineName names the QEMU the lab's agents run (qemu.DetectEngine with the
+// same --qemu they were given), or says why it cannot.
+func engineName(binary string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	eng, err := qemu.DetectEngine(ctx, binary)
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	return eng.Name + " (" + eng.Binary + ")"
+}
+
+// agentQEMU finds a --qemu given to the lab's agents (--agent-arg=--qemu=PATH or
+// --agent-arg --qemu=PATH) in a command line; "" means the agents' default.
+func agentQEMU(args []string) string {
+	for _, a := range args {
+		a = strings.TrimPrefix(a, "--agent-arg=")
+		if v, ok := strings.CutPrefix(a, "--qemu="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // Dist summarises samples.
