@@ -78,6 +78,12 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn) {
 		c.Close()
 		return
 	}
+	if err := checkEngine(a.engine.Name, hello.Engine); err != nil {
+		log.Warn("peer refused", "from", hello.From, "err", err)
+		reply(err)
+		c.Close()
+		return
+	}
 	b, err := a.startBackup(ctx, hello, c)
 	if err != nil {
 		log.Warn("backup not started", "vm", hello.Spec.Name, "err", err)
@@ -671,4 +677,19 @@ func (b *backup) status() control.VMStatus {
 		st.LogReplayed = b.feed.FedOffset()
 	}
 	return st
+}
+
+// errEngineMismatch: the primary records on another QEMU build than this host
+// would replay on.
+var errEngineMismatch = errors.New("QEMU engine mismatch")
+
+// checkEngine refuses to replay a log recorded by another QEMU build: the log's
+// version word does not change between builds whose event order differs, so the
+// replay would diverge, silently, at the first event that differs. An empty
+// primary engine (an agent from before engines were named) is accepted.
+func checkEngine(mine, primary string) error {
+	if primary == "" || primary == mine {
+		return nil
+	}
+	return fmt.Errorf("%w: the primary records on %q, this host replays on %q; a log replays only on the build that recorded it: install the same build on both hosts (docs/engine.md)", errEngineMismatch, primary, mine)
 }

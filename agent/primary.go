@@ -36,6 +36,9 @@ type peerHello struct {
 	Epoch uint64 `json:"epoch"`
 	// Disk describes the VM's image; the primary streams it right after the reply.
 	Disk *disk.ImageInfo `json:"disk,omitempty"`
+	// Engine names the QEMU build that records (qemu.Engine.Name): a log replays
+	// only on the build that recorded it, so the backup refuses another.
+	Engine string `json:"engine,omitempty"`
 }
 
 type peerReply struct {
@@ -204,7 +207,7 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		}
 		img = &info
 	}
-	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch, Disk: img}); err != nil {
+	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch, Disk: img, Engine: p.a.engine.Name}); err != nil {
 		return fmt.Errorf("backup %s: %w", p.peer, err)
 	}
 	var reply peerReply
