@@ -6,6 +6,7 @@ import (
 
 	"os"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,6 +23,12 @@ func TestLockstep(t *testing.T) {
 	defer cancel()
 	const vm = "guest1"
 	bound := protectGuest(ctx, t, l, vm)
+	// Agents started without --qemu, as operators start them, run ftvmd's build.
+	if st, err := lab.Status(ctx, lab.HostA, vm); err != nil {
+		t.Fatal(err)
+	} else if !strings.HasPrefix(st.Engine, "ftvmd-qemu ") || st.EngineWarning != "" {
+		t.Fatalf("primary runs engine %q (warning %q), want ftvmd's build", st.Engine, st.EngineWarning)
+	}
 	pcon, bcon := lab.Console(lab.HostA, vm, "primary"), lab.Console(lab.HostB, vm, "backup")
 	// Replay of boot is slower than record: give the backup time to catch up.
 	if err := lab.WaitConsole(ctx, bcon, "ftguest ready", 4*time.Minute); err != nil {
