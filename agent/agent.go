@@ -161,6 +161,9 @@ func New(cfg Config) (*Agent, error) {
 // Run serves the control socket and the peer listener until ctx is done, then stops
 // every VM it runs.
 func (a *Agent) Run(ctx context.Context) error {
+	if err := a.checkOwnCert(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// QEMU sends guest frames as datagrams to the relay; the kernel's default queue

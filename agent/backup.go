@@ -54,7 +54,7 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn) {
 			log.Warn("peer reply", "err", werr)
 		}
 	}
-	if err := checkPeerName(a.cfg.Host, hello.From, "primary"); err != nil {
+	if err := checkPeer(c, a.cfg.Host, hello.From, "primary"); err != nil {
 		log.Warn("peer refused", "from", hello.From, "err", err)
 		reply(err)
 		c.Close()

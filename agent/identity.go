@@ -3,6 +3,9 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net"
+
+	"github.com/ftvmd/ftvmd/logging"
 )
 
 // errSameName: the peer runs under this host's own name.
@@ -20,6 +23,35 @@ func checkPeerName(own, peer, role string) error {
 		return fmt.Errorf("the %s gave no host name", role)
 	case own:
 		return fmt.Errorf("%w: the %s calls itself %q, this host's own name (start each agent with its own --host)", errSameName, role, peer)
+	}
+	return nil
+}
+
+// checkPeer refuses a peer that calls itself a name its certificate does not name
+// (mTLS only proves the certificate is from the CA: without this, host B could say it
+// is host C), or this host's own name.
+func checkPeer(conn net.Conn, own, claimed, role string) error {
+	cert, err := logging.PeerCertificate(conn)
+	if err != nil {
+		return err
+	}
+	if err := logging.CheckCertNames(cert, claimed, fmt.Sprintf("the %s at %s", role, conn.RemoteAddr())); err != nil {
+		return err
+	}
+	return checkPeerName(own, claimed, role)
+}
+
+// checkOwnCert refuses to run under a --host this host's certificate does not name:
+// the peer would refuse every connection, and the name is this host's epoch owner.
+func (a *Agent) checkOwnCert() error {
+	cert, err := logging.LoadHostCert(a.cfg.KeysDir)
+	if err != nil {
+		return fmt.Errorf("peer TLS (run 'ftvmd keys' first): %w", err)
+	}
+	if !logging.CertNamesHost(cert, a.cfg.Host) {
+		names := logging.CertNames(cert)
+		return fmt.Errorf("%w: --host %q is not a name in this host's certificate %s/%s, which names %q: start the agent with --host set to one of those, or issue a certificate for this name (ftvmd keys issue %s ...)",
+			logging.ErrIdentity, a.cfg.Host, a.cfg.KeysDir, logging.HostCertFile, names, a.cfg.Host)
 	}
 	return nil
 }

@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/vmspec"
@@ -68,5 +70,109 @@ func TestSameHostNameRefusedByPrimary(t *testing.T) {
 	p.runCleanups()
 	if p.backupHost != "hostb" {
 		t.Fatalf("backupHost %q, want hostb", p.backupHost)
+	}
+}
+
+// A primary whose certificate is from the CA but names another host cannot say it is
+// host A: the backup refuses it and logs why.
+func TestPeerPosingAsAnotherHostRefusedByBackup(t *testing.T) {
+	ca := newTestCA(t)
+	bk := testAgent(t, "hostb", ca.issue("hostb"))
+	logs := captureLog(t, bk)
+	addr := servePeersTLS(t, bk)
+
+	r, err := helloAs(t, addr, ca.issue("hostc"), peerHello{Op: "backup", From: "hosta", Spec: vmspec.Spec{Name: "vm1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.OK || !strings.Contains(r.Error, `calls itself "hosta" but its certificate`) || !strings.Contains(r.Error, `"hostc"`) {
+		t.Fatalf("backup answered %+v, want a refusal naming the claimed and the certified name", r)
+	}
+	waitLog(t, logs, "peer refused", `calls itself \"hosta\"`)
+
+	// The checksum request is refused the same way.
+	r, err = helloAs(t, addr, ca.issue("hostc"), peerHello{Op: "checksum", From: "hosta", Spec: vmspec.Spec{Name: "vm1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.OK || !strings.Contains(r.Error, "but its certificate") {
+		t.Fatalf("checksum request answered %+v, want a refusal", r)
+	}
+
+	// Control: the certificate's holder under its own name gets past the identity
+	// check (and is refused for its empty spec).
+	r, err = helloAs(t, addr, ca.issue("hosta"), peerHello{Op: "backup", From: "hosta", Spec: vmspec.Spec{Name: "vm1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.OK || strings.Contains(r.Error, "certificate") || !strings.Contains(r.Error, "invalid vm spec") {
+		t.Fatalf("backup answered %+v, want a refusal of the spec only", r)
+	}
+}
+
+// A backup whose certificate names host C cannot answer as host B (the primary would
+// hand a planned failover's epoch to host B).
+func TestPeerPosingAsAnotherHostRefusedByPrimary(t *testing.T) {
+	ca := newTestCA(t)
+	a := testAgent(t, "hosta", ca.issue("hosta"))
+	addr, next := fakeBackup(t, ca.issue("hostc"), peerReply{OK: true, Host: "hostb"})
+	p := testPrimary(a, addr)
+	err := p.connectBackup(context.Background())
+	if !errors.Is(err, logging.ErrIdentity) || !strings.Contains(err.Error(), `"hostb"`) {
+		t.Fatalf("connectBackup: %v, want %v naming hostb", err, logging.ErrIdentity)
+	}
+	t.Logf("refused: %v", err)
+	p.runCleanups()
+	if m, ok := <-next; !ok || m.Type != logging.MsgBye {
+		t.Fatalf("backup got %v (ok %v) after the refusal, want a Bye", m.Type, ok)
+	}
+	if p.backupHost != "" {
+		t.Fatalf("backupHost %q set from a refused reply", p.backupHost)
+	}
+}
+
+// An agent refuses to start under a --host its certificate does not name, before it
+// opens its control socket.
+func TestAgentRefusesHostNotInCertificate(t *testing.T) {
+	ca := newTestCA(t)
+	keys := ca.issue("hosta")
+	a := testAgent(t, "debian", keys)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := a.Run(ctx)
+	if !errors.Is(err, logging.ErrIdentity) || !strings.Contains(err.Error(), `--host "debian"`) || !strings.Contains(err.Error(), `"hosta"`) {
+		t.Fatalf("Run: %v, want %v naming --host and the certificate's names", err, logging.ErrIdentity)
+	}
+	t.Logf("refused: %v", err)
+	if _, serr := os.Stat(a.cfg.Socket); !os.IsNotExist(serr) {
+		t.Fatalf("control socket exists after a refused start: %v", serr)
+	}
+	// Any name the certificate carries is accepted: its CN and its IP SAN.
+	for _, host := range []string{"hosta", "127.0.0.1"} {
+		a := testAgent(t, host, keys)
+		if err := a.checkOwnCert(); err != nil {
+			t.Errorf("--host %s: %v", host, err)
+		}
+	}
+}
+
+// waitLog waits until the log has a line containing every one of parts.
+func waitLog(t *testing.T, logs *logCopy, parts ...string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, line := range strings.Split(logs.String(), "\n") {
+			ok := true
+			for _, p := range parts {
+				ok = ok && strings.Contains(line, p)
+			}
+			if ok {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %q in:\n%s", parts, logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"log/slog"
@@ -42,14 +43,41 @@ func (ca testCA) issue(name string) string {
 
 // testLogger sends an agent's log to the test's log.
 func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(testWriter{t: t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type testWriter struct{ t *testing.T }
+// testWriter writes to the test's log and keeps a copy for assertions.
+type testWriter struct {
+	t    *testing.T
+	keep *logCopy
+}
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
+	if w.keep != nil {
+		w.keep.mu.Lock()
+		w.keep.b.Write(b)
+		w.keep.mu.Unlock()
+	}
 	return len(b), nil
+}
+
+type logCopy struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logCopy) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// captureLog makes a log to the test's log and returns what it wrote so far.
+func captureLog(t *testing.T, a *Agent) *logCopy {
+	keep := new(logCopy)
+	a.log = slog.New(slog.NewTextHandler(testWriter{t: t, keep: keep}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("host", a.cfg.Host)
+	return keep
 }
 
 // testAgent is an Agent named host with its keys in keysDir, with no QEMU, control
@@ -58,6 +86,8 @@ func testAgent(t *testing.T, host, keysDir string) *Agent {
 	t.Helper()
 	cfg := DefaultConfig(host, t.TempDir())
 	cfg.KeysDir = keysDir
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Socket = filepath.Join(cfg.StateDir, "ftvmd.sock")
 	cfg.Logger = testLogger(t)
 	return &Agent{
 		cfg:   cfg,

@@ -217,13 +217,15 @@ func (p *primary) connectBackup(ctx context.Context) error {
 	if !reply.OK {
 		return fmt.Errorf("backup %s refused: %s", p.peer, reply.Error)
 	}
-	if err := checkPeerName(p.a.cfg.Host, reply.Host, "backup"); err != nil {
+	if err := checkPeer(conn, p.a.cfg.Host, reply.Host, "backup"); err != nil {
 		err = fmt.Errorf("backup %s: %w", p.peer, err)
 		// The backup accepted: end its channel with a Bye, or it takes our leaving
 		// for a lost primary and claims the next epoch.
 		_ = logging.WriteBye(conn, "refused by the primary: "+err.Error())
 		return err
 	}
+	// Bound to the backup's certificate (checkPeer): a planned failover claims the
+	// next epoch for this name.
 	p.backupHost = reply.Host
 	if img != nil {
 		// The image is quiet: QEMU starts only after the copy.

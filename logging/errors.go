@@ -36,6 +36,10 @@ var (
 	ErrConfig = errors.New("logging: invalid config")
 	// ErrExists: InitCA would overwrite an existing CA.
 	ErrExists = errors.New("logging: already exists")
+	// ErrIdentity: a host name that its certificate does not name: a peer that
+	// calls itself another host, or an agent started with a --host its own
+	// certificate was not issued for.
+	ErrIdentity = errors.New("logging: host name not in certificate")
 )
 
 // wrapped is a sentinel that also matches its parent sentinel.
