@@ -84,6 +84,12 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn) {
 		c.Close()
 		return
 	}
+	if err := a.checkHelloEpoch(ctx, hello); err != nil {
+		log.Warn("peer refused", "from", hello.From, "vm", hello.Spec.Name, "err", err)
+		reply(err)
+		c.Close()
+		return
+	}
 	b, err := a.startBackup(ctx, hello, c)
 	if err != nil {
 		log.Warn("backup not started", "vm", hello.Spec.Name, "err", err)

@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
+	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/logging"
 )
 
@@ -54,4 +57,31 @@ func (a *Agent) checkOwnCert() error {
 			logging.ErrIdentity, a.cfg.Host, a.cfg.KeysDir, logging.HostCertFile, names, a.cfg.Host)
 	}
 	return nil
+}
+
+// checkHelloEpoch refuses a protection whose Hello names an epoch the primary does
+// not hold on shared storage: the backup's fence claims the epoch after it, so it
+// must be the latest claim, owned by the (certified) primary.
+func (a *Agent) checkHelloEpoch(ctx context.Context, hello peerHello) error {
+	if hello.Epoch == 0 || a.store == nil {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := a.store.Current(cctx, hello.Spec.Name)
+	if err != nil {
+		return fmt.Errorf("checking the primary's epoch %d on shared storage: %w", hello.Epoch, err)
+	}
+	if c.Corrupt || c.Epoch != hello.Epoch || c.Owner != hello.From {
+		return fmt.Errorf("the primary %q says it holds epoch %d of vm %s, but the latest claim on shared storage is epoch %d by %s",
+			hello.From, hello.Epoch, hello.Spec.Name, c.Epoch, claimOwner(c))
+	}
+	return nil
+}
+
+func claimOwner(c disk.Claim) string {
+	if c.Corrupt {
+		return "an unknown owner (corrupt claim)"
+	}
+	return fmt.Sprintf("%q", c.Owner)
 }

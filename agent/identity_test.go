@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
@@ -175,4 +177,73 @@ func waitLog(t *testing.T, logs *logCopy, parts ...string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// validSpec is a spec that passes vmspec validation (its kernel and initrd are empty
+// files made in the test).
+func validSpec(t *testing.T, name string) vmspec.Spec {
+	t.Helper()
+	dir := t.TempDir()
+	s := vmspec.Spec{Name: name, MAC: "52:54:00:12:34:56", Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd.img")}
+	for _, p := range []string{s.Kernel, s.Initrd} {
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Normalize()
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// The epoch in a Hello is the primary's word too: the backup checks it is the latest
+// claim on shared storage, owned by the primary, before it becomes that primary's
+// backup (its fence claims the epoch after it).
+func TestHelloEpochCheckedAgainstStore(t *testing.T) {
+	ca := newTestCA(t)
+	bk := testAgent(t, "hostb", ca.issue("hostb"))
+	bk.cfg.QEMU = "/nonexistent/qemu-system-x86_64" // a backup that got this far could not start
+	store := disk.NewMemStore()
+	bk.store = store
+	addr := servePeersTLS(t, bk)
+	primaryKeys := ca.issue("hosta")
+	spec := validSpec(t, "vm1")
+	if _, err := store.ClaimNext(context.Background(), "vm1", 0, "hostc", "protect"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.ClaimNext(context.Background(), "vm1", 1, "hosta", "protect"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		epoch uint64
+		want  string
+	}{
+		{"epoch-of-another-owner", 1, `latest claim on shared storage is epoch 2 by "hosta"`},
+		{"epoch-never-claimed", 7, `says it holds epoch 7`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := helloAs(t, addr, primaryKeys, peerHello{Op: "backup", From: "hosta", Spec: spec, Epoch: tc.epoch, StartOffset: 12})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.OK || !strings.Contains(r.Error, tc.want) {
+				t.Fatalf("backup answered %+v, want a refusal containing %q", r, tc.want)
+			}
+			t.Logf("refused: %s", r.Error)
+		})
+	}
+	// The primary's own latest epoch passes.
+	if err := bk.checkHelloEpoch(context.Background(), peerHello{From: "hosta", Spec: spec, Epoch: 2}); err != nil {
+		t.Fatalf("the latest epoch, held by the primary: %v", err)
+	}
+	// Shared storage that does not answer refuses too (the ctx bounds the check).
+	store.SetHung(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := bk.checkHelloEpoch(ctx, peerHello{From: "hosta", Spec: spec, Epoch: 2}); err == nil {
+		t.Fatal("hung storage: the epoch was accepted")
+	}
+	store.SetHung(false)
 }
