@@ -161,7 +161,7 @@ func New(cfg Config) (*Agent, error) {
 // Run serves the control socket and the peer listener until ctx is done, then stops
 // every VM it runs.
 func (a *Agent) Run(ctx context.Context) error {
-	if err := a.checkOwnCert(); err != nil {
+	if err := a.checkKeys(time.Now()); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)

@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"time"
 
 	"github.com/ftvmd/ftvmd/disk"
@@ -44,17 +46,44 @@ func checkPeer(conn net.Conn, own, claimed, role string) error {
 	return checkPeerName(own, claimed, role)
 }
 
-// checkOwnCert refuses to run under a --host this host's certificate does not name:
-// the peer would refuse every connection, and the name is this host's epoch owner.
-func (a *Agent) checkOwnCert() error {
+// checkKeys checks this host's TLS keys before the agent starts. It refuses a private
+// key others can read (logging.CheckKeyFile), a --host the certificate does not name
+// (the peer would refuse every connection, and the name is this host's epoch owner)
+// and a certificate that is not valid now; it warns when the host's or the CA's
+// certificate expires within logging.CertExpiryWarning. Only at start: an agent that
+// runs across the warning date does not warn again.
+func (a *Agent) checkKeys(now time.Time) error {
+	if err := logging.CheckKeyFile(filepath.Join(a.cfg.KeysDir, logging.HostKeyFile)); err != nil {
+		return err
+	}
 	cert, err := logging.LoadHostCert(a.cfg.KeysDir)
 	if err != nil {
 		return fmt.Errorf("peer TLS (run 'ftvmd keys' first): %w", err)
 	}
+	certPath := filepath.Join(a.cfg.KeysDir, logging.HostCertFile)
 	if !logging.CertNamesHost(cert, a.cfg.Host) {
 		names := logging.CertNames(cert)
-		return fmt.Errorf("%w: --host %q is not a name in this host's certificate %s/%s, which names %q: start the agent with --host set to one of those, or issue a certificate for this name (ftvmd keys issue %s ...)",
-			logging.ErrIdentity, a.cfg.Host, a.cfg.KeysDir, logging.HostCertFile, names, a.cfg.Host)
+		return fmt.Errorf("%w: --host %q is not a name in this host's certificate %s, which names %q: start the agent with --host set to one of those, or issue a certificate for this name (ftvmd keys issue %s ...)",
+			logging.ErrIdentity, a.cfg.Host, certPath, names, a.cfg.Host)
+	}
+	caCert, err := logging.LoadCACert(a.cfg.KeysDir)
+	if err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		cert *x509.Certificate
+		what string
+	}{
+		{cert, "this host's certificate " + certPath},
+		{caCert, "the CA certificate " + filepath.Join(a.cfg.KeysDir, logging.CACertFile)},
+	} {
+		warn, err := logging.CheckCertValidity(c.cert, c.what, now, logging.CertExpiryWarning)
+		if err != nil {
+			return fmt.Errorf("%w: issue a new one (ftvmd keys issue %s ...)", err, a.cfg.Host)
+		}
+		if warn != "" {
+			a.log.Warn("certificate expires soon", "detail", warn, "not_after", c.cert.NotAfter)
+		}
 	}
 	return nil
 }

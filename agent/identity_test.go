@@ -152,7 +152,7 @@ func TestAgentRefusesHostNotInCertificate(t *testing.T) {
 	// Any name the certificate carries is accepted: its CN and its IP SAN.
 	for _, host := range []string{"hosta", "127.0.0.1"} {
 		a := testAgent(t, host, keys)
-		if err := a.checkOwnCert(); err != nil {
+		if err := a.checkKeys(time.Now()); err != nil {
 			t.Errorf("--host %s: %v", host, err)
 		}
 	}
@@ -246,4 +246,56 @@ func TestHelloEpochCheckedAgainstStore(t *testing.T) {
 		t.Fatal("hung storage: the epoch was accepted")
 	}
 	store.SetHung(false)
+}
+
+// The agent refuses to start with a private key others can read, and names the file
+// and the chmod to run.
+func TestAgentRefusesReadableKey(t *testing.T) {
+	ca := newTestCA(t)
+	keys := ca.issue("hosta")
+	key := filepath.Join(keys, logging.HostKeyFile)
+	if err := os.Chmod(key, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := testAgent(t, "hosta", keys)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := a.Run(ctx)
+	if !errors.Is(err, logging.ErrKeyPermissions) || !strings.Contains(err.Error(), "chmod 600 "+key) {
+		t.Fatalf("Run: %v, want %v with the chmod to run", err, logging.ErrKeyPermissions)
+	}
+	t.Logf("refused: %v", err)
+}
+
+// The agent warns at start when its certificate expires within 30 days, and refuses
+// an expired one.
+func TestAgentWarnsOfCertificateExpiry(t *testing.T) {
+	ca := newTestCA(t)
+	keys := filepath.Join(t.TempDir(), "keys")
+	if err := logging.IssueHostFor(ca.dir, keys, "hosta", nil, 20*24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	a := testAgent(t, "hosta", keys)
+	logs := captureLog(t, a)
+	if err := a.checkKeys(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, logs, "WARN", "certificate expires soon", "host.crt expires on", "in 20 days")
+
+	// With a five-year certificate it says nothing.
+	a = testAgent(t, "hosta", ca.issue("hosta"))
+	logs = captureLog(t, a)
+	if err := a.checkKeys(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "expires") {
+		t.Fatalf("warned about a five-year certificate: %s", logs.String())
+	}
+
+	// Expired: refused.
+	a = testAgent(t, "hosta", keys)
+	err := a.checkKeys(time.Now().Add(21 * 24 * time.Hour))
+	if !errors.Is(err, logging.ErrCertValidity) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("expired certificate: %v", err)
+	}
 }

@@ -40,6 +40,11 @@ var (
 	// calls itself another host, or an agent started with a --host its own
 	// certificate was not issued for.
 	ErrIdentity = errors.New("logging: host name not in certificate")
+	// ErrKeyPermissions: a private key file that users other than its owner can
+	// read or write.
+	ErrKeyPermissions = errors.New("logging: private key is accessible to group or others")
+	// ErrCertValidity: a certificate that has expired or is not valid yet.
+	ErrCertValidity = errors.New("logging: certificate not valid now")
 )
 
 // wrapped is a sentinel that also matches its parent sentinel.

@@ -107,7 +107,15 @@ func PeerCertificate(conn net.Conn) (*x509.Certificate, error) {
 
 // LoadHostCert reads and parses keyDir/host.crt.
 func LoadHostCert(keyDir string) (*x509.Certificate, error) {
-	path := filepath.Join(keyDir, HostCertFile)
+	return loadCert(filepath.Join(keyDir, HostCertFile))
+}
+
+// LoadCACert reads and parses keyDir/ca.crt.
+func LoadCACert(keyDir string) (*x509.Certificate, error) {
+	return loadCert(filepath.Join(keyDir, CACertFile))
+}
+
+func loadCert(path string) (*x509.Certificate, error) {
 	der, err := readPEM(path, "CERTIFICATE")
 	if err != nil {
 		return nil, err

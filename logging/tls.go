@@ -77,11 +77,24 @@ func InitCA(dir string, name string) error {
 	return writePEM(filepath.Join(dir, CACertFile), "CERTIFICATE", der, 0o644, true)
 }
 
-// IssueHost issues a host certificate signed by the CA in caDir and writes
-// outDir/host.crt, host.key (0600) and a copy of ca.crt. The certificate is
-// valid for both server and client authentication; its SANs are hostName
-// (as a DNS name, or an IP if it parses as one) and ips.
+// DefaultHostValidity is how long IssueHost's certificates are valid.
+const DefaultHostValidity = hostValidity
+
+// IssueHost issues a host certificate valid for DefaultHostValidity; see
+// IssueHostFor.
 func IssueHost(caDir, outDir, hostName string, ips []net.IP) error {
+	return IssueHostFor(caDir, outDir, hostName, ips, hostValidity)
+}
+
+// IssueHostFor issues a host certificate signed by the CA in caDir, valid from an
+// hour ago for validity, and writes outDir/host.crt, host.key (0600) and a copy of
+// ca.crt. The certificate is valid for both server and client authentication; its
+// subject CN is hostName and its SANs are hostName (as a DNS name, or an IP if it
+// parses as one) and ips.
+func IssueHostFor(caDir, outDir, hostName string, ips []net.IP, validity time.Duration) error {
+	if validity <= 0 {
+		return fmt.Errorf("certificate validity %s: must be positive", validity)
+	}
 	caCert, caKey, err := loadCA(caDir)
 	if err != nil {
 		return err
@@ -102,7 +115,7 @@ func IssueHost(caDir, outDir, hostName string, ips []net.IP) error {
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: hostName, Organization: []string{"ftvmd"}},
 		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(hostValidity),
+		NotAfter:     now.Add(validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		IPAddresses:  append([]net.IP(nil), ips...),
@@ -276,6 +289,9 @@ func loadCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("parsing CA certificate: %w", err)
 	}
+	if err := CheckKeyFile(filepath.Join(dir, CAKeyFile)); err != nil {
+		return nil, nil, err
+	}
 	kder, err := readPEM(filepath.Join(dir, CAKeyFile), "PRIVATE KEY")
 	if err != nil {
 		return nil, nil, err
@@ -292,6 +308,9 @@ func loadCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 }
 
 func loadHost(dir string) (tls.Certificate, *x509.CertPool, error) {
+	if err := CheckKeyFile(filepath.Join(dir, HostKeyFile)); err != nil {
+		return tls.Certificate{}, nil, err
+	}
 	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, HostCertFile), filepath.Join(dir, HostKeyFile))
 	if err != nil {
 		return tls.Certificate{}, nil, fmt.Errorf("loading host key pair from %s: %w", dir, err)

@@ -384,6 +384,7 @@ func newKeysCmd() *cobra.Command {
 	_ = initCmd.MarkFlagRequired("ca")
 	var out string
 	var ips []string
+	var days int
 	issue := &cobra.Command{
 		Use: "issue <host> --ca <dir> --out <dir>", Short: "Issue a host certificate signed by the CA", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
@@ -395,7 +396,10 @@ func newKeysCmd() *cobra.Command {
 				}
 				parsed = append(parsed, ip)
 			}
-			if err := logging.IssueHost(caDir, out, args[0], parsed); err != nil {
+			if days <= 0 {
+				return fmt.Errorf("--days %d: must be positive", days)
+			}
+			if err := logging.IssueHostFor(caDir, out, args[0], parsed, time.Duration(days)*24*time.Hour); err != nil {
 				return err
 			}
 			fmt.Printf("host certificate for %s written to %s\n", args[0], out)
@@ -405,6 +409,7 @@ func newKeysCmd() *cobra.Command {
 	issue.Flags().StringVar(&caDir, "ca", "", "CA directory")
 	issue.Flags().StringVar(&out, "out", "", "output directory (the agent's <state-dir>/keys)")
 	issue.Flags().StringSliceVar(&ips, "ip", nil, "IP addresses the peer dials this host at")
+	issue.Flags().IntVar(&days, "days", int(logging.DefaultHostValidity/(24*time.Hour)), "days the certificate is valid (the agent warns 30 days before the end)")
 	_ = issue.MarkFlagRequired("ca")
 	_ = issue.MarkFlagRequired("out")
 	k.AddCommand(initCmd, issue)
