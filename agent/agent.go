@@ -209,6 +209,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	return err
 }
 
+// stopTimeout bounds every stop: the agent's shutdown (all VMs at once) and
+// `ftvmd stop` (whose CLI gives up after a minute).
+const stopTimeout = 20 * time.Second
+
+// stopAll stops every VM at once, each within stopTimeout.
 func (a *Agent) stopAll() {
 	a.mu.Lock()
 	vms := make([]vmRunner, 0, len(a.vms))
@@ -216,13 +221,19 @@ func (a *Agent) stopAll() {
 		vms = append(vms, v)
 	}
 	a.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
+	var wg sync.WaitGroup
 	for _, v := range vms {
-		if err := v.stop(ctx); err != nil {
-			a.log.Warn("stop vm", "err", err)
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := v.stop(ctx); err != nil {
+				a.log.Warn("stop vm", "err", err)
+			}
+		}()
 	}
+	wg.Wait()
 }
 
 // register claims the VM name on this host; a name runs at most once per agent.
@@ -342,7 +353,9 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 		if !found {
 			return fail(fmt.Errorf("vm %q is not running on %s", req.VM, a.cfg.Host))
 		}
-		if err := v.stop(ctx); err != nil {
+		sctx, cancel := context.WithTimeout(ctx, stopTimeout)
+		defer cancel()
+		if err := v.stop(sctx); err != nil {
 			return fail(err)
 		}
 		return ok(fmt.Sprintf("vm %s stopped on %s", req.VM, a.cfg.Host))

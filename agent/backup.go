@@ -639,28 +639,32 @@ func (b *backup) setFailed(err error) {
 	b.log.Error("backup failed", "err", err)
 }
 
+// stop ends the backup and waits until it has, or until ctx ends (see waitStopped).
 func (b *backup) stop(ctx context.Context) error {
-	b.stopOnce.Do(func() {
-		b.mu.Lock()
-		cancel, conn := b.cancel, b.conn
-		b.mu.Unlock()
-		if cancel != nil {
-			cancel()
-		}
-		if conn != nil {
-			conn.Close()
-		}
-		b.wg.Wait()
-		b.cleanups.run(b.log)
-		b.mu.Lock()
-		if b.state == "replaying" || b.state == "starting" {
-			b.state = "stopped"
-		}
-		b.mu.Unlock()
-		close(b.finished)
-		b.log.Info("backup stopped")
-	})
-	return nil
+	b.stopOnce.Do(func() { go b.teardown() })
+	return waitStopped(ctx, b.finished, b.log, b.spec.Name)
+}
+
+// teardown runs once, from stop.
+func (b *backup) teardown() {
+	b.mu.Lock()
+	cancel, conn := b.cancel, b.conn
+	b.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if conn != nil {
+		conn.Close()
+	}
+	b.wg.Wait()
+	b.cleanups.run(b.log)
+	b.mu.Lock()
+	if b.state == "replaying" || b.state == "starting" {
+		b.state = "stopped"
+	}
+	b.mu.Unlock()
+	close(b.finished)
+	b.log.Info("backup stopped")
 }
 
 func (b *backup) done() <-chan struct{} { return b.finished }

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 )
@@ -28,5 +30,18 @@ func (c *cleanupStack) run(log *slog.Logger) {
 		if err := fns[i](); err != nil {
 			log.Warn("cleanup", "err", err)
 		}
+	}
+}
+
+// waitStopped waits for a VM's teardown to close finished, or for ctx to end: then
+// it returns an error and the teardown goes on in its own goroutine (a stop path
+// never hangs its caller, whatever the teardown waits for).
+func waitStopped(ctx context.Context, finished <-chan struct{}, log *slog.Logger, vm string) error {
+	select {
+	case <-finished:
+		return nil
+	case <-ctx.Done():
+		log.Error("vm did not stop in time; its teardown goes on", "err", ctx.Err())
+		return fmt.Errorf("vm %s did not stop in time: %w", vm, ctx.Err())
 	}
 }

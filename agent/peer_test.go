@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/throttle"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
 
@@ -180,7 +181,10 @@ func fakeBackup(t *testing.T, keysDir string, reply peerReply) (addr string, nex
 	return ln.Addr().String(), ch
 }
 
-// testPrimary is a primary of a spec without disk, to be protected on peer.
+// testPrimary is a primary of a spec without disk, to be protected on peer, with no
+// QEMU, relay or log yet.
 func testPrimary(a *Agent, peer string) *primary {
-	return &primary{a: a, spec: vmspec.Spec{Name: "vm1"}, peer: peer, log: a.log.With("vm", "vm1"), finished: make(chan struct{})}
+	return &primary{a: a, spec: vmspec.Spec{Name: "vm1", LagBoundMS: vmspec.DefaultLagBoundMS}, peer: peer,
+		log: a.log.With("vm", "vm1"), finished: make(chan struct{}), state: "protected",
+		lags: newLagTracker(16), ctrl: throttle.NewController(vmspec.DefaultLagBoundMS * time.Millisecond), quota: 1}
 }

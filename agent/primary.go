@@ -447,7 +447,7 @@ func (p *primary) startStreams(context.Context) error {
 			if sctx.Err() != nil {
 				return
 			}
-			p.backupLost(err)
+			p.backupLost(ctx, err)
 		})
 		p.go1(func() { p.ackLoop(ctx, s) })
 	}
@@ -598,15 +598,20 @@ const throttleEvery = 100 * time.Millisecond
 // while the fence claims the next epoch on shared storage: the winner runs on
 // unprotected and releases what it held, the loser halts for good. Without shared
 // storage the safe choice is to keep holding output (the backup may still be alive)
-// until the operator runs `ftvmd unprotect`.
-func (p *primary) backupLost(err error) {
+// until the operator runs `ftvmd unprotect`. ctx is the VM's: stopping the VM ends a
+// claim that storage never answers (the fence retries for as long as ctx lasts).
+func (p *primary) backupLost(ctx context.Context, err error) {
 	if p.fence != nil {
 		p.log.Error("backup lost", "err", err)
 		p.mu.Lock()
 		p.state, p.detail = "claiming", fmt.Sprintf("backup lost (%v); claiming epoch %d", err, p.epoch+1)
 		p.mu.Unlock()
-		d, ferr := p.fence.peerLost(context.Background())
+		d, ferr := p.fence.peerLost(ctx)
 		if ferr != nil {
+			if ctx.Err() != nil {
+				p.log.Warn("stopped while claiming the next epoch; output was held", "epoch", p.epoch+1)
+				return
+			}
 			p.fail(fmt.Errorf("failover arbiter: %w", ferr))
 			return
 		}
@@ -774,22 +779,28 @@ func (p *primary) fail(err error) {
 	go func() { _ = p.stop(context.Background()) }()
 }
 
+// stop ends the VM and waits until it has, or until ctx ends: then it returns an
+// error and the teardown goes on (done() closes when it finishes).
 func (p *primary) stop(ctx context.Context) error {
-	p.stopOnce.Do(func() {
-		if p.cancel != nil {
-			p.cancel()
-		}
-		p.wg.Wait()
-		p.runCleanups()
-		p.mu.Lock()
-		if p.state != "failed" && p.state != "halted" && p.state != "handed-over" {
-			p.state = "stopped"
-		}
-		p.mu.Unlock()
-		close(p.finished)
-		p.log.Info("vm stopped")
-	})
-	return nil
+	p.stopOnce.Do(func() { go p.teardown() })
+	return waitStopped(ctx, p.finished, p.log, p.spec.Name)
+}
+
+// teardown runs once, from stop: it cancels the VM's goroutines, waits for them and
+// undoes its start steps.
+func (p *primary) teardown() {
+	if p.cancel != nil {
+		p.cancel()
+	}
+	p.wg.Wait()
+	p.runCleanups()
+	p.mu.Lock()
+	if p.state != "failed" && p.state != "halted" && p.state != "handed-over" {
+		p.state = "stopped"
+	}
+	p.mu.Unlock()
+	close(p.finished)
+	p.log.Info("vm stopped")
 }
 
 func (p *primary) done() <-chan struct{} { return p.finished }

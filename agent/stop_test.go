@@ -1,0 +1,143 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/ftvmd/ftvmd/arbiter"
+	"github.com/ftvmd/ftvmd/disk"
+)
+
+// A primary that lost its backup claims the next epoch for as long as storage does
+// not answer; stopping it (ftvmd stop, agent shutdown) must still end in time.
+func TestStopWhileClaimingOnHungStorage(t *testing.T) {
+	a := testAgent(t, "hosta", "")
+	store := disk.NewMemStore()
+	a.store = store
+	epoch, err := claimFirst(context.Background(), store, "vm1", "hosta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := testPrimary(a, "hostb:7800")
+	p.epoch = epoch
+	if p.fence, err = newFence(store, arbiter.RolePrimary, "vm1", "hosta", epoch, p.log); err != nil {
+		t.Fatal(err)
+	}
+	store.SetHung(true)
+	defer store.SetHung(false)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	p.go1(func() { p.backupLost(ctx, errors.New("log channel: peer silent")) })
+	waitState(t, p, "claiming")
+	time.Sleep(300 * time.Millisecond) // the claim is in flight, blocked on storage
+
+	const limit = 3 * time.Second
+	sctx, scancel := context.WithTimeout(context.Background(), limit)
+	defer scancel()
+	t0 := time.Now()
+	stopped := make(chan error, 1)
+	go func() { stopped <- p.stop(sctx) }()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("stop: %v after %s, want a clean stop", err, time.Since(t0))
+		}
+	case <-time.After(limit + 2*time.Second):
+		t.Fatalf("stop did not return within %s (the claim retries against hung storage forever)", limit+2*time.Second)
+	}
+	t.Logf("stopped in %s", time.Since(t0).Round(time.Millisecond))
+	select {
+	case <-p.done():
+	default:
+		t.Fatal("stop returned but the VM is not done")
+	}
+	if st := p.status().State; st != "stopped" {
+		t.Fatalf("state %q, want stopped", st)
+	}
+	// Nothing was claimed behind the stopped primary's back.
+	store.SetHung(false)
+	if c, err := store.Current(context.Background(), "vm1"); err != nil || c.Epoch != epoch {
+		t.Fatalf("store after stop: %+v %v, want epoch %d", c, err, epoch)
+	}
+}
+
+// A stop whose teardown cannot finish returns when its ctx ends, says so, and the
+// teardown completes later.
+func TestStopHonoursItsDeadline(t *testing.T) {
+	a := testAgent(t, "hosta", "")
+	p := testPrimary(a, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	stuck := make(chan struct{})
+	p.go1(func() { <-ctx.Done(); <-stuck }) // a goroutine that ignores its cancel
+
+	sctx, scancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer scancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- p.stop(sctx) }()
+	select {
+	case err := <-stopped:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("stop: %v, want %v", err, context.DeadlineExceeded)
+		}
+	case <-time.After(2 * time.Second):
+		close(stuck)
+		t.Fatal("stop did not return within 2s; its deadline was 200ms")
+	}
+	close(stuck)
+	select {
+	case <-p.done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("teardown did not finish once unblocked")
+	}
+	// A second stop after the teardown returns at once.
+	if err := p.stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitState(t *testing.T, p *primary, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.status().State != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("state %q, want %q", p.status().State, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// The backup's stop has the same deadline.
+func TestBackupStopHonoursItsDeadline(t *testing.T) {
+	a := testAgent(t, "hostb", "")
+	b := &backup{a: a, log: a.log, finished: make(chan struct{}), state: "replaying"}
+	b.spec.Name = "vm1"
+	ctx, cancel := context.WithCancel(context.Background())
+	b.cancel = cancel
+	stuck := make(chan struct{})
+	b.wg.Add(1)
+	go func() { defer b.wg.Done(); <-ctx.Done(); <-stuck }()
+
+	sctx, scancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer scancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- b.stop(sctx) }()
+	select {
+	case err := <-stopped:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("stop: %v, want %v", err, context.DeadlineExceeded)
+		}
+	case <-time.After(2 * time.Second):
+		close(stuck)
+		t.Fatal("stop did not return within 2s; its deadline was 200ms")
+	}
+	close(stuck)
+	select {
+	case <-b.done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("teardown did not finish once unblocked")
+	}
+}
