@@ -280,6 +280,13 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 		if req.Spec == nil {
 			return fail(errors.New("define: no spec given"))
 		}
+		if req.Spec.Disk != "" {
+			// protect copies and verify hashes only this file: refuse one that reads
+			// data from others (a backing file, an external data file).
+			if err := disk.CheckStandalone(req.Spec.Disk); err != nil {
+				return fail(fmt.Errorf("define %s: disk: %w", req.Spec.Name, err))
+			}
+		}
 		if err := a.specs.Save(*req.Spec); err != nil {
 			return fail(err)
 		}

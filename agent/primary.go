@@ -183,6 +183,16 @@ func (p *primary) connectBackup(ctx context.Context) error {
 	if p.peer == "" {
 		return nil
 	}
+	// The image first: one that cannot be protected (missing, not a standalone
+	// qcow2) is refused before an epoch is claimed or the backup is contacted.
+	var img *disk.ImageInfo
+	if p.spec.Disk != "" {
+		info, err := disk.Inspect(p.spec.Disk)
+		if err != nil {
+			return fmt.Errorf("vm disk: %w", err)
+		}
+		img = &info
+	}
 	if p.a.store != nil {
 		e, err := claimFirst(ctx, p.a.store, p.spec.Name, p.a.cfg.Host)
 		if err != nil {
@@ -199,14 +209,6 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		return err
 	}
 	p.addCleanup(conn.Close)
-	var img *disk.ImageInfo
-	if p.spec.Disk != "" {
-		info, err := disk.Inspect(p.spec.Disk)
-		if err != nil {
-			return fmt.Errorf("vm disk: %w", err)
-		}
-		img = &info
-	}
 	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch, Disk: img, Engine: p.a.engine.Name}); err != nil {
 		return fmt.Errorf("backup %s: %w", p.peer, err)
 	}

@@ -2,7 +2,6 @@ package disk
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -103,37 +102,18 @@ func (c CopyConfig) withDefaults() CopyConfig {
 // qcow2 header: magic "QFI\xfb", then a big-endian uint32 version (2 or 3).
 var qcow2Magic = [4]byte{'Q', 'F', 'I', 0xfb}
 
-// Inspect stats the image at path, checks that it is a qcow2 image (magic and
-// version 2 or 3) and computes the SHA256 of the whole file. Errors:
-// ErrImageMissing, ErrImageCorrupt, ErrLocalIO.
+// Inspect stats the image at path, checks that it is a standalone qcow2 image
+// (magic, version 2 or 3, no backing file, no external data file: CheckStandalone)
+// and computes the SHA256 of the whole file. Errors: ErrImageMissing,
+// ErrImageCorrupt, ErrNotStandalone, ErrLocalIO.
 func Inspect(path string) (ImageInfo, error) {
 	f, err := openImage(path)
 	if err != nil {
 		return ImageInfo{}, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return ImageInfo{}, fmt.Errorf("%w: stat %s: %w", ErrLocalIO, path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return ImageInfo{}, fmt.Errorf("%w: %s is not a regular file (%s)", ErrImageCorrupt, path, st.Mode().Type())
-	}
-	var hdr [8]byte
-	if _, err := io.ReadFull(f, hdr[:]); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return ImageInfo{}, fmt.Errorf("%w: %s is %d bytes, too short for a qcow2 header", ErrImageCorrupt, path, st.Size())
-		}
-		return ImageInfo{}, fmt.Errorf("%w: read %s: %w", ErrLocalIO, path, err)
-	}
-	if [4]byte(hdr[:4]) != qcow2Magic {
-		return ImageInfo{}, fmt.Errorf("%w: %s does not start with the qcow2 magic \"QFI\\xfb\" (found %q)", ErrImageCorrupt, path, hdr[:4])
-	}
-	if v := binary.BigEndian.Uint32(hdr[4:]); v != 2 && v != 3 {
-		return ImageInfo{}, fmt.Errorf("%w: %s has qcow2 version %d, want 2 or 3", ErrImageCorrupt, path, v)
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return ImageInfo{}, fmt.Errorf("%w: seek %s: %w", ErrLocalIO, path, err)
+	if err := checkStandalone(f, path); err != nil { // reads with ReadAt: the offset stays 0
+		return ImageInfo{}, err
 	}
 	h := sha256.New()
 	n, err := io.Copy(h, f)

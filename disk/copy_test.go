@@ -64,6 +64,15 @@ func tcpPair(t testing.TB) (net.Conn, net.Conn) {
 
 var transports = []transport{{"pipe", pipePair}, {"tcp", tcpPair}}
 
+// syntheticHeader is a qcow2 v3 header of a standalone image: magic, version 3, no
+// backing file, no incompatible features, header length 104.
+var syntheticHeader = func() []byte {
+	h := make([]byte, qcow2V3MinHeaderSize)
+	copy(h, "QFI\xfb\x00\x00\x00\x03")
+	h[qcow2OffHeaderLength+3] = qcow2V3MinHeaderSize
+	return h
+}()
+
 // writeSynthetic writes a file with a valid qcow2 v3 header and a random body.
 func writeSynthetic(t testing.TB, path string, size int64, seed uint64) {
 	t.Helper()
@@ -78,7 +87,7 @@ func writeSynthetic(t testing.TB, path string, size int64, seed uint64) {
 		b := buf[:min(int64(len(buf)), size-off)]
 		_, _ = rng.Read(b)
 		if off == 0 {
-			copy(b, "QFI\xfb\x00\x00\x00\x03")
+			copy(b, syntheticHeader)
 		}
 		if _, err := f.Write(b); err != nil {
 			t.Fatal(err)
