@@ -299,3 +299,26 @@ func TestAgentWarnsOfCertificateExpiry(t *testing.T) {
 		t.Fatalf("expired certificate: %v", err)
 	}
 }
+
+// A primary that fails to start after its backup accepted (here: no such bridge for
+// its tap) ends the channel with a Bye: a dropped connection would read as a lost
+// primary, and the backup would claim the next epoch and go live from no log at all.
+func TestPrimaryStartFailureSaysBye(t *testing.T) {
+	ca := newTestCA(t)
+	a := testAgent(t, "hosta", ca.issue("hosta"))
+	a.cfg.Bridge = "ftvmd-nobr0" // does not exist: create-tap fails before creating anything
+	addr, next := fakeBackup(t, ca.issue("hostb"), peerReply{OK: true, Host: "hostb"})
+	err := a.startPrimary(context.Background(), validSpec(t, "vm1"), addr, nil)
+	if err == nil || !strings.Contains(err.Error(), "create-tap") {
+		t.Fatalf("startPrimary: %v, want a create-tap failure", err)
+	}
+	t.Logf("start failed: %v", err)
+	m, ok := <-next
+	if !ok || m.Type != logging.MsgBye {
+		t.Fatalf("backup got %v (ok %v) after the failed start, want a Bye", m.Type, ok)
+	}
+	t.Logf("backup heard: %s %q", m.Type, m.Payload)
+	if _, found := a.lookup("vm1"); found {
+		t.Fatal("the failed VM is still registered")
+	}
+}
