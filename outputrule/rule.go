@@ -94,8 +94,13 @@ type Frame struct {
 	// ArrivedAt is when the frame reached the agent; zero means "now" as given
 	// to Frame. Output delay is measured from it.
 	ArrivedAt time.Time
-	// Data is owned by the rule from Frame until Advance.
+	// Data is owned by the rule from Frame until Advance. It may be nil when
+	// the frame itself is held elsewhere (in the kernel) and only its Tag
+	// travels through the rule.
 	Data []byte
+	// Tag is the caller's name for the frame, carried unchanged: the kernel's
+	// id of a frame held in an NFQUEUE, for one.
+	Tag uint64
 }
 
 // Config bounds the memory the held queue may use. Frames handed out by Ready

@@ -355,3 +355,33 @@ func TestStatsDelayHist(t *testing.T) {
 		t.Fatalf("p50 = %v, want %v", got, want)
 	}
 }
+
+// A frame held elsewhere travels through the rule as a Tag with no Data; the
+// rule hands the tags back in order, unchanged, and sizes count as given.
+func TestTagCarriedWithoutData(t *testing.T) {
+	r := New(Config{}, Protected)
+	r.Sent(100)
+	for i, tag := range []uint64{7, 8, 10} {
+		if err := r.Frame(Frame{Stamp: int64(10 * (i + 1)), Size: 1500, Tag: tag}, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Ack(20, t0); err != nil {
+		t.Fatal(err)
+	}
+	rd := r.Ready()
+	var got []uint64
+	for _, f := range rd.Release {
+		got = append(got, f.Tag)
+		if f.Data != nil {
+			t.Fatalf("frame %d has data", f.Seq)
+		}
+	}
+	if len(got) != 2 || got[0] != 7 || got[1] != 8 {
+		t.Fatalf("released tags %v, want [7 8]", got)
+	}
+	r.Advance()
+	if st := r.Stats(); st.ReleasedBytes != 3000 || st.HeldBytes != 1500 {
+		t.Fatalf("released %d bytes, held %d; want 3000 and 1500", st.ReleasedBytes, st.HeldBytes)
+	}
+}

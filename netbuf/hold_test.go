@@ -1,0 +1,258 @@
+package netbuf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ftvmd/ftvmd/netbuf/nfq"
+	"github.com/ftvmd/ftvmd/outputrule"
+)
+
+// fakeQueue is an in-memory HoldQueue: the test queues ids, the Hold's
+// verdicts are recorded as the kernel would apply them.
+type fakeQueue struct {
+	in chan []nfq.Message
+
+	mu       sync.Mutex
+	queued   []uint32 // ids the kernel still holds, in order
+	accepted []uint32
+	dropped  []uint32
+	stop     chan struct{}
+	stopOnce sync.Once
+}
+
+func newFakeQueue() *fakeQueue {
+	return &fakeQueue{in: make(chan []nfq.Message, 16), stop: make(chan struct{})}
+}
+
+func (q *fakeQueue) Read(dst []nfq.Message) ([]nfq.Message, error) {
+	select {
+	case m := <-q.in:
+		return append(dst, m...), nil
+	case <-q.stop:
+		return dst, os.ErrDeadlineExceeded
+	}
+}
+
+func (q *fakeQueue) SetReadDeadline(time.Time) error {
+	q.stopOnce.Do(func() { close(q.stop) })
+	return nil
+}
+
+// verdict applies v to the held ids up to id (batch) or to id alone.
+func (q *fakeQueue) verdict(accept bool, id uint32, batch bool) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var keep []uint32
+	for _, x := range q.queued {
+		if x == id || (batch && x < id) {
+			if accept {
+				q.accepted = append(q.accepted, x)
+			} else {
+				q.dropped = append(q.dropped, x)
+			}
+			continue
+		}
+		keep = append(keep, x)
+	}
+	q.queued = keep
+	return nil
+}
+
+func (q *fakeQueue) Release(id uint32) error { return q.verdict(true, id, true) }
+func (q *fakeQueue) Drop(id uint32) error    { return q.verdict(false, id, true) }
+func (q *fakeQueue) DropOne(id uint32) error { return q.verdict(false, id, false) }
+
+// put queues ids as one read batch.
+func (q *fakeQueue) put(ids ...uint32) {
+	var msgs []nfq.Message
+	q.mu.Lock()
+	for _, id := range ids {
+		q.queued = append(q.queued, id)
+		msgs = append(msgs, nfq.Message{Kind: nfq.KindPacket, Packet: nfq.Packet{ID: id, HWProto: 0x0800, Len: 1000}})
+	}
+	q.mu.Unlock()
+	q.in <- msgs
+}
+
+func (q *fakeQueue) state() (accepted, dropped, queued []uint32) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return slices.Clone(q.accepted), slices.Clone(q.dropped), slices.Clone(q.queued)
+}
+
+type holdHarness struct {
+	t      testing.TB
+	q      *fakeQueue
+	h      *Hold
+	log    atomic.Int64
+	stampE atomic.Bool
+	bypass atomic.Int32
+}
+
+func newHoldHarness(t testing.TB, mode outputrule.Mode) *holdHarness {
+	t.Helper()
+	hh := &holdHarness{t: t, q: newFakeQueue()}
+	h, err := NewHold(HoldConfig{
+		Queue: hh.q,
+		Stamp: func() (int64, error) {
+			if hh.stampE.Load() {
+				return 0, errors.New("log gone")
+			}
+			return hh.log.Load(), nil
+		},
+		Rule:           outputrule.New(HoldRuleConfig(64), mode),
+		Bypass:         func() error { hh.bypass.Add(1); return nil },
+		CheckInvariant: true,
+		Logger:         slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hh.h = h
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return hh
+}
+
+// queue queues ids with the log at size stamp and waits until they are stamped.
+func (hh *holdHarness) queue(stamp int64, ids ...uint32) {
+	hh.t.Helper()
+	hh.log.Store(stamp)
+	before := hh.h.Stats().GuestFrames
+	hh.q.put(ids...)
+	waitFor(hh.t, "frames stamped", func() bool { return hh.h.Stats().GuestFrames >= before+uint64(len(ids)) })
+}
+
+func (hh *holdHarness) waitAccepted(want ...uint32) {
+	hh.t.Helper()
+	waitFor(hh.t, fmt.Sprintf("accepted %v", want), func() bool {
+		a, _, _ := hh.q.state()
+		return slices.Equal(a, want)
+	})
+}
+
+func TestHoldReleasesInOrderOnAck(t *testing.T) {
+	hh := newHoldHarness(t, outputrule.Protected)
+	hh.h.Sent(1000)
+	hh.queue(100, 1, 2)
+	hh.queue(200, 3)
+	hh.queue(300, 4)
+	hh.h.Ack(99)
+	hh.h.Ack(250) // passes 1, 2 (stamp 100) and 3 (stamp 200), not 4
+	hh.waitAccepted(1, 2, 3)
+	if _, _, q := hh.q.state(); !slices.Equal(q, []uint32{4}) {
+		t.Fatalf("still queued %v, want [4]", q)
+	}
+	hh.h.Ack(300)
+	hh.waitAccepted(1, 2, 3, 4)
+	st := hh.h.Stats()
+	if st.TapFrames != 4 || st.TapBytes != 4000 || st.Invariant != 0 || st.Rule.HeldFrames != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestHoldLyingAckReleasesNothing(t *testing.T) {
+	hh := newHoldHarness(t, outputrule.Protected)
+	hh.h.Sent(50)
+	hh.queue(100, 1)
+	hh.h.Ack(100) // beyond Sent: a lie
+	hh.h.Sent(100)
+	if a, _, _ := hh.q.state(); len(a) != 0 {
+		t.Fatalf("released %v on a lying ack", a)
+	}
+	if hh.h.Stats().Rule.LyingAcks != 1 {
+		t.Fatal("lying ack not counted")
+	}
+	hh.h.Ack(100)
+	hh.waitAccepted(1)
+}
+
+func TestHoldHaltDropsEverything(t *testing.T) {
+	hh := newHoldHarness(t, outputrule.Protected)
+	hh.h.Sent(1000)
+	hh.queue(100, 1, 2)
+	hh.h.SetMode(outputrule.Halted)
+	_, d, q := hh.q.state()
+	if !slices.Equal(d, []uint32{1, 2}) || len(q) != 0 {
+		t.Fatalf("after halt dropped %v queued %v, want [1 2] and none", d, q)
+	}
+	hh.queue(200, 3)
+	hh.h.Ack(1000)
+	waitFor(t, "frame 3 dropped", func() bool { _, d, _ := hh.q.state(); return slices.Contains(d, 3) })
+	if a, _, _ := hh.q.state(); len(a) != 0 {
+		t.Fatalf("a halted hold released %v", a)
+	}
+	if hh.bypass.Load() != 0 {
+		t.Fatal("halt bypassed the queue")
+	}
+}
+
+func TestHoldUnprotectedReleasesAndBypasses(t *testing.T) {
+	hh := newHoldHarness(t, outputrule.Protected)
+	hh.h.Sent(1000)
+	hh.queue(100, 1, 2)
+	hh.h.SetMode(outputrule.Unprotected)
+	hh.waitAccepted(1, 2)
+	if hh.bypass.Load() != 1 {
+		t.Fatalf("bypass called %d times, want 1", hh.bypass.Load())
+	}
+	// A frame queued before the bypass took effect passes at once.
+	hh.queue(500, 3)
+	hh.waitAccepted(1, 2, 3)
+	hh.h.SetMode(outputrule.Unprotected)
+	if hh.bypass.Load() != 1 {
+		t.Fatal("bypass called again")
+	}
+}
+
+func TestHoldUnstampedFramesDropped(t *testing.T) {
+	hh := newHoldHarness(t, outputrule.Protected)
+	hh.h.Sent(1000)
+	hh.stampE.Store(true)
+	hh.queue(0, 1)
+	waitFor(t, "frame 1 dropped", func() bool { _, d, _ := hh.q.state(); return slices.Equal(d, []uint32{1}) })
+	if hh.h.Stats().StampErrors != 1 {
+		t.Fatal("stamp error not counted")
+	}
+	hh.stampE.Store(false)
+	hh.queue(10, 2)
+	hh.h.Ack(10)
+	hh.waitAccepted(2)
+}
+
+func TestHoldConfigErrors(t *testing.T) {
+	if _, err := NewHold(HoldConfig{Stamp: func() (int64, error) { return 0, nil }}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("no queue: %v", err)
+	}
+	if _, err := NewHold(HoldConfig{Queue: newFakeQueue()}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("no stamp: %v", err)
+	}
+	h, err := NewHold(HoldConfig{Queue: newFakeQueue(), Stamp: func() (int64, error) { return 0, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := h.Run(ctx); err != nil {
+		t.Fatalf("first Run: %v", err)
+	}
+	if err := h.Run(ctx); !errors.Is(err, ErrAlreadyRunning) {
+		t.Fatalf("second Run: %v", err)
+	}
+}
