@@ -115,10 +115,11 @@ type vmRunner interface {
 
 // Agent is the daemon. Create with New, run with Run.
 type Agent struct {
-	cfg    Config
-	engine qemu.Engine // the QEMU this host runs VMs on
-	log    *slog.Logger
-	specs  vmspec.Store
+	cfg       Config
+	engine    qemu.Engine // the QEMU this host runs VMs on
+	engineErr error       // why no usable QEMU was found (nil when engine is usable)
+	log       *slog.Logger
+	specs     vmspec.Store
 
 	store disk.EpochStore // nil without shared storage
 
@@ -136,17 +137,24 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	eng, err := qemu.DetectEngine(context.Background(), cfg.QEMU)
-	if err != nil {
-		return nil, err
+	// A host whose QEMU is missing or broken still runs its agent (status, keys,
+	// the control socket), but says so and refuses to run or back up a VM: an
+	// operator may be installing QEMU right now.
+	eng, engErr := qemu.DetectEngine(context.Background(), cfg.QEMU)
+	if engErr != nil {
+		eng = qemu.Engine{Binary: cfg.QEMU, Name: "none"}
+		if eng.Binary == "" {
+			eng.Binary = qemu.DefaultBinary
+		}
 	}
 	cfg.QEMU = eng.Binary
 	a := &Agent{
-		engine: eng,
-		cfg:    cfg,
-		log:    cfg.Logger.With("host", cfg.Host),
-		specs:  vmspec.Store{Dir: filepath.Join(cfg.StateDir, "vms")},
-		vms:    map[string]vmRunner{},
+		engine:    eng,
+		engineErr: engErr,
+		cfg:       cfg,
+		log:       cfg.Logger.With("host", cfg.Host),
+		specs:     vmspec.Store{Dir: filepath.Join(cfg.StateDir, "vms")},
+		vms:       map[string]vmRunner{},
 	}
 	if cfg.SharedDir != "" {
 		st, err := disk.NewDirStore(cfg.SharedDir, disk.WithLogger(a.log))
@@ -187,7 +195,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent started", "control", a.cfg.Socket, "peer", a.cfg.Listen, "cpus", a.cfg.CPUs,
 		"engine", a.engine.Name, "qemu", a.engine.Binary)
-	if w := a.engine.Warning(); w != "" {
+	if a.engineErr != nil {
+		a.log.Error("no usable QEMU: VMs cannot run or be backed up on this host until it is installed", "err", a.engineErr)
+	} else if w := a.engine.Warning(); w != "" {
 		a.log.Warn("QEMU engine", "engine", a.engine.Name, "warning", w)
 	}
 

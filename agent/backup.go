@@ -78,7 +78,7 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn) {
 		c.Close()
 		return
 	}
-	if err := checkEngine(a.engine.Name, hello.Engine); err != nil {
+	if err := a.usableEngine(hello.Engine); err != nil {
 		log.Warn("peer refused", "from", hello.From, "err", err)
 		reply(err)
 		c.Close()
@@ -702,4 +702,13 @@ func checkEngine(mine, primary string) error {
 		return nil
 	}
 	return fmt.Errorf("%w: the primary records on %q, this host replays on %q; a log replays only on the build that recorded it: install the same build on both hosts (docs/engine.md)", errEngineMismatch, primary, mine)
+}
+
+// usableEngine refuses a backup when this host has no usable QEMU, or another
+// build than the primary's.
+func (a *Agent) usableEngine(primary string) error {
+	if a.engineErr != nil {
+		return fmt.Errorf("this host cannot replay: %w", a.engineErr)
+	}
+	return checkEngine(a.engine.Name, primary)
 }

@@ -63,3 +63,12 @@ func TestBackupRefusesOtherEngine(t *testing.T) {
 		t.Fatalf("backup registered %d VMs after refusing", n)
 	}
 }
+
+// A host without a usable QEMU refuses to back up a VM, saying why.
+func TestBackupWithoutQEMURefuses(t *testing.T) {
+	a := &Agent{engine: qemu.Engine{Name: "none"}, engineErr: qemu.ErrQEMUNotFound}
+	err := a.usableEngine("ftvmd-qemu 7.2+dfsg+ftvmd.aaaa")
+	if !errors.Is(err, qemu.ErrQEMUNotFound) || !strings.Contains(err.Error(), "cannot replay") {
+		t.Fatalf("usableEngine = %v, want a refusal wrapping ErrQEMUNotFound", err)
+	}
+}
