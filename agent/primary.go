@@ -21,6 +21,7 @@ import (
 	"github.com/ftvmd/ftvmd/outputrule"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
+	"github.com/ftvmd/ftvmd/rrcheck"
 	"github.com/ftvmd/ftvmd/throttle"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
@@ -66,6 +67,9 @@ type primary struct {
 	fence  *fence // nil without shared storage
 	epoch  uint64
 	live   *liveStart
+	// keepDiskCopy keeps a copy of the disk as it was before recording, which
+	// `ftvmd rr check` replays on.
+	keepDiskCopy bool
 	// stopSender ends the log channel with a Bye; backupHost is the backup's name.
 	stopSender context.CancelFunc
 	backupHost string
@@ -111,7 +115,7 @@ type liveStart struct {
 	launch func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error)
 }
 
-func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart) (err error) {
+func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart, keepDiskCopy bool) (err error) {
 	p := &primary{
 		a: a, spec: spec, peer: backup, started: time.Now(),
 		log:      a.log.With("vm", spec.Name, "role", "primary"),
@@ -126,6 +130,8 @@ func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup strin
 		ctrl:     throttle.NewController(time.Duration(spec.LagBoundMS) * time.Millisecond),
 		quota:    1,
 		live:     live,
+
+		keepDiskCopy: keepDiskCopy,
 	}
 	if live != nil {
 		p.epoch = live.epoch
@@ -336,6 +342,13 @@ func (p *primary) startQEMU(ctx context.Context) error {
 	if p.cg != nil {
 		opts = append(opts, qemu.WithCgroup(p.cg.Add))
 	}
+	if p.live == nil {
+		// A run from boot can be replayed offline (`ftvmd rr check`); one that
+		// continues a backup's replay starts from a snapshot and cannot.
+		if err := p.keepForCheck(cfg); err != nil {
+			return err
+		}
+	}
 	var m *qemu.Machine
 	if p.live != nil {
 		t0 := time.Now()
@@ -360,6 +373,55 @@ func (p *primary) startQEMU(ctx context.Context) error {
 		return m.Stop(sctx, 3*time.Second)
 	})
 	return nil
+}
+
+// keepForCheck writes what an offline replay of this recording needs beside the
+// log: the manifest (QEMU's exact args and config, the engine, the boot files'
+// checksums) and, when asked, a copy of the disk as it is before QEMU touches it.
+func (p *primary) keepForCheck(cfg qemu.Config) error {
+	var copies []string
+	if p.keepDiskCopy && len(cfg.Disks) > 0 {
+		for i, d := range cfg.Disks {
+			name := fmt.Sprintf("disk%d.prerecord.qcow2", i)
+			t0 := time.Now()
+			n, err := copyFile(d.Path, filepath.Join(p.dir, name))
+			if err != nil {
+				return fmt.Errorf("pre-record copy of the disk: %w", err)
+			}
+			p.log.Info("kept a pre-record copy of the disk", "image", d.Path, "copy", name, "bytes", n, "took", time.Since(t0).Round(time.Millisecond))
+			copies = append(copies, name)
+		}
+	}
+	m, err := rrcheck.NewManifest(cfg, p.a.engine.Name, copies)
+	if err != nil {
+		return err
+	}
+	return m.Write(p.dir)
+}
+
+// copyFile copies src to a new file dst and syncs it.
+func copyFile(src, dst string) (int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(dst)
+		return 0, fmt.Errorf("copy %s: %w", src, err)
+	}
+	return n, nil
 }
 
 func (p *primary) copyProgress(pr disk.Progress) {

@@ -42,6 +42,9 @@ type Request struct {
 	VM     string       `json:"vm,omitempty"`
 	Backup string       `json:"backup,omitempty"` // host:port of the backup agent
 	Spec   *vmspec.Spec `json:"spec,omitempty"`
+	// KeepDiskCopy (OpRun, OpProtect) keeps a copy of the VM's disk as it is
+	// before recording starts, beside the log, for `ftvmd rr check`.
+	KeepDiskCopy bool `json:"keep_disk_copy,omitempty"`
 	// AckDelayMS is OpTestAckDelay's argument.
 	AckDelayMS int `json:"ack_delay_ms,omitempty"`
 }

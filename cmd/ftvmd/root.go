@@ -50,6 +50,7 @@ func newRoot() *cobra.Command {
 		newVerifyCmd(g),
 		newKeysCmd(),
 		newLogCmd(),
+		newRRCmd(),
 		newBenchCmd(),
 		newDrillCmd(),
 	)
@@ -181,6 +182,7 @@ func newVMCmd(g *globalOpts) *cobra.Command {
 
 func newProtectCmd(g *globalOpts) *cobra.Command {
 	var backup string
+	var keep bool
 	c := &cobra.Command{
 		Use:   "protect <vm> --backup <host[:port]>",
 		Short: "Start the VM here as primary with a backup in lockstep on another host",
@@ -192,7 +194,7 @@ func newProtectCmd(g *globalOpts) *cobra.Command {
 			stop := make(chan struct{})
 			done := make(chan struct{})
 			go func() { defer close(done); showCopyProgress(ctx, g, args[0], stop) }()
-			resp, err := control.Call(ctx, g.socket, control.Request{Op: control.OpProtect, VM: args[0], Backup: backup})
+			resp, err := control.Call(ctx, g.socket, control.Request{Op: control.OpProtect, VM: args[0], Backup: backup, KeepDiskCopy: keep})
 			close(stop)
 			<-done
 			if err != nil {
@@ -203,6 +205,7 @@ func newProtectCmd(g *globalOpts) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&backup, "backup", "", "backup host's agent address (host or host:port)")
+	c.Flags().BoolVar(&keep, "keep-disk-copy", false, "keep a copy of the disk as it is before recording, for 'ftvmd rr check'")
 	return c
 }
 
@@ -251,7 +254,20 @@ func simpleVMCmd(g *globalOpts, use, short, op string) *cobra.Command {
 }
 
 func newRunCmd(g *globalOpts) *cobra.Command {
-	return simpleVMCmd(g, "run", "Start the VM here unprotected (same engine, no backup)", control.OpRun)
+	var keep bool
+	c := &cobra.Command{
+		Use: "run <vm>", Short: "Start the VM here unprotected (same engine, no backup)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			resp, err := call(cmd.Context(), g, control.Request{Op: control.OpRun, VM: args[0], KeepDiskCopy: keep})
+			if err != nil {
+				return err
+			}
+			fmt.Println(resp.Message)
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&keep, "keep-disk-copy", false, "keep a copy of the disk as it is before recording, for 'ftvmd rr check'")
+	return c
 }
 
 func newUnprotectCmd(g *globalOpts) *cobra.Command {
