@@ -104,9 +104,9 @@ func recordConfig() qemu.Config {
 		QMPSocket:  "/run/vm1/qmp.sock",
 		ConsoleLog: "/run/vm1/console.log",
 		FlushLib:   "/lib/libftflush.so", FlushInterval: time.Millisecond,
-		Dir:        "/run/vm1",
-		Disks:      []qemu.Disk{{Path: "/img/vm1.qcow2"}},
-		ExtraArgs:  []string{"-global", "x=y"},
+		Dir:       "/run/vm1",
+		Disks:     []qemu.Disk{{Path: "/img/vm1.qcow2"}},
+		ExtraArgs: []string{"-global", "x=y"},
 	}
 }
 
