@@ -215,6 +215,30 @@ func TestRealCheck(t *testing.T) {
 		t.Errorf("the replay changed the pre-record copy (%v)", err)
 	}
 
+	// A log cut short, or one whose header QEMU never finished, is refused with
+	// the reason before any QEMU starts.
+	full := mustRead(t, rec.Log)
+	for _, bad := range []struct {
+		name string
+		log  []byte
+		want string
+	}{
+		{"cut", full[:len(full)/2], "truncated"},
+		{"unfinished", append(make([]byte, 4), full[4:]...), "still recording it or was killed"},
+	} {
+		p := filepath.Join(dir, bad.name+".rr")
+		if err := os.WriteFile(p, bad.log, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r := rec
+		r.Log = p
+		if _, err := Check(ctx, Config{Recording: r}); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s log: %v, want an error saying %q", bad.name, err, bad.want)
+		} else {
+			t.Logf("%s log: %v", bad.name, err)
+		}
+	}
+
 	// One console byte changed: the check must say where.
 	con := mustRead(t, rec.Console)
 	at := bytes.Index(con, []byte("ftguest counter 2 "))

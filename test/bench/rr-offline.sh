@@ -1,7 +1,8 @@
 #!/bin/bash
 # Record a lab guest with QEMU's record/replay for a while on CPU 0, then replay the
 # log from the file on CPU 1, sampling each side's instruction count once a second
-# over QMP. No ftvmd involved: this measures the engine alone.
+# over QMP. No ftvmd involved: this measures the engine alone. To check that a VM the
+# agent ran replays deterministically, use `ftvmd rr check` (docs/operator-guide.md).
 #
 #   bash test/bench/rr-offline.sh NAME SECONDS [qemu args...]
 #   e.g. bash test/bench/rr-offline.sh busy-vm 40 -rtc clock=vm
