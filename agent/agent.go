@@ -327,7 +327,7 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 		if req.Op == control.OpProtect {
 			backup = withPort(req.Backup)
 		}
-		if err := a.startPrimary(ctx, spec, backup, nil, req.KeepDiskCopy); err != nil {
+		if err := a.startPrimaryKeeping(ctx, spec, backup, nil, req.KeepDiskCopy); err != nil {
 			return fail(err)
 		}
 		if backup == "" {

@@ -512,7 +512,7 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 	b.a.unregister(b.spec.Name, b)
 	gctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: d.Epoch, disk: b.diskPath, claim: d.Claim, launch: launch}, false); err != nil {
+	if err := b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: d.Epoch, disk: b.diskPath, claim: d.Claim, launch: launch}); err != nil {
 		b.setFailed(fmt.Errorf("go live: %w", err))
 		return false
 	}

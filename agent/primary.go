@@ -115,7 +115,13 @@ type liveStart struct {
 	launch func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error)
 }
 
-func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart, keepDiskCopy bool) (err error) {
+func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart) error {
+	return a.startPrimaryKeeping(ctx, spec, backup, live, false)
+}
+
+// startPrimaryKeeping is startPrimary that, with keepDiskCopy, also keeps a copy of
+// the disk as it is before recording (for `ftvmd rr check`).
+func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart, keepDiskCopy bool) (err error) {
 	p := &primary{
 		a: a, spec: spec, peer: backup, started: time.Now(),
 		log:      a.log.With("vm", spec.Name, "role", "primary"),
