@@ -82,7 +82,34 @@ func newBenchCmd() *cobra.Command {
 	}
 	dk.Flags().StringVar(&imgSize, "image-size", "1G", "size of the fully allocated image copied at protect")
 	dk.Flags().IntVar(&records, "records", 500, "durable records to write each way")
-	b.AddCommand(lag, cpu, netc, fo, dk)
+	var loadLabs, loadSecs int
+	var evidence string
+	ld := &cobra.Command{
+		Use:   "load",
+		Short: "Lockstep under traffic: every load pattern (bulk each way, both, short connections, ping flood, busy CPU plus bulk) on fresh labs; lag, stalls, throughput per pattern",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			env := bench.NewEnv("ftvmd " + strings.Join(os.Args[1:], " "))
+			res, err := bench.Load(cmd.Context(), os.Stderr, env, loadLabs, time.Duration(loadSecs)*time.Second, evidence, opts.agentArgs...)
+			if err != nil {
+				return err
+			}
+			// Per pattern: a line to read, then the same as JSON; the summary last.
+			for _, p := range res.Patterns {
+				fmt.Println(p.Line())
+				line, err := json.Marshal(p)
+				if err != nil {
+					return err
+				}
+				fmt.Println(string(line))
+			}
+			return printSummary(res)
+		},
+	}
+	ld.Flags().IntVar(&loadLabs, "labs", 1, "fresh labs, each running every pattern on one protected guest")
+	ld.Flags().IntVar(&loadSecs, "seconds", 60, "seconds of traffic per pattern")
+	ld.Flags().StringVar(&evidence, "evidence-dir", "", "keep agent logs, consoles and status of a lab whose run failed here")
+	b.AddCommand(lag, cpu, netc, fo, dk, ld)
 	return b
 }
 
