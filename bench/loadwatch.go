@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -23,6 +24,11 @@ import (
 // before the phase fails as stalled. A live replay advances many times a second
 // (the guest's timer alone makes it); the stall of issue 12 froze it for good.
 const StallGrace = 3 * time.Second
+
+// StallFollow is how long a stalled phase keeps watching (the traffic stopped)
+// to tell a replay stuck for good from one that moves again: the phase fails
+// either way, and its error says which.
+const StallFollow = 20 * time.Second
 
 // Watch periods: lag is sampled every watchTick, the full check (consoles too)
 // runs every watchCheck.
@@ -52,6 +58,9 @@ type LoadPhase struct {
 	LogMbitS      float64 `json:"log_mbit_s"`  // rr log written by the primary
 	BackupIPS     float64 `json:"backup_instructions_per_s"`
 	Error         string  `json:"error,omitempty"`
+	// Diagnosis is what the watch saw of both QEMUs' threads when the replay was
+	// found standing still (see ThreadStates); empty otherwise.
+	Diagnosis string `json:"diagnosis,omitempty"`
 
 	lags []float64 // the samples behind LagMS, for pooling over labs
 }
@@ -190,6 +199,82 @@ func (w *watch) checkStates(p, b control.VMStatus) error {
 	return nil
 }
 
+// follow watches a stalled replay for up to d more and says whether it moved.
+func (w *watch) follow(ctx context.Context, d time.Duration) string {
+	stood := w.lastB.Icount
+	t0 := time.Now()
+	for time.Since(t0) < d {
+		select {
+		case <-ctx.Done():
+			return "not followed: " + ctx.Err().Error()
+		case <-time.After(500 * time.Millisecond):
+		}
+		p, b, err := w.read(ctx)
+		if err != nil {
+			return fmt.Sprintf("after %.1f s more: %v", time.Since(t0).Seconds(), err)
+		}
+		if b.Icount != stood || b.State != "replaying" {
+			return fmt.Sprintf("it moved again %.1f s later (traffic stopped): backup %s, icount %d; %s", time.Since(t0).Seconds(), b.State, b.Icount, describe(p, b))
+		}
+		w.last, w.lastB = p, b
+	}
+	return fmt.Sprintf("%.0f s later (traffic stopped) it still stood: %s", d.Seconds(), describe(w.last, w.lastB))
+}
+
+// threads describes both QEMUs' threads (ThreadStates) for a stall's diagnosis.
+func (w *watch) threads() string {
+	var sb strings.Builder
+	for _, c := range []struct {
+		role string
+		pid  int
+	}{{"primary", w.last.PID}, {"backup", w.lastB.PID}} {
+		fmt.Fprintf(&sb, "%s qemu (pid %d):\n%s", c.role, c.pid, ThreadStates(c.pid))
+	}
+	return sb.String()
+}
+
+// ThreadStates lists a process's threads from /proc: name, scheduler state, the
+// kernel function it waits in, its syscall and the top of its kernel stack. It
+// shows whether a stuck replay waits for log (a read on its FIFO), for a lock, or
+// spins.
+func ThreadStates(pid int) string {
+	if pid <= 0 {
+		return "  (no pid)\n"
+	}
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tids, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Sprintf("  %v\n", err)
+	}
+	var sb strings.Builder
+	for _, t := range tids {
+		read := func(f string) string {
+			b, err := os.ReadFile(filepath.Join(dir, t.Name(), f))
+			if err != nil {
+				return "?"
+			}
+			return strings.TrimSpace(string(b))
+		}
+		state := "?"
+		// stat: "tid (comm) S ...": the state follows the last ')'.
+		if st := read("stat"); strings.LastIndex(st, ")") > 0 {
+			if f := strings.Fields(st[strings.LastIndex(st, ")")+1:]); len(f) > 0 {
+				state = f[0]
+			}
+		}
+		sys := strings.Fields(read("syscall"))
+		if len(sys) > 2 {
+			sys = sys[:2] // number and first argument (the fd of a read)
+		}
+		stack := strings.Fields(strings.ReplaceAll(read("stack"), "[<0>]", ""))
+		if len(stack) > 4 {
+			stack = stack[:4]
+		}
+		fmt.Fprintf(&sb, "  %s %-16s %s wchan=%s syscall=%s stack=%s\n", t.Name(), read("comm"), state, read("wchan"), strings.Join(sys, ","), strings.Join(stack, "<"))
+	}
+	return sb.String()
+}
+
 // describe is what a failure message says about where the two copies stand.
 func describe(p, b control.VMStatus) string {
 	return fmt.Sprintf("primary icount %d, backup icount %d, lag %.0f ms (%d bytes), work lag %.0f ms, log written %d / sent %d / acked %d / replayed %d (backup: written %d, replayed %d), held frames %d, throttle quota %.2f",
@@ -217,10 +302,10 @@ func (w *watch) result(p *LoadPhase, now time.Time) {
 // the first broken check, or when the driver fails; its figures are filled in
 // either way.
 func RunLoadPhase(ctx context.Context, c Copies, pat LoadPattern, t LoadTarget, d time.Duration) (LoadPhase, error) {
-	return runLoadPhase(ctx, lab.Status, c, pat, t, d, StallGrace)
+	return runLoadPhase(ctx, lab.Status, c, pat, t, d, StallGrace, StallFollow)
 }
 
-func runLoadPhase(ctx context.Context, status statusFunc, c Copies, pat LoadPattern, t LoadTarget, d, grace time.Duration) (LoadPhase, error) {
+func runLoadPhase(ctx context.Context, status statusFunc, c Copies, pat LoadPattern, t LoadTarget, d, grace, follow time.Duration) (LoadPhase, error) {
 	ph := LoadPhase{Pattern: pat.Name}
 	w, err := newWatch(ctx, status, c, grace, time.Now())
 	if err != nil {
@@ -259,10 +344,17 @@ func runLoadPhase(ctx context.Context, status statusFunc, c Copies, pat LoadPatt
 			return ph, nil
 		case now := <-tick.C:
 			if werr := w.sample(ctx, now, false); werr != nil {
+				if errors.Is(werr, ErrStalled) {
+					// Look at the threads while the replay still stands.
+					ph.Diagnosis = w.threads()
+				}
 				stop(werr)
 				r := <-done
 				ph.Traffic = r.tr
 				w.result(&ph, time.Now())
+				if errors.Is(werr, ErrStalled) {
+					werr = fmt.Errorf("%w; %s", werr, w.follow(ctx, follow))
+				}
 				return ph, fail(&ph, werr)
 			}
 		case <-hung.C:

@@ -80,7 +80,7 @@ func trafficUntil() LoadPattern {
 func TestLoadPhaseInLockstep(t *testing.T) {
 	f := newFakeCopies()
 	c := consoles(t, "boot\ncounter 1\ncounter 2\n", "boot\ncounter 1\n")
-	ph, err := runLoadPhase(context.Background(), f.status, c, trafficUntil(), LabTarget(), 1200*time.Millisecond, 500*time.Millisecond)
+	ph, err := runLoadPhase(context.Background(), f.status, c, trafficUntil(), LabTarget(), 1200*time.Millisecond, 500*time.Millisecond, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestLoadPhaseFailures(t *testing.T) {
 				return run(ctx, tg, d)
 			}
 			t0 := time.Now()
-			ph, err := runLoadPhase(context.Background(), f.status, c, pat, LabTarget(), time.Hour, grace)
+			ph, err := runLoadPhase(context.Background(), f.status, c, pat, LabTarget(), time.Hour, grace, time.Second)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("want an error with %q, got %v", tc.want, err)
 			}
@@ -151,7 +151,7 @@ func TestStallMessageSaysWhereTheCopiesStand(t *testing.T) {
 	f.advance = false
 	f.p.LogWritten, f.p.LogAcked, f.p.LogReplayed = 5000, 4000, 3000
 	c := consoles(t, "x", "x")
-	_, err := runLoadPhase(context.Background(), f.status, c, trafficUntil(), LabTarget(), time.Hour, 300*time.Millisecond)
+	_, err := runLoadPhase(context.Background(), f.status, c, trafficUntil(), LabTarget(), time.Hour, 300*time.Millisecond, time.Second)
 	for _, want := range []string{"icount stood at 1000", "lag 12 ms", "log written 5000", "acked 4000", "replayed 3000"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("want %q in %v", want, err)
@@ -185,5 +185,34 @@ func TestSummarizeLoadPoolsRuns(t *testing.T) {
 	}
 	if !strings.Contains(get.Line(), "stalled YES (1 of 2 runs)") || !strings.Contains(put.Line(), "stalled no") {
 		t.Fatalf("lines: %q / %q", get.Line(), put.Line())
+	}
+}
+
+func TestStallFollowUp(t *testing.T) {
+	c := consoles(t, "x", "x")
+	// Stuck for good: the error says it still stood after the follow-up.
+	f := newFakeCopies()
+	f.advance = false
+	_, err := runLoadPhase(context.Background(), f.status, c, trafficUntil(), LabTarget(), time.Hour, 300*time.Millisecond, time.Second)
+	if !errors.Is(err, ErrStalled) || !strings.Contains(err.Error(), "1 s later (traffic stopped) it still stood") {
+		t.Fatalf("want a stall that still stood, got %v", err)
+	}
+	// Stuck for a while: still a failure, and the error says when it moved again.
+	f = newFakeCopies()
+	f.advance = false
+	time.AfterFunc(time.Second, func() { f.set(func(f *fakeCopies) { f.advance = true }) })
+	ph, err := runLoadPhase(context.Background(), f.status, c, trafficUntil(), LabTarget(), time.Hour, 300*time.Millisecond, 5*time.Second)
+	if !errors.Is(err, ErrStalled) || !ph.Stalled || !strings.Contains(err.Error(), "it moved again") {
+		t.Fatalf("want a stall that moved again, got %v", err)
+	}
+}
+
+func TestThreadStates(t *testing.T) {
+	s := ThreadStates(os.Getpid())
+	if !strings.Contains(s, "wchan=") || strings.Count(s, "\n") < 2 {
+		t.Fatalf("threads of this test: %q", s)
+	}
+	if s := ThreadStates(0); !strings.Contains(s, "no pid") {
+		t.Fatalf("no pid: %q", s)
 	}
 }

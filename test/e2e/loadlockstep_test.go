@@ -67,6 +67,9 @@ func TestLoadLockstep(t *testing.T) {
 			}
 			if err != nil {
 				failed = "phase " + p.Name + " failed"
+				if ph.Diagnosis != "" {
+					t.Logf("threads when the replay was found standing:\n%s", ph.Diagnosis)
+				}
 				logStatus(ctx, t, vm)
 				t.Fatalf("%s: %v", p.Name, err)
 			}
