@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ftvmd/ftvmd/lab"
@@ -132,21 +133,36 @@ func loadOneLab(ctx context.Context, out io.Writer, i int, d time.Duration, evid
 	return run, st.LagBoundMS, nil
 }
 
-// KeepEvidence copies what a failed load run needs for a diagnosis into dir: both
-// agents' logs, every console log and both copies' status.
+// KeepEvidence keeps what a failed load run needs for a diagnosis in dir: both
+// agents' logs, both copies' status and their run directories' files (consoles,
+// the primary's rr log and the backup's received copy of it, which an offline
+// replay can retry). Large logs are hard-linked where dir is on the same file
+// system, so they survive the next lab's purge without a copy.
 func KeepEvidence(ctx context.Context, dir, vm string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	var errs []error
 	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
-		if err := copyFile(lab.AgentLog(h), filepath.Join(dir, "agent-"+h.Name+".log")); err != nil {
+		if err := keepFile(lab.AgentLog(h), filepath.Join(dir, "agent-"+h.Name+".log")); err != nil {
 			errs = append(errs, err)
 		}
-		cons, _ := filepath.Glob(filepath.Join(h.Dir, "run", "*", "console.log"))
-		for _, m := range cons {
-			if err := copyFile(m, filepath.Join(dir, h.Name+"-"+filepath.Base(filepath.Dir(m))+"-console.log")); err != nil {
+		runs, _ := filepath.Glob(filepath.Join(h.Dir, "run", vm+".*"))
+		for _, run := range runs {
+			ents, err := os.ReadDir(run)
+			if err != nil {
 				errs = append(errs, err)
+				continue
+			}
+			for _, e := range ents {
+				// Regular files only (no sockets, FIFOs); disk images are not evidence.
+				if !e.Type().IsRegular() || strings.HasSuffix(e.Name(), ".qcow2") {
+					continue
+				}
+				dst := filepath.Join(dir, h.Name+"-"+filepath.Base(run)+"-"+e.Name())
+				if err := keepFile(filepath.Join(run, e.Name()), dst); err != nil {
+					errs = append(errs, err)
+				}
 			}
 		}
 		st, err := lab.Status(ctx, h, vm)
@@ -165,12 +181,27 @@ func KeepEvidence(ctx context.Context, dir, vm string) error {
 	return errors.Join(errs...)
 }
 
-func copyFile(src, dst string) error {
-	b, err := os.ReadFile(src)
+// keepFile hard-links src to dst, or copies it when they are on different file
+// systems.
+func keepFile(src, dst string) error {
+	_ = os.Remove(dst)
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(dst, b, 0o644)
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	return out.Close()
 }
 
 func summarizeLoad(runs []LoadRun) []LoadSummary {

@@ -216,3 +216,26 @@ func TestThreadStates(t *testing.T) {
 		t.Fatalf("no pid: %q", s)
 	}
 }
+
+func TestKeepFileOutlivesTheSource(t *testing.T) {
+	d := t.TempDir()
+	src, dst := filepath.Join(d, "log.rr"), filepath.Join(d, "kept")
+	if err := os.WriteFile(src, []byte("rr log"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, []byte("stale"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := keepFile(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(src); err != nil { // the next lab's purge
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(dst); err != nil || string(b) != "rr log" {
+		t.Fatalf("kept %q %v", b, err)
+	}
+	if err := keepFile(filepath.Join(d, "missing"), dst); err == nil {
+		t.Fatal("a missing source was kept")
+	}
+}

@@ -71,6 +71,7 @@ func TestLoadLockstep(t *testing.T) {
 					t.Logf("threads when the replay was found standing:\n%s", ph.Diagnosis)
 				}
 				logStatus(ctx, t, vm)
+				keepEvidence(ctx, t, vm)
 				t.Fatalf("%s: %v", p.Name, err)
 			}
 		})
@@ -82,8 +83,25 @@ func TestLoadLockstep(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if err := bench.BackupCaughtUp(ctx, c.PrimaryConsole, c.BackupConsole, 3*time.Second); err != nil {
 		logStatus(ctx, t, vm)
+		keepEvidence(ctx, t, vm)
 		t.Fatal(err)
 	}
+}
+
+// keepEvidence keeps the rr logs, consoles, agent logs and status of a failed run
+// under FTVMD_E2E_ARTIFACTS (the logs let an offline replay retry the stall).
+func keepEvidence(ctx context.Context, t *testing.T, vm string) {
+	t.Helper()
+	dir := os.Getenv("FTVMD_E2E_ARTIFACTS")
+	if dir == "" {
+		return
+	}
+	dst := filepath.Join(dir, "TestLoadLockstep-evidence")
+	if err := bench.KeepEvidence(ctx, dst, vm); err != nil {
+		t.Logf("keeping evidence in %s: %v", dst, err)
+		return
+	}
+	t.Logf("rr logs, consoles, agent logs and status kept in %s", dst)
 }
 
 // logStatus logs both copies' full status, for a failure's diagnosis.
