@@ -22,5 +22,5 @@ FTVMD_REQUIRE_QEMU=1 FTVMD_REQUIRE_ROOT=1 go test -count=1 -timeout 20m $(go lis
 
 echo "==> end-to-end tests on the lab"
 mkdir -p test/e2e-artifacts
-FTVMD_E2E=1 FTVMD_E2E_ARTIFACTS="$repo/test/e2e-artifacts" go test -count=1 -v -timeout 40m ./test/e2e
+FTVMD_E2E=1 FTVMD_E2E_ARTIFACTS="$repo/test/e2e-artifacts" go test -count=1 -v -timeout 55m ./test/e2e
 echo "==> all tests passed"

@@ -28,7 +28,7 @@ const loadPhaseTime = 60 * time.Second
 // FTVMD_E2E_ARTIFACTS set, appends the same as JSON to loadlockstep.jsonl there.
 func TestLoadLockstep(t *testing.T) {
 	l := needLab(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	const vm = "loadguest"
 	bound := protectGuest(ctx, t, l, vm)
