@@ -54,10 +54,13 @@ type LoadPhase struct {
 	// the longest time it stood still in the phase, stalled or not.
 	Stalled       bool    `json:"stalled"`
 	LongestStillS float64 `json:"longest_still_s"`
-	ThrottledS    float64 `json:"throttled_s"` // time the throttle held the primary back
-	LogMbitS      float64 `json:"log_mbit_s"`  // rr log written by the primary
-	BackupIPS     float64 `json:"backup_instructions_per_s"`
-	Error         string  `json:"error,omitempty"`
+	// PrimaryLongestStillS is the same for the primary's logged icount: a backup
+	// standing still while the primary stands still too has nothing to replay.
+	PrimaryLongestStillS float64 `json:"primary_longest_still_s"`
+	ThrottledS           float64 `json:"throttled_s"` // time the throttle held the primary back
+	LogMbitS             float64 `json:"log_mbit_s"`  // rr log written by the primary
+	BackupIPS            float64 `json:"backup_instructions_per_s"`
+	Error                string  `json:"error,omitempty"`
 	// Diagnosis is what the watch saw of both QEMUs' threads when the replay was
 	// found standing still (see ThreadStates); empty otherwise.
 	Diagnosis string `json:"diagnosis,omitempty"`
@@ -67,8 +70,8 @@ type LoadPhase struct {
 
 // Line is the phase as one key=value line, for logs and grep.
 func (p LoadPhase) Line() string {
-	s := fmt.Sprintf("loadphase pattern=%s seconds=%.1f lag_p50_ms=%.1f lag_p99_ms=%.1f lag_max_ms=%.1f lag_samples=%d to_client_bytes=%d to_guest_bytes=%d to_client_MB_s=%.2f to_guest_MB_s=%.2f stalled=%t longest_still_s=%.2f throttled_s=%.1f log_mbit_s=%.2f backup_ips=%.0f",
-		p.Pattern, p.Seconds, p.LagMS.P50, p.LagMS.P99, p.LagMS.Max, p.LagMS.N, p.ToClientBytes, p.ToGuestBytes, p.ToClientMBs, p.ToGuestMBs, p.Stalled, p.LongestStillS, p.ThrottledS, p.LogMbitS, p.BackupIPS)
+	s := fmt.Sprintf("loadphase pattern=%s seconds=%.1f lag_p50_ms=%.1f lag_p99_ms=%.1f lag_max_ms=%.1f lag_samples=%d to_client_bytes=%d to_guest_bytes=%d to_client_MB_s=%.2f to_guest_MB_s=%.2f stalled=%t longest_still_s=%.2f primary_longest_still_s=%.2f throttled_s=%.1f log_mbit_s=%.2f backup_ips=%.0f",
+		p.Pattern, p.Seconds, p.LagMS.P50, p.LagMS.P99, p.LagMS.Max, p.LagMS.N, p.ToClientBytes, p.ToGuestBytes, p.ToClientMBs, p.ToGuestMBs, p.Stalled, p.LongestStillS, p.PrimaryLongestStillS, p.ThrottledS, p.LogMbitS, p.BackupIPS)
 	for _, kv := range []struct {
 		k string
 		v int
@@ -120,17 +123,21 @@ type watch struct {
 	lastB       control.VMStatus
 	started     time.Time
 	lastAdvance time.Time
+	pAtAdvance  uint64 // the primary's icount when the backup last advanced
+	pAdvance    time.Time
+	pLongest    time.Duration
 	lastCheck   time.Time
 	longest     time.Duration
 	lags        []float64
 }
 
 func newWatch(ctx context.Context, status statusFunc, c Copies, grace time.Duration, now time.Time) (*watch, error) {
-	w := &watch{status: status, copies: c, grace: grace, started: now, lastAdvance: now}
+	w := &watch{status: status, copies: c, grace: grace, started: now, lastAdvance: now, pAdvance: now}
 	p, b, err := w.read(ctx)
 	if err != nil {
 		return nil, err
 	}
+	w.pAtAdvance = p.Icount
 	w.first, w.last, w.firstB, w.lastB = p, p, b, b
 	if err := w.checkStates(p, b); err != nil {
 		return nil, err
@@ -158,7 +165,7 @@ func (w *watch) sample(ctx context.Context, now time.Time, full bool) error {
 		return err
 	}
 	w.lags = append(w.lags, p.LagMS)
-	prevB := w.lastB
+	prevB, prevP := w.lastB, w.last
 	w.last, w.lastB = p, b
 	if err := w.checkStates(p, b); err != nil {
 		return err
@@ -169,13 +176,17 @@ func (w *watch) sample(ctx context.Context, now time.Time, full bool) error {
 	if b.Icount > p.Icount {
 		return fmt.Errorf("the backup replayed %d instructions, more than the primary logged (%d)", b.Icount, p.Icount)
 	}
+	if p.Icount > prevP.Icount {
+		w.pAdvance = now
+	}
+	w.pLongest = max(w.pLongest, now.Sub(w.pAdvance))
 	if b.Icount > prevB.Icount {
-		w.lastAdvance = now
+		w.lastAdvance, w.pAtAdvance = now, p.Icount
 	}
 	still := now.Sub(w.lastAdvance)
 	w.longest = max(w.longest, still)
 	if still >= w.grace {
-		return fmt.Errorf("%w: its icount stood at %d for %.1f s; %s", ErrStalled, b.Icount, still.Seconds(), describe(p, b))
+		return fmt.Errorf("%w: its icount stood at %d for %.1f s while the primary logged %d more instructions; %s", ErrStalled, b.Icount, still.Seconds(), p.Icount-w.pAtAdvance, describe(p, b))
 	}
 	if full || now.Sub(w.lastCheck) >= watchCheck {
 		w.lastCheck = now
@@ -288,6 +299,7 @@ func (w *watch) result(p *LoadPhase, now time.Time) {
 	p.lags = w.lags
 	p.LagMS = NewDist(w.lags)
 	p.LongestStillS = w.longest.Seconds()
+	p.PrimaryLongestStillS = w.pLongest.Seconds()
 	p.ThrottledS = w.last.ThrottledSec - w.first.ThrottledSec
 	if el > 0 {
 		p.LogMbitS = mbit(w.last.LogWritten-w.first.LogWritten, now.Sub(w.started))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -17,9 +18,10 @@ import (
 // fakeCopies is an in-memory protected VM: a primary and a backup whose status the
 // test changes while a watch reads it.
 type fakeCopies struct {
-	mu      sync.Mutex
-	p, b    control.VMStatus
-	advance bool // each backup read replays 1000 more instructions
+	mu       sync.Mutex
+	p, b     control.VMStatus
+	advance  bool // each backup read replays 1000 more instructions
+	advanceP bool // each primary read logs 500 more
 }
 
 func newFakeCopies() *fakeCopies {
@@ -34,6 +36,9 @@ func (f *fakeCopies) status(_ context.Context, h lab.Host, _ string) (control.VM
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if h.Name == lab.HostA.Name {
+		if f.advanceP {
+			f.p.Icount += 500
+		}
 		return f.p, nil
 	}
 	if f.advance {
@@ -148,14 +153,20 @@ func TestLoadPhaseFailures(t *testing.T) {
 
 func TestStallMessageSaysWhereTheCopiesStand(t *testing.T) {
 	f := newFakeCopies()
-	f.advance = false
+	f.advance, f.advanceP = false, true
 	f.p.LogWritten, f.p.LogAcked, f.p.LogReplayed = 5000, 4000, 3000
 	c := consoles(t, "x", "x")
-	_, err := runLoadPhase(context.Background(), f.status, c, trafficUntil(), LabTarget(), time.Hour, 300*time.Millisecond, time.Second)
+	ph, err := runLoadPhase(context.Background(), f.status, c, trafficUntil(), LabTarget(), time.Hour, 300*time.Millisecond, time.Second)
+	if err == nil || !regexp.MustCompile(`while the primary logged [1-9]\d* more`).MatchString(err.Error()) {
+		t.Errorf("want the primary's progress meanwhile in %v", err)
+	}
 	for _, want := range []string{"icount stood at 1000", "lag 12 ms", "log written 5000", "acked 4000", "replayed 3000"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("want %q in %v", want, err)
 		}
+	}
+	if ph.LongestStillS < 0.3 || ph.PrimaryLongestStillS > 0.3 {
+		t.Errorf("backup still %.2f s, primary still %.2f s: want the backup's only", ph.LongestStillS, ph.PrimaryLongestStillS)
 	}
 }
 
