@@ -30,6 +30,11 @@
 //	              offset+length when that is a published event boundary,
 //	              0 when the frame ends inside an event)
 //	4 Ack         held u64 | replayed icount u64 | sent unix-nano u64
+//	              [| stalled-for ns u64 | stalled-at icount u64 |
+//	               log held beyond u64 | stall episodes u64]
+//	              (24 bytes, or 56 with the bracketed ReplayStall, which a
+//	              backup sends only with ReceiverConfig.StallReports: set it
+//	              only for a primary that asked, older ones accept 24 only)
 //	5 Heartbeat   sent unix-nano u64
 //	6 Bye         UTF-8 reason, at most 4 KiB (orderly shutdown)
 //	7 Error       UTF-8 reason, at most 4 KiB (refusal or failure)
@@ -55,8 +60,9 @@
 // Heartbeat every HeartbeatInterval. The backup checks each frame (length,
 // offset == next expected, CRC), appends it to its Sink, and acks the
 // offset the Sink holds; it sends an Ack at least every HeartbeatInterval
-// even without new data, carrying the replayed icount set by SetReplayed,
-// so the Ack is also its heartbeat. Acks are cumulative.
+// even without new data, carrying the replayed icount set by SetReplayed
+// (and, with StallReports, the stall report set by SetStall), so the Ack is
+// also its heartbeat. Acks are cumulative.
 //
 // Either side that hears nothing at all for PeerTimeout, or whose write is
 // blocked that long, stops with ErrPeerSilent. A side that refuses input

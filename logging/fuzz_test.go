@@ -12,6 +12,7 @@ import (
 func FuzzReadMessage(f *testing.F) {
 	f.Add(AppendFrame(nil, 12, 99, []byte("hello rr log")))
 	f.Add(appendAck(nil, wireAck{Offset: 12, Replayed: 5, SentNano: 7}))
+	f.Add(appendAck(nil, wireAck{Offset: 12, Replayed: 5, SentNano: 7, HasStall: true, Stall: ReplayStall{For: 3, AtIcount: 5, Beyond: 9, Episodes: 1}}))
 	f.Add(appendHeartbeat(nil, time.Unix(1, 2)))
 	f.Add(appendReason(nil, MsgBye, "shutdown"))
 	f.Add(appendReason(nil, MsgError, "bad \xff utf8"))
@@ -51,8 +52,15 @@ func FuzzReadMessage(f *testing.F) {
 					t.Fatalf("DecodeFrame error %v is not ErrProtocol", err)
 				}
 			case MsgAck:
-				if _, err := decodeAck(m.Payload); err != nil {
+				a, err := decodeAck(m.Payload)
+				valid := len(m.Payload) == AckSize || len(m.Payload) == AckStallSize
+				switch {
+				case valid && err != nil:
 					t.Fatalf("ack of valid length refused: %v", err)
+				case !valid && !errors.Is(err, ErrProtocol):
+					t.Fatalf("ack of %d bytes: %v, want ErrProtocol", len(m.Payload), err)
+				case err == nil && (a.Stall.For < 0 || a.Stall.Beyond < 0):
+					t.Fatalf("decoded negative stall fields %+v", a.Stall)
 				}
 			case MsgHeartbeat:
 				if _, err := decodeHeartbeat(m.Payload); err != nil {

@@ -27,8 +27,12 @@ type ReceiverConfig struct {
 	// TEST-ONLY: it proves that the primary's output rule holds frames until
 	// acked. Leave it 0 in production.
 	AckDelay time.Duration
-	Logger   *slog.Logger
-	Now      func() time.Time // default time.Now
+	// StallReports makes every ack carry the replay stall report set by SetStall
+	// (AckStallSize). Set it only when the primary said it reads them: an older
+	// primary refuses such acks as a protocol violation.
+	StallReports bool
+	Logger       *slog.Logger
+	Now          func() time.Time // default time.Now
 }
 
 func (c *ReceiverConfig) validate() error {
@@ -84,6 +88,7 @@ type Receiver struct {
 	mu      sync.Mutex
 	st      ReceiverStats
 	pending []pendingAck // only with AckDelay > 0
+	stall   ReplayStall  // see SetStall
 }
 
 // NewReceiver returns a Receiver that appends frames from conn to sink.
@@ -107,6 +112,23 @@ func NewReceiver(conn net.Conn, sink Sink, cfg ReceiverConfig) *Receiver {
 // blocks on the network.
 func (r *Receiver) SetReplayed(icount uint64) {
 	if r.replayed.Swap(icount) != icount {
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// SetStall records the replay stall report that acks carry (with
+// ReceiverConfig.StallReports). When the replay enters or leaves a stall an ack
+// goes out at once; while it stays stalled the periodic acks carry the growing
+// duration. It never blocks on the network.
+func (r *Receiver) SetStall(s ReplayStall) {
+	r.mu.Lock()
+	changed := s.Stalled() != r.stall.Stalled() || s.Episodes != r.stall.Episodes
+	r.stall = s
+	r.mu.Unlock()
+	if changed {
 		select {
 		case r.wake <- struct{}{}:
 		default:
@@ -168,6 +190,7 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 	defer delay.Stop()
 	lastAck := now
 	var lastReplayed uint64
+	var lastStall ReplayStall // as last sent
 	var buf []byte
 	log.Info("log receiver running", "start", r.cfg.StartOffset)
 
@@ -197,19 +220,22 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 		}
 		replayed := r.replayed.Load()
 		r.mu.Lock()
+		stall := r.stall
 		advanced := off > r.st.Acked || replayed != lastReplayed
 		r.mu.Unlock()
-		if !advanced && !force {
+		stallMoved := r.cfg.StallReports && (stall.Stalled() != lastStall.Stalled() || stall.Episodes != lastStall.Episodes)
+		if !advanced && !stallMoved && !force {
 			continue
 		}
-		buf = appendAck(buf[:0], wireAck{Offset: uint64(off), Replayed: replayed, SentNano: uint64(now.UnixNano())})
+		buf = appendAck(buf[:0], wireAck{Offset: uint64(off), Replayed: replayed, SentNano: uint64(now.UnixNano()),
+			HasStall: r.cfg.StallReports, Stall: stall})
 		if err := pc.write(buf); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return r.count(explain(errc, fmt.Errorf("sending ack for %d: %w", off, err)))
 		}
-		lastAck, lastReplayed = now, replayed
+		lastAck, lastReplayed, lastStall = now, replayed, stall
 		r.mu.Lock()
 		r.st.Acked = max(r.st.Acked, off)
 		r.st.Acks++

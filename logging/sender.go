@@ -65,6 +65,10 @@ type Ack struct {
 	ReplayedIcount uint64    // the backup QEMU's replayed instruction count
 	SentAt         time.Time // backup's clock when it sent the ack
 	ReceivedAt     time.Time // our clock when it arrived
+	// StallReported: the ack carried the backup's replay stall report, Stall (a
+	// backup sends it when the primary asks, see ReceiverConfig.StallReports).
+	StallReported bool
+	Stall         ReplayStall
 }
 
 // SenderStats is a snapshot of a Sender.
@@ -73,6 +77,8 @@ type SenderStats struct {
 	Sent           int64 // bytes up to here were written (or are being written) to the conn
 	Acked          int64 // latest ack offset
 	ReplayedIcount uint64
+	StallReported  bool        // the latest ack carried Stall
+	Stall          ReplayStall // the backup's replay stall report, from the latest ack
 	LastAckAt      time.Time
 	LastPeerMsgAt  time.Time
 	Behind         bool // unsent published data waits because MaxInFlight is reached
@@ -356,10 +362,12 @@ func (s *Sender) onAck(w wireAck, now time.Time) error {
 	}
 	s.st.Acked = off
 	s.st.ReplayedIcount = w.Replayed
+	s.st.StallReported, s.st.Stall = w.HasStall, w.Stall
 	s.st.LastAckAt = now
 	s.mu.Unlock()
 
-	a := Ack{Offset: off, ReplayedIcount: w.Replayed, SentAt: unixNano(w.SentNano), ReceivedAt: now}
+	a := Ack{Offset: off, ReplayedIcount: w.Replayed, SentAt: unixNano(w.SentNano), ReceivedAt: now,
+		StallReported: w.HasStall, Stall: w.Stall}
 	// Latest wins. Only this goroutine sends on s.acks, so after draining
 	// one stale value the send below cannot fail for lack of room except
 	// when the reader raced us to it, which is as good.

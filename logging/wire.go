@@ -50,11 +50,15 @@ const (
 	HeaderSize      = 5       // type (1) + payload length (4, big endian)
 	FrameHeaderSize = 24      // offset u64, length u32, crc32c u32, icount u64
 	AckSize         = 24      // held offset u64, replayed icount u64, sent unix-nano u64
+	AckStallSize    = 56      // AckSize + ReplayStall: for ns, at icount, beyond, episodes (u64 each)
 	HeartbeatSize   = 8       // sent unix-nano u64
 	MaxFrameData    = 1 << 20 // largest data section of one Frame
 	MaxHelloSize    = 64 << 10
 	MaxReasonSize   = 4 << 10
 )
+
+// A backup sends AckStallSize acks only when told that the primary reads them
+// (ReceiverConfig.StallReports): an older primary refuses any Ack but AckSize.
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -69,7 +73,7 @@ func maxPayload(t MsgType) (min, max int, ok bool) {
 	case MsgFrame:
 		return FrameHeaderSize + 1, FrameHeaderSize + MaxFrameData, true
 	case MsgAck:
-		return AckSize, AckSize, true
+		return AckSize, AckStallSize, true
 	case MsgHeartbeat:
 		return HeartbeatSize, HeartbeatSize, true
 	case MsgBye, MsgError:
@@ -187,29 +191,73 @@ func (f Frame) Verify() error {
 	return nil
 }
 
-// wireAck is the Ack payload.
+// ReplayStall is the backup's report on its replay: stalled means its instruction
+// count has not moved for a while although the backup holds log beyond it (the
+// agent's stall detector decides). It rides on acks (see AckStallSize).
+type ReplayStall struct {
+	For      time.Duration // how long the current stall has lasted; 0: not stalled
+	AtIcount uint64        // the replayed instruction count it stopped at (while stalled)
+	Beyond   int64         // log bytes the backup holds beyond the replay's position (while stalled)
+	Episodes uint64        // stalls since the backup began replaying, the current one included
+}
+
+// Stalled reports whether the replay is stalled now.
+func (s ReplayStall) Stalled() bool { return s.For > 0 }
+
+// wireAck is the Ack payload. HasStall: the ack carries Stall (AckStallSize).
 type wireAck struct {
 	Offset   uint64
 	Replayed uint64
 	SentNano uint64
+	HasStall bool
+	Stall    ReplayStall
 }
 
 func appendAck(b []byte, a wireAck) []byte {
-	b = appendHeader(b, MsgAck, AckSize)
+	n := AckSize
+	if a.HasStall {
+		n = AckStallSize
+	}
+	b = appendHeader(b, MsgAck, n)
 	b = binary.BigEndian.AppendUint64(b, a.Offset)
 	b = binary.BigEndian.AppendUint64(b, a.Replayed)
-	return binary.BigEndian.AppendUint64(b, a.SentNano)
+	b = binary.BigEndian.AppendUint64(b, a.SentNano)
+	if !a.HasStall {
+		return b
+	}
+	b = binary.BigEndian.AppendUint64(b, uint64(max(a.Stall.For, 0)))
+	b = binary.BigEndian.AppendUint64(b, a.Stall.AtIcount)
+	b = binary.BigEndian.AppendUint64(b, uint64(max(a.Stall.Beyond, 0)))
+	return binary.BigEndian.AppendUint64(b, a.Stall.Episodes)
 }
 
 func decodeAck(p []byte) (wireAck, error) {
-	if len(p) != AckSize {
-		return wireAck{}, fmt.Errorf("%w: ack payload %d bytes, want %d", ErrProtocol, len(p), AckSize)
+	if len(p) != AckSize && len(p) != AckStallSize {
+		return wireAck{}, fmt.Errorf("%w: ack payload %d bytes, want %d or %d", ErrProtocol, len(p), AckSize, AckStallSize)
 	}
-	return wireAck{
+	a := wireAck{
 		Offset:   binary.BigEndian.Uint64(p[0:]),
 		Replayed: binary.BigEndian.Uint64(p[8:]),
 		SentNano: binary.BigEndian.Uint64(p[16:]),
-	}, nil
+	}
+	if len(p) == AckStallSize {
+		a.HasStall = true
+		a.Stall = ReplayStall{
+			For:      time.Duration(clampInt64(binary.BigEndian.Uint64(p[24:]))),
+			AtIcount: binary.BigEndian.Uint64(p[32:]),
+			Beyond:   clampInt64(binary.BigEndian.Uint64(p[40:])),
+			Episodes: binary.BigEndian.Uint64(p[48:]),
+		}
+	}
+	return a, nil
+}
+
+// clampInt64 reads a u64 that should fit an int64; a peer's nonsense saturates.
+func clampInt64(v uint64) int64 {
+	if v > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(v)
 }
 
 func appendHeartbeat(b []byte, now time.Time) []byte {
