@@ -50,6 +50,9 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	PeerTimeout       time.Duration
 	DialTimeout       time.Duration
+	// StallAfter is how long a backup's replay may make no progress while the backup
+	// holds log beyond it before it is reported stalled (0: DefaultStallAfter).
+	StallAfter time.Duration
 
 	// TestAckDelay delays every ack the backup sends (test-only: proves the hold).
 	TestAckDelay time.Duration
@@ -74,6 +77,7 @@ func DefaultConfig(host, dir string) Config {
 		HeartbeatInterval: 50 * time.Millisecond,
 		PeerTimeout:       time.Second,
 		DialTimeout:       5 * time.Second,
+		StallAfter:        DefaultStallAfter,
 	}
 }
 
@@ -95,6 +99,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("heartbeat interval and peer timeout must be positive"))
 	} else if c.PeerTimeout < 3*c.HeartbeatInterval {
 		errs = append(errs, fmt.Errorf("peer timeout (%s) must be at least 3 heartbeat intervals (%s)", c.PeerTimeout, c.HeartbeatInterval))
+	}
+	if c.StallAfter < 0 {
+		errs = append(errs, fmt.Errorf("stall threshold (%s) must not be negative", c.StallAfter))
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

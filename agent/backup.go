@@ -121,17 +121,21 @@ type backup struct {
 	epoch     uint64
 	img       *disk.ImageInfo // the primary's image, copied before the log
 	cutPoints *cutPoints      // recent safe cut points; the newest is the feed's limit
-	blocks    *blockIDs       // block completions in the log, for go-live
-	diskPath  string
-	cancel    context.CancelFunc
-	finished  chan struct{}
-	wg        sync.WaitGroup
-	stopOnce  sync.Once
+	positions *replayPositions
+	blocks    *blockIDs // block completions in the log, for go-live
+	// stallReports: the primary reads acks with the stall report (peerHello).
+	stallReports bool
+	diskPath     string
+	cancel       context.CancelFunc
+	finished     chan struct{}
+	wg           sync.WaitGroup
+	stopOnce     sync.Once
 
 	mu       sync.Mutex
 	state    string
 	detail   string
 	replayed uint64
+	stall    stallState // the replay's current or last stall (see pollReplay)
 	cleanups cleanupStack
 }
 
@@ -146,12 +150,16 @@ type logSink struct {
 	// points holds recent safe cut points (see safeCut) and their instruction counts;
 	// the newest is the feed's limit.
 	points *cutPoints
-	blocks *blockIDs // block completions seen, for go-live
+	// positions maps a replayed count back to a log offset, for the stall report.
+	positions *replayPositions
+	blocks    *blockIDs // block completions seen, for go-live
 }
 
 func newLogSink(f *os.File, feed *qemu.Feed) logSink {
-	s := logSink{f: f, feed: feed, cut: replay.NewCutter(replay.HeaderSize, 0), points: new(cutPoints), blocks: newBlockIDs()}
+	s := logSink{f: f, feed: feed, cut: replay.NewCutter(replay.HeaderSize, 0), points: new(cutPoints),
+		positions: newReplayPositions(), blocks: newBlockIDs()}
 	s.points.add(replay.HeaderSize, 0)
+	s.positions.add(replay.HeaderSize, 0)
 	s.cut.OnEvent(func(ev replay.Event) {
 		if ev.Kind == replay.KindAsyncBlock {
 			s.blocks.completed(ev.ID, ev.Offset)
@@ -185,13 +193,15 @@ func (s logSink) Append(off int64, data []byte) error {
 		// stops and the channel ends) rather than feed them to QEMU.
 		return fmt.Errorf("received log does not parse: %w", err)
 	}
-	s.feed.Notify(s.points.last())
+	p := s.points.newest()
+	s.positions.add(p.off, p.icount)
+	s.feed.Notify(p.off)
 	return nil
 }
 
 func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_ *backup, err error) {
 	b := &backup{
-		a: a, spec: hello.Spec, peer: hello.From, started: time.Now(), img: hello.Disk,
+		a: a, spec: hello.Spec, peer: hello.From, started: time.Now(), img: hello.Disk, stallReports: hello.StallReports,
 		log:      a.log.With("vm", hello.Spec.Name, "role", "backup"),
 		dir:      a.vmDir(hello.Spec.Name, "backup"),
 		finished: make(chan struct{}),
@@ -349,6 +359,7 @@ func (b *backup) run(conn net.Conn) {
 	b.mu.Unlock()
 	sink := newLogSink(b.logFile, b.feed)
 	b.cutPoints = sink.points
+	b.positions = sink.positions
 	b.blocks = sink.blocks
 	recv := logging.NewReceiver(b.conn, sink, logging.ReceiverConfig{
 		StartOffset: replay.HeaderSize,
@@ -357,6 +368,7 @@ func (b *backup) run(conn net.Conn) {
 		HeartbeatInterval: min(b.a.cfg.HeartbeatInterval, ackEvery),
 		PeerTimeout:       b.a.cfg.PeerTimeout,
 		AckDelay:          b.a.cfg.TestAckDelay,
+		StallReports:      b.stallReports,
 		Logger:            b.log,
 	})
 	b.mu.Lock()
@@ -543,11 +555,16 @@ func (b *backup) pollReplay(ctx context.Context) {
 	}()
 	var replayed, atLastQuery uint64
 	var nextQuery time.Time
+	stall := newStallDetector(b.a.cfg.StallAfter)
+	position := int64(replay.HeaderSize) // how far into the log the replay has got, at least
 	report := func(v uint64) {
 		if v <= replayed {
 			return // a late answer never moves progress back
 		}
 		replayed = v
+		if off, ok := b.positions.at(v); ok {
+			position = off
+		}
 		b.recv.SetReplayed(v)
 		b.mu.Lock()
 		b.replayed = v
@@ -574,9 +591,7 @@ func (b *backup) pollReplay(ctx context.Context) {
 		t.Reset(feedCheckEvery)
 		if v, ok := b.replayedFromFeed(watch); ok {
 			report(v)
-			continue
-		}
-		if !inFlight && !time.Now().Before(nextQuery) {
+		} else if !inFlight && !time.Now().Before(nextQuery) {
 			inFlight = true
 			go func() {
 				qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -585,6 +600,37 @@ func (b *backup) pollReplay(ctx context.Context) {
 				answers <- answer{info.Icount, err}
 			}()
 		}
+		// Sampled on the clock, not on answers: a stuck replay may answer nothing.
+		b.watchStall(stall, replaySample{
+			At: time.Now(), Icount: replayed, LogIcount: b.cutPoints.newest().icount,
+			Position: position, Fed: b.feed.FedOffset(), Held: b.recv.Held(),
+		})
+	}
+}
+
+// watchStall feeds one sample to the stall detector and reports what it finds: a
+// WARN when the replay stalls, an INFO when it moves again, and the state to status
+// and (in acks) to the primary. Reporting is all it does: what to do about a stalled
+// backup is not decided here.
+func (b *backup) watchStall(d *stallDetector, s replaySample) {
+	change := d.observe(s)
+	st := d.state()
+	b.mu.Lock()
+	b.stall = st
+	b.mu.Unlock()
+	rs := logging.ReplayStall{Episodes: st.Episodes}
+	if st.Stalled {
+		rs.For, rs.AtIcount, rs.Beyond = st.For, st.AtIcount, st.Beyond()
+	}
+	b.recv.SetStall(rs)
+	switch change {
+	case stallEntered:
+		b.log.Warn("replay stalled", "icount", st.AtIcount, "log_icount", s.LogIcount,
+			"position", st.Position, "fed", st.Fed, "held", st.Held, "held_beyond", st.Beyond(),
+			"for", st.For.Round(time.Millisecond), "stalls", st.Episodes)
+	case stallCleared:
+		b.log.Info("replay progressing again", "icount", s.Icount, "stalled_at", st.AtIcount,
+			"stalled_for", st.For.Round(time.Millisecond), "stalls", st.Episodes)
 	}
 }
 
@@ -686,6 +732,7 @@ func (b *backup) status() control.VMStatus {
 	if b.feed != nil {
 		st.LogReplayed = b.feed.FedOffset()
 	}
+	fillStallStatus(&st, b.stall)
 	return st
 }
 
@@ -711,4 +758,13 @@ func (a *Agent) usableEngine(primary string) error {
 		return fmt.Errorf("this host cannot replay: %w", a.engineErr)
 	}
 	return checkEngine(a.engine.Name, primary)
+}
+
+// fillStallStatus shows the backup's own stall state.
+func fillStallStatus(st *control.VMStatus, s stallState) {
+	st.ReplayStallReported, st.ReplayStalls = true, s.Episodes
+	if s.Stalled {
+		st.ReplayStalled, st.ReplayStalledSec = true, s.For.Seconds()
+		st.ReplayStalledAtIcount, st.ReplayStalledLogBeyond = s.AtIcount, s.Beyond()
+	}
 }

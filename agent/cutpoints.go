@@ -27,13 +27,17 @@ func (c *cutPoints) add(off int64, icount uint64) {
 }
 
 // last returns the newest safe cut point (0 before any was added).
-func (c *cutPoints) last() int64 {
+func (c *cutPoints) last() int64 { return c.newest().off }
+
+// newest returns the newest safe cut point and its instruction count (zero before
+// any was added).
+func (c *cutPoints) newest() cutPoint {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.n == 0 {
-		return 0
+		return cutPoint{}
 	}
-	return c.ring[(c.n-1)%len(c.ring)].off
+	return c.ring[(c.n-1)%len(c.ring)]
 }
 
 // icountAt returns the instruction count at safe cut point off, if it is still known.
@@ -50,4 +54,30 @@ func (c *cutPoints) icountAt(off int64) (uint64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// replayPositions maps the backup's replayed instruction count to how far into the
+// log its replay has got, for the stall report. cutPoints keeps too few points for a
+// replay that has fallen behind, so this keeps one per received frame (the newest safe
+// cut point then), bounded like the primary's lag marks.
+type replayPositions struct {
+	mu sync.Mutex
+	t  *lagTracker
+}
+
+func newReplayPositions() *replayPositions {
+	return &replayPositions{t: newLagTracker(1 << 16)}
+}
+
+func (p *replayPositions) add(off int64, icount uint64) {
+	p.mu.Lock()
+	p.t.add(mark{off: off, icount: icount})
+	p.mu.Unlock()
+}
+
+// at returns the log offset a replay at icount has reached at least, if still known.
+func (p *replayPositions) at(icount uint64) (int64, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.t.position(icount)
 }

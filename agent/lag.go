@@ -37,29 +37,47 @@ func (l *lagTracker) add(m mark) {
 // lag returns how far behind a backup that replayed `replayed` instructions is, in
 // time and as the log offset it has reached, and forgets marks it no longer needs.
 func (l *lagTracker) lag(replayed uint64, now time.Time) (time.Duration, int64) {
-	i := 0
-	for i < len(l.marks) && l.marks[i].icount <= replayed {
-		i++
-	}
+	i := l.passed(replayed)
 	var off int64
 	if i > 0 {
 		off = l.marks[i-1].off
 	}
-	if i == len(l.marks) {
-		// Caught up with everything logged so far.
-		if i > 1 {
-			l.marks = append(l.marks[:0], l.marks[i-1:]...)
-		}
-		return 0, off
+	var d time.Duration // 0: caught up with everything logged so far
+	if i < len(l.marks) {
+		d = max(now.Sub(l.marks[i].at), 0)
 	}
-	d := now.Sub(l.marks[i].at)
+	l.forget(i)
+	return d, off
+}
+
+// position returns the offset of the newest mark at or below replayed: a replay that
+// has executed `replayed` instructions has got at least that far into the log. ok is
+// false when no such mark is left (none yet, or the bound dropped it). Like lag, it
+// forgets the marks the replay has passed.
+func (l *lagTracker) position(replayed uint64) (int64, bool) {
+	i := l.passed(replayed)
+	if i == 0 {
+		return 0, false
+	}
+	off := l.marks[i-1].off
+	l.forget(i)
+	return off, true
+}
+
+// passed counts the marks at or below replayed.
+func (l *lagTracker) passed(replayed uint64) int {
+	i := 0
+	for i < len(l.marks) && l.marks[i].icount <= replayed {
+		i++
+	}
+	return i
+}
+
+// forget drops the marks before the newest of the first i: the replay is past them.
+func (l *lagTracker) forget(i int) {
 	if i > 1 {
 		l.marks = append(l.marks[:0], l.marks[i-1:]...)
 	}
-	if d < 0 {
-		d = 0
-	}
-	return d, off
 }
 
 // rateMeter measures a byte counter's rate over a sliding window.

@@ -40,6 +40,10 @@ type peerHello struct {
 	// Engine names the QEMU build that records (qemu.Engine.Name): a log replays
 	// only on the build that recorded it, so the backup refuses another.
 	Engine string `json:"engine,omitempty"`
+	// StallReports: this primary reads acks carrying the backup's replay stall
+	// report (logging.ReceiverConfig.StallReports). An older primary leaves it out
+	// and gets the plain acks it understands; an older backup ignores it.
+	StallReports bool `json:"stall_reports,omitempty"`
 }
 
 type peerReply struct {
@@ -89,6 +93,8 @@ type primary struct {
 	lagBytes    int64
 	replayed    int64
 	bkIcount    uint64
+	bkStall     logging.ReplayStall // the backup's stall report, from the latest ack
+	bkStallRep  bool                // the backup sends stall reports
 	lags        *lagTracker
 	bw          rateMeter
 	ipsP        rateMeter // primary's logged instructions per second
@@ -221,7 +227,7 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		return err
 	}
 	p.addCleanup(conn.Close)
-	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch, Disk: img, Engine: p.a.engine.Name}); err != nil {
+	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch, Disk: img, Engine: p.a.engine.Name, StallReports: true}); err != nil {
 		return fmt.Errorf("backup %s: %w", p.peer, err)
 	}
 	var reply peerReply
@@ -606,6 +612,8 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 			p.lagMS = float64(lag) / float64(time.Millisecond)
 			p.replayed = off
 			p.bkIcount = ack.ReplayedIcount
+			prevStall := p.bkStall
+			p.bkStall, p.bkStallRep = ack.Stall, ack.StallReported
 			p.lagBytes = p.boundary - off
 			work := p.workLag(now)
 			p.workLagMS = ms(work)
@@ -622,6 +630,7 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 				p.quota = q
 			}
 			p.mu.Unlock()
+			p.logBackupStall(prevStall, ack.Stall)
 			if p.cg != nil && (q < old*0.98 || q > old*1.02 || (q == 1 && old < 1)) {
 				if err := p.cg.SetQuota(q); err != nil {
 					p.log.Warn("throttle", "err", err)
@@ -630,6 +639,18 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 				}
 			}
 		}
+	}
+}
+
+// logBackupStall logs the backup's replay entering and leaving a stall, as its acks
+// report it, so that the primary's log says so too, not only the backup's.
+func (p *primary) logBackupStall(prev, cur logging.ReplayStall) {
+	switch {
+	case cur.Stalled() && (!prev.Stalled() || cur.Episodes != prev.Episodes):
+		p.log.Warn("backup replay stalled", "icount", cur.AtIcount, "held_beyond", cur.Beyond,
+			"for", cur.For.Round(time.Millisecond), "stalls", cur.Episodes)
+	case prev.Stalled() && !cur.Stalled():
+		p.log.Info("backup replay progressing again", "stalled_for", prev.For.Round(time.Millisecond), "stalls", cur.Episodes)
 	}
 }
 
@@ -896,7 +917,19 @@ func (p *primary) status() control.VMStatus {
 	if p.relay != nil {
 		fillRelayStatus(&st, p.relay.Stats())
 	}
+	if p.bkStallRep {
+		fillBackupStallStatus(&st, p.bkStall)
+	}
 	return st
+}
+
+// fillBackupStallStatus shows the stall report of the primary's backup.
+func fillBackupStallStatus(st *control.VMStatus, s logging.ReplayStall) {
+	st.ReplayStallReported, st.ReplayStalls = true, s.Episodes
+	if s.Stalled() {
+		st.ReplayStalled, st.ReplayStalledSec = true, s.For.Seconds()
+		st.ReplayStalledAtIcount, st.ReplayStalledLogBeyond = s.AtIcount, s.Beyond
+	}
 }
 
 // tapName derives a Linux interface name (at most 15 bytes) from the VM name.

@@ -73,7 +73,7 @@ func call(ctx context.Context, g *globalOpts, req control.Request) (control.Resp
 func newAgentCmd() *cobra.Command {
 	var (
 		host, dir, listen, socket, flush, qemuBin, cpus, bridge, cgroupRoot, logLevel, shared string
-		hb, timeout, ackDelay                                                                 time.Duration
+		hb, timeout, ackDelay, stallAfter                                                     time.Duration
 		checkInv, testKnobs                                                                   bool
 	)
 	c := &cobra.Command{
@@ -94,6 +94,7 @@ func newAgentCmd() *cobra.Command {
 			cfg.FlushLib, cfg.QEMU, cfg.CPUs, cfg.Bridge, cfg.CgroupRoot = flush, qemuBin, cpus, bridge, cgroupRoot
 			cfg.SharedDir = shared
 			cfg.HeartbeatInterval, cfg.PeerTimeout = hb, timeout
+			cfg.StallAfter = stallAfter
 			cfg.TestAckDelay, cfg.CheckInvariant, cfg.TestKnobs = ackDelay, checkInv, testKnobs
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 			a, err := agent.New(cfg)
@@ -117,6 +118,7 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup mount (empty disables cpusets and the throttle)")
 	f.DurationVar(&hb, "heartbeat", 50*time.Millisecond, "heartbeat interval on the log channel")
 	f.DurationVar(&timeout, "peer-timeout", time.Second, "silence after which the peer counts as lost")
+	f.DurationVar(&stallAfter, "stall-after", agent.DefaultStallAfter, "a backup replay that makes no progress this long while it holds log beyond it is reported stalled")
 	f.DurationVar(&ackDelay, "test-ack-delay", 0, "TEST ONLY: delay every ack the backup sends")
 	f.BoolVar(&checkInv, "check-invariant", false, "verify the output rule on every released frame")
 	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
@@ -352,6 +354,9 @@ func printStatus(w io.Writer, resp control.Response) {
 			fmt.Fprintf(tw, "log\twritten %s  sent %s  acked %s  replayed %s\n", size(v.LogWritten), size(v.LogSent), size(v.LogAcked), size(v.LogReplayed))
 			fmt.Fprintf(tw, "icount\tprimary %d  backup %d\n", v.Icount, v.BackupIcount)
 			fmt.Fprintf(tw, "backup lag\t%.1f ms  %s  work %.1f ms (bound %d ms)%s\n", v.LagMS, size(v.LagBytes), v.WorkLagMS, v.LagBoundMS, map[bool]string{true: "  BEHIND", false: ""}[v.BackupBehind])
+			if v.ReplayStallReported {
+				fmt.Fprintf(tw, "backup replay\t%s\n", stallText(v))
+			}
 			fmt.Fprintf(tw, "log bandwidth\t%s/s (%.2f Mbit/s)\n", size(int64(v.LogBandwidth)), v.LogBandwidth*8/1e6)
 			throttle := "off"
 			if v.ThrottleQuota < 1 {
@@ -363,11 +368,21 @@ func printStatus(w io.Writer, resp control.Response) {
 		} else {
 			fmt.Fprintf(tw, "log\treceived %s  acked %s  fed to qemu %s\n", size(v.LogWritten), size(v.LogAcked), size(v.LogReplayed))
 			fmt.Fprintf(tw, "icount\treplayed %d\n", v.Icount)
+			fmt.Fprintf(tw, "replay\t%s\n", stallText(v))
 			fmt.Fprintf(tw, "emitted frames\t%d (replay must emit none)\n", v.EmittedFrames)
 		}
 		tw.Flush()
 		fmt.Fprintln(w)
 	}
+}
+
+// stallText describes the backup's replay stall state (control.VMStatus.ReplayStalled).
+func stallText(v control.VMStatus) string {
+	if !v.ReplayStalled {
+		return fmt.Sprintf("no stall (stalls so far: %d)", v.ReplayStalls)
+	}
+	return fmt.Sprintf("REPLAY STALLED for %.1f s at icount %d (log held beyond it: %s; stalls so far: %d)",
+		v.ReplayStalledSec, v.ReplayStalledAtIcount, size(v.ReplayStalledLogBeyond), v.ReplayStalls)
 }
 
 func size(n int64) string {
