@@ -119,17 +119,17 @@ type backup struct {
 	netSock   *net.UnixConn
 	fence     *fence // nil without shared storage
 	epoch     uint64
-	img       *disk.ImageInfo // the primary's image, copied before the log
-	cutPoints *cutPoints      // recent safe cut points; the newest is the feed's limit
-	positions *replayPositions
-	blocks    *blockIDs // block completions in the log, for go-live
+	img       *disk.ImageInfo  // the primary's image, copied before the log
+	cutPoints *cutPoints       // recent safe cut points; the newest is the feed's limit
+	positions *replayPositions // replayed count -> log offset, for the stall report
+	blocks    *blockIDs        // block completions in the log, for go-live
+	diskPath  string
+	cancel    context.CancelFunc
+	finished  chan struct{}
+	wg        sync.WaitGroup
+	stopOnce  sync.Once
 	// stallReports: the primary reads acks with the stall report (peerHello).
 	stallReports bool
-	diskPath     string
-	cancel       context.CancelFunc
-	finished     chan struct{}
-	wg           sync.WaitGroup
-	stopOnce     sync.Once
 
 	mu       sync.Mutex
 	state    string
