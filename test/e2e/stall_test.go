@@ -78,8 +78,10 @@ func TestReplayStallReported(t *testing.T) {
 	defer resume()
 	t.Logf("replaying qemu (pid %d) stopped", qemu)
 
-	// The idle guest's log keeps coming; once the FIFO is full the replay's count is
-	// frozen for good, and after the threshold both sides must say so.
+	// The idle guest's log keeps coming; after the threshold both sides must say so.
+	// Not at once: qemu.FeedWatch takes a stopped QEMU whose main loop was blocked
+	// reading its FIFO for a drained replay, so the count follows the feed until the
+	// pipe is full (64 KiB: about 30 s of idle log here); then it is frozen for good.
 	var p control.VMStatus
 	for {
 		if time.Since(stopped) > 2*time.Minute {
