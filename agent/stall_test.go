@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -145,5 +146,18 @@ func TestStallDefaultThreshold(t *testing.T) {
 			{dt: DefaultStallAfter - time.Millisecond, icount: 1, logIcount: 2},
 			{dt: time.Millisecond, icount: 1, logIcount: 2, want: stallEntered, stalled: true, stallFor: DefaultStallAfter, episodes: 1},
 		})
+	}
+}
+
+// TestStallAfterConfig: agents detect stalls by default, and a negative threshold is
+// refused rather than taken for "report at once".
+func TestStallAfterConfig(t *testing.T) {
+	c := DefaultConfig("h", t.TempDir())
+	if c.StallAfter != DefaultStallAfter {
+		t.Fatalf("default stall threshold %v, want %v", c.StallAfter, DefaultStallAfter)
+	}
+	c.StallAfter = -time.Second
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "stall threshold") {
+		t.Fatalf("negative stall threshold: %v", err)
 	}
 }
