@@ -82,18 +82,20 @@ type VMStatus struct {
 	CopyTotal int64   `json:"copy_total,omitempty"`
 	CopyRate  float64 `json:"copy_rate_bps,omitempty"`
 
-	LogWritten   int64   `json:"log_written"`  // bytes in the local rr log
-	LogSent      int64   `json:"log_sent"`     // primary: offset sent to the backup
-	LogAcked     int64   `json:"log_acked"`    // offset the backup holds
-	LogReplayed  int64   `json:"log_replayed"` // offset the backup's replay has passed
-	Icount       uint64  `json:"icount"`       // instructions logged (primary) / replayed (backup)
-	BackupIcount uint64  `json:"backup_icount,omitempty"`
-	LagBytes     int64   `json:"lag_bytes"`
-	LagMS        float64 `json:"lag_ms"`      // age of the oldest log position the backup has not replayed
-	WorkLagMS    float64 `json:"work_lag_ms"` // execution still to replay, at the current instruction rate (drives the throttle)
-	LagBoundMS   int     `json:"lag_bound_ms,omitempty"`
-	LogBandwidth float64 `json:"log_bandwidth_bps"` // bytes/s over the last few seconds
-	BackupBehind bool    `json:"backup_behind,omitempty"`
+	LogWritten    int64   `json:"log_written"`  // bytes in the local rr log
+	LogSent       int64   `json:"log_sent"`     // primary: offset sent to the backup
+	LogAcked      int64   `json:"log_acked"`    // offset the backup holds
+	LogReplayed   int64   `json:"log_replayed"` // offset the backup's replay has passed
+	Icount        uint64  `json:"icount"`       // instructions logged (primary) / replayed (backup)
+	BackupIcount  uint64  `json:"backup_icount,omitempty"`
+	LagBytes      int64   `json:"lag_bytes"`
+	LagMS         float64 `json:"lag_ms"`      // age of the oldest log position the backup has not replayed
+	WorkLagMS     float64 `json:"work_lag_ms"` // execution still to replay, at the current instruction rate (drives the throttle)
+	LagBoundMS    int     `json:"lag_bound_ms,omitempty"`
+	LogBandwidth  float64 `json:"log_bandwidth_bps"` // bytes/s over the last few seconds
+	BackupBehind  bool    `json:"backup_behind,omitempty"`
+	ThrottleQuota float64 `json:"throttle_quota"` // CPU fraction allowed to the primary's QEMU; 1 = free
+	ThrottledSec  float64 `json:"throttled_sec"`
 
 	// Replay stall: the backup's replay has made no progress for a while (the
 	// agent's --stall-after, 3 s by default) although the backup holds log beyond
@@ -107,8 +109,6 @@ type VMStatus struct {
 	ReplayStalledAtIcount  uint64  `json:"replay_stalled_at_icount,omitempty"`  // the replayed icount it stopped at
 	ReplayStalledLogBeyond int64   `json:"replay_stalled_log_beyond,omitempty"` // log bytes the backup holds beyond that point
 	ReplayStalls           uint64  `json:"replay_stalls"`                       // stalls so far, the current one included
-	ThrottleQuota          float64 `json:"throttle_quota"`                      // CPU fraction allowed to the primary's QEMU; 1 = free
-	ThrottledSec           float64 `json:"throttled_sec"`
 
 	HeldFrames     int     `json:"held_frames"`
 	HeldBytes      int64   `json:"held_bytes"`
