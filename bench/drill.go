@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
+	"net"
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ftvmd/ftvmd/lab"
@@ -47,7 +49,23 @@ type DrillReport struct {
 	CounterBefore   int     `json:"guest_counter_before"`
 	CounterAfter    int     `json:"guest_counter_after"`
 	LoserReleasedAf uint64  `json:"frames_released_by_loser_after_claim"`
+	// A bulk transfer under way through the fault (DrillOpts.Bulk): what it moved,
+	// every byte checked end to end on one TCP connection that must survive.
+	Bulk          string `json:"bulk,omitempty"`
+	BulkBytes     int64  `json:"bulk_bytes,omitempty"`
+	BulkBytesPost int64  `json:"bulk_bytes_after_fault,omitempty"`
+	BulkError     string `json:"bulk_error,omitempty"`
 }
+
+// Bulk transfers a drill can run through the fault.
+const (
+	BulkGet = "get" // guest->client (`get`, bytes checked against the guest's pattern)
+	BulkPut = "put" // client->guest (`put`, the guest's CRC of what it received checked)
+)
+
+// bulkAfterFault is how long a drill's bulk transfer goes on after the fault: long
+// enough to cross detection, claim and go-live and then move data on the survivor.
+const bulkAfterFault = 12 * time.Second
 
 // RunDrill protects a guest and injects the fault at a random moment under client
 // load: requests with sequence numbers on one TCP connection, plus new connections.
@@ -61,16 +79,29 @@ func RunDrill(ctx context.Context, s *Session, env Env, vm, kind string, rng *ra
 type DrillOpts struct {
 	VM, Kind string
 	Disk     string
+	// Bulk runs a bulk transfer (BulkGet or BulkPut) on its own connection from
+	// before the fault until bulkAfterFault after it.
+	Bulk string
 }
 
 // RunDrillOpts is RunDrill with options.
 func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *rand.Rand) (DrillReport, error) {
 	vm, kind := o.VM, o.Kind
-	rep := DrillReport{Env: env, Kind: kind}
+	rep := DrillReport{Env: env, Kind: kind, Bulk: o.Bulk}
 	switch kind {
 	case KillPrimary, KillBackup, Partition, Planned:
 	default:
 		return rep, fmt.Errorf("unknown drill kind %q (kill-primary, kill-backup, partition, planned)", kind)
+	}
+	var bulkDrive func(context.Context, LoadTarget, time.Duration) (Traffic, error)
+	switch o.Bulk {
+	case "":
+	case BulkGet:
+		bulkDrive = DriveGet
+	case BulkPut:
+		bulkDrive = DrivePut
+	default:
+		return rep, fmt.Errorf("unknown bulk transfer %q (get, put)", o.Bulk)
 	}
 	var extra []string
 	if o.Disk != "" {
@@ -93,8 +124,16 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 	load := startLoadMode(ctx, c, o.Disk != "")
 	conns := startNewConns(ctx)
 	wait := 2*time.Second + time.Duration(rng.Int63n(int64(4*time.Second)))
+	var bulk *bulkRun
+	if bulkDrive != nil {
+		bulk = startBulk(ctx, bulkDrive, wait+bulkAfterFault)
+	}
 	time.Sleep(wait)
 	rep.FaultAfterS = wait.Seconds()
+	var bulkAtFault int64
+	if bulk != nil {
+		bulkAtFault = bulk.moved()
+	}
 
 	pre, _ := lab.Status(ctx, lab.HostA, vm)
 	rep.HeldAtFault = pre.HeldFrames
@@ -210,6 +249,16 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 		fmt.Sscanf(after, "counter %d", &rep.CounterAfter)
 	}
 	rep.GuestRebooted = rep.CounterAfter < rep.CounterBefore
+	if bulk != nil {
+		tr, err := bulk.wait()
+		rep.BulkBytes = tr.ToClientBytes + tr.ToGuestBytes
+		rep.BulkBytesPost = rep.BulkBytes - bulkAtFault
+		if err != nil {
+			rep.BulkError = err.Error()
+		} else if rep.BulkBytesPost <= 0 {
+			rep.BulkError = "the bulk transfer moved nothing after the fault"
+		}
+	}
 	rep.RecordsAcked = len(lr.acked)
 	for _, n := range lr.acked {
 		resp, err := c.Do(fmt.Sprintf("recget %d", n), 30*time.Second)
@@ -393,12 +442,19 @@ type FailoverResult struct {
 	GoLiveMS     Dist          `json:"go_live_ms"`
 	RequestsLost int           `json:"requests_lost"`
 	Failed       int           `json:"failed_runs"`
-	Reports      []DrillReport `json:"-"`
+	// Bulk is the transfer under way through each fault ("" for none), BulkBytes
+	// what the runs moved in all (every byte checked), BulkFailed the runs whose
+	// transfer broke or moved nothing after the fault.
+	Bulk       string        `json:"bulk,omitempty"`
+	BulkBytes  int64         `json:"bulk_bytes,omitempty"`
+	BulkFailed int           `json:"bulk_failed_runs,omitempty"`
+	Reports    []DrillReport `json:"-"`
 }
 
-// Failover runs kill-primary drills, each on a fresh lab, and summarises them.
-func Failover(ctx context.Context, out io.Writer, env Env, runs int) (FailoverResult, error) {
-	res := FailoverResult{Env: env, Runs: runs}
+// Failover runs kill-primary drills, each on a fresh lab, and summarises them. With
+// bulk (BulkGet or BulkPut) a bulk transfer runs through every fault.
+func Failover(ctx context.Context, out io.Writer, env Env, runs int, bulk string) (FailoverResult, error) {
+	res := FailoverResult{Env: env, Runs: runs, Bulk: bulk}
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	var outage, det, claim, live []float64
 	for i := 0; i < runs; i++ {
@@ -406,19 +462,82 @@ func Failover(ctx context.Context, out io.Writer, env Env, runs int) (FailoverRe
 		if err != nil {
 			return res, err
 		}
-		rep, err := RunDrill(ctx, s, env, fmt.Sprintf("fo%d", i), KillPrimary, rng)
+		rep, err := RunDrillOpts(ctx, s, env, DrillOpts{VM: fmt.Sprintf("fo%d", i), Kind: KillPrimary, Bulk: bulk}, rng)
 		if cerr := s.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
-		if err != nil || !rep.ConnSurvived || rep.RequestsLost > 0 {
+		res.BulkBytes += rep.BulkBytes
+		if rep.BulkError != "" {
+			res.BulkFailed++
+		}
+		if err != nil || !rep.ConnSurvived || rep.RequestsLost > 0 || rep.Inconsistent > 0 || rep.BulkError != "" || rep.GuestRebooted {
 			res.Failed++
 			fmt.Fprintf(out, "run %d failed: %v %+v\n", i, err, rep)
 			continue
 		}
-		fmt.Fprintf(out, "run %d: outage %.0f ms (detection %.0f, claim %.0f, go-live %.0f)\n", i, rep.OutageMS, rep.DetectionMS, rep.ClaimMS, rep.GoLiveMS)
+		fmt.Fprintf(out, "run %d: outage %.0f ms (detection %.0f, claim %.0f, go-live %.0f)", i, rep.OutageMS, rep.DetectionMS, rep.ClaimMS, rep.GoLiveMS)
+		if bulk != "" {
+			fmt.Fprintf(out, ", bulk %s %.1f MiB checked (%.1f MiB after the fault)", bulk, float64(rep.BulkBytes)/(1<<20), float64(rep.BulkBytesPost)/(1<<20))
+		}
+		fmt.Fprintln(out)
 		outage, det, claim, live = append(outage, rep.OutageMS), append(det, rep.DetectionMS), append(claim, rep.ClaimMS), append(live, rep.GoLiveMS)
 		res.RequestsLost += rep.RequestsLost
 	}
 	res.OutageMS, res.DetectionMS, res.ClaimMS, res.GoLiveMS = NewDist(outage), NewDist(det), NewDist(claim), NewDist(live)
 	return res, nil
+}
+
+// bulkRun is a bulk transfer driven in the background through a drill.
+type bulkRun struct {
+	done chan struct{}
+	tr   Traffic
+	err  error
+	// progress counts the bytes moved so far by requests that completed.
+	progress atomic.Int64
+}
+
+// startBulk runs drive against the lab guest for at least d on its own connection.
+func startBulk(ctx context.Context, drive func(context.Context, LoadTarget, time.Duration) (Traffic, error), d time.Duration) *bulkRun {
+	b := &bulkRun{done: make(chan struct{})}
+	t := LabTarget()
+	dial := t.Dial
+	t.Dial = func(ctx context.Context) (net.Conn, error) {
+		c, err := dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &countingConn{Conn: c, n: &b.progress}, nil
+	}
+	go func() {
+		defer close(b.done)
+		b.tr, b.err = drive(ctx, t, d)
+	}()
+	return b
+}
+
+// moved is the bytes the transfer has carried so far, either way.
+func (b *bulkRun) moved() int64 { return b.progress.Load() }
+
+// wait returns the transfer's totals once it has ended (every byte checked).
+func (b *bulkRun) wait() (Traffic, error) {
+	<-b.done
+	return b.tr, b.err
+}
+
+// countingConn counts the payload bytes read and written on a connection.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }

@@ -58,11 +58,12 @@ func newBenchCmd() *cobra.Command {
 	netc.Flags().IntVar(&bulk, "mb", 200, "MiB per bulk transfer")
 	netc.Flags().IntVar(&netLagBound, "lag-bound-ms", vmspec.DefaultLagBoundMS, "the guest's lag bound: a looser bound throttles the primary less often")
 	var foRuns int
+	var foBulk string
 	fo := &cobra.Command{
 		Use: "failover", Short: "Client-observed outage of kill-primary over many runs (detection, claim, go-live)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			env := bench.NewEnv("ftvmd " + strings.Join(os.Args[1:], " "))
-			res, err := bench.Failover(cmd.Context(), os.Stderr, env, foRuns)
+			res, err := bench.Failover(cmd.Context(), os.Stderr, env, foRuns, foBulk)
 			if err != nil {
 				return err
 			}
@@ -70,6 +71,7 @@ func newBenchCmd() *cobra.Command {
 		},
 	}
 	fo.Flags().IntVar(&foRuns, "runs", 20, "kill-primary drills")
+	fo.Flags().StringVar(&foBulk, "bulk", "", "a bulk transfer through every fault: get (guest->client) or put (client->guest), every byte checked")
 	var imgSize string
 	var records int
 	dk := &cobra.Command{

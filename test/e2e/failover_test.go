@@ -21,17 +21,34 @@ func TestFailover(t *testing.T) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewSource(seed))
-	kinds := []string{bench.KillPrimary, bench.KillBackup, bench.Partition, bench.Planned, bench.KillPrimary}
-	for i, kind := range kinds {
-		t.Run(kind, func(t *testing.T) {
+	// The last two kill the primary in the middle of a bulk transfer each way: the
+	// backup must replay up to the cut under that load and go live, and the transfer
+	// must carry on over the same TCP connection, every byte checked.
+	drills := []struct{ kind, bulk string }{
+		{bench.KillPrimary, ""}, {bench.KillBackup, ""}, {bench.Partition, ""}, {bench.Planned, ""},
+		{bench.KillPrimary, bench.BulkGet}, {bench.KillPrimary, bench.BulkPut},
+	}
+	for i, d := range drills {
+		kind := d.kind
+		name := kind
+		if d.bulk != "" {
+			name += "-during-bulk-" + d.bulk
+		}
+		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 			defer cancel()
 			s := drillLab(ctx, t) // a fresh lab per drill
-			rep, err := bench.RunDrill(ctx, s, bench.NewEnv("e2e"), "fo"+string(rune('a'+i)), kind, rng)
+			rep, err := bench.RunDrillOpts(ctx, s, bench.NewEnv("e2e"), bench.DrillOpts{VM: "fo" + string(rune('a'+i)), Kind: kind, Bulk: d.bulk}, rng)
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("%+v", rep)
+			if d.bulk != "" {
+				if rep.BulkError != "" {
+					t.Fatalf("bulk %s through the failover: %s (%d bytes checked before it broke)", d.bulk, rep.BulkError, rep.BulkBytes)
+				}
+				t.Logf("bulk %s: %d bytes checked end to end, %d after the fault", d.bulk, rep.BulkBytes, rep.BulkBytesPost)
+			}
 			if rep.RequestsLost != 0 || rep.Inconsistent != 0 {
 				t.Fatalf("requests lost %d, inconsistent %d", rep.RequestsLost, rep.Inconsistent)
 			}
