@@ -650,6 +650,9 @@ func (b *backup) pendingBlocks(cut int64) []uint64 {
 // replayedFromFeed answers "how far has the replay got" without QMP when it can: a
 // replay blocked reading its FIFO has executed everything fed (see qemu.FeedWatch).
 //
+// The FIFO must also hold no unread bytes: a QEMU stopped (SIGSTOP, a frozen host)
+// while it sat in read(2) still shows that syscall, though the bytes fed since are
+// waiting in the pipe, unexecuted.
 // The fed offset is read on both sides of the check and must not move: bytes written
 // just before the check may not have woken QEMU yet. What is left is a write that
 // lands while QEMU is still being scheduled: a momentary overestimate of well under
@@ -659,6 +662,9 @@ func (b *backup) replayedFromFeed(w *qemu.FeedWatch) (uint64, bool) {
 	before := b.feed.FedOffset()
 	drained, err := w.Drained()
 	if err != nil || !drained || b.feed.FedOffset() != before {
+		return 0, false
+	}
+	if n, ok := b.feed.Unread(); !ok || n > 0 {
 		return 0, false
 	}
 	return b.cutPoints.icountAt(before)

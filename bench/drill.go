@@ -434,14 +434,14 @@ func (cl *connLoad) stop() (int, int) {
 
 // FailoverResult is `ftvmd bench failover`'s summary over many kill-primary drills.
 type FailoverResult struct {
-	Env          Env           `json:"env"`
-	Runs         int           `json:"runs"`
-	OutageMS     Dist          `json:"client_outage_ms"`
-	DetectionMS  Dist          `json:"detection_ms"`
-	ClaimMS      Dist          `json:"claim_ms"`
-	GoLiveMS     Dist          `json:"go_live_ms"`
-	RequestsLost int           `json:"requests_lost"`
-	Failed       int           `json:"failed_runs"`
+	Env          Env  `json:"env"`
+	Runs         int  `json:"runs"`
+	OutageMS     Dist `json:"client_outage_ms"`
+	DetectionMS  Dist `json:"detection_ms"`
+	ClaimMS      Dist `json:"claim_ms"`
+	GoLiveMS     Dist `json:"go_live_ms"`
+	RequestsLost int  `json:"requests_lost"`
+	Failed       int  `json:"failed_runs"`
 	// Bulk is the transfer under way through each fault ("" for none), BulkBytes
 	// what the runs moved in all (every byte checked), BulkFailed the runs whose
 	// transfer broke or moved nothing after the fault.

@@ -46,8 +46,9 @@ type Feed struct {
 	pollEvery time.Duration
 	pollSize  func() (int64, error)
 
-	upTo   atomic.Int64 // source offset known to be written
-	fed    atomic.Int64 // source offset written into the FIFO
+	out    atomic.Pointer[os.File] // the FIFO's write end once a reader opened it
+	upTo   atomic.Int64            // source offset known to be written
+	fed    atomic.Int64            // source offset written into the FIFO
 	wake   chan struct{}
 	ctl    chan feedCtl // Halt and Finish requests (golive.go)
 	cancel context.CancelFunc
@@ -103,6 +104,27 @@ func (f *Feed) Notify(upTo int64) {
 // FedOffset is the source offset fed so far (LogHeaderSize before any body).
 func (f *Feed) FedOffset() int64 { return f.fed.Load() }
 
+// Unread is the number of bytes written into the FIFO that its reader has not
+// read yet (FIONREAD, alias TIOCINQ, counts a pipe's buffered bytes from either end); ok is
+// false before a reader opened the FIFO or when the count cannot be had. A
+// replay whose thread sits in read(2) on the FIFO but has bytes waiting there
+// is not drained: it is stopped (SIGSTOP, a frozen host) before it could run.
+func (f *Feed) Unread() (n int, ok bool) {
+	out := f.out.Load()
+	if out == nil {
+		return 0, false
+	}
+	sc, err := out.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var ierr error
+	if err := sc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil || ierr != nil {
+		return 0, false
+	}
+	return n, true
+}
+
 // Done is closed when the feeding goroutine has ended.
 func (f *Feed) Done() <-chan struct{} { return f.done }
 
@@ -149,6 +171,8 @@ func (f *Feed) feed(ctx context.Context) error {
 		return err
 	}
 	defer out.Close()
+	f.out.Store(out)
+	defer f.out.Store(nil)
 	if _, err := out.Write(logVersion[:]); err != nil {
 		return fmt.Errorf("write version: %w", err)
 	}

@@ -140,6 +140,14 @@ func TestFeed(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Notify(int64(len(full)))
+	// Fed but not read yet: the pipe holds bytes (a full pipe buffer at most).
+	deadline := time.Now().Add(time.Second)
+	for n, _ := f.Unread(); n == 0 && time.Now().Before(deadline); n, _ = f.Unread() {
+		time.Sleep(time.Millisecond)
+	}
+	if n, ok := f.Unread(); !ok || n == 0 {
+		t.Fatalf("Unread with an idle reader = %d, %v; want bytes waiting", n, ok)
+	}
 	got := make([]byte, 4+len(body))
 	if _, err := io.ReadFull(r, got); err != nil {
 		t.Fatal(err)
@@ -147,12 +155,16 @@ func TestFeed(t *testing.T) {
 	if !bytes.Equal(got[:4], logVersion[:]) || !bytes.Equal(got[4:], body) {
 		t.Fatal("fed bytes differ from version + body")
 	}
-	deadline := time.Now().Add(time.Second)
+	deadline = time.Now().Add(time.Second)
 	for f.FedOffset() != int64(len(full)) && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	if f.FedOffset() != int64(len(full)) {
 		t.Fatalf("FedOffset = %d, want %d", f.FedOffset(), len(full))
+	}
+	// Everything fed was read: nothing waits in the pipe.
+	if n, ok := f.Unread(); !ok || n != 0 {
+		t.Fatalf("Unread after reading everything = %d, %v; want 0, true", n, ok)
 	}
 	// The reader must not see EOF before Close.
 	_ = r.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
