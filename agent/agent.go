@@ -60,6 +60,9 @@ type Config struct {
 	TestKnobs bool
 	// CheckInvariant makes the relay verify the output rule on every release.
 	CheckInvariant bool
+	// DataPath is how the guest's frames reach the network on the VMs this agent
+	// starts (DataPathRelay when empty). A backup follows its primary's choice.
+	DataPath DataPath
 
 	Logger *slog.Logger
 }
@@ -81,9 +84,38 @@ func DefaultConfig(host, dir string) Config {
 	}
 }
 
+// DataPath is how a VM's frames travel between QEMU and the host bridge.
+type DataPath string
+
+const (
+	// DataPathRelay: QEMU's NIC is a unix datagram socket; the agent relays every
+	// frame between it and the VM's tap and holds the guest's frames in memory.
+	DataPathRelay DataPath = "relay"
+	// DataPathTap: QEMU's NIC is the VM's tap on the bridge; frames from the
+	// network reach QEMU without the agent, and the guest's frames wait in the
+	// kernel (an NFQUEUE) for the agent's verdict (netbuf.Hold).
+	DataPathTap DataPath = "tap"
+)
+
+// ParseDataPath accepts "relay", "tap" and "" (relay).
+func ParseDataPath(s string) (DataPath, error) {
+	switch d := DataPath(s); d {
+	case "":
+		return DataPathRelay, nil
+	case DataPathRelay, DataPathTap:
+		return d, nil
+	}
+	return "", fmt.Errorf("data path %q: want %q or %q", s, DataPathRelay, DataPathTap)
+}
+
 // Validate rejects bad or inconsistent settings.
 func (c *Config) Validate() error {
 	var errs []error
+	if d, err := ParseDataPath(string(c.DataPath)); err != nil {
+		errs = append(errs, err)
+	} else {
+		c.DataPath = d
+	}
 	if c.Host == "" {
 		errs = append(errs, errors.New("host name is required"))
 	}

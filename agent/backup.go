@@ -16,6 +16,7 @@ import (
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
 	"github.com/ftvmd/ftvmd/vmspec"
@@ -117,6 +118,9 @@ type backup struct {
 	recv      *logging.Receiver
 	emitted   atomic.Uint64 // frames the replaying QEMU sent (must stay 0)
 	netSock   *net.UnixConn
+	dataPath  DataPath // the primary's NIC type, which the replay must match
+	netTap    string   // the replay's tap on the tap path (on no bridge)
+	emitSeen  atomic.Bool
 	fence     *fence // nil without shared storage
 	epoch     uint64
 	img       *disk.ImageInfo  // the primary's image, copied before the log
@@ -207,6 +211,11 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_
 		finished: make(chan struct{}),
 		state:    "starting",
 	}
+	dp, err := ParseDataPath(string(hello.DataPath))
+	if err != nil {
+		return nil, fmt.Errorf("primary's %w", err)
+	}
+	b.dataPath = dp
 	if hello.StartOffset != replay.HeaderSize {
 		return nil, fmt.Errorf("log start offset %d: only protection from boot (offset %d) is supported", hello.StartOffset, replay.HeaderSize)
 	}
@@ -267,8 +276,22 @@ func (b *backup) openLog(context.Context) error {
 }
 
 // bindNet gives the replaying QEMU's NIC a socket to send to. Replay emits nothing;
-// anything that arrives is counted (and shown in status) and dropped.
+// anything that arrives is counted (and shown in status) and dropped. On the tap path
+// the NIC is a tap on no bridge, and what QEMU writes to it is counted by the tap.
 func (b *backup) bindNet(context.Context) error {
+	if b.dataPath == DataPathTap {
+		name := backupTapName(b.spec.Name)
+		// A tap left by a crashed agent would make CreateTap fail: the name is ours.
+		if err := netbuf.DeleteTap(name); err != nil {
+			return err
+		}
+		if _, err := netbuf.CreateTap(name, ""); err != nil {
+			return err
+		}
+		b.netTap = name
+		b.cleanups.push(func() error { return netbuf.DeleteTap(name) })
+		return nil
+	}
 	path := filepath.Join(b.dir, "net-agent.sock")
 	uc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
@@ -298,11 +321,7 @@ func (b *backup) prepareQEMU(context.Context) error {
 		Name: b.spec.Name, Binary: b.a.cfg.QEMU, MemoryMB: b.spec.MemoryMB,
 		Kernel: b.spec.Kernel, Initrd: b.spec.Initrd, Append: b.spec.Append,
 		Mode: qemu.ModeReplay, RRFile: b.feed.Path(), IcountShift: b.spec.Shift(),
-		NIC: &qemu.NIC{
-			MAC:        b.spec.MAC,
-			SocketPath: filepath.Join(b.dir, "net-agent.sock"),
-			LocalPath:  filepath.Join(b.dir, "net-qemu.sock"),
-		},
+		NIC:        nicFor(b.dataPath, b.spec.MAC, b.dir, b.netTap),
 		QMPSocket:  filepath.Join(b.dir, "qmp.sock"),
 		ConsoleLog: filepath.Join(b.dir, "console.log"),
 		Dir:        b.dir,
@@ -524,7 +543,7 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 	b.a.unregister(b.spec.Name, b)
 	gctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: d.Epoch, disk: b.diskPath, claim: d.Claim, launch: launch}); err != nil {
+	if err := b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: d.Epoch, dataPath: b.dataPath, disk: b.diskPath, claim: d.Claim, launch: launch}); err != nil {
 		b.setFailed(fmt.Errorf("go live: %w", err))
 		return false
 	}
@@ -670,6 +689,23 @@ func (b *backup) replayedFromFeed(w *qemu.FeedWatch) (uint64, bool) {
 	return b.cutPoints.icountAt(before)
 }
 
+// emittedFrames is how many frames the replaying QEMU sent: counted by the socket
+// reader on the relay path, by the tap's receive counter on the tap path.
+func (b *backup) emittedFrames() uint64 {
+	if b.netTap == "" {
+		return b.emitted.Load()
+	}
+	n, err := netbuf.TapRxFrames(b.netTap)
+	if err != nil {
+		return b.emitted.Load()
+	}
+	b.emitted.Store(n)
+	if n > 0 && !b.emitSeen.Swap(true) {
+		b.log.Error("the replaying QEMU emitted a network frame; it must not", "frames", n)
+	}
+	return n
+}
+
 func (b *backup) setAckDelay(d time.Duration) error {
 	b.mu.Lock()
 	r := b.recv
@@ -726,7 +762,8 @@ func (b *backup) status() control.VMStatus {
 	defer b.mu.Unlock()
 	st := control.VMStatus{
 		Name: b.spec.Name, Role: "backup", State: b.state, Peer: b.peer, Detail: b.detail,
-		StartedAt: b.started, Engine: b.a.engine.Name, EngineWarning: b.a.engine.Warning(), Icount: b.replayed, EmittedFrames: b.emitted.Load(),
+		StartedAt: b.started, Engine: b.a.engine.Name, EngineWarning: b.a.engine.Warning(), Icount: b.replayed, EmittedFrames: b.emittedFrames(),
+		DataPath: string(b.dataPath),
 	}
 	if b.m != nil {
 		st.PID = b.m.PID()

@@ -18,6 +18,7 @@ import (
 	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/netbuf"
+	"github.com/ftvmd/ftvmd/netbuf/nfq"
 	"github.com/ftvmd/ftvmd/outputrule"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
@@ -44,6 +45,9 @@ type peerHello struct {
 	// report (logging.ReceiverConfig.StallReports). An older primary leaves it out
 	// and gets the plain acks it understands; an older backup ignores it.
 	StallReports bool `json:"stall_reports,omitempty"`
+	// DataPath is the primary's NIC type: the replay must use the same (a log
+	// recorded on a tap does not replay on a datagram NIC). Empty means relay.
+	DataPath DataPath `json:"data_path,omitempty"`
 }
 
 type peerReply struct {
@@ -61,16 +65,17 @@ type primary struct {
 	peer    string
 	started time.Time
 
-	m      *qemu.Machine
-	rr     *os.File
-	relay  *netbuf.Relay
-	cg     *throttle.Cgroup
-	tap    string
-	sender *logging.Sender // nil when unprotected
-	conn   net.Conn
-	fence  *fence // nil without shared storage
-	epoch  uint64
-	live   *liveStart
+	m        *qemu.Machine
+	rr       *os.File
+	out      outputPath // holds the guest's frames under the output rule
+	dataPath DataPath
+	cg       *throttle.Cgroup
+	tap      string
+	sender   *logging.Sender // nil when unprotected
+	conn     net.Conn
+	fence    *fence // nil without shared storage
+	epoch    uint64
+	live     *liveStart
 	// keepDiskCopy keeps a copy of the disk as it was before recording, which
 	// `ftvmd rr check` replays on.
 	keepDiskCopy bool
@@ -115,10 +120,11 @@ type primary struct {
 // liveStart makes startPrimary continue a VM from a backup's replay (go-live) instead
 // of booting it: launch replaces the plain QEMU start.
 type liveStart struct {
-	epoch  uint64
-	disk   string        // the backup's copy of the image, which the live VM keeps using
-	claim  time.Duration // how long the epoch claim took
-	launch func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error)
+	epoch    uint64
+	dataPath DataPath      // the replay's NIC type, which the live VM keeps
+	disk     string        // the backup's copy of the image, which the live VM keeps using
+	claim    time.Duration // how long the epoch claim took
+	launch   func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error)
 }
 
 func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart) error {
@@ -142,11 +148,12 @@ func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backu
 		ctrl:     throttle.NewController(time.Duration(spec.LagBoundMS) * time.Millisecond),
 		quota:    1,
 		live:     live,
+		dataPath: a.cfg.DataPath,
 
 		keepDiskCopy: keepDiskCopy,
 	}
 	if live != nil {
-		p.epoch = live.epoch
+		p.epoch, p.dataPath = live.epoch, live.dataPath
 	}
 	p.unprotect = p.operatorUnprotect
 	if err := a.register(spec.Name, p); err != nil {
@@ -227,7 +234,7 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		return err
 	}
 	p.addCleanup(conn.Close)
-	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch, Disk: img, Engine: p.a.engine.Name, StallReports: true}); err != nil {
+	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch, Disk: img, Engine: p.a.engine.Name, StallReports: true, DataPath: p.dataPath}); err != nil {
 		return fmt.Errorf("backup %s: %w", p.peer, err)
 	}
 	var reply peerReply
@@ -305,11 +312,7 @@ func (p *primary) qemuConfig(mode qemu.Mode, rrfile string) qemu.Config {
 		Name: p.spec.Name, Binary: p.a.cfg.QEMU, MemoryMB: p.spec.MemoryMB,
 		Kernel: p.spec.Kernel, Initrd: p.spec.Initrd, Append: p.spec.Append,
 		Mode: mode, RRFile: rrfile, IcountShift: p.spec.Shift(),
-		NIC: &qemu.NIC{
-			MAC:        p.spec.MAC,
-			SocketPath: filepath.Join(p.dir, "net-agent.sock"),
-			LocalPath:  filepath.Join(p.dir, "net-qemu.sock"),
-		},
+		NIC:        nicFor(p.dataPath, p.spec.MAC, p.dir, p.tap),
 		QMPSocket:  filepath.Join(p.dir, "qmp.sock"),
 		ConsoleLog: filepath.Join(p.dir, "console.log"),
 		FlushLib:   p.a.cfg.FlushLib,
@@ -327,29 +330,19 @@ func disks(path string) []qemu.Disk {
 
 func (p *primary) startQEMU(ctx context.Context) error {
 	cfg := p.qemuConfig(qemu.ModeRecord, filepath.Join(p.dir, "log.rr"))
-	// The relay's socket must exist before QEMU starts sending to it.
-	tapf, err := netbuf.OpenTap(p.tap)
+	// The output path must be ready before QEMU starts: the relay's socket must
+	// exist before QEMU sends to it, and on the tap path no frame may reach the
+	// bridge before the rules that hold it are in place.
+	var err error
+	switch p.dataPath {
+	case DataPathTap:
+		err = p.holdInKernel()
+	default:
+		err = p.startRelay(cfg)
+	}
 	if err != nil {
 		return err
 	}
-	p.addCleanup(tapf.Close)
-	rule := outputrule.New(outputrule.Config{}, outputrule.Protected)
-	if p.peer == "" {
-		rule = outputrule.New(outputrule.Config{}, outputrule.Unprotected)
-	}
-	relay, err := netbuf.NewRelay(netbuf.RelayConfig{
-		AgentSock:      cfg.NIC.SocketPath,
-		QEMUSock:       cfg.NIC.LocalPath,
-		Tap:            tapf,
-		Stamp:          p.stamp,
-		Rule:           rule,
-		Logger:         p.log,
-		CheckInvariant: p.a.cfg.CheckInvariant,
-	})
-	if err != nil {
-		return err
-	}
-	p.relay = relay
 	opts := []qemu.Opt{qemu.WithLogger(p.log)}
 	if p.cg != nil {
 		opts = append(opts, qemu.WithCgroup(p.cg.Add))
@@ -436,6 +429,77 @@ func copyFile(src, dst string) (int64, error) {
 	return n, nil
 }
 
+// startRelay puts the agent between QEMU's datagram NIC and the tap.
+func (p *primary) startRelay(cfg qemu.Config) error {
+	tapf, err := netbuf.OpenTap(p.tap)
+	if err != nil {
+		return err
+	}
+	p.addCleanup(tapf.Close)
+	rule := outputrule.New(outputrule.Config{}, outputrule.Protected)
+	if p.peer == "" {
+		rule = outputrule.New(outputrule.Config{}, outputrule.Unprotected)
+	}
+	relay, err := netbuf.NewRelay(netbuf.RelayConfig{
+		AgentSock:      cfg.NIC.SocketPath,
+		QEMUSock:       cfg.NIC.LocalPath,
+		Tap:            tapf,
+		Stamp:          p.stamp,
+		Rule:           rule,
+		Logger:         p.log,
+		CheckInvariant: p.a.cfg.CheckInvariant,
+	})
+	if err != nil {
+		return err
+	}
+	p.out = relay
+	return nil
+}
+
+// holdInKernel holds the guest's frames in an NFQUEUE while the VM is protected.
+// QEMU then writes its frames to the tap itself and reads the network's frames from
+// it: the agent sees only the ids of held frames. Unprotected, nothing is held and
+// the agent is not on the path at all.
+func (p *primary) holdInKernel() error {
+	if p.peer == "" {
+		p.out = unheldPath{}
+		return nil
+	}
+	if err := netbuf.EnableBridgeNetfilter(); err != nil {
+		return err
+	}
+	link, err := net.InterfaceByName(p.tap)
+	if err != nil {
+		return fmt.Errorf("tap %s: %w", p.tap, err)
+	}
+	// Queue numbers are per network namespace, like interface indexes.
+	queue := uint16(link.Index)
+	conn, err := nfq.Open(queue, nfq.Config{})
+	if err != nil {
+		return err
+	}
+	p.addCleanup(conn.Close)
+	rules, err := netbuf.InstallQueueRules(p.tap, queue)
+	if err != nil {
+		return err
+	}
+	p.addCleanup(rules.Remove)
+	hold, err := netbuf.NewHold(netbuf.HoldConfig{
+		Queue:          conn,
+		Stamp:          p.stamp,
+		Rule:           outputrule.New(netbuf.HoldRuleConfig(nfq.DefaultMaxLen), outputrule.Protected),
+		Bypass:         rules.Remove,
+		CheckInvariant: p.a.cfg.CheckInvariant,
+		Logger:         p.log,
+	})
+	if err != nil {
+		return err
+	}
+	p.out = hold
+	p.log.Info("guest output held in the kernel", "tap", p.tap, "queue", queue)
+	return nil
+}
+
 func (p *primary) copyProgress(pr disk.Progress) {
 	p.mu.Lock()
 	p.copied = pr
@@ -450,8 +514,10 @@ func (p *primary) diskPath() string {
 	return p.spec.Disk
 }
 
-// stamp is the rr log's size on disk: QEMU flushes the log before it sends a frame,
-// so when the relay receives a frame this size covers every log byte before it.
+// stamp is the rr log's size on disk: QEMU flushes the log before it sends a frame
+// (libftflush.so hooks sendto on the datagram NIC and writev on the tap), so when the
+// relay receives a frame, or the hold reads a queued frame's id, this size covers
+// every log byte before it.
 func (p *primary) stamp() (int64, error) {
 	// A frame is waiting for the log before it: read and send that log now rather
 	// than at the next tail tick.
@@ -508,8 +574,8 @@ func (p *primary) startStreams(context.Context) error {
 	}
 	p.go1(func() { p.tail(ctx) })
 	p.go1(func() {
-		if err := p.relay.Run(ctx); err != nil && ctx.Err() == nil {
-			p.fail(fmt.Errorf("network relay: %w", err))
+		if err := p.out.Run(ctx); err != nil && ctx.Err() == nil {
+			p.fail(fmt.Errorf("network output path: %w", err))
 		}
 	})
 	if p.sender != nil {
@@ -604,8 +670,8 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 			p.mu.Unlock()
 		case ack := <-s.Acks():
 			st := s.Stats()
-			p.relay.Sent(st.Sent)
-			p.relay.Ack(ack.Offset)
+			p.out.Sent(st.Sent)
+			p.out.Ack(ack.Offset)
 			now := time.Now()
 			p.mu.Lock()
 			lag, off := p.lags.lag(ack.ReplayedIcount, now)
@@ -737,7 +803,7 @@ func (p *primary) goUnprotected(reason string) error {
 	p.state = "unprotected"
 	p.detail = reason
 	p.mu.Unlock()
-	p.relay.SetMode(outputrule.Unprotected)
+	p.out.SetMode(outputrule.Unprotected)
 	if p.stopSender != nil {
 		p.stopSender() // Bye: the backup stops its replay without claiming
 	}
@@ -809,7 +875,7 @@ func (p *primary) handover(ctx context.Context) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ss := p.sender.Stats()
-		rs := p.relay.Stats().Rule
+		rs := p.out.Stats().Rule
 		if ss.Acked >= paused && rs.HeldFrames+rs.PendingFrames == 0 {
 			break
 		}
@@ -822,7 +888,7 @@ func (p *primary) handover(ctx context.Context) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	p.relay.SetMode(outputrule.Halted)
+	p.out.SetMode(outputrule.Halted)
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	c, err := p.a.store.ClaimNext(sctx, p.spec.Name, p.epoch, p.backupHost, "planned failover from "+p.a.cfg.Host)
 	cancel()
@@ -844,7 +910,7 @@ func (p *primary) handover(ctx context.Context) error {
 
 // halt stops this copy for good: another copy owns the VM now.
 func (p *primary) halt(reason string) {
-	p.relay.SetMode(outputrule.Halted)
+	p.out.SetMode(outputrule.Halted)
 	p.mu.Lock()
 	p.state, p.detail = "halted", reason
 	p.mu.Unlock()
@@ -864,8 +930,8 @@ func (p *primary) fail(err error) {
 	p.mu.Unlock()
 	p.log.Error("vm failed", "err", err)
 	// A failed primary must not keep releasing output.
-	if p.relay != nil {
-		p.relay.SetMode(outputrule.Halted)
+	if p.out != nil {
+		p.out.SetMode(outputrule.Halted)
 	}
 	go func() { _ = p.stop(context.Background()) }()
 }
@@ -900,7 +966,7 @@ func (p *primary) status() control.VMStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := control.VMStatus{
-		Name: p.spec.Name, Role: "primary", State: p.state, Peer: p.peer, Detail: p.detail,
+		Name: p.spec.Name, Role: "primary", State: p.state, Peer: p.peer, Detail: p.detail, DataPath: string(p.dataPath),
 		StartedAt: p.started, Engine: p.a.engine.Name, EngineWarning: p.a.engine.Warning(), Epoch: p.epoch,
 		FailoverClaimMS: ms(p.claimDur), FailoverGoLiveMS: ms(p.goLiveDur),
 		Disk: p.diskPath(), CopyDone: p.copied.Done, CopyTotal: p.copied.Total, CopyRate: p.copied.Rate, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
@@ -914,8 +980,8 @@ func (p *primary) status() control.VMStatus {
 		ss := p.sender.Stats()
 		st.LogSent, st.LogAcked, st.BackupBehind = ss.Sent, ss.Acked, ss.Behind
 	}
-	if p.relay != nil {
-		fillRelayStatus(&st, p.relay.Stats())
+	if p.out != nil {
+		fillRelayStatus(&st, p.out.Stats())
 	}
 	if p.bkStallRep {
 		fillBackupStallStatus(&st, p.bkStall)

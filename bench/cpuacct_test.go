@@ -51,3 +51,13 @@ func TestSnapOfSelf(t *testing.T) {
 		t.Fatal("no error for a pid that does not exist")
 	}
 }
+
+func TestPerGbit(t *testing.T) {
+	// 125 MB/s is 1 Gbit/s: 119.209 MiB/s.
+	if got := perGbit(0.5, 1e9/8/(1<<20)); got < 0.4999 || got > 0.5001 {
+		t.Fatalf("0.5 cores at 1 Gbit/s: %v cores per Gbit/s", got)
+	}
+	if got := perGbit(0.3, 0); got != 0 {
+		t.Fatalf("no traffic: %v, want 0", got)
+	}
+}

@@ -24,6 +24,10 @@ type NetSide struct {
 	// Where the cores went during each bulk transfer.
 	ToClientCPU CPUUse `json:"guest_to_client_cpu"`
 	ToGuestCPU  CPUUse `json:"client_to_guest_cpu"`
+	// The primary's agent's cores per Gbit/s of guest traffic in each bulk
+	// transfer: the cost of the data path (issue 13's figure).
+	ToClientAgentACoresPerGbit float64 `json:"guest_to_client_agent_a_cores_per_gbit"`
+	ToGuestAgentACoresPerGbit  float64 `json:"client_to_guest_agent_a_cores_per_gbit"`
 	// Quantiles of the delay the output rule added to the guest's frames
 	// during the request/response phase only (the warm-up and bulk phases
 	// would swamp them): bucket upper bounds from outputrule.DelayHist.
@@ -121,6 +125,15 @@ func rrSnapshot(ctx context.Context, vm string) (rrSnap, error) {
 	return rrSnap{logWritten: st.LogWritten, hist: h, throttled: st.ThrottledSec}, err
 }
 
+// perGbit is cores per Gbit/s at a rate of mibPerS MiB/s.
+func perGbit(cores, mibPerS float64) float64 {
+	gbit := mibPerS * (1 << 20) * 8 / 1e9
+	if gbit <= 0 {
+		return 0
+	}
+	return cores / gbit
+}
+
 func mbit(bytes int64, d time.Duration) float64 { return float64(bytes) * 8 / 1e6 / d.Seconds() }
 
 func netSide(ctx context.Context, s *Session, vm string, protected bool, requests, mb int) (NetSide, error) {
@@ -200,6 +213,7 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 		return side, err
 	}
 	side.ToClientCPU = use(c0, c1)
+	side.ToClientAgentACoresPerGbit = perGbit(side.ToClientCPU.AgentA, side.ToClientMBs)
 	s.logf("guest->client %.1f MB/s, cpu %+v", side.ToClientMBs, side.ToClientCPU)
 
 	// Client -> guest: `put n`, n bytes, then `got n crc`.
@@ -233,6 +247,7 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 		return side, err
 	}
 	side.ToGuestCPU = use(c1, c2)
+	side.ToGuestAgentACoresPerGbit = perGbit(side.ToGuestCPU.AgentA, side.ToGuestMBs)
 	s.logf("client->guest %.1f MB/s, cpu %+v", side.ToGuestMBs, side.ToGuestCPU)
 	return side, nil
 }

@@ -70,7 +70,9 @@ type VMStatus struct {
 	Epoch     uint64    `json:"epoch,omitempty"` // shared-storage epoch this copy runs under
 	// Engine names the QEMU this copy runs on (qemu.Engine.Name), and what an
 	// operator should know about it (qemu.Engine.Warning).
-	Engine        string `json:"engine,omitempty"`
+	Engine string `json:"engine,omitempty"`
+	// DataPath is how the VM's frames reach the network: relay or tap.
+	DataPath      string `json:"data_path,omitempty"`
 	EngineWarning string `json:"engine_warning,omitempty"`
 	// Last failover handled by this copy: time to win the epoch claim, and (after a
 	// backup went live) the go-live itself.

@@ -219,3 +219,20 @@ func OpenTap(name string) (*os.File, error) {
 	}
 	return os.NewFile(uintptr(fd), tunPath+":"+name), nil
 }
+
+// TapRxFrames is how many frames the tap's queue (its QEMU) has written into the
+// tap: the kernel counts them as received by the device.
+func TapRxFrames(name string) (uint64, error) {
+	l, err := lookupLink(name)
+	switch {
+	case err != nil:
+		return 0, err
+	case l == nil:
+		return 0, fmt.Errorf("%w: %q", ErrTapNotFound, name)
+	}
+	st := l.Attrs().Statistics
+	if st == nil {
+		return 0, fmt.Errorf("netbuf: no statistics for %q", name)
+	}
+	return st.RxPackets, nil
+}

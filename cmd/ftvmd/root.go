@@ -72,9 +72,9 @@ func call(ctx context.Context, g *globalOpts, req control.Request) (control.Resp
 
 func newAgentCmd() *cobra.Command {
 	var (
-		host, dir, listen, socket, flush, qemuBin, cpus, bridge, cgroupRoot, logLevel, shared string
-		hb, timeout, ackDelay, stallAfter                                                     time.Duration
-		checkInv, testKnobs                                                                   bool
+		host, dir, listen, socket, flush, qemuBin, cpus, bridge, cgroupRoot, logLevel, shared, dataPath string
+		hb, timeout, ackDelay, stallAfter                                                               time.Duration
+		checkInv, testKnobs                                                                             bool
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -93,6 +93,7 @@ func newAgentCmd() *cobra.Command {
 			}
 			cfg.FlushLib, cfg.QEMU, cfg.CPUs, cfg.Bridge, cfg.CgroupRoot = flush, qemuBin, cpus, bridge, cgroupRoot
 			cfg.SharedDir = shared
+			cfg.DataPath = agent.DataPath(dataPath)
 			cfg.HeartbeatInterval, cfg.PeerTimeout = hb, timeout
 			cfg.StallAfter = stallAfter
 			cfg.TestAckDelay, cfg.CheckInvariant, cfg.TestKnobs = ackDelay, checkInv, testKnobs
@@ -121,6 +122,8 @@ func newAgentCmd() *cobra.Command {
 	f.DurationVar(&stallAfter, "stall-after", agent.DefaultStallAfter, "a backup replay that makes no progress this long while it holds log beyond it is reported stalled")
 	f.DurationVar(&ackDelay, "test-ack-delay", 0, "TEST ONLY: delay every ack the backup sends")
 	f.BoolVar(&checkInv, "check-invariant", false, "verify the output rule on every released frame")
+	f.StringVar(&dataPath, "data-path", envOr("FTVMD_DATA_PATH", string(agent.DataPathRelay)),
+		"how guest frames reach the bridge on VMs this agent starts: relay (through the agent) or tap (QEMU on the tap, output held in the kernel) (env FTVMD_DATA_PATH)")
 	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
 	f.BoolVar(&testKnobs, "test-knobs", false, "TEST ONLY: enable test control operations")
 	_ = f.MarkHidden("test-ack-delay")
@@ -330,6 +333,9 @@ func printStatus(w io.Writer, resp control.Response) {
 			fmt.Fprintf(tw, "detail\t%s\n", v.Detail)
 		}
 		fmt.Fprintf(tw, "uptime\t%s\tqemu pid %d\n", time.Since(v.StartedAt).Round(time.Second), v.PID)
+		if v.DataPath != "" {
+			fmt.Fprintf(tw, "data path\t%s\n", v.DataPath)
+		}
 		if v.Engine != "" {
 			fmt.Fprintf(tw, "engine\t%s\n", v.Engine)
 		}

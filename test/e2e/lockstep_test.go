@@ -29,6 +29,8 @@ func TestLockstep(t *testing.T) {
 	} else if !strings.HasPrefix(st.Engine, "ftvmd-qemu ") || st.EngineWarning != "" {
 		t.Fatalf("primary runs engine %q (warning %q), want ftvmd's build", st.Engine, st.EngineWarning)
 	}
+	checkDataPath(ctx, t, lab.HostA, vm)
+	checkDataPath(ctx, t, lab.HostB, vm)
 	pcon, bcon := lab.Console(lab.HostA, vm, "primary"), lab.Console(lab.HostB, vm, "backup")
 	// Replay of boot is slower than record: give the backup time to catch up.
 	if err := lab.WaitConsole(ctx, bcon, "ftguest ready", 4*time.Minute); err != nil {

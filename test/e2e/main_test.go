@@ -88,6 +88,27 @@ func protectGuest(ctx context.Context, t *testing.T, l *lab.Lab, vm string, defi
 	return time.Duration(st.LagBoundMS) * time.Millisecond
 }
 
+// wantDataPath is the data path the agents run on: FTVMD_DATA_PATH, which the lab's
+// agents read as their --data-path default (relay when unset).
+func wantDataPath() string {
+	if d := os.Getenv("FTVMD_DATA_PATH"); d != "" {
+		return d
+	}
+	return "relay"
+}
+
+// checkDataPath fails the test unless the VM's copy on h runs on wantDataPath.
+func checkDataPath(ctx context.Context, t *testing.T, h lab.Host, vm string) {
+	t.Helper()
+	st, err := lab.Status(ctx, h, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.DataPath != wantDataPath() {
+		t.Fatalf("%s on host %s runs on data path %q, want %q", vm, h.Name, st.DataPath, wantDataPath())
+	}
+}
+
 // dumpLogs keeps what a failed run needs for a diagnosis.
 func dumpLogs(t *testing.T) {
 	out := os.Getenv("FTVMD_E2E_ARTIFACTS")

@@ -22,6 +22,8 @@ func TestOutputRule(t *testing.T) {
 	defer cancel()
 	const vm = "guest2"
 	bound := protectGuest(ctx, t, l, vm)
+	checkDataPath(ctx, t, lab.HostA, vm)
+	checkDataPath(ctx, t, lab.HostB, vm)
 	waitCaughtUp(ctx, t, vm, bound, 2*time.Minute)
 
 	c, err := lab.NewClient(ctx, time.Minute)
