@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -248,7 +250,15 @@ func TestRelayHaltReleasesNothing(t *testing.T) {
 }
 
 func TestRelayBackpressureThenResumes(t *testing.T) {
-	const total = 60
+	// More frames than the socket queue holds, whatever this network namespace's
+	// net.unix.max_dgram_qlen is (10 by default; an agent raises it for its own
+	// namespace, and a host may have it raised already), so the sender must block.
+	total := uint64(60)
+	if b, err := os.ReadFile("/proc/sys/net/unix/max_dgram_qlen"); err == nil {
+		if q, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil && q+50 > total {
+			total = q + 50
+		}
+	}
 	var stamp atomic.Int64
 	h := newHarness(t, outputrule.Protected, func(c *RelayConfig) {
 		c.Rule = outputrule.New(outputrule.Config{MaxHeldFrames: 4}, outputrule.Protected)
@@ -277,7 +287,7 @@ func TestRelayBackpressureThenResumes(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		return n == sent.Load()
 	})
-	if n := sent.Load(); n >= total {
+	if n := sent.Load(); n >= int64(total) {
 		t.Fatalf("sender was never stopped (%d sent)", n)
 	}
 	h.expectNoNet()
