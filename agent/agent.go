@@ -40,7 +40,7 @@ type Config struct {
 	Listen     string // peer listener, host:port
 	Socket     string // control socket
 	KeysDir    string // TLS keys made by `ftvmd keys`
-	FlushLib   string // libftflush.so
+	FlushLib   string // libftflush.so; needed only by an engine that does not stream its log (checkFlushLib)
 	QEMU       string // qemu-system-x86_64 binary; "" picks ftvmd's build, then the distribution's (qemu.DetectEngine)
 	CPUs       string // cpuset for this host's QEMUs ("" = any)
 	Bridge     string // host bridge the VM taps join
@@ -122,11 +122,6 @@ func (c *Config) Validate() error {
 	if c.StateDir == "" {
 		errs = append(errs, errors.New("state directory is required"))
 	}
-	if c.FlushLib == "" {
-		errs = append(errs, errors.New("flush library path is required (build it with test/setup.sh)"))
-	} else if _, err := os.Stat(c.FlushLib); err != nil {
-		errs = append(errs, fmt.Errorf("flush library: %w", err))
-	}
 	if c.HeartbeatInterval <= 0 || c.PeerTimeout <= 0 {
 		errs = append(errs, errors.New("heartbeat interval and peer timeout must be positive"))
 	} else if c.PeerTimeout < 3*c.HeartbeatInterval {
@@ -142,6 +137,30 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("agent config: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// checkFlushLib requires the flush library unless the engine writes its rr log as
+// a stream itself (ftvmd's build with the log-stream patch): a stock QEMU keeps the
+// log in a stdio buffer that only the preloaded library flushes.
+func checkFlushLib(eng qemu.Engine, lib string) error {
+	if eng.LogStream {
+		return nil
+	}
+	if lib == "" {
+		return fmt.Errorf("flush library path is required with %s (build it with test/setup.sh)", eng.Name)
+	}
+	if _, err := os.Stat(lib); err != nil {
+		return fmt.Errorf("flush library (needed with %s): %w", eng.Name, err)
+	}
+	return nil
+}
+
+// logFlush says what keeps the primary's rr log on disk fresh.
+func (a *Agent) logFlush() string {
+	if a.engine.LogStream {
+		return "engine (log stream patch)"
+	}
+	return a.cfg.FlushLib
 }
 
 // vmRunner is one VM this agent runs, in either role.
@@ -187,6 +206,11 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}
 	cfg.QEMU = eng.Binary
+	if engErr == nil {
+		if err := checkFlushLib(eng, cfg.FlushLib); err != nil {
+			return nil, fmt.Errorf("agent config: %w", err)
+		}
+	}
 	a := &Agent{
 		engine:    eng,
 		engineErr: engErr,
@@ -233,7 +257,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("peer listener: %w", err)
 	}
 	a.log.Info("agent started", "control", a.cfg.Socket, "peer", a.cfg.Listen, "cpus", a.cfg.CPUs,
-		"engine", a.engine.Name, "qemu", a.engine.Binary)
+		"engine", a.engine.Name, "qemu", a.engine.Binary, "log_flush", a.logFlush())
 	if a.engineErr != nil {
 		a.log.Error("no usable QEMU: VMs cannot run or be backed up on this host until it is installed", "err", a.engineErr)
 	} else if w := a.engine.Warning(); w != "" {

@@ -315,6 +315,7 @@ func (p *primary) qemuConfig(mode qemu.Mode, rrfile string) qemu.Config {
 		NIC:        nicFor(p.dataPath, p.spec.MAC, p.dir, p.tap),
 		QMPSocket:  filepath.Join(p.dir, "qmp.sock"),
 		ConsoleLog: filepath.Join(p.dir, "console.log"),
+		LogStream:  p.a.engine.LogStream,
 		FlushLib:   p.a.cfg.FlushLib,
 		Dir:        p.dir,
 		Disks:      disks(p.diskPath()),
@@ -600,7 +601,22 @@ func (p *primary) startStreams(context.Context) error {
 			p.fail(fmt.Errorf("qemu exited: %v", p.m.ExitErr()))
 		}
 	})
+	p.go1(func() { p.watchIOError(ctx) })
 	return nil
+}
+
+// watchIOError fails the VM when its QEMU stops on an I/O error. A recording that
+// could not write its log has lost events some frames depend on: nothing more may be
+// released, and the VM is not protected any more.
+func (p *primary) watchIOError(ctx context.Context) {
+	err := p.m.WaitIOError(ctx)
+	var le *qemu.LogWriteError
+	switch {
+	case errors.As(err, &le):
+		p.fail(fmt.Errorf("rr log write failed: %s; output stopped", le.Reason))
+	case errors.Is(err, qemu.ErrIOError):
+		p.fail(errors.New("qemu stopped the guest on an I/O error (rr log or disk); output stopped"))
+	}
 }
 
 func (p *primary) go1(fn func()) {

@@ -84,7 +84,13 @@ type Config struct {
 	// file: form, the only form rr logs CHAR_WRITE events for.
 	ConsoleLog string
 
-	// FlushLib is the path to libftflush.so, required in record mode.
+	// LogStream says the QEMU writes its rr log as a stream itself
+	// (Engine.LogStream): the flush library is then neither needed nor
+	// preloaded.
+	LogStream bool
+	// FlushLib is the path to libftflush.so, required in record mode unless
+	// LogStream: a stock QEMU keeps the log in a 4 KiB stdio buffer that
+	// it never flushes.
 	FlushLib      string
 	FlushInterval time.Duration
 
@@ -167,7 +173,7 @@ func (c Config) Validate() error {
 	default:
 		bad("mode %q is not one of record, replay, none", c.Mode)
 	}
-	if c.Mode == ModeRecord {
+	if c.Mode == ModeRecord && !c.LogStream {
 		if c.FlushLib == "" {
 			bad("record mode needs FlushLib (libftflush.so): without it the rr log is up to 4 KiB stale")
 		} else if err := regularFile(c.FlushLib); err != nil {
@@ -238,9 +244,10 @@ func (c Config) Args() []string {
 }
 
 // Env returns the environment entries the process needs on top of the
-// caller's: the flush library in record mode.
+// caller's: the flush library in record mode, unless the QEMU writes its log
+// as a stream itself (LogStream).
 func (c Config) Env() []string {
-	if c.Mode != ModeRecord || c.FlushLib == "" {
+	if c.Mode != ModeRecord || c.FlushLib == "" || c.LogStream {
 		return nil
 	}
 	return []string{

@@ -77,6 +77,10 @@ func TestEnv(t *testing.T) {
 	if got := c.Env(); got != nil {
 		t.Errorf("replay env = %q, want none", got)
 	}
+	c.Mode, c.LogStream = ModeRecord, true
+	if got := c.Env(); got != nil {
+		t.Errorf("record env of a QEMU that streams its log = %q, want none", got)
+	}
 }
 
 func TestValidate(t *testing.T) {
@@ -117,6 +121,7 @@ func TestValidate(t *testing.T) {
 		{"bad mode", func(c *Config) { c.Mode = "play" }, `mode "play" is not one of`},
 		{"rr without file", func(c *Config) { c.RRFile = "" }, "needs RRFile"},
 		{"record without lib", func(c *Config) { c.FlushLib = "" }, "needs FlushLib"},
+		{"record streaming without lib", func(c *Config) { c.FlushLib, c.LogStream = "", true }, ""},
 		{"replay missing log", func(c *Config) { c.Mode, c.FlushLib = ModeReplay, "" }, "replay log: stat"},
 		{"rrsnapshot without drive", func(c *Config) { c.RRSnapshot = "init" }, "need a SnapshotDrive"},
 		{"loadvm without drive", func(c *Config) { c.LoadVM = "t" }, "need a SnapshotDrive"},

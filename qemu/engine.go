@@ -28,7 +28,18 @@ type Engine struct {
 	Patched bool
 	// Patches lists the patch files of ftvmd's build.
 	Patches []string
+	// LogStream is true when the build writes the rr log as a stream (patch
+	// "replay: write the log as a stream and stop on a failed write"): the
+	// header at start, the log flushed before every frame the guest transmits
+	// and at least every 1 ms, and a failed write stops the VM (run state
+	// io-error, QMP event REPLAY_WRITE_ERROR) and drops the guest's frames.
+	// Such a QEMU needs no flush library (Config.LogStream).
+	LogStream bool
 }
+
+// logStreamPatch is in the file name of the patch that gives LogStream
+// (git format-patch names it after the subject; the number may change).
+const logStreamPatch = "replay-write-the-log-as-a-stream"
 
 // Warning is what an operator should know about the engine, "" if nothing:
 // the distribution's QEMU records guest transmit bursts in a way its replay
@@ -79,6 +90,9 @@ func detectEngine(ctx context.Context, binary, engineDir string) (Engine, error)
 				e.Name = v
 			case "patch":
 				e.Patches = append(e.Patches, v)
+				if strings.Contains(v, logStreamPatch) {
+					e.LogStream = true
+				}
 			}
 		}
 		if e.Name != "" {

@@ -42,6 +42,27 @@ func TestDetectEnginePrefersOwnBuild(t *testing.T) {
 	if e.Binary != filepath.Join(current, "bin", DefaultBinary) {
 		t.Fatalf("binary = %s", e.Binary)
 	}
+	if e.LogStream {
+		t.Fatalf("LogStream without the stream patch: %+v", e)
+	}
+}
+
+func TestDetectEngineLogStream(t *testing.T) {
+	dir := t.TempDir()
+	build := filepath.Join(dir, "b")
+	writeExe(t, filepath.Join(build, "bin", DefaultBinary), "exit 1")
+	engine := "engine=ftvmd-qemu 7.2+dfsg+ftvmd.def\npatch=0001-a.patch\npatch=0002-b.patch\n" +
+		"patch=0003-replay-write-the-log-as-a-stream-and-stop-on-a-f.patch\n"
+	if err := os.WriteFile(filepath.Join(build, "ENGINE"), []byte(engine), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e, err := detectEngine(context.Background(), filepath.Join(build, "bin", DefaultBinary), filepath.Join(dir, "none"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.Patched || !e.LogStream || len(e.Patches) != 3 {
+		t.Fatalf("engine = %+v, want ftvmd's build with LogStream", e)
+	}
 }
 
 func TestDetectEngineDistribution(t *testing.T) {

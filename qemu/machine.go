@@ -171,6 +171,8 @@ type Machine struct {
 	exitCh  chan struct{}
 	exitErr error // written before exitCh closes
 
+	watch *runWatch // QMP events for WaitIOError
+
 	calls sync.WaitGroup // QMP call goroutines
 }
 
@@ -182,6 +184,7 @@ func New(cfg Config, opts ...Opt) (*Machine, error) {
 		log:        slog.Default(),
 		qmpTimeout: DefaultQMPTimeout,
 		exitCh:     make(chan struct{}),
+		watch:      newRunWatch(),
 	}
 	for _, o := range opts {
 		o(m)
@@ -359,6 +362,11 @@ func connectQMPHandler(ctx context.Context, m *Machine) error {
 				return fmt.Errorf("connect qmp: %w", ErrExited)
 			}
 			m.mon, m.raw = mon, raw.NewMonitor(mon)
+			evs, err := mon.Events(ctx)
+			if err != nil {
+				return fmt.Errorf("qmp events: %w", err)
+			}
+			go m.pumpEvents(evs) // ends when waitProcess disconnects the monitor
 			return nil
 		}
 		select {

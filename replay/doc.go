@@ -4,10 +4,13 @@
 // # Format
 //
 // The file starts with a 12-byte header: the big-endian u32 Version
-// (0x00e0200c, REPLAY_VERSION) and 8 reserved bytes. QEMU seeks past the
-// header when it opens the file and writes the version only in
+// (0x00e0200c, REPLAY_VERSION) and 8 reserved bytes. A stock QEMU seeks past
+// the header when it opens the file and writes the version only in
 // replay_finish at exit, so a log still being recorded, or one whose
 // recorder was killed, has a zero version (CheckHeader: ErrRecording).
+// ftvmd's engine (qemu/engine, the log-stream patch) writes the whole header
+// when it opens the file: its logs are valid from the start, and only END
+// says the recording ended.
 //
 // Events follow from offset 12, back to back with no framing: one code
 // byte (Kind, enum ReplayEvents) and a payload whose size depends on the
@@ -42,9 +45,12 @@
 // TestRealLog).
 //
 // A clean exit (SIGTERM, SIGINT, QMP quit) ends the log with a pending
-// INSTRUCTION, SHUTDOWN host-signal (14) and END (39). QEMU writes through
-// an unflushed stdio buffer, so a file being recorded grows in 4 KiB
-// steps that end anywhere, mid-event included.
+// INSTRUCTION, SHUTDOWN host-signal (14) and END (39). A stock QEMU writes
+// through an unflushed stdio buffer, so a file being recorded grows in 4 KiB
+// steps that end anywhere, mid-event included. ftvmd's engine flushes at
+// least every 1 ms and before every frame the guest sends (its file still
+// ends inside an event wherever the buffer filled in between); a write that
+// fails ends its log for good, possibly inside an event.
 //
 // Sources, QEMU 7.2: replay/replay-internal.h (enum ReplayEvents,
 // ReplayAsyncEventKind), include/sysemu/replay.h (ReplayClockKind,

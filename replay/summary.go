@@ -8,8 +8,8 @@ import (
 
 // Summary describes a whole log file; it backs `ftvmd log inspect`.
 type Summary struct {
-	Version   uint32           // header version; 0 while recording
-	Finished  bool             // version set: QEMU exited cleanly
+	Version   uint32           // header version; 0 while a stock QEMU records
+	Finished  bool             // valid version and END: QEMU exited cleanly
 	Counts    [NumKinds]uint64 // events per kind
 	Events    uint64           // complete events
 	Icount    uint64           // sum of INSTRUCTION counts
@@ -31,9 +31,10 @@ func Summarize(r io.Reader) (Summary, error) {
 	if err != nil {
 		return s, fmt.Errorf("replay: reading header: %w", err)
 	}
+	valid := false
 	switch err := CheckHeader(head[:]); {
 	case err == nil:
-		s.Finished = true
+		valid = true
 	case errors.Is(err, ErrRecording):
 	default:
 		return s, err
@@ -45,6 +46,9 @@ func Summarize(r io.Reader) (Summary, error) {
 	s.Bytes += m
 	s.Events, s.Icount, s.Boundary, s.SawEnd = c.Events(), c.Icount(), c.Boundary(), c.SawEnd()
 	s.Truncated = c.Pending() > 0
+	// A stock QEMU writes the version at exit, after END; ftvmd's engine writes
+	// it at start, so only END says the recording ended.
+	s.Finished = valid && s.SawEnd
 	if err != nil {
 		var ce *CorruptError
 		if !errors.As(err, &ce) {

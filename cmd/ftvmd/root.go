@@ -111,7 +111,7 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&dir, "state-dir", defaultStateDir, "state directory: VM specs, logs, keys")
 	f.StringVar(&listen, "listen", "", fmt.Sprintf("peer listener address (default :%d)", agent.DefaultPeerPort))
 	f.StringVar(&socket, "control-socket", "", "control socket (default <state-dir>/ftvmd.sock)")
-	f.StringVar(&flush, "flush-lib", defaultFlushLib(), "the log flush library (libftflush.so)")
+	f.StringVar(&flush, "flush-lib", defaultFlushLib(), "the log flush library (libftflush.so); unused when the QEMU engine writes its log as a stream (ftvmd's build)")
 	f.StringVar(&qemuBin, "qemu", "", "QEMU binary (default: ftvmd's build in "+qemu.EngineDir+", else qemu-system-x86_64 on PATH)")
 	f.StringVar(&cpus, "cpus", "", "cpuset for this host's QEMUs, e.g. 0 or 2-3 (default: any)")
 	f.StringVar(&bridge, "bridge", "br0", "host bridge that VM taps join")

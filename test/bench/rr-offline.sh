@@ -9,8 +9,16 @@
 #
 # Env: SHIFT (icount shift, default 4), APPEND (extra kernel args, default ft.busy=1),
 # OUT (work dir, default /tmp/rr-offline), QEMU (the emulator, default qemu-system-x86_64;
-# a wrapper script works). Prints record and replay wall times, whether
-# the consoles are byte-identical, and the steady instruction rates (last 20 s).
+# a wrapper script works), FLUSHLIB (preload libftflush.so into the recording QEMU, as
+# the agent does for an engine that does not stream its log). Prints record and replay
+# wall times, whether the consoles are byte-identical, the steady instruction rates
+# (last 20 s) and the recording QEMU's CPU time.
+#
+# NET=1 gives the guest a NIC as the agent does (virtio-net tx=timer + filter-replay),
+# on a tap in a private network namespace, and once the guest is ready runs LOAD there
+# against its service on 10.9.9.9:7000: space-separated "get MB" (guest->client) and
+# "put MB" (client->guest) steps, default "get 400 put 100". Each step's rate under
+# recording is printed (load_mbps). SECONDS must cover boot and the load.
 set -euo pipefail
 name=$1; secs=$2; shift 2
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -20,6 +28,49 @@ shift_=${SHIFT:-4}; append="console=ttyS0 quiet panic=-1 ft.ip=10.9.9.9/24 ${APP
 q=("${QEMU:-qemu-system-x86_64}" -M pc -accel tcg -cpu qemu64 -smp 1 -m 256 -nographic -nodefaults
    -no-user-config -kernel "$g/vmlinuz" -initrd "$g/initrd.img" -append "$append" "$@")
 rm -f "$name".*
+inns=() # prefix that runs a command in the guest's network namespace
+if [ "${NET:-0}" = 1 ]; then
+  ns=rroff$$
+  ip netns add "$ns"
+  trap 'ip netns del "$ns" 2>/dev/null || true' EXIT
+  ip -n "$ns" link set lo up
+  ip -n "$ns" tuntap add dev t0 mode tap
+  ip -n "$ns" addr add 10.9.9.1/24 dev t0
+  ip -n "$ns" link set t0 up
+  inns=(ip netns exec "$ns")
+  q+=(-netdev tap,id=n0,ifname=t0,script=no,downscript=no
+      -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,tx=timer
+      -object filter-replay,id=r0,netdev=n0)
+fi
+recenv=()
+[ -n "${FLUSHLIB:-}" ] && recenv=(env "LD_PRELOAD=$FLUSHLIB" "FTVMD_RRFILE=$name.rr")
+load() { # console: wait for the guest's service, then run LOAD against it
+  for _ in $(seq 600); do grep -q "ftguest ready" "$1" 2>/dev/null && break; sleep 0.1; done
+  "${inns[@]}" python3 - ${LOAD:-get 400 put 100} <<'PY'
+import socket, sys, time
+steps = sys.argv[1:]
+s = socket.create_connection(("10.9.9.9", 7000), timeout=60)
+f = s.makefile("rwb")
+out = []
+for op, mb in zip(steps[0::2], steps[1::2]):
+    n = int(mb) << 20
+    t0 = time.time()
+    f.write(("%s %d\n" % (op, n)).encode()); f.flush()
+    if op == "get":
+        hdr = f.readline().split()
+        left = int(hdr[1])
+        while left:
+            b = f.read(min(left, 1 << 20))
+            if not b: raise SystemExit("short get")
+            left -= len(b)
+    else:
+        chunk = b"x" * (1 << 20)
+        for _ in range(n >> 20): f.write(chunk)
+        f.flush(); f.readline()
+    out.append('"%s%s":%.1f' % (op, mb, n * 8 / 1e6 / (time.time() - t0)))
+print("{" + ",".join(out) + "}")
+PY
+}
 poll() { # socket outfile: "seconds icount" once a second until QEMU goes away
   python3 - "$1" "$2" <<'PY'
 import json, socket, sys, time
@@ -43,17 +94,26 @@ PY
 rate() { # steady rate over the last 20 s of samples, in M instructions/s
   awk '{t[NR]=$1; i[NR]=$2} END {a=NR-20; if (a<1) a=1; printf "%.0f", (i[NR]-i[a])/(t[NR]-t[a])/1e6}' "$1"
 }
+cpu() { # utime+stime of a process in seconds
+  awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14+$15)/hz}' "/proc/$1/stat"
+}
 t0=$(date +%s.%N)
-taskset -c 0 "${q[@]}" -icount "shift=$shift_,rr=record,rrfile=$name.rr" -serial "file:$name.rec.con" \
+"${inns[@]}" "${recenv[@]}" taskset -c 0 "${q[@]}" -icount "shift=$shift_,rr=record,rrfile=$name.rr" -serial "file:$name.rec.con" \
   -qmp "unix:$name.rq,server=on,wait=off" 2>"$name.rec.err" &
 qp=$!; poll "$name.rq" "$name.rec.ic" & pp=$!
-sleep "$secs"; kill "$qp"; wait "$qp" || true; wait "$pp" || true
+loadres=null
+if [ "${NET:-0}" = 1 ]; then loadres=$(load "$name.rec.con" || echo null); fi
+sleep "$(echo "$secs - ($(date +%s.%N) - $t0)" | bc | sed 's/^-.*/0/')"
+qpid=$(pgrep -f -n "rrfile=$name.rr" || echo "$qp") # the QEMU under ip netns exec / env
+reccpu=$(cpu "$qpid" 2>/dev/null || echo null)
+kill "$qpid"; wait "$qp" || true; wait "$pp" || true
 t1=$(date +%s.%N)
-taskset -c 1 "${q[@]}" -icount "shift=$shift_,rr=replay,rrfile=$name.rr" -serial "file:$name.rep.con" \
+"${inns[@]}" taskset -c 1 "${q[@]}" -icount "shift=$shift_,rr=replay,rrfile=$name.rr" -serial "file:$name.rep.con" \
   -qmp "unix:$name.pq,server=on,wait=off" 2>"$name.rep.err" &
 qp=$!; poll "$name.pq" "$name.rep.ic" & pp=$!
 wait "$qp" || true; wait "$pp" || true
 t2=$(date +%s.%N)
 same=no; cmp -s "$name.rec.con" "$name.rep.con" && same=yes
-printf '{"name":"%s","shift":%s,"qemu_args":"%s","record_s":%.1f,"replay_s":%.1f,"console_identical":"%s","record_steady_mips":%s,"replay_steady_mips":%s}\n' \
-  "$name" "$shift_" "$*" "$(echo "$t1-$t0" | bc)" "$(echo "$t2-$t1" | bc)" "$same" "$(rate "$name.rec.ic")" "$(rate "$name.rep.ic")"
+printf '{"name":"%s","shift":%s,"qemu_args":"%s","record_s":%.1f,"replay_s":%.1f,"console_identical":"%s","record_steady_mips":%s,"replay_steady_mips":%s,"record_cpu_s":%s,"log_bytes":%s,"load_mbps":%s}\n' \
+  "$name" "$shift_" "$*" "$(echo "$t1-$t0" | bc)" "$(echo "$t2-$t1" | bc)" "$same" "$(rate "$name.rec.ic")" "$(rate "$name.rep.ic")" \
+  "$reccpu" "$(stat -c %s "$name.rr")" "$loadres"

@@ -66,7 +66,7 @@ func drillLab(ctx context.Context, t *testing.T) *bench.Session {
 func protectGuest(ctx context.Context, t *testing.T, l *lab.Lab, vm string, defineFlags ...string) time.Duration {
 	t.Helper()
 	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
-		if err := l.StartAgent(ctx, h); err != nil {
+		if err := l.StartAgent(ctx, h, agentArgs()...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -107,6 +107,15 @@ func checkDataPath(ctx context.Context, t *testing.T, h lab.Host, vm string) {
 	if st.DataPath != wantDataPath() {
 		t.Fatalf("%s on host %s runs on data path %q, want %q", vm, h.Name, st.DataPath, wantDataPath())
 	}
+}
+
+// agentArgs are extra `ftvmd agent` flags for the agents protectGuest starts:
+// FTVMD_E2E_QEMU runs the guests on another QEMU build (one not installed yet).
+func agentArgs() []string {
+	if q := os.Getenv("FTVMD_E2E_QEMU"); q != "" {
+		return []string{"--qemu", q}
+	}
+	return nil
 }
 
 // dumpLogs keeps what a failed run needs for a diagnosis.

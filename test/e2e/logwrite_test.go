@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ftvmd/ftvmd/control"
+	"github.com/ftvmd/ftvmd/lab"
+	"github.com/ftvmd/ftvmd/qemu"
+)
+
+// TestLogWriteFailureStopsOutput: host A's run directory (the primary's rr log among
+// it) is a small tmpfs. A client keeps requesting from the protected guest while the
+// test fills the file system. ftvmd's QEMU stops the VM on the failed log write and
+// reports it over QMP; the primary must stop output at once (nothing released after,
+// no frame released ahead of its log) and say why in status, never "protected".
+func TestLogWriteFailureStopsOutput(t *testing.T) {
+	l := needLab(t)
+	eng, err := qemu.DetectEngine(context.Background(), os.Getenv("FTVMD_E2E_QEMU"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !eng.LogStream {
+		t.Skipf("the lab's QEMU (%s) does not report a failed log write: build ftvmd's engine (qemu/engine/build.sh) or set FTVMD_E2E_QEMU", eng.Name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+
+	run := filepath.Join(lab.HostA.Dir, "run")
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "ftvmd-e2e-run", run).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs on %s: %v: %s", run, err, out)
+	}
+	t.Cleanup(func() {
+		// Lazy: the agents may still have files open; the lab goes down after.
+		if out, err := exec.Command("umount", "-l", run).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", run, err, out)
+		}
+	})
+	free := func() int64 {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(run, &st); err != nil {
+			t.Fatal(err)
+		}
+		return int64(st.Bavail) * st.Bsize
+	}
+
+	const vm = "guest1"
+	bound := protectGuest(ctx, t, l, vm)
+	waitCaughtUp(ctx, t, vm, bound, 2*time.Minute)
+	c, err := lab.NewClient(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	// Requests until one fails: each answer is output the primary released.
+	type answer struct {
+		n  int
+		at time.Time
+	}
+	answers := make(chan answer, 1<<16)
+	reqErr := make(chan error, 1)
+	go func() { // owned: ends at the first failed request (the connection closes with the test)
+		for i := 1; ; i++ {
+			resp, err := c.Do(fmt.Sprintf("seq %d x", i), 5*time.Second)
+			if err != nil || !strings.HasPrefix(resp, "ok ") {
+				reqErr <- fmt.Errorf("request %d: %q %v", i, resp, err)
+				return
+			}
+			answers <- answer{i, time.Now()}
+		}
+	}()
+	time.Sleep(time.Second) // the guest answers while protected
+	before := len(answers)
+	if before == 0 {
+		t.Fatal("no answer in 1 s while protected")
+	}
+	room := free()
+	// Leave the log little room: with requests flowing it fills within seconds.
+	filler := filepath.Join(run, "filler")
+	if err := os.WriteFile(filler, make([]byte, max(room-(64<<10), 0)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	filled := time.Now()
+	t.Logf("%d answers while protected; filled %s of the primary's file system, %d bytes left", before, fmtBytes(room), free())
+
+	var st control.VMStatus
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if st, err = lab.Status(ctx, lab.HostA, vm); err != nil {
+			t.Fatal(err)
+		}
+		if st.State != "protected" && st.State != "starting" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("primary still %s a minute after its log's file system filled (%d bytes free)", st.State, free())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	seen := time.Now()
+	t.Logf("primary %s %s after the fill: %s", st.State, seen.Sub(filled).Round(time.Millisecond), st.Detail)
+	if st.State != "failed" || !strings.Contains(st.Detail, "rr log write failed: No space left on device; output stopped") {
+		t.Errorf("primary state %q detail %q, want failed with the log write failure", st.State, st.Detail)
+	}
+
+	// Output stopped: no answer is released after the primary noticed (allow
+	// for one in flight on the client's socket when status was read).
+	select {
+	case err := <-reqErr:
+		t.Logf("client: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Errorf("the client still gets answers 10 s after the failure")
+	}
+	var last answer
+	late := 0
+drain:
+	for {
+		select {
+		case a := <-answers:
+			last = a
+			if a.at.After(seen.Add(100 * time.Millisecond)) {
+				late++
+			}
+		default:
+			break drain
+		}
+	}
+	t.Logf("client: %d answers in all, the last (%d) %s after the fill", last.n, last.n, last.at.Sub(filled).Round(time.Millisecond))
+	if late > 0 {
+		t.Errorf("%d answers arrived after the primary reported the failure", late)
+	}
+
+	p, err := lab.Status(ctx, lab.HostA, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.InvariantFails != 0 {
+		t.Errorf("%d frames would have been released before the backup acked their log", p.InvariantFails)
+	}
+	if p.State == "protected" {
+		t.Errorf("primary reports protected after its log failed")
+	}
+	// QEMU's own output is on the full file system; the agent's log is not.
+	alog, _ := os.ReadFile(lab.AgentLog(lab.HostA))
+	if !strings.Contains(string(alog), "qemu could not write the rr log") {
+		t.Errorf("agent A's log does not report QEMU's event REPLAY_WRITE_ERROR")
+	}
+}
+
+func fmtBytes(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
