@@ -376,8 +376,10 @@ func TestLogStreamFresh(t *testing.T) {
 	if with.sizes.changes < 10*max(without.sizes.changes, 1) {
 		t.Errorf("stream: the size changed %d times in 2 s, stock %d: not continuous", with.sizes.changes, without.sizes.changes)
 	}
-	// The flush thread runs every 1 ms; a few ms allow for a busy host.
-	if with.longest > 5*time.Millisecond {
+	// The flush thread runs every 1 ms; on this project's shared 2-core host
+	// it sometimes waits a few ms for a core. A flush that waited for the
+	// vCPU to stop executing took 60-300 ms here.
+	if with.longest > 20*time.Millisecond {
 		t.Errorf("stream: log bytes stayed out of the file for %s while the VM ran", with.longest)
 	}
 }
