@@ -516,7 +516,8 @@ func (p *primary) diskPath() string {
 }
 
 // stamp is the rr log's size on disk: QEMU flushes the log before it sends a frame
-// (libftflush.so hooks sendto on the datagram NIC and writev on the tap), so when the
+// (ftvmd's engine in filter-replay; on a stock QEMU libftflush.so hooks sendto on the
+// datagram NIC and writev on the tap), so when the
 // relay receives a frame, or the hold reads a queued frame's id, this size covers
 // every log byte before it.
 func (p *primary) stamp() (int64, error) {

@@ -29,7 +29,8 @@ import (
 //  3. poll query-replay until icount == T and stays there;
 //  4. savevm <tag> (qcow2 snapshot drive), retrying "Try once more later";
 //  5. end the replaying QEMU;
-//  6. start a recording QEMU (rr=record, a new rrfile, the flush library)
+//  6. start a recording QEMU (rr=record, a new rrfile, the flush library
+//     unless the engine writes its log as a stream)
 //     with -loadvm <tag>: only an rr QEMU can load the snapshot's "replay"
 //     section, and recording keeps the same execution engine;
 //  7. announce-self, so switches learn the MAC's new port.
@@ -89,7 +90,7 @@ type GoLiveConfig struct {
 	// for the cut starts there instead of at offset 12 with StartIcount.
 	Resume replay.Mark
 	// Record is the new recording QEMU: ModeRecord, a new RRFile, the
-	// flush library, the same machine (memory, kernel, NIC and MAC, disks)
+	// flush library or LogStream, the same machine (memory, kernel, NIC and MAC, disks)
 	// as Replay. GoLive sets LoadVM to Tag and, when empty, SnapshotDrive
 	// to Replay's.
 	Record Config
