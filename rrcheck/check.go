@@ -347,7 +347,7 @@ func checkLog(path string) (replay.Summary, error) {
 	switch {
 	case err != nil:
 		return s, fmt.Errorf("rrcheck: log %s: %w", path, err)
-	case !s.Finished:
+	case s.Version == 0:
 		return s, fmt.Errorf("rrcheck: log %s has no version in its header: QEMU is still recording it or was killed (stop the VM first: ftvmd stop <vm>)", path)
 	case s.Truncated:
 		return s, fmt.Errorf("rrcheck: log %s ends inside an event at offset %d (%d bytes after the last whole event): truncated", path, s.Boundary, s.Bytes-s.Boundary)
