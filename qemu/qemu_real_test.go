@@ -127,6 +127,11 @@ func fileSize(path string) int64 {
 // leaves behind: the header plus whole 4 KiB blocks.
 func blockAligned(size int64) bool { return size <= LogHeaderSize || (size-LogHeaderSize)%4096 == 0 }
 
+// mostlyAligned reports whether an unflushed log's sizes were 12+k*4096 but for a
+// few samples: a 4 KiB block written at offset 12+k*4096 spans two pages, and a
+// sample can see the size after the first page (seen: 1 of 1765).
+func mostlyAligned(s sizeStats) bool { return s.unaligned*100 <= s.samples }
+
 // sampleSizes records the file's size every 1 ms for d.
 func sampleSizes(path string, d time.Duration) []int64 {
 	var sizes []int64
@@ -207,7 +212,7 @@ func TestFlushLibraryKeepsLogFresh(t *testing.T) {
 	without := run("nolib", "")
 	with := run("lib", lib)
 
-	if without.unaligned != 0 {
+	if !mostlyAligned(without) {
 		t.Errorf("without the library %d of %d samples were not 12+k*4096: the test cannot tell flushed from unflushed", without.unaligned, without.samples)
 	}
 	if with.unaligned < with.samples/2 {
