@@ -130,4 +130,4 @@ echo "version=$("$tmpdest/bin/qemu-system-x86_64" --version | head -1)" >>"$tmpd
 rm -rf "$dest"
 mv "$tmpdest" "$dest"
 ln -sfn "$key" "$root/current"
-log "built $dest in $(( $(date +%s) - start )) s; /opt/ftvmd/qemu/current -> $key"
+log "built $dest in $(( $(date +%s) - start )) s; $root/current -> $key"
