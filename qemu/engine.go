@@ -97,6 +97,11 @@ func detectEngine(ctx context.Context, binary, engineDir string) (Engine, error)
 		}
 		if e.Name != "" {
 			e.Patched = true
+			// Run the build that was identified, not whatever the current link
+			// points at later: a rebuild must not change an agent's engine under
+			// it (the name, the features and the binary would disagree, and a
+			// primary and backup started on either side of it would differ).
+			e.Binary = real
 			return e, nil
 		}
 	}

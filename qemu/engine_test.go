@@ -39,8 +39,10 @@ func TestDetectEnginePrefersOwnBuild(t *testing.T) {
 	if !e.Patched || e.Name != "ftvmd-qemu 7.2+dfsg+ftvmd.abc123" || len(e.Patches) != 2 || e.Warning() != "" {
 		t.Fatalf("engine = %+v", e)
 	}
-	if e.Binary != filepath.Join(current, "bin", DefaultBinary) {
-		t.Fatalf("binary = %s", e.Binary)
+	// The build itself, not the link: a rebuild that moves the link does not change
+	// the engine of an agent that already identified it.
+	if e.Binary != filepath.Join(build, "bin", DefaultBinary) {
+		t.Fatalf("binary = %s, want the resolved build", e.Binary)
 	}
 	if e.LogStream {
 		t.Fatalf("LogStream without the stream patch: %+v", e)
