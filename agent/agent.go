@@ -54,6 +54,11 @@ type Config struct {
 	// holds log beyond it before it is reported stalled (0: DefaultStallAfter).
 	StallAfter time.Duration
 
+	// PaceQueueBytes is how many bytes of frames from the network a primary holds
+	// while it paces them (throttle.Pacer); 0 turns pacing off, leaving the CPU
+	// quota alone to hold the lag bound.
+	PaceQueueBytes int
+
 	// TestAckDelay delays every ack the backup sends (test-only: proves the hold).
 	TestAckDelay time.Duration
 	// TestKnobs enables test-only control operations (OpTestAckDelay).
@@ -81,6 +86,7 @@ func DefaultConfig(host, dir string) Config {
 		PeerTimeout:       time.Second,
 		DialTimeout:       5 * time.Second,
 		StallAfter:        DefaultStallAfter,
+		PaceQueueBytes:    throttle.DefaultPaceQueue,
 	}
 }
 
@@ -129,6 +135,11 @@ func (c *Config) Validate() error {
 	}
 	if c.StallAfter < 0 {
 		errs = append(errs, fmt.Errorf("stall threshold (%s) must not be negative", c.StallAfter))
+	}
+	if c.PaceQueueBytes < 0 {
+		errs = append(errs, fmt.Errorf("pacing queue of %d bytes (0 turns pacing off)", c.PaceQueueBytes))
+	} else if c.PaceQueueBytes > 0 && c.PaceQueueBytes < netbuf.DefaultMaxFrame {
+		errs = append(errs, fmt.Errorf("pacing queue of %d bytes holds no largest frame (%d bytes); 0 turns pacing off", c.PaceQueueBytes, netbuf.DefaultMaxFrame))
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

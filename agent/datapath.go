@@ -7,6 +7,7 @@ import (
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/outputrule"
 	"github.com/ftvmd/ftvmd/qemu"
+	"github.com/ftvmd/ftvmd/throttle"
 )
 
 // outputPath holds a primary's guest output under the output rule: netbuf.Relay on
@@ -24,6 +25,17 @@ var (
 	_ outputPath = (*netbuf.Hold)(nil)
 	_ outputPath = unheldPath{}
 )
+
+// inputPacer paces the frames the network sends a protected guest while its backup
+// is behind the lag bound (throttle.Pacer): netbuf.Relay with a pacer. On the tap
+// path those frames reach QEMU without the agent, and nothing paces them yet (a
+// qdisc on the tap could apply throttle.Pacer's Rate).
+type inputPacer interface {
+	Pace(throttle.Sample)
+	ReleasePacing()
+}
+
+var _ inputPacer = (*netbuf.Relay)(nil)
 
 // unheldPath is the tap path of an unprotected VM: QEMU's frames go straight to the
 // bridge and nothing is held, so there is nothing to run or count. It stays

@@ -68,6 +68,7 @@ type primary struct {
 	m        *qemu.Machine
 	rr       *os.File
 	out      outputPath // holds the guest's frames under the output rule
+	pace     inputPacer // paces the network's frames to QEMU; nil when nothing does
 	dataPath DataPath
 	cg       *throttle.Cgroup
 	tap      string
@@ -441,12 +442,25 @@ func (p *primary) startRelay(cfg qemu.Config) error {
 	if p.peer == "" {
 		rule = outputrule.New(outputrule.Config{}, outputrule.Unprotected)
 	}
+	var pacer *throttle.Pacer
+	if p.peer != "" && p.a.cfg.PaceQueueBytes > 0 {
+		// Every frame from the network is logged: while the backup is behind,
+		// the relay paces them, which a CPU quota cannot do.
+		pacer, err = throttle.NewPacer(throttle.PacerConfig{
+			Bound:      time.Duration(p.spec.LagBoundMS) * time.Millisecond,
+			QueueBytes: p.a.cfg.PaceQueueBytes,
+		})
+		if err != nil {
+			return err
+		}
+	}
 	relay, err := netbuf.NewRelay(netbuf.RelayConfig{
 		AgentSock:      cfg.NIC.SocketPath,
 		QEMUSock:       cfg.NIC.LocalPath,
 		Tap:            tapf,
 		Stamp:          p.stamp,
 		Rule:           rule,
+		Pacer:          pacer,
 		Logger:         p.log,
 		CheckInvariant: p.a.cfg.CheckInvariant,
 	})
@@ -454,6 +468,9 @@ func (p *primary) startRelay(cfg qemu.Config) error {
 		return err
 	}
 	p.out = relay
+	if pacer != nil {
+		p.pace = relay
+	}
 	return nil
 }
 
@@ -707,13 +724,19 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 			// reports progress off its FIFO (qemu.FeedWatch) an idle backup's age lag
 			// is a few ms, and the work lag, an estimate from a peak rate, read 82 ms
 			// at p99 while the age lag's p99 was 250 ms on a busy guest.
-			if now.Sub(p.lastObserve) >= throttleEvery {
+			observe := now.Sub(p.lastObserve) >= throttleEvery
+			if observe {
 				p.lastObserve = now
 				q = p.ctrl.Observe(throttle.Sample{Lag: lag, PrimaryRate: p.ipsP.rate(), BackupRate: p.ipsB.rate()}, now)
 				p.quota = q
 			}
 			p.mu.Unlock()
 			p.logBackupStall(prevStall, ack.Stall)
+			if observe && p.pace != nil {
+				// The same sample paces the frames from the network (the quota
+				// cannot slow them), at the same cadence for the same reason.
+				p.pace.Pace(throttle.Sample{Lag: lag})
+			}
 			if p.cg != nil && (q < old*0.98 || q > old*1.02 || (q == 1 && old < 1)) {
 				if err := p.cg.SetQuota(q); err != nil {
 					p.log.Warn("throttle", "err", err)
@@ -821,6 +844,9 @@ func (p *primary) goUnprotected(reason string) error {
 	p.detail = reason
 	p.mu.Unlock()
 	p.out.SetMode(outputrule.Unprotected)
+	if p.pace != nil {
+		p.pace.ReleasePacing() // no backup to wait for: the held frames go
+	}
 	if p.stopSender != nil {
 		p.stopSender() // Bye: the backup stops its replay without claiming
 	}
@@ -1043,6 +1069,9 @@ func fillRelayStatus(st *control.VMStatus, rs netbuf.RelayStats) {
 		st.AddedDelayHist = h.Counts()
 	}
 	st.Backpressure = rs.BackpressureWaits
+	pc := rs.Pacing
+	st.PacingActive, st.PacedSec, st.PacedFrames, st.PaceDrops = pc.Active, pc.PacedFor.Seconds(), pc.Paced, pc.Drops
+	st.PaceRateBps, st.PaceQueueBytes, st.PaceEngaged, st.PaceEngagedLagMS = pc.Rate, int64(pc.QueueBytes), pc.Engaged, ms(pc.EngagedLag)
 	st.NetErrors = rs.Oversized + rs.Truncated + rs.StampErrors + rs.TapWriteErrors
 	st.InvariantFails = rs.Invariant
 }

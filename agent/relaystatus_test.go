@@ -7,6 +7,7 @@ import (
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/outputrule"
+	"github.com/ftvmd/ftvmd/throttle"
 )
 
 func TestFillRelayStatusDelayQuantiles(t *testing.T) {
@@ -41,5 +42,22 @@ func TestFillRelayStatusDelayQuantiles(t *testing.T) {
 	fillRelayStatus(&st, rs)
 	if st.AddedDelayP99MS != 0.9 {
 		t.Errorf("p99 = %v ms, want the 0.9 ms maximum", st.AddedDelayP99MS)
+	}
+}
+
+func TestFillRelayStatusPacing(t *testing.T) {
+	var st control.VMStatus
+	fillRelayStatus(&st, netbuf.RelayStats{Pacing: throttle.PacerStats{
+		Active: true, Rate: 1.5e6, QueueBytes: 3000, QueueFrames: 2, Paced: 40, Drops: 3,
+		PacedFor: 2500 * time.Millisecond, Engaged: 2, EngagedLag: 130 * time.Millisecond,
+	}})
+	want := control.VMStatus{
+		PacingActive: true, PaceRateBps: 1.5e6, PaceQueueBytes: 3000, PacedFrames: 40, PaceDrops: 3,
+		PacedSec: 2.5, PaceEngaged: 2, PaceEngagedLagMS: 130,
+	}
+	if st.PacingActive != want.PacingActive || st.PaceRateBps != want.PaceRateBps || st.PaceQueueBytes != want.PaceQueueBytes ||
+		st.PacedFrames != want.PacedFrames || st.PaceDrops != want.PaceDrops || st.PacedSec != want.PacedSec ||
+		st.PaceEngaged != want.PaceEngaged || st.PaceEngagedLagMS != want.PaceEngagedLagMS {
+		t.Fatalf("status %+v, want the pacer's figures", st)
 	}
 }

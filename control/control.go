@@ -98,6 +98,17 @@ type VMStatus struct {
 	BackupBehind  bool    `json:"backup_behind,omitempty"`
 	ThrottleQuota float64 `json:"throttle_quota"` // CPU fraction allowed to the primary's QEMU; 1 = free
 	ThrottledSec  float64 `json:"throttled_sec"`
+	// Pacing of the frames from the network to the primary's QEMU (each one is
+	// logged, and a CPU quota cannot slow them): while active, at most
+	// PaceRateBps bytes/s go to QEMU and the rest wait in a bounded queue.
+	PacingActive     bool    `json:"pacing_active"`
+	PacedSec         float64 `json:"paced_sec"`              // total time paced
+	PacedFrames      uint64  `json:"paced_frames"`           // frames that waited in the queue
+	PaceDrops        uint64  `json:"pace_drops"`             // frames dropped on a full queue
+	PaceRateBps      float64 `json:"pace_rate_bps"`          // bytes/s allowed; 0 = unlimited
+	PaceQueueBytes   int64   `json:"pace_queue_bytes"`       // bytes waiting now
+	PaceEngaged      uint64  `json:"pace_engaged,omitempty"` // times the lag passing the bound started pacing
+	PaceEngagedLagMS float64 `json:"pace_engaged_lag_ms,omitempty"`
 
 	// Replay stall: the backup's replay has made no progress for a while (the
 	// agent's --stall-after, 3 s by default) although the backup holds log beyond

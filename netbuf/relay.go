@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ftvmd/ftvmd/outputrule"
+	"github.com/ftvmd/ftvmd/throttle"
 )
 
 // Defaults for RelayConfig.
@@ -74,6 +75,11 @@ type RelayConfig struct {
 	// DefaultSendTimeout); after it the frame is dropped and counted, as a
 	// full NIC queue would.
 	SendTimeout time.Duration
+	// Pacer paces the frames from the network to QEMU while the backup is
+	// behind (see throttle.Pacer); the relay takes it over and serialises all
+	// access to it, and the caller feeds it lag samples through Pace. Nil: every
+	// frame goes to QEMU at once.
+	Pacer *throttle.Pacer
 	// CheckInvariant runs outputrule.CheckRelease on every frame before it
 	// is written; a violation is counted, logged and the frame not written.
 	CheckInvariant bool
@@ -128,6 +134,9 @@ type RelayStats struct {
 	TapFrames, TapBytes     uint64 // guest frames written to the tap
 	NetFrames, NetBytes     uint64 // frames from the tap delivered to QEMU
 	NetDrops                uint64 // frames from the tap QEMU could not take
+	// Pacing is the pacer's state (zero without a pacer); its Drops are frames
+	// from the tap dropped on a full pacing queue, not counted in NetDrops.
+	Pacing throttle.PacerStats
 
 	BackpressureWaits uint64        // times the guest reader stopped on ErrFull
 	BackpressureTime  time.Duration // total time stopped
@@ -161,6 +170,17 @@ type Relay struct {
 	kick chan struct{} // wakes the release loop
 	room chan struct{} // wakes a guest reader stopped by backpressure
 
+	// The network->QEMU direction. sendMu makes each pacing decision and the
+	// send it allows one step, so that frames reach QEMU in the order they came
+	// (the network reader sends what the pacer lets pass at once, the paced
+	// loop what it held); paceMu guards the pacer alone, so a lag sample never
+	// waits for a send.
+	sendMu   sync.Mutex
+	toQEMU   *qemuSender
+	paceMu   sync.Mutex
+	pacer    *throttle.Pacer // nil: no pacing
+	paceKick chan struct{}   // wakes the paced loop
+
 	started   atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
@@ -188,6 +208,15 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 		rule:  cfg.Rule,
 		kick:  make(chan struct{}, 1),
 		room:  make(chan struct{}, 1),
+		pacer: cfg.Pacer,
+
+		paceKick: make(chan struct{}, 1),
+	}
+	r.toQEMU = &qemuSender{
+		addr:    &net.UnixAddr{Name: cfg.QEMUSock, Net: "unixgram"},
+		timeout: cfg.SendTimeout,
+		c:       &r.c,
+		log:     r.log,
 	}
 	r.halted.Store(cfg.Rule.Mode() == outputrule.Halted)
 	return r, nil
@@ -293,8 +322,15 @@ func (r *Relay) Stats() RelayStats {
 	r.mu.Lock()
 	rs := r.rule.Stats()
 	r.mu.Unlock()
+	var ps throttle.PacerStats
+	if r.pacer != nil {
+		r.paceMu.Lock()
+		ps = r.pacer.Stats()
+		r.paceMu.Unlock()
+	}
 	c := &r.c
 	return RelayStats{
+		Pacing:            ps,
 		Rule:              rs,
 		GuestFrames:       c.guestFrames.Load(),
 		GuestBytes:        c.guestBytes.Load(),
@@ -315,7 +351,8 @@ func (r *Relay) Stats() RelayStats {
 
 // Run relays until ctx is done or a socket fails, then closes the relay. It
 // returns nil when stopped by ctx. It runs three goroutines it owns:
-// guest->rule (QEMU's datagrams), tap->QEMU, and rule->tap (releases).
+// guest->rule (QEMU's datagrams), tap->QEMU, and rule->tap (releases), and
+// with a pacer a fourth that sends the frames it held.
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.started.CompareAndSwap(false, true) {
 		return ErrAlreadyRunning
@@ -325,7 +362,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer cancel()
 
 	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	loop := func(name string, fn func(context.Context) error) {
 		wg.Go(func() {
 			if err := fn(ctx); err != nil && ctx.Err() == nil {
@@ -337,6 +374,9 @@ func (r *Relay) Run(ctx context.Context) error {
 	loop("guest reader", r.guestLoop)
 	loop("network reader", r.netLoop)
 	loop("release", r.releaseLoop)
+	if r.pacer != nil {
+		loop("paced sender", r.pacedLoop)
+	}
 	wg.Go(func() {
 		<-ctx.Done()
 		past := time.Unix(1, 0)
@@ -344,6 +384,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		_ = r.cfg.Tap.SetReadDeadline(past)
 	})
 	wg.Wait()
+	r.toQEMU.close()
 	_ = r.cfg.Tap.SetReadDeadline(time.Time{}) // the tap belongs to the caller
 	close(errs)
 	err := <-errs
@@ -494,17 +535,40 @@ func (r *Relay) release(f *outputrule.Frame) error {
 	return nil
 }
 
-// netLoop reads frames from the tap and sends each to QEMU at once; QEMU
-// records them in the rr log.
+// Pace feeds the pacer one lag sample (the agent's throttle cadence) and wakes
+// the paced loop, whose next frame may now go sooner. No-op without a pacer.
+func (r *Relay) Pace(sample throttle.Sample) {
+	if r.pacer == nil {
+		return
+	}
+	r.paceMu.Lock()
+	was := r.pacer.Active()
+	r.pacer.Observe(sample, r.cfg.Now())
+	now, rate := r.pacer.Active(), r.pacer.Rate()
+	r.paceMu.Unlock()
+	if was != now {
+		r.log.Info("netbuf: pacing network input", "active", now, "rate_bps", rate, "lag_ms", sample.Lag.Milliseconds())
+	}
+	notify(r.paceKick)
+}
+
+// ReleasePacing ends pacing (the VM is no longer protected): held frames go at
+// once.
+func (r *Relay) ReleasePacing() {
+	if r.pacer == nil {
+		return
+	}
+	r.paceMu.Lock()
+	r.pacer.Release()
+	r.paceMu.Unlock()
+	notify(r.paceKick)
+}
+
+// netLoop reads frames from the tap and sends each to QEMU, at once or, while
+// the pacer limits the rate, through the pacer's queue; QEMU records them in
+// the rr log.
 func (r *Relay) netLoop(ctx context.Context) error {
 	buf := make([]byte, DefaultMaxFrame)
-	var q *net.UnixConn
-	defer func() {
-		if q != nil {
-			_ = q.Close()
-		}
-	}()
-	qaddr := &net.UnixAddr{Name: r.cfg.QEMUSock, Net: "unixgram"}
 	for {
 		n, err := r.cfg.Tap.Read(buf)
 		if err != nil {
@@ -516,28 +580,104 @@ func (r *Relay) netLoop(ctx context.Context) error {
 			}
 			return fmt.Errorf("read tap: %w", err)
 		}
-		if q == nil {
-			// A connected socket: the kernel then reports writability
-			// against QEMU's queue, so a full queue is waited out (bounded
-			// by SendTimeout) instead of spun on.
-			if q, err = net.DialUnix("unixgram", nil, qaddr); err != nil {
-				q = nil
-				r.c.netDrops.Add(1)
-				r.log.Debug("netbuf: QEMU socket not reachable, frame dropped", "qemu_sock", r.cfg.QEMUSock, "err", err)
-				continue
-			}
+		r.sendMu.Lock()
+		v := throttle.Send
+		if r.pacer != nil {
+			r.paceMu.Lock()
+			v = r.pacer.Offer(buf[:n], r.cfg.Now())
+			r.paceMu.Unlock()
 		}
-		_ = q.SetWriteDeadline(time.Now().Add(r.cfg.SendTimeout))
-		if _, err := q.Write(buf[:n]); err != nil {
-			r.c.netDrops.Add(1)
-			r.log.Debug("netbuf: frame to QEMU dropped", "err", err)
-			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				_ = q.Close() // QEMU restarted or gone: redial next time
-				q = nil
-			}
+		switch v {
+		case throttle.Send:
+			r.toQEMU.send(buf[:n])
+		case throttle.Held:
+			notify(r.paceKick)
+		case throttle.Dropped:
+			r.log.Debug("netbuf: pacing queue full, frame from the network dropped", "bytes", n)
+		}
+		r.sendMu.Unlock()
+	}
+}
+
+// pacedLoop sends the frames the pacer held, each when the pacer lets it go.
+func (r *Relay) pacedLoop(ctx context.Context) error {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		if ctx.Err() != nil {
+			// Stopping: the held frames are not sent, which with QEMU stuck
+			// could take a SendTimeout each.
+			return nil
+		}
+		r.sendMu.Lock()
+		r.paceMu.Lock()
+		f, wait := r.pacer.Next(r.cfg.Now())
+		r.paceMu.Unlock()
+		if f != nil {
+			r.toQEMU.send(f)
+			r.sendMu.Unlock()
 			continue
 		}
-		r.c.netFrames.Add(1)
-		r.c.netBytes.Add(uint64(n))
+		r.sendMu.Unlock()
+		var fire <-chan time.Time
+		if wait > 0 {
+			timer.Reset(wait)
+			fire = timer.C
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.paceKick:
+		case <-fire:
+		}
+		// A timer that fired unread holds no stale value for the next Reset
+		// (Go 1.23 timer semantics; go.mod says 1.23 or later).
+		timer.Stop()
+	}
+}
+
+// qemuSender sends frames from the network to QEMU's socket. Only one
+// goroutine at a time may use it (the relay's sendMu).
+type qemuSender struct {
+	addr    *net.UnixAddr
+	timeout time.Duration
+	q       *net.UnixConn
+	c       *counters
+	log     *slog.Logger
+}
+
+// send delivers one frame; a frame QEMU cannot take within the timeout, or
+// while its socket is missing, is dropped and counted.
+func (s *qemuSender) send(frame []byte) {
+	if s.q == nil {
+		// A connected socket: the kernel then reports writability against
+		// QEMU's queue, so a full queue is waited out (bounded by the timeout)
+		// instead of spun on.
+		q, err := net.DialUnix("unixgram", nil, s.addr)
+		if err != nil {
+			s.c.netDrops.Add(1)
+			s.log.Debug("netbuf: QEMU socket not reachable, frame dropped", "qemu_sock", s.addr.Name, "err", err)
+			return
+		}
+		s.q = q
+	}
+	_ = s.q.SetWriteDeadline(time.Now().Add(s.timeout))
+	if _, err := s.q.Write(frame); err != nil {
+		s.c.netDrops.Add(1)
+		s.log.Debug("netbuf: frame to QEMU dropped", "err", err)
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			s.close() // QEMU restarted or gone: redial next time
+		}
+		return
+	}
+	s.c.netFrames.Add(1)
+	s.c.netBytes.Add(uint64(len(frame)))
+}
+
+func (s *qemuSender) close() {
+	if s.q != nil {
+		_ = s.q.Close()
+		s.q = nil
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ftvmd/ftvmd/outputrule"
+	"github.com/ftvmd/ftvmd/throttle"
 )
 
 // fakeTap returns a pollable socketpair standing in for a tap: the relay gets
@@ -346,25 +347,118 @@ func TestRelayBadDatagrams(t *testing.T) {
 }
 
 func TestRelayNetworkToGuest(t *testing.T) {
-	h := newHarness(t, outputrule.Protected)
-	// Frames from the network go to QEMU at once, whatever the rule holds.
-	h.sendGuest(1, 100)
-	for i := uint64(1); i <= 20; i++ {
-		if _, err := h.net.Write(frame(100+i, 1000)); err != nil {
+	for _, paced := range []bool{false, true} {
+		t.Run(map[bool]string{false: "no pacer", true: "pacer within bound"}[paced], func(t *testing.T) {
+			var opts []harnessOpt
+			if paced {
+				opts = append(opts, withPacer(t, throttle.PacerConfig{Bound: 100 * time.Millisecond, MinRate: 1}))
+			}
+			h := newHarness(t, outputrule.Protected, opts...)
+			h.relay.Pace(throttle.Sample{Lag: 100 * time.Millisecond}) // at the bound: no pacing
+			// Frames from the network go to QEMU at once, whatever the rule holds.
+			h.sendGuest(1, 100)
+			for i := uint64(1); i <= 20; i++ {
+				if _, err := h.net.Write(frame(100+i, 1000)); err != nil {
+					t.Fatal(err)
+				}
+				if got, n := h.readQEMU(); got != 100+i || n != 1000 {
+					t.Fatalf("QEMU got seq %d (%d bytes), want %d", got, n, 100+i)
+				}
+			}
+			waitFor(t, "counters", func() bool { return h.relay.Stats().NetFrames == 20 })
+			s := h.relay.Stats()
+			if s.NetFrames != 20 || s.Rule.HeldFrames != 1 || s.Pacing.Active || s.Pacing.Paced != 0 {
+				t.Fatalf("stats %+v", s)
+			}
+		})
+	}
+}
+
+func withPacer(t *testing.T, cfg throttle.PacerConfig) harnessOpt {
+	t.Helper()
+	p, err := throttle.NewPacer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(c *RelayConfig) { c.Pacer = p }
+}
+
+// readQEMU reads one frame that reached QEMU and returns its seq and size.
+func (h *harness) readQEMU() (uint64, int) {
+	h.t.Helper()
+	buf := make([]byte, DefaultMaxFrame)
+	_ = h.qemu.local.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := h.qemu.local.Read(buf)
+	if err != nil {
+		h.t.Fatalf("read QEMU: %v", err)
+	}
+	return seqOf(buf[:n]), n
+}
+
+// Over the bound, frames from the network reach QEMU at the paced rate, in order
+// and all of them; the stats show pacing.
+func TestRelayPacesNetworkInput(t *testing.T) {
+	const rate = 200e3
+	h := newHarness(t, outputrule.Protected, withPacer(t, throttle.PacerConfig{Bound: 100 * time.Millisecond, MinRate: rate}))
+	h.relay.Pace(throttle.Sample{})
+	h.relay.Pace(throttle.Sample{Lag: time.Second}) // nothing flowed: the floor
+	if s := h.relay.Stats().Pacing; !s.Active || s.Rate != rate {
+		t.Fatalf("pacing %+v, want active at %v B/s", s, rate)
+	}
+	const frames, size = 40, 1000
+	start := time.Now()
+	for i := uint64(1); i <= frames; i++ {
+		if _, err := h.net.Write(frame(i, size)); err != nil {
 			t.Fatal(err)
-		}
-		buf := make([]byte, DefaultMaxFrame)
-		_ = h.qemu.local.SetReadDeadline(time.Now().Add(10 * time.Second))
-		n, err := h.qemu.local.Read(buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := seqOf(buf[:n]); got != 100+i || n != 1000 {
-			t.Fatalf("QEMU got seq %d (%d bytes), want %d", got, n, 100+i)
 		}
 	}
-	waitFor(t, "counters", func() bool { return h.relay.Stats().NetFrames == 20 })
-	if s := h.relay.Stats(); s.NetFrames != 20 || s.Rule.HeldFrames != 1 {
+	for i := uint64(1); i <= frames; i++ {
+		if got, n := h.readQEMU(); got != i || n != size {
+			t.Fatalf("QEMU got seq %d (%d bytes), want %d", got, n, i)
+		}
+	}
+	// The first frame goes on the bucket, and 10 ms of burst: the rest wait for
+	// the rate.
+	took := time.Since(start)
+	if min := time.Duration(float64((frames-1)*size)/rate*float64(time.Second)) - 10*time.Millisecond; took < min {
+		t.Fatalf("%d frames of %d bytes at %v B/s took %v, want at least %v", frames, size, rate, took, min)
+	}
+	waitFor(t, "counters", func() bool { return h.relay.Stats().NetFrames == frames })
+	s := h.relay.Stats()
+	if s.Pacing.Paced == 0 || s.Pacing.Drops != 0 || s.NetDrops != 0 || s.Pacing.QueueFrames != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	t.Logf("%d frames of %d bytes at %v B/s took %v", frames, size, rate, took)
+}
+
+// A full pacing queue drops and counts what does not fit; releasing pacing lets the
+// held frames go at once, in order.
+func TestRelayPacingQueueFullThenRelease(t *testing.T) {
+	// At 1 B/s the first frame's debt outlasts the test, however slow the machine.
+	h := newHarness(t, outputrule.Protected, withPacer(t, throttle.PacerConfig{Bound: 100 * time.Millisecond, MinRate: 1, QueueBytes: 5000}))
+	h.relay.Pace(throttle.Sample{})
+	h.relay.Pace(throttle.Sample{Lag: time.Second})
+	for i := uint64(1); i <= 20; i++ {
+		if _, err := h.net.Write(frame(i, 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One frame on the bucket, five held, fourteen dropped.
+	waitFor(t, "drops", func() bool { return h.relay.Stats().Pacing.Drops == 14 })
+	if got, _ := h.readQEMU(); got != 1 {
+		t.Fatalf("first frame seq %d", got)
+	}
+	if s := h.relay.Stats().Pacing; s.QueueFrames != 5 || s.QueueBytes != 5000 || s.Paced != 5 {
+		t.Fatalf("pacing %+v", s)
+	}
+	h.relay.ReleasePacing()
+	for i := uint64(2); i <= 6; i++ {
+		if got, _ := h.readQEMU(); got != i {
+			t.Fatalf("QEMU got seq %d, want %d", got, i)
+		}
+	}
+	waitFor(t, "counters", func() bool { return h.relay.Stats().NetFrames == 6 })
+	if s := h.relay.Stats(); s.Pacing.Active || s.Pacing.QueueFrames != 0 || s.NetDrops != 0 {
 		t.Fatalf("stats %+v", s)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
+	"github.com/ftvmd/ftvmd/throttle"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
 
@@ -75,6 +76,7 @@ func newAgentCmd() *cobra.Command {
 		host, dir, listen, socket, flush, qemuBin, cpus, bridge, cgroupRoot, logLevel, shared, dataPath string
 		hb, timeout, ackDelay, stallAfter                                                               time.Duration
 		checkInv, testKnobs                                                                             bool
+		paceQueue                                                                                       int
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -97,6 +99,7 @@ func newAgentCmd() *cobra.Command {
 			cfg.HeartbeatInterval, cfg.PeerTimeout = hb, timeout
 			cfg.StallAfter = stallAfter
 			cfg.TestAckDelay, cfg.CheckInvariant, cfg.TestKnobs = ackDelay, checkInv, testKnobs
+			cfg.PaceQueueBytes = paceQueue
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 			a, err := agent.New(cfg)
 			if err != nil {
@@ -124,6 +127,7 @@ func newAgentCmd() *cobra.Command {
 	f.BoolVar(&checkInv, "check-invariant", false, "verify the output rule on every released frame")
 	f.StringVar(&dataPath, "data-path", envOr("FTVMD_DATA_PATH", string(agent.DataPathRelay)),
 		"how guest frames reach the bridge on VMs this agent starts: relay (through the agent) or tap (QEMU on the tap, output held in the kernel) (env FTVMD_DATA_PATH)")
+	f.IntVar(&paceQueue, "pace-queue-bytes", throttle.DefaultPaceQueue, "bytes of frames from the network held while they are paced (backup over its lag bound); 0 turns pacing off")
 	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
 	f.BoolVar(&testKnobs, "test-knobs", false, "TEST ONLY: enable test control operations")
 	_ = f.MarkHidden("test-ack-delay")
@@ -369,6 +373,7 @@ func printStatus(w io.Writer, resp control.Response) {
 				throttle = fmt.Sprintf("ON: %.0f%% of a CPU", v.ThrottleQuota*100)
 			}
 			fmt.Fprintf(tw, "throttle\t%s  (throttled %.1f s in all)\n", throttle, v.ThrottledSec)
+			fmt.Fprintf(tw, "net pacing\t%s\n", pacingLine(v))
 			fmt.Fprintf(tw, "output\theld %d frames / %s, oldest %.1f ms; released %d; added delay avg %.2f ms max %.2f ms p50 %.2f ms p99 %.2f ms; backpressure %d\n",
 				v.HeldFrames, size(v.HeldBytes), v.OldestHeldMS, v.Released, v.AddedDelayMS, v.MaxDelayMS, v.AddedDelayP50MS, v.AddedDelayP99MS, v.Backpressure)
 		} else {
@@ -389,6 +394,16 @@ func stallText(v control.VMStatus) string {
 	}
 	return fmt.Sprintf("REPLAY STALLED for %.1f s at icount %d (log held beyond it: %s; stalls so far: %d)",
 		v.ReplayStalledSec, v.ReplayStalledAtIcount, size(v.ReplayStalledLogBeyond), v.ReplayStalls)
+}
+
+// pacingLine says whether the frames from the network are paced, at what rate, and
+// what pacing has cost so far.
+func pacingLine(v control.VMStatus) string {
+	state := "off"
+	if v.PacingActive {
+		state = fmt.Sprintf("ON: %s/s (%.2f Mbit/s), %s waiting", size(int64(v.PaceRateBps)), v.PaceRateBps*8/1e6, size(v.PaceQueueBytes))
+	}
+	return fmt.Sprintf("%s  (paced %.1f s in all, %d frames held, %d dropped)", state, v.PacedSec, v.PacedFrames, v.PaceDrops)
 }
 
 func size(n int64) string {
