@@ -31,7 +31,9 @@ func TestPacingBoundsLag(t *testing.T) {
 	defer cancel()
 	const vm = "pace1"
 	controlRun := os.Getenv("FTVMD_E2E_PACING") == "off"
-	var agentArgs []string
+	// Pacing is on the relay data path (on the tap path the network's frames do not
+	// pass the agent), whatever FTVMD_DATA_PATH says.
+	agentArgs := []string{"--data-path=relay"}
 	if controlRun {
 		agentArgs = append(agentArgs, "--pace-queue-bytes=0")
 		t.Log("control run: pacing off, the CPU quota alone")
