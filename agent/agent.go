@@ -86,7 +86,6 @@ func DefaultConfig(host, dir string) Config {
 		PeerTimeout:       time.Second,
 		DialTimeout:       5 * time.Second,
 		StallAfter:        DefaultStallAfter,
-		PaceQueueBytes:    throttle.DefaultPaceQueue,
 	}
 }
 

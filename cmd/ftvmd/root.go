@@ -127,7 +127,7 @@ func newAgentCmd() *cobra.Command {
 	f.BoolVar(&checkInv, "check-invariant", false, "verify the output rule on every released frame")
 	f.StringVar(&dataPath, "data-path", envOr("FTVMD_DATA_PATH", string(agent.DataPathRelay)),
 		"how guest frames reach the bridge on VMs this agent starts: relay (through the agent) or tap (QEMU on the tap, output held in the kernel) (env FTVMD_DATA_PATH)")
-	f.IntVar(&paceQueue, "pace-queue-bytes", throttle.DefaultPaceQueue, "bytes of frames from the network held while they are paced (backup over its lag bound); 0 turns pacing off")
+	f.IntVar(&paceQueue, "pace-queue-bytes", 0, fmt.Sprintf("bytes of frames from the network held while they are paced (backup over its lag bound), e.g. %d; 0 (the default for now) turns pacing off", throttle.DefaultPaceQueue))
 	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
 	f.BoolVar(&testKnobs, "test-knobs", false, "TEST ONLY: enable test control operations")
 	_ = f.MarkHidden("test-ack-delay")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/lab"
+	"github.com/ftvmd/ftvmd/throttle"
 )
 
 // TestPacingBoundsLag drives a bulk client->guest stream into a protected guest for
@@ -33,7 +34,7 @@ func TestPacingBoundsLag(t *testing.T) {
 	controlRun := os.Getenv("FTVMD_E2E_PACING") == "off"
 	// Pacing is on the relay data path (on the tap path the network's frames do not
 	// pass the agent), whatever FTVMD_DATA_PATH says.
-	agentArgs := []string{"--data-path=relay"}
+	agentArgs := []string{"--data-path=relay", fmt.Sprintf("--pace-queue-bytes=%d", throttle.DefaultPaceQueue)}
 	if controlRun {
 		agentArgs = append(agentArgs, "--pace-queue-bytes=0")
 		t.Log("control run: pacing off, the CPU quota alone")
