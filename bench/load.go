@@ -46,33 +46,40 @@ type LoadResult struct {
 	Env        Env           `json:"env"`
 	Labs       int           `json:"labs"`
 	Seconds    float64       `json:"seconds_per_pattern"`
+	Selected   []string      `json:"patterns_run"`
 	LagBoundMS int           `json:"lag_bound_ms"`
 	Patterns   []LoadSummary `json:"patterns"`
 	Runs       []LoadRun     `json:"runs"`
 }
 
-// Load runs every pattern for d on each of labs fresh labs. A phase that fails
+// Load runs each of patterns (every pattern when nil) for d on each of labs fresh labs. A phase that fails
 // (stall, divergence, wrong answer) ends its lab's pass: the patterns after it
 // are reported as not run there, the lab's logs are kept under evidenceDir (if
 // set) and the next lab starts fresh. Lab setup failures end the benchmark.
-func Load(ctx context.Context, out io.Writer, env Env, labs int, d time.Duration, evidenceDir string, agentArgs ...string) (LoadResult, error) {
+func Load(ctx context.Context, out io.Writer, env Env, labs int, d time.Duration, patterns []LoadPattern, evidenceDir string, agentArgs ...string) (LoadResult, error) {
+	if patterns == nil {
+		patterns = LoadPatterns()
+	}
 	res := LoadResult{Env: env, Labs: labs, Seconds: d.Seconds()}
-	if labs < 1 || d <= 0 {
-		return res, fmt.Errorf("bench load: need at least one lab and a positive time (got %d labs, %s)", labs, d)
+	for _, p := range patterns {
+		res.Selected = append(res.Selected, p.Name)
+	}
+	if labs < 1 || d <= 0 || len(patterns) == 0 {
+		return res, fmt.Errorf("bench load: need at least one lab, a positive time and a pattern (got %d labs, %s, %d patterns)", labs, d, len(patterns))
 	}
 	for i := 1; i <= labs; i++ {
-		run, bound, err := loadOneLab(ctx, out, i, d, evidenceDir, agentArgs)
+		run, bound, err := loadOneLab(ctx, out, i, d, patterns, evidenceDir, agentArgs)
 		res.Runs = append(res.Runs, run)
 		if err != nil {
 			return res, fmt.Errorf("lab %d: %w", i, err)
 		}
 		res.LagBoundMS = bound
 	}
-	res.Patterns = summarizeLoad(res.Runs)
+	res.Patterns = summarizeLoad(patterns, res.Runs)
 	return res, nil
 }
 
-func loadOneLab(ctx context.Context, out io.Writer, i int, d time.Duration, evidenceDir string, agentArgs []string) (run LoadRun, bound int, err error) {
+func loadOneLab(ctx context.Context, out io.Writer, i int, d time.Duration, patterns []LoadPattern, evidenceDir string, agentArgs []string) (run LoadRun, bound int, err error) {
 	run.Lab = i
 	s, err := Open(ctx, out, agentArgs...)
 	if err != nil {
@@ -100,7 +107,7 @@ func loadOneLab(ctx context.Context, out io.Writer, i int, d time.Duration, evid
 	}
 	fmt.Fprintf(out, "lab %d: guest booted in %.1f s, backup caught up; %s per pattern\n", i, boot.Seconds(), d)
 	failed := ""
-	for _, p := range LoadPatterns() {
+	for _, p := range patterns {
 		if failed != "" {
 			run.Phases = append(run.Phases, LoadPhase{Pattern: p.Name, Error: "not run: " + failed})
 			continue
@@ -204,9 +211,9 @@ func keepFile(src, dst string) error {
 	return out.Close()
 }
 
-func summarizeLoad(runs []LoadRun) []LoadSummary {
+func summarizeLoad(patterns []LoadPattern, runs []LoadRun) []LoadSummary {
 	var sums []LoadSummary
-	for _, p := range LoadPatterns() {
+	for _, p := range patterns {
 		s := LoadSummary{Pattern: p.Name, Desc: p.Desc}
 		var lags, toC, toG, thr []float64
 		for _, r := range runs {

@@ -156,6 +156,33 @@ func LoadPatternByName(name string) (LoadPattern, bool) {
 	return LoadPattern{}, false
 }
 
+// SelectLoadPatterns returns the named patterns in the order given, or every
+// pattern when names is empty; an unknown or repeated name is an error that
+// lists the known ones.
+func SelectLoadPatterns(names []string) ([]LoadPattern, error) {
+	if len(names) == 0 {
+		return LoadPatterns(), nil
+	}
+	var known []string
+	for _, p := range LoadPatterns() {
+		known = append(known, p.Name)
+	}
+	var ps []LoadPattern
+	seen := map[string]bool{}
+	for _, n := range names {
+		p, ok := LoadPatternByName(n)
+		if !ok {
+			return nil, fmt.Errorf("unknown load pattern %q (known: %s)", n, strings.Join(known, ", "))
+		}
+		if seen[n] {
+			return nil, fmt.Errorf("load pattern %q given twice", n)
+		}
+		seen[n] = true
+		ps = append(ps, p)
+	}
+	return ps, nil
+}
+
 // conn is one driver connection, closed when ctx ends so that blocked reads and
 // writes return at once.
 type conn struct {

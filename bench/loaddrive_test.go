@@ -241,3 +241,20 @@ func TestParsePingSummary(t *testing.T) {
 		}
 	}
 }
+
+func TestSelectLoadPatterns(t *testing.T) {
+	all, err := SelectLoadPatterns(nil)
+	if err != nil || len(all) != len(LoadPatterns()) {
+		t.Fatalf("no names: %d patterns, %v", len(all), err)
+	}
+	ps, err := SelectLoadPatterns([]string{"getput", "put"})
+	if err != nil || len(ps) != 2 || ps[0].Name != "getput" || ps[1].Name != "put" {
+		t.Fatalf("getput,put: %+v %v", ps, err)
+	}
+	if _, err := SelectLoadPatterns([]string{"put", "nope"}); err == nil || !strings.Contains(err.Error(), `"nope"`) || !strings.Contains(err.Error(), "getput") {
+		t.Fatalf("unknown name: %v", err)
+	}
+	if _, err := SelectLoadPatterns([]string{"put", "put"}); err == nil {
+		t.Fatal("a repeated name was accepted")
+	}
+}

@@ -186,7 +186,7 @@ func TestSummarizeLoadPoolsRuns(t *testing.T) {
 		{Phases: []LoadPhase{{Pattern: "get", Seconds: 60, ToClientMBs: 4, lags: []float64{1, 2, 3}}, {Pattern: "put", Seconds: 60, ToGuestMBs: 9, lags: []float64{5}}}},
 		{Phases: []LoadPhase{{Pattern: "get", Seconds: 10, ToClientMBs: 2, Stalled: true, Error: "stalled", LongestStillS: 3, lags: []float64{100}}, {Pattern: "put", Error: "not run: phase get failed"}}},
 	}
-	sums := summarizeLoad(runs)
+	sums := summarizeLoad(LoadPatterns(), runs)
 	get, put := sums[0], sums[1]
 	if get.Runs != 2 || get.Stalled != 1 || get.Failed != 1 || get.LagMS.N != 4 || get.LagMS.Max != 100 || get.LongestStil != 3 {
 		t.Fatalf("get: %+v", get)

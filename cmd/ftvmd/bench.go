@@ -86,13 +86,18 @@ func newBenchCmd() *cobra.Command {
 	dk.Flags().IntVar(&records, "records", 500, "durable records to write each way")
 	var loadLabs, loadSecs int
 	var evidence string
+	var loadPatterns []string
 	ld := &cobra.Command{
 		Use:   "load",
 		Short: "Lockstep under traffic: every load pattern (bulk each way, both, short connections, ping flood, busy CPU plus bulk) on fresh labs; lag, stalls, throughput per pattern",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			patterns, err := bench.SelectLoadPatterns(loadPatterns)
+			if err != nil {
+				return err
+			}
 			env := bench.NewEnv("ftvmd " + strings.Join(os.Args[1:], " "))
-			res, err := bench.Load(cmd.Context(), os.Stderr, env, loadLabs, time.Duration(loadSecs)*time.Second, evidence, opts.agentArgs...)
+			res, err := bench.Load(cmd.Context(), os.Stderr, env, loadLabs, time.Duration(loadSecs)*time.Second, patterns, evidence, opts.agentArgs...)
 			if err != nil {
 				return err
 			}
@@ -110,6 +115,7 @@ func newBenchCmd() *cobra.Command {
 	}
 	ld.Flags().IntVar(&loadLabs, "labs", 1, "fresh labs, each running every pattern on one protected guest")
 	ld.Flags().IntVar(&loadSecs, "seconds", 60, "seconds of traffic per pattern")
+	ld.Flags().StringSliceVar(&loadPatterns, "patterns", nil, "run only these patterns, in this order (comma-separated; default all: get,put,getput,conns,pingflood,busyget)")
 	ld.Flags().StringVar(&evidence, "evidence-dir", "", "keep agent logs, consoles and status of a lab whose run failed here")
 	b.AddCommand(lag, cpu, netc, fo, dk, ld)
 	return b
