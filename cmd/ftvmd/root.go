@@ -504,5 +504,6 @@ func newLogCmd() *cobra.Command {
 			return nil
 		},
 	})
+	l.AddCommand(newLogEventsCmd())
 	return l
 }
