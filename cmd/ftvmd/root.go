@@ -392,8 +392,12 @@ func stallText(v control.VMStatus) string {
 	if !v.ReplayStalled {
 		return fmt.Sprintf("no stall (stalls so far: %d)", v.ReplayStalls)
 	}
-	return fmt.Sprintf("REPLAY STALLED for %.1f s at icount %d (log held beyond it: %s; stalls so far: %d)",
+	s := fmt.Sprintf("REPLAY STALLED for %.1f s at icount %d (log held beyond it: %s; stalls so far: %d)",
 		v.ReplayStalledSec, v.ReplayStalledAtIcount, size(v.ReplayStalledLogBeyond), v.ReplayStalls)
+	if v.ReplayStalledWaiting != "" {
+		s += "; waiting: " + v.ReplayStalledWaiting
+	}
+	return s
 }
 
 // pacingLine says whether the frames from the network are paced, at what rate, and
