@@ -60,7 +60,7 @@ func (o *agentOpts) register(f *pflag.FlagSet) {
 	f.StringVar(&o.dataPath, "data-path", envOr("FTVMD_DATA_PATH", string(agent.DataPathRelay)),
 		"how guest frames reach the bridge on VMs this agent starts: relay (through the agent) or tap (QEMU on the tap, output held in the kernel) (env FTVMD_DATA_PATH)")
 	_ = f.SetAnnotation("data-path", conffile.EnvAnnotation, []string{"FTVMD_DATA_PATH"})
-	f.IntVar(&o.paceQueue, "pace-queue-bytes", 0, fmt.Sprintf("bytes of frames from the network held while they are paced (backup over its lag bound), e.g. %d; 0 (the default for now) turns pacing off", throttle.DefaultPaceQueue))
+	f.IntVar(&o.paceQueue, "pace-queue-bytes", throttle.DefaultPaceQueue, "bytes of frames from the network held while they are paced (backup over its lag bound); 0 turns pacing off")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug|info|warn|error")
 	f.BoolVar(&o.testKnobs, "test-knobs", false, "TEST ONLY: enable test control operations")
 	_ = f.MarkHidden("test-ack-delay")
