@@ -18,6 +18,7 @@ import (
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/replay"
+	"github.com/ftvmd/ftvmd/sdnotify"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
 
@@ -81,6 +82,19 @@ func newAgentCmd() *cobra.Command {
 			cfg, err := o.load(agentFlags(cmd))
 			if err != nil {
 				return err
+			}
+			// Under systemd (Type=notify) say when the agent serves and stops.
+			n, err := sdnotify.FromEnv()
+			if err != nil {
+				cfg.Logger.Warn("readiness notification off", "err", err)
+			}
+			if n != nil {
+				log := cfg.Logger
+				cfg.Notify = func(lines ...string) {
+					if err := n.Notify(lines...); err != nil {
+						log.Warn("sd_notify", "err", err)
+					}
+				}
 			}
 			a, err := agent.New(cfg)
 			if err != nil {
