@@ -1,0 +1,102 @@
+package lifecycle
+
+import (
+	"fmt"
+
+	"github.com/ftvmd/ftvmd/arbiter"
+)
+
+// stepBackup handles the events a backup decides on itself.
+func (m *Machine) stepBackup(ev Event) error {
+	switch ev.Type {
+	case EventStarted:
+		if m.state != Starting {
+			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
+		}
+		m.epoch, m.peer = ev.Epoch, ev.Peer
+		if ev.Shared && ev.Epoch > 0 {
+			if err := m.newArbiter(); err != nil {
+				m.fail(fmt.Sprintf("failover arbiter: %v", err))
+				return err
+			}
+		}
+		m.become(Replaying, "")
+		return nil
+	case EventQEMUExited, EventLogWriteFailed, EventFault:
+		if m.state == GoingLive {
+			return nil // go-live stops the replay itself and reports its own outcome
+		}
+		// A backup that cannot replay steps down without claiming: claiming
+		// would halt a primary that is healthy, and this copy could not go live.
+		m.fail(m.faultText(ev))
+		return nil
+	case EventUnprotect, EventHandover:
+		return fmt.Errorf("vm %s is a backup on this host: %w", m.cfg.VM, ErrWrongRole)
+	case EventPeerLost:
+		return m.primaryLost(ev)
+	case EventPeerBack:
+		if m.state == Claiming {
+			return m.arbStep(arbiter.PeerBack())
+		}
+		return nil
+	case EventTick:
+		if m.state == Claiming {
+			return m.arbStep(arbiter.Tick())
+		}
+		return nil
+	case EventGoLiveDone:
+		if m.state != GoingLive {
+			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
+		}
+		m.become(Live, fmt.Sprintf("went live under epoch %d", m.epoch))
+		m.teardown() // the VM runs on as a new primary; this backup is done
+		return nil
+	case EventGoLiveFailed:
+		if m.state != GoingLive {
+			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
+		}
+		m.fail(fmt.Sprintf("go live under epoch %d: %v", m.epoch, ev.Err))
+		return nil
+	case EventDrained, EventPauseFailed:
+		return fmt.Errorf("lifecycle: %v on a backup: %w", ev.Type, ErrUnexpected)
+	}
+	return nil // Abort
+}
+
+// primaryLost: the log channel ended. A Bye is the primary's choice: it stopped,
+// went unprotected, or handed the VM over to this copy, which only the store
+// tells apart. Anything else is a lost primary: the arbiter claims.
+func (m *Machine) primaryLost(ev Event) error {
+	if m.reading || m.state == Claiming || m.state == GoingLive {
+		return nil
+	}
+	if m.state != Replaying || m.arb == nil {
+		m.stopping(fmt.Sprintf("log channel ended: %v", ev.Err))
+		return nil
+	}
+	if ev.Bye {
+		m.reading, m.byeErr = true, ev.Err
+		m.become(Replaying, "log channel closed by primary; looking for a planned-failover claim")
+		m.emit(Action{Type: ActionReadClaim})
+		return nil
+	}
+	return m.claiming(fmt.Sprintf("primary lost (%v); claiming epoch %d", ev.Err, m.epoch+1))
+}
+
+// claimRead: after a Bye, this copy goes live only if the primary claimed the
+// next epoch for it.
+func (m *Machine) claimRead(ev Event) error {
+	if ev.Err == nil && !ev.Corrupt && ev.Epoch == m.epoch+1 && ev.Owner == m.cfg.Host {
+		m.epoch = ev.Epoch
+		m.goLive(fmt.Sprintf("planned failover: going live under epoch %d", ev.Epoch), "planned failover")
+		return nil
+	}
+	m.stopping(fmt.Sprintf("log channel ended: %v", m.byeErr))
+	return nil
+}
+
+// goLive: this copy owns m.epoch; turn the replay into the live VM.
+func (m *Machine) goLive(detail, reason string) {
+	m.become(GoingLive, detail)
+	m.emit(Action{Type: ActionGoLive, Epoch: m.epoch, Reason: reason})
+}

@@ -1,0 +1,338 @@
+package lifecycle
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/ftvmd/ftvmd/arbiter"
+)
+
+// claimPurpose is what a claim in flight is for.
+type claimPurpose int
+
+const (
+	claimFailover  claimPurpose = iota + 1 // the arbiter's, after a lost peer
+	claimUnprotect                         // the operator's unprotect
+	claimHandover                          // a planned failover, for the backup
+)
+
+// handStage is where a planned failover stands.
+type handStage int
+
+const (
+	handPausing  handStage = iota + 1 // PauseGuest sent
+	handDraining                      // paused; AwaitDrain sent, ticks counted
+	handClaiming                      // output halted; the claim for the backup sent
+)
+
+// Machine is the lifecycle of one copy. Create it with New.
+type Machine struct {
+	cfg    Config
+	log    *slog.Logger
+	state  State
+	detail string
+	epoch  uint64
+	peer   string // the other copy's host name
+	arb    *arbiter.Arbiter
+
+	claimID  uint64 // the claim in flight; 0 when none
+	claimFor claimPurpose
+	nextID   uint64
+
+	reading         bool  // backup: ReadClaim in flight after a Bye
+	byeErr          error // backup: how the channel ended, for the detail
+	lostPeer        bool  // primary: the backup was lost while an unprotect claimed
+	unprotectReason string
+
+	stage  handStage
+	waited int // ticks spent waiting for the drain
+
+	req      Op // the operator request waiting for its Reply; 0 when none
+	stalled  bool
+	tornDown bool // Teardown emitted
+
+	actions []Action
+	changed bool
+}
+
+// New returns a Machine in Starting, or an error wrapping ErrInvalidConfig.
+func New(cfg Config) (*Machine, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Machine{
+		cfg:   cfg,
+		log:   cfg.Logger.With("role", cfg.Role.String(), "host", cfg.Host),
+		state: Starting,
+		epoch: cfg.LiveEpoch,
+	}, nil
+}
+
+// State returns the current state.
+func (m *Machine) State() State { return m.state }
+
+// Status returns what ftvmd status shows.
+func (m *Machine) Status() Status {
+	return Status{State: m.state, Detail: m.detail, Epoch: m.epoch, Stalled: m.stalled}
+}
+
+// HasReady reports whether Ready has actions or a changed status.
+func (m *Machine) HasReady() bool { return len(m.actions) > 0 || m.changed }
+
+// Ready returns the status and the actions produced since the last Advance.
+// Calling it again without Advance returns the same.
+func (m *Machine) Ready() Ready {
+	return Ready{Status: m.Status(), Changed: m.changed, Actions: append([]Action(nil), m.actions...)}
+}
+
+// Advance acknowledges what Ready returned.
+func (m *Machine) Advance() {
+	m.actions = nil
+	m.changed = false
+}
+
+func (m *Machine) primary() bool { return m.cfg.Role == arbiter.RolePrimary }
+
+// ended: no decision is left but a teardown.
+func (m *Machine) ended() bool { return m.state.Terminal() || m.state == Stopping }
+
+func (m *Machine) emit(a Action) { m.actions = append(m.actions, a) }
+
+func (m *Machine) become(s State, detail string) {
+	if s == m.state && detail == m.detail {
+		return
+	}
+	from := m.state
+	m.state, m.detail, m.changed = s, detail, true
+	if from == s {
+		return
+	}
+	args := []any{"from", from.String(), "to", s.String(), "detail", detail, "epoch", m.epoch}
+	switch s {
+	case Failed, Halted:
+		m.log.Error("lifecycle", args...)
+	case Degraded, Claiming, Unprotecting, HandingOver, GoingLive, Live, HandedOver:
+		m.log.Warn("lifecycle", args...)
+	default:
+		m.log.Info("lifecycle", args...)
+	}
+}
+
+// Step feeds one event. An error means the event was ignored and the copy is
+// as it was; it never means the copy may run or release output.
+func (m *Machine) Step(ev Event) error {
+	if _, ok := eventNames[ev.Type]; !ok {
+		return fmt.Errorf("%w: %d", ErrUnknownEvent, int(ev.Type))
+	}
+	// Rules shared by every state and role.
+	switch {
+	case ev.Type.isClaimResult():
+		if m.claimID == 0 || ev.Claim != m.claimID {
+			return fmt.Errorf("lifecycle: %v #%d in state %v (in flight: #%d): %w", ev.Type, ev.Claim, m.state, m.claimID, ErrStaleClaim)
+		}
+		purpose := m.claimFor
+		m.claimID, m.claimFor = 0, 0
+		if m.ended() {
+			return nil // a claim abandoned by a stop or a failure decides nothing
+		}
+		return m.claimResult(purpose, ev)
+	case ev.Type == EventClaimRead:
+		if !m.reading {
+			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
+		}
+		m.reading = false
+		if m.ended() {
+			return nil
+		}
+		return m.claimRead(ev)
+	}
+	switch ev.Type {
+	case EventStallEntered, EventStallCleared:
+		if s := ev.Type == EventStallEntered; s != m.stalled {
+			m.stalled, m.changed = s, true
+		}
+		return nil
+	case EventStop:
+		if !m.ended() {
+			m.answer(fmt.Errorf("vm %s %w", m.cfg.VM, ErrStopped))
+			d := ev.Reason
+			if d == "" {
+				d = m.detail
+			}
+			m.become(Stopping, d)
+		}
+		m.teardown()
+		return nil
+	case EventTeardownDone:
+		if !m.state.Terminal() {
+			m.become(Stopped, m.detail)
+		}
+		return nil
+	case EventGuestPaused:
+		if !m.primary() {
+			return fmt.Errorf("lifecycle: %v on a backup: %w", ev.Type, ErrUnexpected)
+		}
+		if m.state != HandingOver || m.stage != handPausing {
+			// A pause that completed after its planned failover was called off:
+			// the guest must not stay paused.
+			m.emit(Action{Type: ActionResumeGuest, Reason: "the planned failover was called off"})
+			return nil
+		}
+	}
+	if m.ended() {
+		switch ev.Type {
+		case EventUnprotect, EventHandover:
+			return m.refuse()
+		case EventDrained, EventPauseFailed, EventGoLiveDone, EventGoLiveFailed:
+			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
+		}
+		return nil // faults, ticks, a lost peer: nothing left to decide
+	}
+	if m.primary() {
+		return m.stepPrimary(ev)
+	}
+	return m.stepBackup(ev)
+}
+
+// refuse answers an operator request the state cannot serve.
+func (m *Machine) refuse() error {
+	if m.req != 0 || m.state == Unprotecting || m.state == HandingOver {
+		return fmt.Errorf("vm %s is %s: %w", m.cfg.VM, m.state, ErrBusy)
+	}
+	return fmt.Errorf("vm %s is %s, %w", m.cfg.VM, m.state, ErrNotProtected)
+}
+
+// answer finishes the pending operator request, if any.
+func (m *Machine) answer(err error) {
+	if m.req == 0 {
+		return
+	}
+	m.emit(Action{Type: ActionReply, Op: m.req, Err: err})
+	m.req = 0
+}
+
+func (m *Machine) teardown() {
+	if !m.tornDown {
+		m.tornDown = true
+		m.emit(Action{Type: ActionTeardown, Reason: m.detail})
+	}
+}
+
+func (m *Machine) stopping(detail string) {
+	m.become(Stopping, detail)
+	m.teardown()
+}
+
+// fail ends the copy after a local failure: it claims nothing, releases
+// nothing and is torn down.
+func (m *Machine) fail(what string) {
+	m.become(Failed, what)
+	if m.primary() {
+		m.emit(Action{Type: ActionHaltOutput, Reason: what})
+	}
+	m.answer(fmt.Errorf("vm %s %w: it failed: %s", m.cfg.VM, ErrStopped, what))
+	m.teardown()
+}
+
+// faultText says what a fault event means for this copy.
+func (m *Machine) faultText(ev Event) string {
+	switch ev.Type {
+	case EventQEMUExited:
+		if m.primary() {
+			return fmt.Sprintf("qemu exited: %v", ev.Err)
+		}
+		return fmt.Sprintf("replaying qemu exited: %v", ev.Err)
+	case EventLogWriteFailed:
+		return fmt.Sprintf("rr log write failed: %s; output stopped", ev.Reason)
+	}
+	if ev.Err == nil {
+		return "unknown fault"
+	}
+	return ev.Err.Error()
+}
+
+func (m *Machine) startClaim(p claimPurpose, seen uint64, owner, reason string) {
+	m.nextID++
+	m.claimID, m.claimFor = m.nextID, p
+	m.emit(Action{Type: ActionClaimEpoch, Claim: m.claimID, Seen: seen, Owner: owner, Reason: reason})
+}
+
+func (m *Machine) newArbiter() error {
+	a, err := arbiter.New(arbiter.Config{Role: m.cfg.Role, Host: m.cfg.Host, Epoch: m.epoch,
+		ClaimRetryTicks: m.cfg.ClaimRetryTicks, Logger: m.cfg.Logger})
+	if err != nil {
+		return err
+	}
+	m.arb = a
+	return nil
+}
+
+// claiming hands a lost peer to the arbiter: output stays held (primary) and the
+// copy stays a backup until a claim result decides.
+func (m *Machine) claiming(detail string) error {
+	m.become(Claiming, detail)
+	return m.arbStep(arbiter.PeerSilent())
+}
+
+// arbStep steps the arbiter and carries its actions over into this machine's.
+func (m *Machine) arbStep(ev arbiter.Event) error {
+	err := m.arb.Step(ev)
+	if errors.Is(err, arbiter.ErrWrongEpoch) {
+		// Storage answered with an epoch that was not claimed: the outcome is
+		// unknown, so hold and let the arbiter retry.
+		_ = m.arb.Step(arbiter.ClaimFailed(err))
+	}
+	rd := m.arb.Ready()
+	m.arb.Advance()
+	for _, a := range rd.Actions {
+		switch a.Type {
+		case arbiter.ActionClaimEpoch:
+			m.startClaim(claimFailover, a.Seen, m.cfg.Host, a.Reason)
+		case arbiter.ActionContinueUnprotected:
+			m.epoch = a.Epoch
+			m.goUnprotected(fmt.Sprintf("backup lost; won epoch %d", a.Epoch))
+		case arbiter.ActionGoLive:
+			m.epoch = a.Epoch
+			m.goLive(fmt.Sprintf("primary lost; won epoch %d, going live", a.Epoch), a.Reason)
+		case arbiter.ActionHalt:
+			if m.primary() {
+				m.halt(a.Reason)
+			} else {
+				m.become(Halted, a.Reason)
+				m.teardown()
+			}
+		}
+	}
+	return err
+}
+
+// claimResult routes a claim's result to what the claim was for.
+func (m *Machine) claimResult(p claimPurpose, ev Event) error {
+	switch p {
+	case claimFailover:
+		if m.arb == nil || m.state != Claiming {
+			return fmt.Errorf("lifecycle: failover claim result in state %v: %w", m.state, ErrUnexpected)
+		}
+		switch ev.Type {
+		case EventClaimWon:
+			return m.arbStep(arbiter.ClaimWon(ev.Epoch))
+		case EventClaimLost:
+			return m.arbStep(arbiter.ClaimLost(ev.Epoch, ev.Owner))
+		default:
+			return m.arbStep(arbiter.ClaimFailed(ev.Err))
+		}
+	case claimUnprotect:
+		return m.unprotectResult(ev)
+	case claimHandover:
+		return m.handoverResult(ev)
+	}
+	return fmt.Errorf("lifecycle: claim for purpose %d: %w", int(p), ErrUnexpected)
+}
+
+func winnerName(owner string) string {
+	if owner == "" {
+		return "an unknown owner"
+	}
+	return owner
+}

@@ -1,0 +1,248 @@
+package lifecycle
+
+import (
+	"fmt"
+
+	"github.com/ftvmd/ftvmd/arbiter"
+)
+
+// stepPrimary handles the events a primary decides on itself.
+func (m *Machine) stepPrimary(ev Event) error {
+	if m.state == Starting && ev.Type == EventStarted {
+		return m.primaryStarted(ev)
+	}
+	switch ev.Type {
+	case EventStarted:
+		return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
+	case EventQEMUExited, EventLogWriteFailed, EventFault:
+		// Whatever it was doing: a primary that cannot record must not release
+		// output, and is not protected any more.
+		m.fail(m.faultText(ev))
+		return nil
+	case EventUnprotect:
+		return m.unprotect(ev.Reason)
+	case EventHandover:
+		return m.handover()
+	case EventPeerLost:
+		return m.backupLost(ev.Err)
+	case EventPeerBack:
+		if m.state == Claiming {
+			return m.arbStep(arbiter.PeerBack())
+		}
+		return nil
+	case EventTick:
+		return m.primaryTick()
+	case EventPauseFailed:
+		if m.state != HandingOver || m.stage != handPausing {
+			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
+		}
+		m.stage = 0
+		m.become(Protected, "")
+		m.answer(fmt.Errorf("pause guest: %v", ev.Err))
+		return nil
+	case EventGuestPaused: // in HandingOver, pausing (Step filtered the rest)
+		m.stage, m.waited = handDraining, 0
+		m.become(HandingOver, fmt.Sprintf("planned failover to %s: waiting for the backup to acknowledge the log up to the pause", m.peer))
+		m.emit(Action{Type: ActionAwaitDrain})
+		return nil
+	case EventDrained:
+		if m.state != HandingOver || m.stage != handDraining {
+			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
+		}
+		// Every frame the guest sent before the pause has left: from here on the
+		// backup owns the VM, and this copy releases nothing more.
+		m.stage = handClaiming
+		m.become(HandingOver, fmt.Sprintf("planned failover to %s: claiming epoch %d for it", m.peer, m.epoch+1))
+		m.emit(Action{Type: ActionHaltOutput, Reason: "planned failover"})
+		m.startClaim(claimHandover, m.epoch, m.peer, "planned failover from "+m.cfg.Host)
+		return nil
+	case EventAbort:
+		if m.state == HandingOver && m.stage != handClaiming {
+			m.callOffHandover(fmt.Errorf("planned failover called off: %v", ev.Err))
+		}
+		return nil
+	case EventGoLiveDone, EventGoLiveFailed:
+		return fmt.Errorf("lifecycle: %v on a primary: %w", ev.Type, ErrUnexpected)
+	}
+	return nil
+}
+
+func (m *Machine) primaryStarted(ev Event) error {
+	if m.cfg.LiveEpoch == 0 || ev.Epoch != 0 {
+		m.epoch = ev.Epoch
+	}
+	m.peer = ev.Peer
+	if ev.Peer == "" {
+		detail := ""
+		if m.cfg.LiveEpoch > 0 {
+			detail = fmt.Sprintf("live after failover, epoch %d", m.epoch)
+		}
+		// Output was never held: the output path starts unprotected.
+		m.become(Unprotected, detail)
+		return nil
+	}
+	if ev.Shared && ev.Epoch > 0 {
+		if err := m.newArbiter(); err != nil {
+			m.fail(fmt.Sprintf("failover arbiter: %v", err))
+			return err
+		}
+	}
+	m.become(Protected, "")
+	return nil
+}
+
+// backupLost: the log channel to the backup ended. Output stays held (no acks
+// come) while the arbiter claims the next epoch; without shared storage it stays
+// held until the operator unprotects, because the backup may still be alive.
+func (m *Machine) backupLost(err error) error {
+	switch m.state {
+	case Protected:
+		if m.arb == nil {
+			m.become(Degraded, fmt.Sprintf("log channel to backup lost: %v; output held until 'ftvmd unprotect'", err))
+			return nil
+		}
+		return m.claiming(fmt.Sprintf("backup lost (%v); claiming epoch %d", err, m.epoch+1))
+	case Unprotecting:
+		// The unprotect claim is the same claim the arbiter would make (epoch+1
+		// for this host): its result decides.
+		m.lostPeer = true
+		return nil
+	case HandingOver:
+		if m.stage == handClaiming {
+			return nil // expected: the claim decides
+		}
+		m.callOffHandover(fmt.Errorf("vm %s: %w during the planned failover: %v", m.cfg.VM, ErrPeerLost, err))
+		return m.claiming(fmt.Sprintf("backup lost (%v) during a planned failover; claiming epoch %d", err, m.epoch+1))
+	}
+	return nil // Degraded, Claiming, Unprotected: nothing new
+}
+
+func (m *Machine) primaryTick() error {
+	switch {
+	case m.state == Claiming:
+		return m.arbStep(arbiter.Tick())
+	case m.state == HandingOver && m.stage == handDraining:
+		m.waited++
+		if m.waited >= m.cfg.HandoverTicks {
+			m.callOffHandover(fmt.Errorf("vm %s: %w (%d ticks)", m.cfg.VM, ErrHandoverTimeout, m.waited))
+		}
+	}
+	return nil
+}
+
+// goUnprotected: run alone from now on; release what is held and end the
+// channel, so that a backup still alive stops instead of claiming.
+func (m *Machine) goUnprotected(detail string) {
+	m.become(Unprotected, detail)
+	m.emit(Action{Type: ActionReleaseOutput, Reason: detail})
+	if m.peer != "" {
+		m.emit(Action{Type: ActionEndChannel, Reason: "unprotected: " + detail})
+	}
+}
+
+// halt: another copy owns the VM; release nothing ever again and kill QEMU.
+func (m *Machine) halt(detail string) {
+	m.become(Halted, detail)
+	m.emit(Action{Type: ActionHaltOutput, Reason: detail})
+	m.emit(Action{Type: ActionKillQEMU, Reason: detail})
+}
+
+func (m *Machine) unprotect(reason string) error {
+	if m.req != 0 || (m.state != Protected && m.state != Degraded) {
+		return m.refuse()
+	}
+	if reason == "" {
+		reason = "operator request"
+	}
+	if m.arb == nil {
+		m.goUnprotected(reason)
+		m.req = OpUnprotect
+		m.answer(nil)
+		return nil
+	}
+	// Claim the next epoch first, so that a backup which already lost the
+	// channel and is claiming cannot also go live.
+	m.req, m.unprotectReason, m.lostPeer = OpUnprotect, reason, false
+	m.become(Unprotecting, fmt.Sprintf("%s; claiming epoch %d", reason, m.epoch+1))
+	m.startClaim(claimUnprotect, m.epoch, m.cfg.Host, "unprotect")
+	return nil
+}
+
+func (m *Machine) unprotectResult(ev Event) error {
+	if m.state != Unprotecting {
+		return fmt.Errorf("lifecycle: unprotect claim result in state %v: %w", m.state, ErrUnexpected)
+	}
+	switch {
+	case ev.Type == EventClaimWon && ev.Epoch == m.epoch+1:
+		m.epoch = ev.Epoch
+		m.goUnprotected(m.unprotectReason)
+		m.answer(nil)
+		return nil
+	case ev.Type == EventClaimLost && ev.Epoch > m.epoch:
+		m.halt(fmt.Sprintf("the backup (%s) owns epoch %d", winnerName(ev.Owner), ev.Epoch))
+		m.answer(fmt.Errorf("vm %s: %w (epoch %d); this copy halted", m.cfg.VM, ErrTakenOver, ev.Epoch))
+		return nil
+	}
+	why := fmt.Sprint(ev.Err)
+	if ev.Type != EventClaimFailed {
+		why = fmt.Sprintf("%v of epoch %d while claiming %d", ev.Type, ev.Epoch, m.epoch+1)
+	}
+	m.answer(fmt.Errorf("unprotect %s: %w: %s (protection unchanged)", m.cfg.VM, ErrStorage, why))
+	if m.lostPeer {
+		m.lostPeer = false
+		return m.claiming(fmt.Sprintf("backup lost while unprotecting; claiming epoch %d", m.epoch+1))
+	}
+	m.become(Protected, "")
+	return nil
+}
+
+func (m *Machine) handover() error {
+	if m.req != 0 || m.state != Protected {
+		return m.refuse()
+	}
+	if m.arb == nil || m.peer == "" {
+		return fmt.Errorf("vm %s: %w", m.cfg.VM, ErrNoSharedStorage)
+	}
+	m.req, m.stage = OpHandover, handPausing
+	m.become(HandingOver, fmt.Sprintf("planned failover to %s: pausing the guest", m.peer))
+	m.emit(Action{Type: ActionPauseGuest})
+	return nil
+}
+
+// callOffHandover ends a planned failover that has not claimed: the guest runs
+// on, protected as before.
+func (m *Machine) callOffHandover(err error) {
+	m.stage, m.waited = 0, 0
+	m.emit(Action{Type: ActionResumeGuest, Reason: err.Error()})
+	m.become(Protected, "")
+	m.answer(err)
+}
+
+func (m *Machine) handoverResult(ev Event) error {
+	if m.state != HandingOver || m.stage != handClaiming {
+		return fmt.Errorf("lifecycle: planned-failover claim result in state %v: %w", m.state, ErrUnexpected)
+	}
+	m.stage = 0
+	if ev.Type == EventClaimWon && ev.Epoch == m.epoch+1 {
+		m.epoch = ev.Epoch
+		m.become(HandedOver, fmt.Sprintf("planned failover to %s, epoch %d", m.peer, ev.Epoch))
+		m.emit(Action{Type: ActionEndChannel, Reason: "handed over"}) // the backup finds its claim and goes live
+		m.emit(Action{Type: ActionKillQEMU, Reason: "handed over"})
+		m.answer(nil)
+		return nil
+	}
+	// The claim's outcome is unknown, or someone else holds the epoch: output is
+	// halted already and stays so.
+	var why string
+	switch ev.Type {
+	case EventClaimLost:
+		why = fmt.Sprintf("epoch %d is held by %s", ev.Epoch, winnerName(ev.Owner))
+	case EventClaimWon:
+		why = fmt.Sprintf("won epoch %d while claiming %d", ev.Epoch, m.epoch+1)
+	default:
+		why = fmt.Sprint(ev.Err)
+	}
+	m.halt("planned failover: epoch claim: " + why)
+	m.answer(fmt.Errorf("planned failover: epoch claim: %s; this copy halted", why))
+	return nil
+}
