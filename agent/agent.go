@@ -70,6 +70,11 @@ type Config struct {
 	DataPath DataPath
 
 	Logger *slog.Logger
+
+	// Notify, when set, receives the agent's service state as sd_notify(3)
+	// assignments: READY=1 once the control socket and the peer port listen,
+	// STATUS= lines (what it serves, its VMs), STOPPING=1 when it shuts down.
+	Notify func(lines ...string)
 }
 
 // DefaultConfig returns the defaults for a host named host with state under dir.
@@ -266,7 +271,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		ctl.Close()
 		return fmt.Errorf("peer listener: %w", err)
 	}
-	a.log.Info("agent started", "control", a.cfg.Socket, "peer", a.cfg.Listen, "cpus", a.cfg.CPUs,
+	a.log.Info("agent started", "control", a.cfg.Socket, "peer", peerLn.Addr().String(), "cpus", a.cfg.CPUs,
 		"engine", a.engine.Name, "qemu", a.engine.Binary, "log_flush", a.logFlush())
 	if a.engineErr != nil {
 		a.log.Error("no usable QEMU: VMs cannot run or be backed up on this host until it is installed", "err", a.engineErr)
@@ -277,11 +282,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- control.Serve(ctx, ctl, a.handle, a.log) }()
 	go func() { errc <- a.servePeers(ctx, peerLn) }()
+	a.notify("READY=1", "STATUS="+a.serviceStatus(peerLn.Addr().String()))
+	statusDone := make(chan struct{})
+	go func() { defer close(statusDone); a.notifyStatus(ctx, peerLn.Addr().String()) }()
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 		cancel()
 	}
+	<-statusDone
+	a.notify("STOPPING=1", fmt.Sprintf("STATUS=stopping: %d VMs", a.vmCount()))
 	<-errc
 	if e := <-errc; err == nil {
 		err = e
@@ -290,6 +300,74 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.wg.Wait()
 	a.log.Info("agent stopped")
 	return err
+}
+
+// notify sends service state to the service manager, if there is one.
+func (a *Agent) notify(lines ...string) {
+	if a.cfg.Notify != nil {
+		a.cfg.Notify(lines...)
+	}
+}
+
+// statusEvery is how often the agent's STATUS line is refreshed (when it changed).
+var statusEvery = 5 * time.Second
+
+// notifyStatus keeps the service manager's STATUS line current until ctx ends.
+func (a *Agent) notifyStatus(ctx context.Context, peer string) {
+	if a.cfg.Notify == nil {
+		return
+	}
+	last := a.serviceStatus(peer)
+	t := time.NewTicker(statusEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s := a.serviceStatus(peer); s != last {
+			a.notify("STATUS=" + s)
+			last = s
+		}
+	}
+}
+
+// serviceStatus is the one line `systemctl status` shows: where the agent
+// listens, on which engine, and each VM's role and state.
+func (a *Agent) serviceStatus(peer string) string {
+	engine := a.engine.Name
+	if a.engineErr != nil {
+		engine = "NO USABLE QEMU"
+	}
+	a.mu.Lock()
+	vms := make([]control.VMStatus, 0, len(a.vms))
+	for _, v := range a.vms {
+		vms = append(vms, v.status())
+	}
+	a.mu.Unlock()
+	sort.Slice(vms, func(i, j int) bool { return vms[i].Name < vms[j].Name })
+	s := fmt.Sprintf("peers on %s, engine %s; %d VMs", peer, engine, len(vms))
+	const maxShown = 8
+	for i, v := range vms {
+		if i == maxShown {
+			s += fmt.Sprintf(", %d more", len(vms)-maxShown)
+			break
+		}
+		sep := ", "
+		if i == 0 {
+			sep = ": "
+		}
+		s += fmt.Sprintf("%s%s %s %s", sep, v.Name, v.Role, v.State)
+	}
+	return s
+}
+
+// vmCount is how many VMs the agent runs.
+func (a *Agent) vmCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.vms)
 }
 
 // stopTimeout bounds every stop: the agent's shutdown (all VMs at once) and

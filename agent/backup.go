@@ -622,7 +622,7 @@ func (b *backup) pollReplay(ctx context.Context) {
 		// Sampled on the clock, not on answers: a stuck replay may answer nothing.
 		b.watchStall(stall, replaySample{
 			At: time.Now(), Icount: replayed, LogIcount: b.cutPoints.newest().icount,
-			Position: position, Fed: b.feed.FedOffset(), Held: b.recv.Held(),
+			Position: position, Fed: b.feed.FedOffset(), Held: b.recv.Held(), Feed: b.feed.State(),
 		})
 	}
 }
@@ -646,7 +646,8 @@ func (b *backup) watchStall(d *stallDetector, s replaySample) {
 	case stallEntered:
 		b.log.Warn("replay stalled", "icount", st.AtIcount, "log_icount", s.LogIcount,
 			"position", st.Position, "fed", st.Fed, "held", st.Held, "held_beyond", st.Beyond(),
-			"for", st.For.Round(time.Millisecond), "stalls", st.Episodes)
+			"for", st.For.Round(time.Millisecond), "stalls", st.Episodes, "waiting", st.Waiting,
+			"feed_up_to", s.Feed.UpTo, "fifo_unread", s.Feed.Unread)
 	case stallCleared:
 		b.log.Info("replay progressing again", "icount", s.Icount, "stalled_at", st.AtIcount,
 			"stalled_for", st.For.Round(time.Millisecond), "stalls", st.Episodes)
@@ -809,5 +810,6 @@ func fillStallStatus(st *control.VMStatus, s stallState) {
 	if s.Stalled {
 		st.ReplayStalled, st.ReplayStalledSec = true, s.For.Seconds()
 		st.ReplayStalledAtIcount, st.ReplayStalledLogBeyond = s.AtIcount, s.Beyond()
+		st.ReplayStalledWaiting = s.Waiting
 	}
 }

@@ -1,6 +1,11 @@
 package agent
 
-import "time"
+import (
+	"fmt"
+	"time"
+
+	"github.com/ftvmd/ftvmd/qemu"
+)
 
 // DefaultStallAfter is how long a backup's replay may sit still, while the backup
 // holds log beyond it, before it is reported stalled.
@@ -17,6 +22,9 @@ type replaySample struct {
 	Position  int64 // log offset the replay has reached, as far as the backup knows
 	Fed       int64 // log offset fed to the replaying QEMU
 	Held      int64 // log offset the backup holds
+	// Feed is the feed's side of the FIFO: whether the replay has log waiting for
+	// it to read, or waits for the feed.
+	Feed qemu.FeedState
 }
 
 // stallChange is what one sample changed.
@@ -37,6 +45,9 @@ type stallState struct {
 	Fed      int64         // log offset fed to its QEMU (at the latest sample while stalled)
 	Held     int64         // log offset the backup holds (likewise)
 	Episodes uint64        // stalls so far, the current one included
+	// Waiting says which side stands still, from the feed's view when the stall
+	// began (see stallWaiting).
+	Waiting string
 }
 
 // Beyond is how much log the backup holds past the stalled replay's position.
@@ -103,9 +114,33 @@ func (d *stallDetector) observe(s replaySample) stallChange {
 	d.current = stallState{
 		Stalled: true, For: stillFor, AtIcount: s.Icount,
 		Position: s.Position, Fed: s.Fed, Held: s.Held, Episodes: d.current.Episodes + 1,
+		Waiting: stallWaiting(s.Feed),
 	}
 	return stallEntered
 }
 
 // state is the current stall, or the last one (Stalled false) if any.
 func (d *stallDetector) state() stallState { return d.current }
+
+// stallWaiting names the side of the FIFO that stands still in a stall:
+//   - log waits in the pipe, or a feed write waits for room: the replaying QEMU does
+//     not read (it is stuck, stopped or starved of CPU);
+//   - the pipe is empty and the feed holds log up to a later safe cut point it has
+//     not written: the feed is stuck (the agent's side);
+//   - the feed has written everything up to its newest safe cut point: the log the
+//     backup holds beyond it has no safe cut point yet.
+func stallWaiting(f qemu.FeedState) string {
+	switch {
+	case f.Blocked > 0:
+		return fmt.Sprintf("qemu: a feed write of %d bytes has waited %s for room in the FIFO (%d unread of %d)",
+			f.Blocked, f.BlockedFor.Round(time.Millisecond), f.Unread, f.Pipe)
+	case f.Unread > 0:
+		return fmt.Sprintf("qemu: %d bytes wait unread in the FIFO", f.Unread)
+	case f.Unread < 0:
+		return "unknown: the FIFO cannot be inspected"
+	case f.Fed < f.UpTo:
+		return fmt.Sprintf("feed: the FIFO is empty and %d bytes up to the newest safe cut point are not fed", f.UpTo-f.Fed)
+	default:
+		return "cut: the replay has everything up to the newest safe cut point; the log held beyond it has none yet"
+	}
+}

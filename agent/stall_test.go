@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftvmd/ftvmd/qemu"
 )
 
 // stallStep is one sample: the fake clock moves by dt, then the replay is seen at
@@ -126,7 +128,8 @@ func TestStallState(t *testing.T) {
 		{dt: time.Second, icount: 7, logIcount: 8, pos: 100, fed: 350, held: 500, want: stallEntered, stalled: true, stallFor: time.Second, episodes: 1},
 		{dt: time.Second, icount: 7, logIcount: 9, pos: 100, fed: 380, held: 900, stalled: true, stallFor: 2 * time.Second, episodes: 1},
 	})
-	want := stallState{Stalled: true, For: 2 * time.Second, AtIcount: 7, Position: 100, Fed: 380, Held: 900, Episodes: 1}
+	want := stallState{Stalled: true, For: 2 * time.Second, AtIcount: 7, Position: 100, Fed: 380, Held: 900, Episodes: 1,
+		Waiting: stallWaiting(qemu.FeedState{})}
 	if st := d.state(); st != want {
 		t.Fatalf("state %+v, want %+v", st, want)
 	}
@@ -159,5 +162,34 @@ func TestStallAfterConfig(t *testing.T) {
 	c.StallAfter = -time.Second
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "stall threshold") {
 		t.Fatalf("negative stall threshold: %v", err)
+	}
+}
+
+// TestStallWaiting: the stall report names the side of the FIFO that stands still.
+func TestStallWaiting(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		f    qemu.FeedState
+		want string
+	}{
+		{"write waits for room", qemu.FeedState{Fed: 100, UpTo: 900, Unread: 1 << 20, Pipe: 1 << 20, Blocked: 4096, BlockedFor: 2 * time.Second}, "qemu: a feed write of 4096 bytes has waited 2s"},
+		{"bytes unread", qemu.FeedState{Fed: 100, UpTo: 100, Unread: 512, Pipe: 1 << 20}, "qemu: 512 bytes wait unread"},
+		{"feed stuck", qemu.FeedState{Fed: 100, UpTo: 900, Unread: 0, Pipe: 1 << 20}, "feed: the FIFO is empty and 800 bytes"},
+		{"no cut point", qemu.FeedState{Fed: 900, UpTo: 900, Unread: 0, Pipe: 1 << 20}, "cut: "},
+		{"no fifo", qemu.FeedState{Fed: 12, UpTo: 900, Unread: -1}, "unknown"},
+	} {
+		if got := stallWaiting(tc.f); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s: stallWaiting = %q, want prefix %q", tc.name, got, tc.want)
+		}
+	}
+	d := newStallDetector(time.Second)
+	t0 := time.Unix(1000, 0)
+	fs := qemu.FeedState{Fed: 100, UpTo: 900, Unread: 0, Pipe: 1 << 20}
+	d.observe(replaySample{At: t0, Icount: 5, LogIcount: 10, Feed: fs})
+	if c := d.observe(replaySample{At: t0.Add(2 * time.Second), Icount: 5, LogIcount: 10, Feed: fs}); c != stallEntered {
+		t.Fatalf("observe = %v, want stallEntered", c)
+	}
+	if w := d.state().Waiting; !strings.HasPrefix(w, "feed:") {
+		t.Errorf("stall Waiting = %q, want the feed named", w)
 	}
 }

@@ -122,6 +122,9 @@ type VMStatus struct {
 	ReplayStalledAtIcount  uint64  `json:"replay_stalled_at_icount,omitempty"`  // the replayed icount it stopped at
 	ReplayStalledLogBeyond int64   `json:"replay_stalled_log_beyond,omitempty"` // log bytes the backup holds beyond that point
 	ReplayStalls           uint64  `json:"replay_stalls"`                       // stalls so far, the current one included
+	// ReplayStalledWaiting names the side that stands still (the replaying QEMU, the
+	// backup's feed, or a log with no safe cut point yet), on the backup.
+	ReplayStalledWaiting string `json:"replay_stalled_waiting,omitempty"`
 
 	HeldFrames     int     `json:"held_frames"`
 	HeldBytes      int64   `json:"held_bytes"`

@@ -226,7 +226,9 @@ func (l *Lab) StartAgent(ctx context.Context, h Host, extra ...string) error {
 	if err != nil {
 		return err
 	}
-	args := append([]string{"netns", "exec", h.NS, l.Bin, "agent",
+	// --config "": a config file this host may have (/etc/ftvmd/agent.toml) is
+	// not the lab's; the lab sets everything on the command line.
+	args := append([]string{"netns", "exec", h.NS, l.Bin, "agent", "--config", "",
 		"--host", h.Name, "--state-dir", h.Dir, "--listen", h.Peer(), "--cpus", h.CPUs,
 		"--flush-lib", l.FlushLib, "--cgroup-root", CgroupRoot, "--peer-timeout", "3s", "--test-knobs", "--check-invariant", "--shared-dir", Root + "/shared", "--bridge", "br0", "--log-level", "debug"}, extra...)
 	cmd := exec.Command("ip", args...)

@@ -46,9 +46,9 @@ type Feed struct {
 	pollEvery time.Duration
 	pollSize  func() (int64, error)
 
-	out    atomic.Pointer[os.File] // the FIFO's write end once a reader opened it
-	upTo   atomic.Int64            // source offset known to be written
-	fed    atomic.Int64            // source offset written into the FIFO
+	out    atomic.Pointer[fifoWriter] // the FIFO's write end once a reader opened it
+	upTo   atomic.Int64               // source offset known to be written
+	fed    atomic.Int64               // source offset written into the FIFO
 	wake   chan struct{}
 	ctl    chan feedCtl // Halt and Finish requests (golive.go)
 	cancel context.CancelFunc
@@ -114,15 +114,39 @@ func (f *Feed) Unread() (n int, ok bool) {
 	if out == nil {
 		return 0, false
 	}
-	sc, err := out.SyscallConn()
+	n, err := out.Queued()
 	if err != nil {
 		return 0, false
 	}
-	var ierr error
-	if err := sc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil || ierr != nil {
-		return 0, false
-	}
 	return n, true
+}
+
+// FeedState is what the feed is doing, for a stall report: which side of the
+// FIFO waits for the other.
+type FeedState struct {
+	Fed    int64 // source offset written into the FIFO
+	UpTo   int64 // source offset it may feed up to
+	Unread int   // bytes in the FIFO the replay has not read (-1: unknown)
+	Pipe   int   // the FIFO's capacity (0: unknown)
+	// Blocked is how many bytes of a write wait for room in the FIFO, and
+	// BlockedFor since when: the feed waits for the replay to read.
+	Blocked    int64
+	BlockedFor time.Duration
+}
+
+// State reports the feed's position and whether it waits for its reader.
+func (f *Feed) State() FeedState {
+	st := FeedState{Fed: f.fed.Load(), UpTo: f.upTo.Load(), Unread: -1}
+	if out := f.out.Load(); out != nil {
+		if n, err := out.Queued(); err == nil {
+			st.Unread = n
+		}
+		if n, err := out.Capacity(); err == nil {
+			st.Pipe = n
+		}
+		st.Blocked, st.BlockedFor = out.Blocked()
+	}
+	return st
 }
 
 // Done is closed when the feeding goroutine has ended.
@@ -222,7 +246,7 @@ func (f *Feed) feed(ctx context.Context) error {
 			want := min(f.upTo.Load()-f.fed.Load(), int64(len(buf)))
 			n, err := in.ReadAt(buf[:want], f.fed.Load())
 			if n > 0 {
-				// A blocked write ends with an error when out is closed.
+				// A blocked write ends with the context's error on Close.
 				if _, werr := out.Write(buf[:n]); werr != nil {
 					return fmt.Errorf("write fifo: %w", werr)
 				}
@@ -247,23 +271,15 @@ func (f *Feed) feed(ctx context.Context) error {
 }
 
 // openWriter opens the FIFO for writing once a reader has it open, without
-// blocking a thread: O_NONBLOCK gives ENXIO while there is no reader. The
-// fd stays non-blocking so Close can interrupt a blocked Write.
-func (f *Feed) openWriter(ctx context.Context) (*os.File, error) {
+// blocking a thread: O_NONBLOCK gives ENXIO while there is no reader. The fd
+// stays non-blocking and outside Go's poller (see fifoWriter).
+func (f *Feed) openWriter(ctx context.Context) (*fifoWriter, error) {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
 		fd, err := unix.Open(f.fifo, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 		if err == nil {
-			file := os.NewFile(uintptr(fd), f.fifo)
-			go func() { // owned: ends when ctx ends or the feed goroutine does
-				select {
-				case <-ctx.Done():
-					_ = file.SetWriteDeadline(time.Unix(1, 0))
-				case <-f.done:
-				}
-			}()
-			return file, nil
+			return newFIFOWriter(ctx, fd), nil
 		}
 		if !errors.Is(err, syscall.ENXIO) {
 			return nil, fmt.Errorf("open fifo: %w", err)

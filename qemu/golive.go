@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ftvmd/ftvmd/replay"
 )
 
@@ -584,13 +582,13 @@ func (f *Feed) request(ctx context.Context, r feedCtl) (int64, error) {
 }
 
 // control serves one request in the feeding goroutine.
-func (f *Feed) control(out *os.File, st *feedState, r feedCtl) {
+func (f *Feed) control(out *fifoWriter, st *feedState, r feedCtl) {
 	switch r.kind {
 	case feedHalt:
 		st.halted = true
 		r.reply <- feedReply{n: f.fed.Load()}
 	case feedQueued:
-		n, err := fifoQueued(out)
+		n, err := out.Queued()
 		r.reply <- feedReply{n: int64(n), err: err}
 	case feedFinish:
 		st.halted = true
@@ -611,26 +609,7 @@ func (f *Feed) control(out *os.File, st *feedState, r feedCtl) {
 	}
 }
 
-// fifoQueued is FIONREAD (TIOCINQ on Linux) on the FIFO. It goes through
-// SyscallConn: os.File.Fd would switch the fd to blocking mode, and Close
-// relies on a non-blocking fd to interrupt a blocked write.
-func fifoQueued(out *os.File) (int, error) {
-	rc, err := out.SyscallConn()
-	if err != nil {
-		return 0, fmt.Errorf("feed: %w", err)
-	}
-	var n int
-	var ierr error
-	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil {
-		return 0, fmt.Errorf("feed: %w", err)
-	}
-	if ierr != nil {
-		return 0, fmt.Errorf("feed: FIONREAD: %w", ierr)
-	}
-	return n, nil
-}
-
-func (f *Feed) writeFinal(out *os.File, cut int64, tail []byte) error {
+func (f *Feed) writeFinal(out *fifoWriter, cut int64, tail []byte) error {
 	in, err := os.Open(f.src)
 	if err != nil {
 		return fmt.Errorf("feed: open source: %w", err)

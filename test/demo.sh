@@ -24,7 +24,7 @@ say "making TLS keys: a lab CA and one certificate per host"
 
 say "starting an agent on each host (logs in $FTLAB_ROOT/agent-*.log)"
 start_agent() { # host ns ip dir cpus
-  ip netns exec "$2" setsid "$ft" agent --host "$1" --state-dir "$4" --listen "$3:7800" --cpus "$5" \
+  ip netns exec "$2" setsid "$ft" agent --config "" --host "$1" --state-dir "$4" --listen "$3:7800" --cpus "$5" \
     --flush-lib "$repo/build/libftflush.so" --cgroup-root /run/ftvmd-lab-cgroup --peer-timeout 3s \
     --shared-dir "$FTLAB_SHARED" \
     >>"$FTLAB_ROOT/agent-$1.log" 2>&1 </dev/null 9>&- &

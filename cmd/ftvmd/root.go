@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -18,9 +17,8 @@ import (
 	"github.com/ftvmd/ftvmd/agent"
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/logging"
-	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
-	"github.com/ftvmd/ftvmd/throttle"
+	"github.com/ftvmd/ftvmd/sdnotify"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
 
@@ -72,78 +70,42 @@ func call(ctx context.Context, g *globalOpts, req control.Request) (control.Resp
 }
 
 func newAgentCmd() *cobra.Command {
-	var (
-		host, dir, listen, socket, flush, qemuBin, cpus, bridge, cgroupRoot, logLevel, shared, dataPath string
-		hb, timeout, ackDelay, stallAfter                                                               time.Duration
-		checkInv, testKnobs                                                                             bool
-		paceQueue                                                                                       int
-	)
+	o := &agentOpts{}
 	c := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the per-host daemon (as root)",
+		Long: "Run the per-host daemon (as root). Settings come from the command line, then " +
+			"the config file (--config, default " + defaultConfigFile + " if it exists; every flag " +
+			"is a key: `ftvmd agent config` prints them all), then the defaults.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var lvl slog.Level
-			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
-			}
-			cfg := agent.DefaultConfig(host, dir)
-			if listen != "" {
-				cfg.Listen = listen
-			}
-			if socket != "" {
-				cfg.Socket = socket
-			}
-			cfg.FlushLib, cfg.QEMU, cfg.CPUs, cfg.Bridge, cfg.CgroupRoot = flush, qemuBin, cpus, bridge, cgroupRoot
-			cfg.SharedDir = shared
-			cfg.DataPath = agent.DataPath(dataPath)
-			cfg.HeartbeatInterval, cfg.PeerTimeout = hb, timeout
-			cfg.StallAfter = stallAfter
-			cfg.TestAckDelay, cfg.CheckInvariant, cfg.TestKnobs = ackDelay, checkInv, testKnobs
-			cfg.PaceQueueBytes = paceQueue
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-			a, err := agent.New(cfg)
+			cfg, err := o.load(agentFlags(cmd))
 			if err != nil {
 				return err
+			}
+			// Under systemd (Type=notify) say when the agent serves and stops.
+			n, err := sdnotify.FromEnv()
+			if err != nil {
+				cfg.Logger.Warn("readiness notification off", "err", err)
+			}
+			if n != nil {
+				log := cfg.Logger
+				cfg.Notify = func(lines ...string) {
+					if err := n.Notify(lines...); err != nil {
+						log.Warn("sd_notify", "err", err)
+					}
+				}
+			}
+			a, err := agent.New(cfg)
+			if err != nil {
+				return o.explain(err)
 			}
 			return a.Run(cmd.Context())
 		},
 	}
-	hn, _ := os.Hostname()
-	f := c.Flags()
-	f.StringVar(&host, "host", hn, "this host's name (as in its certificate)")
-	f.StringVar(&dir, "state-dir", defaultStateDir, "state directory: VM specs, logs, keys")
-	f.StringVar(&listen, "listen", "", fmt.Sprintf("peer listener address (default :%d)", agent.DefaultPeerPort))
-	f.StringVar(&socket, "control-socket", "", "control socket (default <state-dir>/ftvmd.sock)")
-	f.StringVar(&flush, "flush-lib", defaultFlushLib(), "the log flush library (libftflush.so); unused when the QEMU engine writes its log as a stream (ftvmd's build)")
-	f.StringVar(&qemuBin, "qemu", "", "QEMU binary (default: ftvmd's build in "+qemu.EngineDir+", else qemu-system-x86_64 on PATH)")
-	f.StringVar(&cpus, "cpus", "", "cpuset for this host's QEMUs, e.g. 0 or 2-3 (default: any)")
-	f.StringVar(&bridge, "bridge", "br0", "host bridge that VM taps join")
-	f.StringVar(&shared, "shared-dir", "", "shared storage directory (both hosts) for failover epoch claims; empty disables failover")
-	f.StringVar(&cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup mount (empty disables cpusets and the throttle)")
-	f.DurationVar(&hb, "heartbeat", 50*time.Millisecond, "heartbeat interval on the log channel")
-	f.DurationVar(&timeout, "peer-timeout", time.Second, "silence after which the peer counts as lost")
-	f.DurationVar(&stallAfter, "stall-after", agent.DefaultStallAfter, "a backup replay that makes no progress this long while it holds log beyond it is reported stalled")
-	f.DurationVar(&ackDelay, "test-ack-delay", 0, "TEST ONLY: delay every ack the backup sends")
-	f.BoolVar(&checkInv, "check-invariant", false, "verify the output rule on every released frame")
-	f.StringVar(&dataPath, "data-path", envOr("FTVMD_DATA_PATH", string(agent.DataPathRelay)),
-		"how guest frames reach the bridge on VMs this agent starts: relay (through the agent) or tap (QEMU on the tap, output held in the kernel) (env FTVMD_DATA_PATH)")
-	f.IntVar(&paceQueue, "pace-queue-bytes", 0, fmt.Sprintf("bytes of frames from the network held while they are paced (backup over its lag bound), e.g. %d; 0 (the default for now) turns pacing off", throttle.DefaultPaceQueue))
-	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
-	f.BoolVar(&testKnobs, "test-knobs", false, "TEST ONLY: enable test control operations")
-	_ = f.MarkHidden("test-ack-delay")
-	_ = f.MarkHidden("test-knobs")
+	o.register(c.Flags())
+	c.AddCommand(newAgentConfigCmd(o, c))
 	return c
-}
-
-// defaultFlushLib looks for libftflush.so beside the binary, then in /usr/local/lib.
-func defaultFlushLib() string {
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "libftflush.so")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	return "/usr/local/lib/ftvmd/libftflush.so"
 }
 
 func newVMCmd(g *globalOpts) *cobra.Command {
@@ -392,8 +354,12 @@ func stallText(v control.VMStatus) string {
 	if !v.ReplayStalled {
 		return fmt.Sprintf("no stall (stalls so far: %d)", v.ReplayStalls)
 	}
-	return fmt.Sprintf("REPLAY STALLED for %.1f s at icount %d (log held beyond it: %s; stalls so far: %d)",
+	s := fmt.Sprintf("REPLAY STALLED for %.1f s at icount %d (log held beyond it: %s; stalls so far: %d)",
 		v.ReplayStalledSec, v.ReplayStalledAtIcount, size(v.ReplayStalledLogBeyond), v.ReplayStalls)
+	if v.ReplayStalledWaiting != "" {
+		s += "; waiting: " + v.ReplayStalledWaiting
+	}
+	return s
 }
 
 // pacingLine says whether the frames from the network are paced, at what rate, and
