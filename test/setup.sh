@@ -12,7 +12,8 @@ log() { printf '==> %s\n' "$*"; }
 
 [ "$(id -u)" = 0 ] || { echo "setup: must run as root (it installs packages and builds the lab)" >&2; exit 1; }
 
-pkgs=(qemu-system-x86 qemu-utils busybox-static cpio kmod gzip iproute2 gcc libc6-dev netcat-openbsd procps)
+pkgs=(qemu-system-x86 qemu-utils busybox-static cpio kmod gzip iproute2 gcc libc6-dev netcat-openbsd procps
+  systemd dpkg-dev)  # systemd: systemd-analyze and the unit sandbox; dpkg-dev: dpkg-shlibdeps for the package
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
