@@ -25,11 +25,12 @@ const fifoPollEvery = 20 * time.Millisecond
 //
 // Why not an *os.File: the runtime's poller watches the fd edge-triggered, and a
 // writer parked there waits for the kernel to report the pipe writable again.
-// In the lab a feed write of 212 KiB waited 11.7 s while the replaying QEMU sat
-// in read(2) on the same FIFO with its data consumed (a diagnostic build traced
-// both sides, 2026-11-30); the replay stood still until traffic stopped. Whatever
-// loses that edge, a level-triggered poll with a timeout cannot: it asks the
-// pipe's state every time, and a missed wakeup costs at most fifoPollEvery.
+// In the lab a feed write of 212 KiB waited 11.7 s during a replay stall
+// (2026-11-30, a diagnostic build); what was kept could not tell whether the
+// replay had stopped reading or the writer had missed the pipe's wakeup. A
+// level-triggered poll with a timeout cannot miss it: it asks the pipe's state
+// every time, so a lost edge costs at most fifoPollEvery, and Blocked tells the
+// stall report which side waits.
 type fifoWriter struct {
 	fd  int
 	ctx context.Context
