@@ -149,7 +149,7 @@ type backup struct {
 // block request in flight (savevm refuses while replay events are queued).
 type logSink struct {
 	f    *os.File
-	feed *qemu.Feed
+	feed feedLimit
 	cut  *replay.Cutter
 	// points holds recent safe cut points (see safeCut) and their instruction counts;
 	// the newest is the feed's limit.
@@ -159,7 +159,10 @@ type logSink struct {
 	blocks    *blockIDs // block completions seen, for go-live
 }
 
-func newLogSink(f *os.File, feed *qemu.Feed) logSink {
+// feedLimit is the part of qemu.Feed the sink drives: how far the replay may read.
+type feedLimit interface{ Notify(limit int64) }
+
+func newLogSink(f *os.File, feed feedLimit) logSink {
 	s := logSink{f: f, feed: feed, cut: replay.NewCutter(replay.HeaderSize, 0), points: new(cutPoints),
 		positions: newReplayPositions(), blocks: newBlockIDs()}
 	s.points.add(replay.HeaderSize, 0)
@@ -202,6 +205,13 @@ func (s logSink) Append(off int64, data []byte) error {
 	s.feed.Notify(p.off)
 	return nil
 }
+
+// AckLimit is logging.AckLimiter: the backup acknowledges only up to its newest safe
+// cut point, the offset a go-live would replay to. Every offset the primary sees
+// acked, and so every stamp of a frame it releases, is then at or below the cut a
+// go-live of this backup uses: stamp <= ack <= cut holds by construction, not by an
+// argument about where stamps fall.
+func (s logSink) AckLimit() int64 { return s.points.last() }
 
 func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_ *backup, err error) {
 	b := &backup{

@@ -94,6 +94,7 @@ type primary struct {
 	detail      string
 	written     int64
 	boundary    int64
+	safePoint   int64 // the newest safe cut point of the log (see safeCut): acks stop there
 	icount      uint64
 	lagMS       float64
 	lagBytes    int64
@@ -652,6 +653,12 @@ const tailEvery = 5 * time.Millisecond
 // tail follows the growing rr log, cuts it at event boundaries and publishes them.
 func (p *primary) tail(ctx context.Context) {
 	cut := replay.NewCutter(replay.HeaderSize, 0)
+	safe := int64(replay.HeaderSize)
+	cut.OnEvent(func(ev replay.Event) {
+		if safeCut(ev.Kind) {
+			safe = ev.End()
+		}
+	})
 	buf := make([]byte, 256<<10)
 	off := int64(replay.HeaderSize)
 	tick := time.NewTicker(tailEvery)
@@ -668,7 +675,7 @@ func (p *primary) tail(ctx context.Context) {
 			b, ic := cut.Boundary(), cut.Icount()
 			p.mu.Lock()
 			p.written = off
-			p.boundary, p.icount = b, ic
+			p.boundary, p.icount, p.safePoint = b, ic, safe
 			p.lags.add(mark{at: now, off: b, icount: ic})
 			p.mu.Unlock()
 			if p.sender != nil {
@@ -913,7 +920,10 @@ func (p *primary) handover(ctx context.Context) error {
 	// they do not change the guest) and every held frame is released.
 	time.Sleep(50 * time.Millisecond) // let the flush library and the tail catch up
 	p.mu.Lock()
-	paused := p.boundary // whole events only: the channel sends up to boundaries
+	// The backup acks only safe cut points (logSink.AckLimit): wait for the newest
+	// one the log has at the pause, not for its last event boundary, which may sit
+	// inside a group the backup never acks on its own.
+	paused := p.safePoint
 	p.mu.Unlock()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

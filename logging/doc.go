@@ -59,7 +59,8 @@
 // published event boundary and carries its icount. When idle it sends a
 // Heartbeat every HeartbeatInterval. The backup checks each frame (length,
 // offset == next expected, CRC), appends it to its Sink, and acks the
-// offset the Sink holds; it sends an Ack at least every HeartbeatInterval
+// offset the Sink holds (at most its AckLimit, for a Sink that is an
+// AckLimiter: the backup's acks only safe cut points); it sends an Ack at least every HeartbeatInterval
 // even without new data, carrying the replayed icount set by SetReplayed
 // (and, with StallReports, the stall report set by SetStall), so the Ack is
 // also its heartbeat. Acks are cumulative.
@@ -91,7 +92,8 @@
 // (holding guest output until acked) and that lag control; both live
 // outside this package.
 //
-// The backup acks only bytes its Sink.Append returned nil for.
+// The backup acks only bytes its Sink.Append returned nil for, and no more
+// than an AckLimiter sink allows.
 // ReceiverConfig.AckDelay delays every ack (tests only: it proves that the
 // primary holds output until acked).
 package logging

@@ -18,6 +18,16 @@ type Sink interface {
 	Append(off int64, data []byte) error
 }
 
+// AckLimiter is a Sink that holds bytes it must not acknowledge yet: the receiver
+// acks at most AckLimit, read after every Append. The backup's sink limits acks to
+// the newest point where its log may be cut for a go-live, so that every offset the
+// primary sees acknowledged (and releases output up to) is one the backup can
+// replay to exactly: stamp <= ack <= cut. AckLimit must not exceed the end of what
+// Append was given; a limit that moves backwards is ignored.
+type AckLimiter interface {
+	AckLimit() int64
+}
+
 // ReceiverConfig configures a Receiver. Zero values take defaults.
 type ReceiverConfig struct {
 	StartOffset       int64         // first expected byte (normally 12)
@@ -82,6 +92,7 @@ type Receiver struct {
 	err      error
 	replayed atomic.Uint64
 	held     atomic.Int64
+	ackLimit atomic.Int64  // the highest offset that may be acked (see AckLimiter)
 	ackDelay atomic.Int64  // nanoseconds; starts as cfg.AckDelay, see SetAckDelay
 	wake     chan struct{} // cap 1: something new to ack
 
@@ -101,6 +112,7 @@ func NewReceiver(conn net.Conn, sink Sink, cfg ReceiverConfig) *Receiver {
 	}
 	r.cfg = cfg
 	r.held.Store(cfg.StartOffset)
+	r.ackLimit.Store(cfg.StartOffset)
 	r.ackDelay.Store(int64(cfg.AckDelay))
 	r.st.Held, r.st.Acked = cfg.StartOffset, cfg.StartOffset
 	return r
@@ -250,7 +262,7 @@ func (r *Receiver) ackable(now time.Time) (int64, time.Time) {
 		r.mu.Lock()
 		r.pending = nil
 		r.mu.Unlock()
-		return r.held.Load(), time.Time{}
+		return r.ackLimit.Load(), time.Time{}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -305,6 +317,15 @@ func (r *Receiver) onFrame(p []byte, now time.Time) error {
 	}
 	end := f.End()
 	r.held.Store(end)
+	lim := end
+	if l, ok := r.sink.(AckLimiter); ok {
+		lim = min(end, l.AckLimit())
+	}
+	if lim > r.ackLimit.Load() {
+		r.ackLimit.Store(lim) // only this goroutine stores it after NewReceiver
+	} else {
+		lim = r.ackLimit.Load()
+	}
 	r.mu.Lock()
 	r.st.Held = end
 	r.st.Frames++
@@ -314,7 +335,7 @@ func (r *Receiver) onFrame(p []byte, now time.Time) error {
 		r.st.BoundaryIcount = f.Icount
 	}
 	if d := time.Duration(r.ackDelay.Load()); d > 0 {
-		r.pending = append(r.pending, pendingAck{off: end, at: now.Add(d)})
+		r.pending = append(r.pending, pendingAck{off: lim, at: now.Add(d)})
 	}
 	r.mu.Unlock()
 	select {
