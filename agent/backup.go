@@ -423,8 +423,7 @@ func (b *backup) run(conn net.Conn) {
 		scancel()
 		if err != nil {
 			if ctx.Err() == nil {
-				b.setFailed(fmt.Errorf("replaying qemu: %w", err))
-				b.conn.Close()
+				b.stepDown(fmt.Errorf("replaying qemu did not start: %w", err))
 			}
 			return
 		}
@@ -432,34 +431,101 @@ func (b *backup) run(conn net.Conn) {
 		b.pollReplay(ctx)
 	}()
 	err := recv.Run(ctx)
-	if ctx.Err() == nil && b.fence != nil {
-		if !errors.Is(err, logging.ErrPeerClosed) {
-			b.log.Error("primary lost", "err", err)
-			if b.failover(ctx, recv) {
-				return
-			}
-		} else if e, ok := b.handedOver(ctx); ok {
+	if ctx.Err() == nil && b.channelEnded(ctx, recv, err) {
+		return
+	}
+	_ = b.stop(context.Background())
+}
+
+// channelEnd is what a backup does when its log channel ends (onChannelEnd).
+type channelEnd int
+
+const (
+	// endStop: stop replaying; nothing to take over (no shared storage).
+	endStop channelEnd = iota
+	// endCheckHandover: the primary said Bye: go live only if it claimed the next
+	// epoch for this host (a planned failover), else stop.
+	endCheckHandover
+	// endClaim: the primary is lost (silent, its connection broke) or failed and
+	// said so: claim the next epoch and go live if won.
+	endClaim
+	// endStepDown: this backup failed locally (its replay died or did not start,
+	// its disk is full) or refused what it received (a log that does not parse, a
+	// bad frame): it stops WITHOUT claiming, and its primary, which is alive, carries
+	// on unprotected.
+	endStepDown
+)
+
+// onChannelEnd decides what a backup does when its receiver returned err; fenced
+// says it has shared storage to claim on. A backup claims only when the primary may
+// be gone: a fault of its own must never take the VM from a healthy primary (a won
+// claim makes that primary halt, and a broken backup cannot go live).
+func onChannelEnd(err error, fenced bool) channelEnd {
+	for _, local := range []error{logging.ErrAborted, logging.ErrSink, logging.ErrChecksum,
+		logging.ErrGap, logging.ErrStale, logging.ErrProtocol, logging.ErrConfig} {
+		if errors.Is(err, local) {
+			return endStepDown
+		}
+	}
+	switch {
+	case !fenced:
+		return endStop
+	case errors.Is(err, logging.ErrPeerClosed):
+		return endCheckHandover
+	}
+	return endClaim
+}
+
+// channelEnded acts on the end of the log channel (onChannelEnd). It reports
+// whether the VM now runs on this host.
+func (b *backup) channelEnded(ctx context.Context, recv *logging.Receiver, err error) bool {
+	switch onChannelEnd(err, b.fence != nil) {
+	case endClaim:
+		b.log.Error("primary lost", "err", err)
+		if b.failover(ctx, recv) {
+			return true
+		}
+	case endCheckHandover:
+		if e, ok := b.handedOver(ctx); ok {
 			// A planned failover: the primary claimed the next epoch for us.
 			b.log.Warn("planned failover: this copy owns the VM now", "epoch", e)
 			if b.goLive(recv, decision{Action: arbiter.ActionGoLive, Epoch: e, Reason: "planned failover"}) {
-				return
+				return true
 			}
 		}
+	case endStepDown:
+		b.setFailed(fmt.Errorf("stepped down without claiming; the primary carries on unprotected: %w", err))
+		return false
 	}
-	if ctx.Err() == nil {
-		b.mu.Lock()
-		if b.state == "replaying" {
-			b.state = "stopped"
-			b.detail = fmt.Sprintf("log channel ended: %v", err)
-		}
-		b.mu.Unlock()
-		if err != nil && !errors.Is(err, logging.ErrPeerClosed) {
-			b.log.Error("log channel ended", "err", err)
-		} else {
-			b.log.Info("log channel closed by primary")
-		}
+	b.mu.Lock()
+	if b.state == "replaying" {
+		b.state = "stopped"
+		b.detail = fmt.Sprintf("log channel ended: %v", err)
 	}
-	_ = b.stop(context.Background())
+	b.mu.Unlock()
+	if err != nil && !errors.Is(err, logging.ErrPeerClosed) {
+		b.log.Error("log channel ended", "err", err)
+	} else {
+		b.log.Info("log channel closed by primary")
+	}
+	return false
+}
+
+// stepDown ends this backup's protection after a local fault: it tells the primary
+// why (an Error on the log channel) and, when the channel ends, stops without
+// claiming an epoch (onChannelEnd): the primary is healthy and carries on
+// unprotected, its status saying why.
+func (b *backup) stepDown(err error) {
+	b.setFailed(fmt.Errorf("stepped down: %w", err))
+	b.mu.Lock()
+	r, c := b.recv, b.conn
+	b.mu.Unlock()
+	switch {
+	case r != nil:
+		r.Abort(err)
+	case c != nil:
+		c.Close()
+	}
 }
 
 // ackEvery is the backup's ack period and replayPollEvery how often it asks its QEMU how
@@ -604,8 +670,7 @@ func (b *backup) pollReplay(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-b.m.Exited():
-			b.setFailed(fmt.Errorf("replaying qemu exited: %v", b.m.ExitErr()))
-			b.conn.Close()
+			b.stepDown(fmt.Errorf("replaying qemu exited: %v", b.m.ExitErr()))
 			return
 		case a := <-answers:
 			inFlight = false
@@ -731,11 +796,16 @@ func (b *backup) setAckDelay(d time.Duration) error {
 
 func (b *backup) setFailed(err error) {
 	b.mu.Lock()
-	if b.state == "replaying" || b.state == "starting" {
+	changed := b.state == "replaying" || b.state == "starting"
+	if changed {
 		b.state, b.detail = "failed", err.Error()
 	}
 	b.mu.Unlock()
-	b.log.Error("backup failed", "err", err)
+	if changed {
+		b.log.Error("backup failed", "err", err)
+	} else {
+		b.log.Debug("backup failed again", "err", err)
+	}
 }
 
 // stop ends the backup and waits until it has, or until ctx ends (see waitStopped).

@@ -82,6 +82,7 @@ type primary struct {
 	keepDiskCopy bool
 	// stopSender ends the log channel with a Bye; backupHost is the backup's name.
 	stopSender context.CancelFunc
+	senderDone <-chan struct{} // closed when the sender's Run has returned
 	backupHost string
 
 	cancel   context.CancelFunc
@@ -599,18 +600,8 @@ func (p *primary) startStreams(context.Context) error {
 		}
 	})
 	if p.sender != nil {
+		p.startSender(ctx, p.sender)
 		s := p.sender
-		// The sender has its own context: ending protection stops it with a Bye
-		// (the backup then stops quietly) while the VM runs on.
-		sctx, scancel := context.WithCancel(ctx)
-		p.stopSender = scancel
-		p.go1(func() {
-			err := s.Run(sctx)
-			if sctx.Err() != nil {
-				return
-			}
-			p.backupLost(ctx, err)
-		})
 		p.go1(func() { p.ackLoop(ctx, s) })
 	}
 	p.go1(func() {
@@ -622,6 +613,24 @@ func (p *primary) startStreams(context.Context) error {
 	})
 	p.go1(func() { p.watchIOError(ctx) })
 	return nil
+}
+
+// startSender runs the log channel's sender under its own context: ending
+// protection stops it with a Bye (the backup then stops quietly) while the VM runs
+// on. A channel that ends otherwise is a lost (or stepped-down) backup. ctx is the
+// VM's.
+func (p *primary) startSender(ctx context.Context, s *logging.Sender) {
+	sctx, scancel := context.WithCancel(ctx)
+	senderDone := make(chan struct{})
+	p.stopSender, p.senderDone = scancel, senderDone
+	p.go1(func() {
+		defer close(senderDone)
+		err := s.Run(sctx)
+		if sctx.Err() != nil || errors.Is(err, logging.ErrAborted) {
+			return // protection ended on purpose, or this primary failed (fail)
+		}
+		p.backupLost(ctx, err)
+	})
 }
 
 // watchIOError fails the VM when its QEMU stops on an I/O error. A recording that
@@ -805,10 +814,16 @@ const throttleEvery = 100 * time.Millisecond
 // until the operator runs `ftvmd unprotect`. ctx is the VM's: stopping the VM ends a
 // claim that storage never answers (the fence retries for as long as ctx lasts).
 func (p *primary) backupLost(ctx context.Context, err error) {
+	// A backup that failed on its own says so (an Error on the channel) and steps
+	// down without claiming: it is not lost, it quit.
+	what := "backup lost"
+	if errors.Is(err, logging.ErrPeerRefused) {
+		what = "backup stepped down"
+	}
 	if p.fence != nil {
-		p.log.Error("backup lost", "err", err)
+		p.log.Error(what, "err", err)
 		p.mu.Lock()
-		p.state, p.detail = "claiming", fmt.Sprintf("backup lost (%v); claiming epoch %d", err, p.epoch+1)
+		p.state, p.detail = "claiming", fmt.Sprintf("%s (%v); claiming epoch %d", what, err, p.epoch+1)
 		p.mu.Unlock()
 		d, ferr := p.fence.peerLost(ctx)
 		if ferr != nil {
@@ -824,10 +839,16 @@ func (p *primary) backupLost(ctx context.Context, err error) {
 			p.mu.Lock()
 			p.epoch, p.claimDur = d.Epoch, d.Claim
 			p.mu.Unlock()
-			_ = p.goUnprotected(fmt.Sprintf("backup lost; won epoch %d in %s", d.Epoch, d.Claim.Round(time.Millisecond)))
+			_ = p.goUnprotected(fmt.Sprintf("%s (%v); won epoch %d in %s", what, err, d.Epoch, d.Claim.Round(time.Millisecond)))
 		default:
 			p.halt(fmt.Sprintf("lost epoch %d to the backup: %s", d.Epoch, d.Reason))
 		}
+		return
+	}
+	if errors.Is(err, logging.ErrPeerRefused) {
+		// Without shared storage a backup never goes live, and this one said it
+		// quit: nothing can take the VM over, so holding output protects nothing.
+		_ = p.goUnprotected(fmt.Sprintf("%s (%v)", what, err))
 		return
 	}
 	p.mu.Lock()
@@ -979,14 +1000,37 @@ func (p *primary) fail(err error) {
 		p.mu.Unlock()
 		return
 	}
+	s, sdone := p.sender, p.senderDone
+	// A protected primary's backup takes over (see below).
+	handOver := p.state == "protected" && s != nil && sdone != nil
 	p.state, p.detail = "failed", err.Error()
+	if handOver && p.fence != nil {
+		p.detail += "; the backup takes over"
+	}
 	p.mu.Unlock()
-	p.log.Error("vm failed", "err", err)
+	p.log.Error("vm failed", "err", err, "backup_takes_over", handOver)
 	// A failed primary must not keep releasing output.
 	if p.out != nil {
 		p.out.SetMode(outputrule.Halted)
 	}
-	go func() { _ = p.stop(context.Background()) }()
+	if !handOver {
+		go func() { _ = p.stop(context.Background()) }()
+		return
+	}
+	// The backup takes over: end the channel with an Error saying why (a Bye would
+	// make it stop quietly), and only then stop, so that the stop's Bye does not
+	// overtake it. The backup reads the Error as a failed primary, claims the next
+	// epoch and goes live from the log it holds; every frame released here was
+	// acknowledged, so it lies before the backup's cut. This copy never claims.
+	// (Without shared storage the backup cannot take over, and stops.)
+	s.Abort(fmt.Errorf("primary failed: %w", err))
+	go func() {
+		select {
+		case <-sdone:
+		case <-time.After(2 * time.Second):
+		}
+		_ = p.stop(context.Background())
+	}()
 }
 
 // stop ends the VM and waits until it has, or until ctx ends: then it returns an

@@ -32,6 +32,9 @@ var (
 	ErrSource = errors.New("logging: source read failed")
 	// ErrSink: the Sink refused an append.
 	ErrSink = errors.New("logging: sink append failed")
+	// ErrAborted: Abort ended Run: this side failed locally (its replay died, its
+	// disk filled, its recording failed) and told the peer why with an Error.
+	ErrAborted = errors.New("logging: aborted")
 	// ErrConfig: an invalid configuration value.
 	ErrConfig = errors.New("logging: invalid config")
 	// ErrExists: InitCA would overwrite an existing CA.
@@ -61,7 +64,7 @@ func (w *wrapped) Unwrap() error { return w.parent }
 // peer's own goodbye).
 func isRefusal(err error) bool {
 	for _, s := range []error{ErrProtocol, ErrChecksum, ErrGap, ErrStale, ErrPeerSilent,
-		ErrAckBeyondSent, ErrSource, ErrSink} {
+		ErrAckBeyondSent, ErrSource, ErrSink, ErrAborted} {
 		if errors.Is(err, s) {
 			return true
 		}

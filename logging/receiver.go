@@ -95,6 +95,7 @@ type Receiver struct {
 	ackLimit atomic.Int64  // the highest offset that may be acked (see AckLimiter)
 	ackDelay atomic.Int64  // nanoseconds; starts as cfg.AckDelay, see SetAckDelay
 	wake     chan struct{} // cap 1: something new to ack
+	abort    chan error    // cap 1: see Abort
 
 	mu      sync.Mutex
 	st      ReceiverStats
@@ -105,7 +106,7 @@ type Receiver struct {
 // NewReceiver returns a Receiver that appends frames from conn to sink.
 // Run takes ownership of conn and closes it on return.
 func NewReceiver(conn net.Conn, sink Sink, cfg ReceiverConfig) *Receiver {
-	r := &Receiver{conn: conn, sink: sink, wake: make(chan struct{}, 1)}
+	r := &Receiver{conn: conn, sink: sink, wake: make(chan struct{}, 1), abort: make(chan error, 1)}
 	r.err = cfg.validate()
 	if r.err != nil {
 		cfg.Logger, cfg.Now = discardLogger(), time.Now
@@ -145,6 +146,16 @@ func (r *Receiver) SetStall(s ReplayStall) {
 		case r.wake <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// Abort makes Run return an error wrapping ErrAborted and why, after telling the
+// primary why with an Error: the backup failed locally and steps down. Only the first
+// call counts; it never blocks.
+func (r *Receiver) Abort(why error) {
+	select {
+	case r.abort <- why:
+	default:
 	}
 }
 
@@ -213,6 +224,8 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 			return nil
 		case err := <-errc:
 			return r.count(err)
+		case why := <-r.abort:
+			return fmt.Errorf("%w: %w", ErrAborted, why)
 		case <-r.wake:
 		case <-delay.C:
 		case <-tick.C:

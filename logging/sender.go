@@ -104,6 +104,7 @@ type Sender struct {
 	pub  atomic.Pointer[published]
 	wake chan struct{} // cap 1: published or acked moved
 	acks chan Ack      // cap 1, latest wins
+	stop chan error    // cap 1: see Abort
 
 	mu sync.Mutex
 	st SenderStats
@@ -117,6 +118,7 @@ func NewSender(conn net.Conn, src Source, cfg SenderConfig) *Sender {
 		src:  src,
 		wake: make(chan struct{}, 1),
 		acks: make(chan Ack, 1),
+		stop: make(chan error, 1),
 	}
 	s.err = cfg.validate()
 	if s.err != nil {
@@ -149,6 +151,16 @@ func (s *Sender) Publish(boundary int64, icount uint64) {
 func (s *Sender) nudge() {
 	select {
 	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Abort makes Run return an error wrapping ErrAborted and why, after telling the
+// backup why with an Error (not a Bye): the primary failed and stops recording. Only
+// the first call counts; it never blocks.
+func (s *Sender) Abort(why error) {
+	select {
+	case s.stop <- why:
 	default:
 	}
 }
@@ -247,6 +259,8 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 			return nil
 		case err := <-errc:
 			return err
+		case why := <-s.stop:
+			return fmt.Errorf("%w: %w", ErrAborted, why)
 		case <-tick.C:
 			if done, err := handleTick(); done {
 				return err
@@ -273,6 +287,8 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 			return nil
 		case err := <-errc:
 			return err
+		case why := <-s.stop:
+			return fmt.Errorf("%w: %w", ErrAborted, why)
 		case <-tick.C:
 			if done, err := handleTick(); done {
 				return err
