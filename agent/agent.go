@@ -478,7 +478,11 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 		if req.Op == control.OpProtect {
 			backup = withPort(req.Backup)
 		}
-		if err := a.startPrimaryKeeping(ctx, spec, backup, nil, req.KeepDiskCopy); err != nil {
+		own, err := a.checkOwner(ctx, spec.Name, req.Force)
+		if err != nil {
+			return fail(err)
+		}
+		if err := a.startOwned(ctx, spec, backup, own, req.KeepDiskCopy); err != nil {
 			return fail(err)
 		}
 		if backup == "" {

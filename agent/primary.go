@@ -77,6 +77,7 @@ type primary struct {
 	fence    *fence // nil without shared storage
 	epoch    uint64
 	live     *liveStart
+	own      ownership // what the owner check saw (run, protect)
 	// keepDiskCopy keeps a copy of the disk as it was before recording, which
 	// `ftvmd rr check` replays on.
 	keepDiskCopy bool
@@ -131,12 +132,17 @@ type liveStart struct {
 }
 
 func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart) error {
-	return a.startPrimaryKeeping(ctx, spec, backup, live, false)
+	return a.startPrimaryKeeping(ctx, spec, backup, live, ownership{}, false)
 }
 
-// startPrimaryKeeping is startPrimary that, with keepDiskCopy, also keeps a copy of
-// the disk as it is before recording (for `ftvmd rr check`).
-func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart, keepDiskCopy bool) (err error) {
+// startOwned starts a VM on an operator's request (run, protect) after the owner
+// check (checkOwner) saw own; with keepDiskCopy it also keeps a copy of the disk as
+// it is before recording (for `ftvmd rr check`).
+func (a *Agent) startOwned(ctx context.Context, spec vmspec.Spec, backup string, own ownership, keepDiskCopy bool) error {
+	return a.startPrimaryKeeping(ctx, spec, backup, nil, own, keepDiskCopy)
+}
+
+func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart, own ownership, keepDiskCopy bool) (err error) {
 	p := &primary{
 		a: a, spec: spec, peer: backup, started: time.Now(),
 		log:      a.log.With("vm", spec.Name, "role", "primary"),
@@ -151,6 +157,7 @@ func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backu
 		ctrl:     throttle.NewController(time.Duration(spec.LagBoundMS) * time.Millisecond),
 		quota:    1,
 		live:     live,
+		own:      own,
 		dataPath: a.cfg.DataPath,
 
 		keepDiskCopy: keepDiskCopy,
@@ -179,6 +186,7 @@ func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backu
 		fn   func(context.Context) error
 	}{
 		{"prepare-dir", p.prepareDir},
+		{"claim-epoch", p.claimUnprotected},
 		{"connect-backup", p.connectBackup},
 		{"create-tap", p.createTap},
 		{"create-cgroup", p.createCgroup},
@@ -207,6 +215,23 @@ func (p *primary) prepareDir(context.Context) error {
 	return os.MkdirAll(p.dir, 0o700)
 }
 
+// claimUnprotected takes the VM's next epoch for `ftvmd run` (a protected start
+// claims in connectBackup, a go-live has claimed already): the latest epoch then
+// names the host that runs the VM, which the owner check of any other start reads,
+// and a copy still live elsewhere halts when it sees it (watchEpoch). A forced run
+// whose owner check could not read the store runs without an epoch.
+func (p *primary) claimUnprotected(ctx context.Context) error {
+	if p.peer != "" || p.live != nil || p.a.store == nil || (p.own.forced != "" && !p.own.known) {
+		return nil
+	}
+	e, err := claimOwn(ctx, p.a.store, p.spec.Name, p.a.cfg.Host, p.own, "run")
+	if err != nil {
+		return err
+	}
+	p.epoch = e
+	return nil
+}
+
 func (p *primary) connectBackup(ctx context.Context) error {
 	if p.peer == "" {
 		return nil
@@ -222,7 +247,7 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		img = &info
 	}
 	if p.a.store != nil {
-		e, err := claimFirst(ctx, p.a.store, p.spec.Name, p.a.cfg.Host)
+		e, err := claimOwn(ctx, p.a.store, p.spec.Name, p.a.cfg.Host, p.own, "protect")
 		if err != nil {
 			return err
 		}
@@ -1064,6 +1089,7 @@ func (p *primary) status() control.VMStatus {
 	defer p.mu.Unlock()
 	st := control.VMStatus{
 		Name: p.spec.Name, Role: "primary", State: p.state, Peer: p.peer, Detail: p.detail, DataPath: string(p.dataPath),
+		Forced:    p.own.forced,
 		StartedAt: p.started, Engine: p.a.engine.Name, EngineWarning: p.a.engine.Warning(), Epoch: p.epoch,
 		FailoverClaimMS: ms(p.claimDur), FailoverGoLiveMS: ms(p.goLiveDur),
 		Disk: p.diskPath(), CopyDone: p.copied.Done, CopyTotal: p.copied.Total, CopyRate: p.copied.Rate, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,

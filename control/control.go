@@ -45,6 +45,10 @@ type Request struct {
 	// KeepDiskCopy (OpRun, OpProtect) keeps a copy of the VM's disk as it is
 	// before recording starts, beside the log, for `ftvmd rr check`.
 	KeepDiskCopy bool `json:"keep_disk_copy,omitempty"`
+	// Force (OpRun, OpProtect) starts the VM even while another host owns its
+	// latest epoch on shared storage, or storage cannot say who does; the new
+	// epoch it claims makes a live copy elsewhere halt when it next reads the store.
+	Force bool `json:"force,omitempty"`
 	// AckDelayMS is OpTestAckDelay's argument.
 	AckDelayMS int `json:"ack_delay_ms,omitempty"`
 }
@@ -68,6 +72,12 @@ type VMStatus struct {
 	StartedAt time.Time `json:"started_at"`
 	PID       int       `json:"pid,omitempty"`
 	Epoch     uint64    `json:"epoch,omitempty"` // shared-storage epoch this copy runs under
+	// Forced: the VM was started with --force over another host's epoch (what it
+	// overrode).
+	Forced string `json:"forced,omitempty"`
+	// EpochCheck: why this live copy could not read its VM's epoch on shared
+	// storage at its last check ("" when it could); it carries on meanwhile.
+	EpochCheck string `json:"epoch_check,omitempty"`
 	// Engine names the QEMU this copy runs on (qemu.Engine.Name), and what an
 	// operator should know about it (qemu.Engine.Warning).
 	Engine string `json:"engine,omitempty"`

@@ -153,7 +153,7 @@ func newVMCmd(g *globalOpts) *cobra.Command {
 
 func newProtectCmd(g *globalOpts) *cobra.Command {
 	var backup string
-	var keep bool
+	var keep, force bool
 	c := &cobra.Command{
 		Use:   "protect <vm> --backup <host[:port]>",
 		Short: "Start the VM here as primary with a backup in lockstep on another host",
@@ -165,7 +165,7 @@ func newProtectCmd(g *globalOpts) *cobra.Command {
 			stop := make(chan struct{})
 			done := make(chan struct{})
 			go func() { defer close(done); showCopyProgress(ctx, g, args[0], stop) }()
-			resp, err := control.Call(ctx, g.socket, control.Request{Op: control.OpProtect, VM: args[0], Backup: backup, KeepDiskCopy: keep})
+			resp, err := control.Call(ctx, g.socket, control.Request{Op: control.OpProtect, VM: args[0], Backup: backup, KeepDiskCopy: keep, Force: force})
 			close(stop)
 			<-done
 			if err != nil {
@@ -177,6 +177,7 @@ func newProtectCmd(g *globalOpts) *cobra.Command {
 	}
 	c.Flags().StringVar(&backup, "backup", "", "backup host's agent address (host or host:port)")
 	c.Flags().BoolVar(&keep, "keep-disk-copy", false, "keep a copy of the disk as it is before recording, for 'ftvmd rr check'")
+	c.Flags().BoolVar(&force, "force", false, forceHelp)
 	return c
 }
 
@@ -224,12 +225,15 @@ func simpleVMCmd(g *globalOpts, use, short, op string) *cobra.Command {
 	}
 }
 
+// forceHelp is the --force of run and protect.
+const forceHelp = "start even while another host owns the VM's latest epoch on shared storage (it may run there: its copy halts when it sees the new epoch), or storage cannot say who does"
+
 func newRunCmd(g *globalOpts) *cobra.Command {
-	var keep bool
+	var keep, force bool
 	c := &cobra.Command{
 		Use: "run <vm>", Short: "Start the VM here unprotected (same engine, no backup)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			resp, err := call(cmd.Context(), g, control.Request{Op: control.OpRun, VM: args[0], KeepDiskCopy: keep})
+			resp, err := call(cmd.Context(), g, control.Request{Op: control.OpRun, VM: args[0], KeepDiskCopy: keep, Force: force})
 			if err != nil {
 				return err
 			}
@@ -238,6 +242,7 @@ func newRunCmd(g *globalOpts) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&keep, "keep-disk-copy", false, "keep a copy of the disk as it is before recording, for 'ftvmd rr check'")
+	c.Flags().BoolVar(&force, "force", false, forceHelp)
 	return c
 }
 
@@ -297,6 +302,12 @@ func printStatus(w io.Writer, resp control.Response) {
 		}
 		if v.Detail != "" {
 			fmt.Fprintf(tw, "detail\t%s\n", v.Detail)
+		}
+		if v.Forced != "" {
+			fmt.Fprintf(tw, "forced\tstarted with --force: %s\n", v.Forced)
+		}
+		if v.EpochCheck != "" {
+			fmt.Fprintf(tw, "epoch check\t%s\n", v.EpochCheck)
 		}
 		fmt.Fprintf(tw, "uptime\t%s\tqemu pid %d\n", time.Since(v.StartedAt).Round(time.Second), v.PID)
 		if v.DataPath != "" {
