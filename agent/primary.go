@@ -118,7 +118,13 @@ type primary struct {
 	goLiveDur   time.Duration
 	cleanups    cleanupStack
 	stopOnce    sync.Once
-	unprotect   func(reason string) error
+	// The epoch check (watchEpoch): its period and deadline (0: the defaults), what
+	// its last read said when it could not decide, and a planned failover under way
+	// (its claim for the backup is not a reason to halt).
+	epochEvery, epochTimeout time.Duration
+	epochCheck               string
+	handingOver              bool
+	unprotect                func(reason string) error
 }
 
 // liveStart makes startPrimary continue a VM from a backup's replay (go-live) instead
@@ -637,6 +643,9 @@ func (p *primary) startStreams(context.Context) error {
 		}
 	})
 	p.go1(func() { p.watchIOError(ctx) })
+	if p.a.store != nil && p.epoch > 0 {
+		p.go1(func() { p.watchEpoch(ctx) })
+	}
 	return nil
 }
 
@@ -988,6 +997,9 @@ func (p *primary) handover(ctx context.Context) error {
 		}
 	}
 	p.out.SetMode(outputrule.Halted)
+	p.mu.Lock()
+	p.handingOver = true
+	p.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	c, err := p.a.store.ClaimNext(sctx, p.spec.Name, p.epoch, p.backupHost, "planned failover from "+p.a.cfg.Host)
 	cancel()
@@ -1007,13 +1019,21 @@ func (p *primary) handover(ctx context.Context) error {
 	return nil
 }
 
-// halt stops this copy for good: another copy owns the VM now.
+// halt stops this copy for good: another copy owns the VM now. A log channel still
+// open ends with a Bye: the backup stops quietly (it goes live only on a claim of
+// its own or one made for it).
 func (p *primary) halt(reason string) {
 	p.out.SetMode(outputrule.Halted)
 	p.mu.Lock()
 	p.state, p.detail = "halted", reason
 	p.mu.Unlock()
 	p.log.Error("vm halted", "reason", reason)
+	if p.stopSender != nil {
+		p.stopSender()
+	}
+	if p.m == nil {
+		return
+	}
 	if err := p.m.Kill(); err != nil {
 		p.log.Warn("kill qemu", "err", err)
 	}
@@ -1089,7 +1109,7 @@ func (p *primary) status() control.VMStatus {
 	defer p.mu.Unlock()
 	st := control.VMStatus{
 		Name: p.spec.Name, Role: "primary", State: p.state, Peer: p.peer, Detail: p.detail, DataPath: string(p.dataPath),
-		Forced:    p.own.forced,
+		Forced: p.own.forced, EpochCheck: p.epochCheck,
 		StartedAt: p.started, Engine: p.a.engine.Name, EngineWarning: p.a.engine.Warning(), Epoch: p.epoch,
 		FailoverClaimMS: ms(p.claimDur), FailoverGoLiveMS: ms(p.goLiveDur),
 		Disk: p.diskPath(), CopyDone: p.copied.Done, CopyTotal: p.copied.Total, CopyRate: p.copied.Rate, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
