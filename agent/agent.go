@@ -200,6 +200,11 @@ type Agent struct {
 	vms map[string]vmRunner
 
 	wg sync.WaitGroup // VM goroutines
+
+	// The peer port's cap on unauthenticated connections and their deadline (0: the
+	// defaults, maxUnauthenticated and peerAuthTimeout; tests set them).
+	maxUnauth   int
+	authTimeout time.Duration
 }
 
 // New checks the config and prepares the state directory.
@@ -285,12 +290,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.notify("READY=1", "STATUS="+a.serviceStatus(peerLn.Addr().String()))
 	statusDone := make(chan struct{})
 	go func() { defer close(statusDone); a.notifyStatus(ctx, peerLn.Addr().String()) }()
+	certsDone := make(chan struct{})
+	go func() { defer close(certsDone); a.watchCerts(ctx) }()
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 		cancel()
 	}
 	<-statusDone
+	<-certsDone
 	a.notify("STOPPING=1", fmt.Sprintf("STATUS=stopping: %d VMs", a.vmCount()))
 	<-errc
 	if e := <-errc; err == nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,9 +23,28 @@ import (
 	"github.com/ftvmd/ftvmd/vmspec"
 )
 
-// servePeers accepts log channels from primaries.
+// Unauthenticated peers: at most maxUnauthenticated connections may be between
+// accept and a checked Hello at once, each for at most peerAuthTimeout (the TLS
+// handshake, a certificate from the CA, and the Hello). The peer port is open to the
+// network: without the cap, connections that never finish a handshake would cost a
+// goroutine and a socket each, without bound.
+const (
+	maxUnauthenticated = 16
+	peerAuthTimeout    = 10 * time.Second
+)
+
+// servePeers accepts log channels from primaries. A connection beyond the cap of
+// unauthenticated ones is closed at once, with a WARN when the cap is first reached
+// (and a count of those refused since, when it is reached again).
 func (a *Agent) servePeers(ctx context.Context, ln net.Listener) error {
 	go func() { <-ctx.Done(); ln.Close() }()
+	limit := a.maxUnauth
+	if limit <= 0 {
+		limit = maxUnauthenticated
+	}
+	slots := make(chan struct{}, limit)
+	var refused uint64
+	full := false
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -33,15 +53,62 @@ func (a *Agent) servePeers(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("peer accept: %w", err)
 		}
-		go a.servePeer(ctx, c)
+		select {
+		case slots <- struct{}{}:
+			full = false
+		default:
+			refused++
+			if !full {
+				full = true
+				a.log.Warn("peer port: too many unauthenticated connections; refusing new ones until some finish or time out",
+					"limit", limit, "refused_so_far", refused, "from", c.RemoteAddr().String())
+			}
+			c.Close()
+			continue
+		}
+		var once sync.Once
+		release := func() { once.Do(func() { <-slots }) }
+		go func() {
+			defer release()
+			a.servePeer(ctx, c, release)
+		}()
 	}
 }
 
-func (a *Agent) servePeer(ctx context.Context, c net.Conn) {
+// servePeer serves one connection on the peer port; it calls authenticated once the
+// peer has shown a certificate from the CA and a Hello whose name it names (or as it
+// gives up on it), freeing its place among the unauthenticated.
+func (a *Agent) servePeer(ctx context.Context, c net.Conn, authenticated func()) {
 	log := a.log.With("peer", c.RemoteAddr().String())
+	timeout := a.authTimeout
+	if timeout <= 0 {
+		timeout = peerAuthTimeout
+	}
+	// One deadline for the handshake and the Hello; ReadHello's own, shorter or not,
+	// applies within it.
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+		log.Warn("peer refused", "err", err)
+		c.Close()
+		return
+	}
+	if tc, ok := c.(*tls.Conn); ok {
+		hctx, cancel := context.WithTimeout(ctx, timeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			log.Warn("peer refused: TLS handshake", "err", err)
+			c.Close()
+			return
+		}
+	}
 	var hello peerHello
 	if err := logging.ReadHello(c, &hello); err != nil {
 		// Includes TLS handshake failures: a peer without the right certificate.
+		log.Warn("peer refused", "err", err)
+		c.Close()
+		return
+	}
+	if err := c.SetDeadline(time.Time{}); err != nil {
 		log.Warn("peer refused", "err", err)
 		c.Close()
 		return
@@ -55,7 +122,9 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn) {
 			log.Warn("peer reply", "err", werr)
 		}
 	}
-	if err := checkPeer(c, a.cfg.Host, hello.From, "primary"); err != nil {
+	err := checkPeer(c, a.cfg.Host, hello.From, "primary")
+	authenticated()
+	if err != nil {
 		log.Warn("peer refused", "from", hello.From, "err", err)
 		reply(err)
 		c.Close()

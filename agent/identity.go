@@ -50,8 +50,8 @@ func checkPeer(conn net.Conn, own, claimed, role string) error {
 // key others can read (logging.CheckKeyFile), a --host the certificate does not name
 // (the peer would refuse every connection, and the name is this host's epoch owner)
 // and a certificate that is not valid now; it warns when the host's or the CA's
-// certificate expires within logging.CertExpiryWarning. Only at start: an agent that
-// runs across the warning date does not warn again.
+// certificate expires within logging.CertExpiryWarning. A running agent checks the
+// dates again every certRecheckEvery (watchCerts).
 func (a *Agent) checkKeys(now time.Time) error {
 	if err := logging.CheckKeyFile(filepath.Join(a.cfg.KeysDir, logging.HostKeyFile)); err != nil {
 		return err
@@ -66,10 +66,18 @@ func (a *Agent) checkKeys(now time.Time) error {
 		return fmt.Errorf("%w: --host %q is not a name in this host's certificate %s, which names %q: start the agent with --host set to one of those, or issue a certificate for this name (ftvmd keys issue %s ...)",
 			logging.ErrIdentity, a.cfg.Host, certPath, names, a.cfg.Host)
 	}
+	return a.checkCertDates(now, cert)
+}
+
+// checkCertDates warns (a WARN) when this host's certificate, cert, or the CA's
+// expires within logging.CertExpiryWarning, and returns an error for one that is not
+// valid at now.
+func (a *Agent) checkCertDates(now time.Time, cert *x509.Certificate) error {
 	caCert, err := logging.LoadCACert(a.cfg.KeysDir)
 	if err != nil {
 		return err
 	}
+	certPath := filepath.Join(a.cfg.KeysDir, logging.HostCertFile)
 	for _, c := range []struct {
 		cert *x509.Certificate
 		what string
@@ -86,6 +94,37 @@ func (a *Agent) checkKeys(now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// certRecheckEvery is how often a running agent checks its certificates' dates again.
+const certRecheckEvery = 12 * time.Hour
+
+// recheckCerts is the periodic check of a running agent: the warning comes again
+// while the certificate nears its end (every certRecheckEvery), and an ERROR once it
+// has ended (every new connection to or from the peer then fails, and with it
+// protection). It reads the files again, so a certificate replaced meanwhile counts.
+func (a *Agent) recheckCerts(now time.Time) {
+	cert, err := logging.LoadHostCert(a.cfg.KeysDir)
+	if err == nil {
+		err = a.checkCertDates(now, cert)
+	}
+	if err != nil {
+		a.log.Error("certificate check: peers will refuse this host's connections", "err", err)
+	}
+}
+
+// watchCerts runs recheckCerts every certRecheckEvery until ctx ends.
+func (a *Agent) watchCerts(ctx context.Context) {
+	t := time.NewTicker(certRecheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			a.recheckCerts(now)
+		}
+	}
 }
 
 // checkHelloEpoch refuses a protection whose Hello names an epoch the primary does

@@ -300,6 +300,26 @@ func TestAgentWarnsOfCertificateExpiry(t *testing.T) {
 	}
 }
 
+// A running agent checks its certificates' dates again (before: only at start): it
+// warns again as the end nears, and says ERROR once the certificate has ended.
+func TestRunningAgentRechecksCertificates(t *testing.T) {
+	ca := newTestCA(t)
+	keys := filepath.Join(t.TempDir(), "keys")
+	if err := logging.IssueHostFor(ca.dir, keys, "hosta", nil, 40*24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	a := testAgent(t, "hosta", keys)
+	logs := captureLog(t, a)
+	a.recheckCerts(time.Now())
+	if strings.Contains(logs.String(), "certificate") {
+		t.Fatalf("40 days before the end: %s", logs.String())
+	}
+	a.recheckCerts(time.Now().Add(15 * 24 * time.Hour))
+	waitLog(t, logs, "WARN", "certificate expires soon", "in 25 days")
+	a.recheckCerts(time.Now().Add(41 * 24 * time.Hour))
+	waitLog(t, logs, "ERROR", "certificate check", "expired")
+}
+
 // A primary that fails to start after its backup accepted (here: no such bridge for
 // its tap) ends the channel with a Bye: a dropped connection would read as a lost
 // primary, and the backup would claim the next epoch and go live from no log at all.
