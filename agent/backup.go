@@ -685,10 +685,23 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 			"save_ms", rep.Save.Milliseconds(), "start_ms", rep.Start.Milliseconds(), "total_ms", rep.Total.Milliseconds())
 		return m, nil
 	}
+	// The VM's disk leaves the backup's run directory, which the next protection of
+	// this VM with this host as its backup empties, for a durable place named by the
+	// epoch: the live VM's acknowledged writes must outlive that.
+	liveDisk := b.diskPath
+	if liveDisk != "" {
+		dst := liveDiskName(b.a.cfg.StateDir, b.spec.Name, d.Epoch)
+		if err := moveLiveDisk(liveDisk, dst); err != nil {
+			b.log.Error("go-live: the live disk stays in the backup's run directory; copy it elsewhere before this host backs up this VM again", "disk", liveDisk, "err", err)
+		} else {
+			b.log.Info("go-live: live disk moved", "from", liveDisk, "to", dst)
+			liveDisk = dst
+		}
+	}
 	b.a.unregister(b.spec.Name, b)
 	gctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: d.Epoch, dataPath: b.dataPath, disk: b.diskPath, claim: d.Claim, launch: launch}); err != nil {
+	if err := b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: d.Epoch, dataPath: b.dataPath, disk: liveDisk, claim: d.Claim, launch: launch}); err != nil {
 		b.setFailed(fmt.Errorf("go live: %w", err))
 		return false
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -82,6 +83,20 @@ func TestDiskFailover(t *testing.T) {
 			}
 			if rep.Owner != "b" || !rep.ConnSurvived {
 				t.Fatalf("owner %s, connection survived %v", rep.Owner, rep.ConnSurvived)
+			}
+			// The live disk left the backup's run directory (scratch: the next
+			// protection with B as the backup empties it) for a durable,
+			// epoch-named place.
+			st, err := lab.Status(ctx, lab.HostB, "df")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := filepath.Join(lab.HostB.Dir, "disks", fmt.Sprintf("df.epoch-%020d.qcow2", st.Epoch))
+			if st.Disk != want {
+				t.Fatalf("live disk %q, want %q", st.Disk, want)
+			}
+			if _, err := os.Stat(want); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}
