@@ -552,6 +552,17 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 			return fail(err)
 		}
 		return ok(fmt.Sprintf("ack delay of %s set to %d ms", req.VM, req.AckDelayMS))
+	case control.OpTestDiverge:
+		if !a.cfg.TestKnobs {
+			return fail(errors.New("test knobs are disabled on this agent (--test-knobs)"))
+		}
+		v, found := a.lookup(req.VM)
+		b, isBackup := v.(*backup)
+		if !found || !isBackup {
+			return fail(fmt.Errorf("vm %q has no backup on %s", req.VM, a.cfg.Host))
+		}
+		b.testDiverge()
+		return ok(fmt.Sprintf("the sentinel of %s will see its replay's console differ", req.VM))
 	default:
 		return fail(fmt.Errorf("unknown operation %q", req.Op))
 	}

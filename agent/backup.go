@@ -114,7 +114,7 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn, authenticated func())
 		return
 	}
 	reply := func(err error) {
-		r := peerReply{OK: err == nil, Host: a.cfg.Host}
+		r := peerReply{OK: err == nil, Host: a.cfg.Host, ConsoleMarks: err == nil}
 		if err != nil {
 			r.Error = err.Error()
 		}
@@ -204,12 +204,20 @@ type backup struct {
 	// stallReports: the primary reads acks with the stall report (peerHello).
 	stallReports bool
 
+	// flipConsole: test knob (OpTestDiverge): the sentinel sees one byte of the
+	// replay's console flipped.
+	flipConsole atomic.Bool
+
 	mu       sync.Mutex
 	state    string
 	detail   string
 	replayed uint64
-	stall    stallState // the replay's current or last stall (see pollReplay)
-	cleanups cleanupStack
+	// The divergence sentinel: console bytes checked against the primary's marks,
+	// and what differed (empty while nothing did).
+	consoleChecked int64
+	divergence     string
+	stall          stallState // the replay's current or last stall (see pollReplay)
+	cleanups       cleanupStack
 }
 
 // logSink appends received frames to the backup's local log and lets the feed pass
@@ -459,7 +467,16 @@ func (b *backup) run(conn net.Conn) {
 	b.cutPoints = sink.points
 	b.positions = sink.positions
 	b.blocks = sink.blocks
+	// Console marks from the primary, for the sentinel. The receiver must not block:
+	// a full queue drops the mark (a later one covers the same bytes and more).
+	marks := make(chan logging.ConsoleMark, 64)
 	recv := logging.NewReceiver(b.conn, sink, logging.ReceiverConfig{
+		OnConsole: func(m logging.ConsoleMark) {
+			select {
+			case marks <- m:
+			default:
+			}
+		},
 		StartOffset: replay.HeaderSize,
 		// Acks carry the replayed icount, the primary's only view of the backup's
 		// progress: send them often so the measured lag is not ack cadence.
@@ -497,6 +514,8 @@ func (b *backup) run(conn net.Conn) {
 			return
 		}
 		b.log.Info("replaying qemu running", "pid", b.m.PID())
+		b.wg.Add(1)
+		go func() { defer b.wg.Done(); b.checkConsole(ctx, marks) }()
 		b.pollReplay(ctx)
 	}()
 	err := recv.Run(ctx)
@@ -864,6 +883,13 @@ func (b *backup) emittedFrames() uint64 {
 	return n
 }
 
+// testDiverge makes the sentinel see one byte of the replay's console flipped
+// (OpTestDiverge): a divergence, as if the replay had written something else.
+func (b *backup) testDiverge() {
+	b.flipConsole.Store(true)
+	b.log.Warn("test knob: the next console bytes the sentinel reads will differ by one bit")
+}
+
 func (b *backup) setAckDelay(d time.Duration) error {
 	b.mu.Lock()
 	r := b.recv
@@ -926,7 +952,7 @@ func (b *backup) status() control.VMStatus {
 	st := control.VMStatus{
 		Name: b.spec.Name, Role: "backup", State: b.state, Peer: b.peer, Detail: b.detail,
 		StartedAt: b.started, Engine: b.a.engine.Name, EngineWarning: b.a.engine.Warning(), Icount: b.replayed, EmittedFrames: b.emittedFrames(),
-		DataPath: string(b.dataPath),
+		DataPath: string(b.dataPath), ConsoleChecked: b.consoleChecked, Divergence: b.divergence,
 	}
 	if b.m != nil {
 		st.PID = b.m.PID()

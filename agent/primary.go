@@ -54,6 +54,9 @@ type peerReply struct {
 	OK    bool   `json:"ok"`
 	Error string `json:"error,omitempty"`
 	Host  string `json:"host,omitempty"` // the backup's host name (its epoch claims' owner)
+	// ConsoleMarks: this backup reads console marks (logging.MsgConsole), the
+	// divergence sentinel's input. An older backup leaves it out and gets none.
+	ConsoleMarks bool `json:"console_marks,omitempty"`
 }
 
 // primary runs the recording QEMU, streams its log and holds its output.
@@ -85,6 +88,8 @@ type primary struct {
 	stopSender context.CancelFunc
 	senderDone <-chan struct{} // closed when the sender's Run has returned
 	backupHost string
+	// consoleMarks: the backup reads console marks (peerReply.ConsoleMarks).
+	consoleMarks bool
 
 	cancel   context.CancelFunc
 	finished chan struct{}
@@ -288,6 +293,7 @@ func (p *primary) connectBackup(ctx context.Context) error {
 	// Bound to the backup's certificate (checkPeer): a planned failover claims the
 	// next epoch for this name.
 	p.backupHost = reply.Host
+	p.consoleMarks = reply.ConsoleMarks
 	if img != nil {
 		// The image is quiet: QEMU starts only after the copy.
 		p.log.Info("copying disk to backup", "image", p.spec.Disk, "bytes", img.Size)
@@ -634,6 +640,9 @@ func (p *primary) startStreams(context.Context) error {
 		p.startSender(ctx, p.sender)
 		s := p.sender
 		p.go1(func() { p.ackLoop(ctx, s) })
+		if p.consoleMarks {
+			p.go1(func() { p.sendConsoleMarks(ctx, s) })
+		}
 	}
 	p.go1(func() {
 		select {

@@ -34,6 +34,9 @@ const (
 	// OpTestAckDelay sets the backup's ack delay (test-only; the agent must run with
 	// --test-knobs). It proves the output rule holds frames until acked.
 	OpTestAckDelay = "test-ack-delay"
+	// OpTestDiverge makes a backup's divergence sentinel see one byte of its
+	// replay's console flipped (test-only; --test-knobs): the sentinel must fire.
+	OpTestDiverge = "test-diverge"
 )
 
 // Request is one CLI call.
@@ -78,6 +81,10 @@ type VMStatus struct {
 	// EpochCheck: why this live copy could not read its VM's epoch on shared
 	// storage at its last check ("" when it could); it carries on meanwhile.
 	EpochCheck string `json:"epoch_check,omitempty"`
+	// The divergence sentinel (backup): the replay's console matches the
+	// primary's up to ConsoleChecked bytes; Divergence says what differed, where.
+	ConsoleChecked int64  `json:"console_checked,omitempty"`
+	Divergence     string `json:"divergence,omitempty"`
 	// Engine names the QEMU this copy runs on (qemu.Engine.Name), and what an
 	// operator should know about it (qemu.Engine.Warning).
 	Engine string `json:"engine,omitempty"`

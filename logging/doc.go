@@ -38,6 +38,9 @@
 //	5 Heartbeat   sent unix-nano u64
 //	6 Bye         UTF-8 reason, at most 4 KiB (orderly shutdown)
 //	7 Error       UTF-8 reason, at most 4 KiB (refusal or failure)
+//	8 Console     console bytes u64 | crc32c u32 (the primary's console
+//	              output so far: the divergence sentinel's mark; sent only
+//	              to a backup that set ReceiverConfig.OnConsole and said so)
 //
 // The type and the length are checked against the type's limits before
 // any payload is read or allocated; an unknown type, a length outside the

@@ -41,8 +41,12 @@ type ReceiverConfig struct {
 	// (AckStallSize). Set it only when the primary said it reads them: an older
 	// primary refuses such acks as a protocol violation.
 	StallReports bool
-	Logger       *slog.Logger
-	Now          func() time.Time // default time.Now
+	// OnConsole, when set, is called (on the reader goroutine; it must not block)
+	// with each console mark the primary sends. A backup that sets it says so in
+	// its handshake; without it a console mark is a protocol violation.
+	OnConsole func(ConsoleMark)
+	Logger    *slog.Logger
+	Now       func() time.Time // default time.Now
 }
 
 func (c *ReceiverConfig) validate() error {
@@ -303,6 +307,16 @@ func (r *Receiver) handle(m Message) error {
 	case MsgHeartbeat:
 		_, err := decodeHeartbeat(m.Payload)
 		return err
+	case MsgConsole:
+		if r.cfg.OnConsole == nil {
+			return fmt.Errorf("%w: unexpected %s message from the primary", ErrProtocol, m.Type)
+		}
+		cm, err := decodeConsole(m.Payload)
+		if err != nil {
+			return err
+		}
+		r.cfg.OnConsole(cm)
+		return nil
 	case MsgBye, MsgError:
 		return peerGone(m)
 	default:

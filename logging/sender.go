@@ -102,9 +102,10 @@ type Sender struct {
 	err  error // config error, reported by Run
 
 	pub  atomic.Pointer[published]
-	wake chan struct{} // cap 1: published or acked moved
-	acks chan Ack      // cap 1, latest wins
-	stop chan error    // cap 1: see Abort
+	cons atomic.Pointer[ConsoleMark] // the latest console mark to send (see Console)
+	wake chan struct{}               // cap 1: published or acked moved
+	acks chan Ack                    // cap 1, latest wins
+	stop chan error                  // cap 1: see Abort
 
 	mu sync.Mutex
 	st SenderStats
@@ -153,6 +154,15 @@ func (s *Sender) nudge() {
 	case s.wake <- struct{}{}:
 	default:
 	}
+}
+
+// Console records the primary's latest console mark; Run sends it soon, after the
+// frames it is sending. Only the latest counts (each covers the bytes before it). It
+// never blocks. Call it only for a backup that reads console marks (it refuses an
+// unknown message type).
+func (s *Sender) Console(m ConsoleMark) {
+	s.cons.Store(&m)
+	s.nudge()
 }
 
 // Abort makes Run return an error wrapping ErrAborted and why, after telling the
@@ -213,6 +223,7 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 	defer tick.Stop()
 	buf := make([]byte, 0, HeaderSize+FrameHeaderSize+s.cfg.MaxFrame)
 	lastWrite := now
+	var lastConsole int64 // the console mark sent last
 	log.Info("log sender running", "start", s.cfg.StartOffset, "max_in_flight", s.cfg.MaxInFlight)
 
 	onTick := func() error {
@@ -266,6 +277,15 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 				return err
 			}
 		default:
+		}
+		if m := s.cons.Load(); m != nil && m.Bytes > lastConsole {
+			if err := pc.write(appendConsole(buf[:0], *m)); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return explain(errc, fmt.Errorf("sending console mark: %w", err))
+			}
+			lastConsole, lastWrite = m.Bytes, s.cfg.Now()
 		}
 		var sent bool
 		buf, sent, err = s.sendFrame(pc, buf[:0])

@@ -23,6 +23,7 @@ const (
 	MsgHeartbeat  MsgType = 5 // primary -> backup when idle
 	MsgBye        MsgType = 6 // orderly shutdown, UTF-8 reason
 	MsgError      MsgType = 7 // refusal or failure, UTF-8 reason
+	MsgConsole    MsgType = 8 // primary -> backup: console mark (see ConsoleMark)
 )
 
 func (t MsgType) String() string {
@@ -41,6 +42,8 @@ func (t MsgType) String() string {
 		return "Bye"
 	case MsgError:
 		return "Error"
+	case MsgConsole:
+		return "Console"
 	}
 	return fmt.Sprintf("MsgType(%d)", uint8(t))
 }
@@ -52,6 +55,7 @@ const (
 	AckSize         = 24      // held offset u64, replayed icount u64, sent unix-nano u64
 	AckStallSize    = 56      // AckSize + ReplayStall: for ns, at icount, beyond, episodes (u64 each)
 	HeartbeatSize   = 8       // sent unix-nano u64
+	ConsoleSize     = 12      // console bytes u64, crc32c u32
 	MaxFrameData    = 1 << 20 // largest data section of one Frame
 	MaxHelloSize    = 64 << 10
 	MaxReasonSize   = 4 << 10
@@ -78,6 +82,8 @@ func maxPayload(t MsgType) (min, max int, ok bool) {
 		return HeartbeatSize, HeartbeatSize, true
 	case MsgBye, MsgError:
 		return 0, MaxReasonSize, true
+	case MsgConsole:
+		return ConsoleSize, ConsoleSize, true
 	}
 	return 0, 0, false
 }
@@ -258,6 +264,28 @@ func clampInt64(v uint64) int64 {
 		return math.MaxInt64
 	}
 	return int64(v)
+}
+
+// ConsoleMark is the primary's console output at one moment: the CRC-32C of its
+// first Bytes bytes (sentinel.Mark). The backup compares it with its replay's console
+// at the same length; a primary sends marks only to a backup that said it reads them
+// (an older one refuses an unknown message type).
+type ConsoleMark struct {
+	Bytes int64
+	CRC   uint32
+}
+
+func appendConsole(b []byte, m ConsoleMark) []byte {
+	b = appendHeader(b, MsgConsole, ConsoleSize)
+	b = binary.BigEndian.AppendUint64(b, uint64(max(m.Bytes, 0)))
+	return binary.BigEndian.AppendUint32(b, m.CRC)
+}
+
+func decodeConsole(p []byte) (ConsoleMark, error) {
+	if len(p) != ConsoleSize {
+		return ConsoleMark{}, fmt.Errorf("%w: console mark payload %d bytes, want %d", ErrProtocol, len(p), ConsoleSize)
+	}
+	return ConsoleMark{Bytes: clampInt64(binary.BigEndian.Uint64(p)), CRC: binary.BigEndian.Uint32(p[8:])}, nil
 }
 
 func appendHeartbeat(b []byte, now time.Time) []byte {

@@ -309,6 +309,11 @@ func printStatus(w io.Writer, resp control.Response) {
 		if v.EpochCheck != "" {
 			fmt.Fprintf(tw, "epoch check\t%s\n", v.EpochCheck)
 		}
+		if v.Divergence != "" {
+			fmt.Fprintf(tw, "DIVERGED\t%s\n", v.Divergence)
+		} else if v.ConsoleChecked > 0 {
+			fmt.Fprintf(tw, "sentinel\tconsole matches the primary's for %s\n", size(v.ConsoleChecked))
+		}
 		fmt.Fprintf(tw, "uptime\t%s\tqemu pid %d\n", time.Since(v.StartedAt).Round(time.Second), v.PID)
 		if v.DataPath != "" {
 			fmt.Fprintf(tw, "data path\t%s\n", v.DataPath)

@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/sentinel"
+)
+
+// consoleEvery is how often each copy reads what its QEMU added to its console: the
+// primary to send a console mark, the backup to check its replay's console against
+// the marks (the divergence sentinel).
+const consoleEvery = 250 * time.Millisecond
+
+// consoleTail reads a console file as it grows. The file appears when QEMU starts.
+type consoleTail struct {
+	path string
+	f    *os.File
+	off  int64
+	buf  []byte
+}
+
+// next returns the bytes added since the last call (nil when none, or while the file
+// does not exist yet).
+func (c *consoleTail) next() ([]byte, error) {
+	if c.f == nil {
+		f, err := os.Open(c.path)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("console: %w", err)
+		}
+		c.f, c.buf = f, make([]byte, 64<<10)
+	}
+	n, err := c.f.ReadAt(c.buf, c.off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("console: %w", err)
+	}
+	c.off += int64(n)
+	return c.buf[:n], nil
+}
+
+func (c *consoleTail) close() {
+	if c.f != nil {
+		c.f.Close()
+	}
+}
+
+// sendConsoleMarks is the primary's half of the divergence sentinel: it keeps a
+// running CRC-32C of its QEMU's console and sends it to the backup as it grows.
+func (p *primary) sendConsoleMarks(ctx context.Context, s *logging.Sender) {
+	tail := &consoleTail{path: p.m.Config().ConsoleLog}
+	defer tail.close()
+	var n int64
+	var crc uint32
+	t := time.NewTicker(consoleEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for {
+			b, err := tail.next()
+			if err != nil {
+				p.log.Warn("divergence sentinel: console unreadable; no more marks", "err", err)
+				return
+			}
+			if len(b) == 0 {
+				break
+			}
+			crc, n = sentinel.Update(crc, b), n+int64(len(b))
+			s.Console(logging.ConsoleMark{Bytes: n, CRC: crc})
+		}
+	}
+}
+
+// checkConsole is the backup's half of the divergence sentinel: it feeds its
+// replay's console and the primary's marks (from marks) to a sentinel.Comparer. On a
+// divergence it reports where (console bytes, replayed icount, log offset) and steps
+// down: a replay that executed something the primary did not cannot take over.
+func (b *backup) checkConsole(ctx context.Context, marks <-chan logging.ConsoleMark) {
+	tail := &consoleTail{path: b.m.Config().ConsoleLog}
+	defer tail.close()
+	cmp := sentinel.New(sentinel.Config{})
+	t := time.NewTicker(consoleEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-marks:
+			cmp.Primary(sentinel.Mark{Bytes: m.Bytes, CRC: m.CRC})
+		case <-t.C:
+			for {
+				p, err := tail.next()
+				if err != nil {
+					b.log.Warn("divergence sentinel: replay console unreadable; no more checks", "err", err)
+					return
+				}
+				if len(p) == 0 {
+					break
+				}
+				if b.flipConsole.Swap(false) {
+					p[0] ^= 0x01 // test knob: as if the replay had written another byte
+					b.log.Warn("test knob: one byte of the replay's console flipped for the sentinel", "at", cmp.Stats().Replayed)
+				}
+				cmp.Replay(p)
+			}
+		}
+		st := cmp.Stats()
+		b.mu.Lock()
+		b.consoleChecked = st.Checked
+		b.mu.Unlock()
+		if d := cmp.Diverged(); d != nil {
+			b.diverged(*d)
+			return
+		}
+	}
+}
+
+// diverged reports a divergence the sentinel found and steps down.
+func (b *backup) diverged(d sentinel.Divergence) {
+	b.mu.Lock()
+	icount := b.replayed
+	b.mu.Unlock()
+	var pos int64
+	if b.feed != nil {
+		pos = b.feed.FedOffset()
+	}
+	if b.positions != nil {
+		if off, ok := b.positions.at(icount); ok {
+			pos = off
+		}
+	}
+	what := fmt.Sprintf("replay diverged from the recording: %s; replay at icount %d, log offset %d", d, icount, pos)
+	b.log.Warn("replay diverged", "console_from", d.Since, "console_to", d.Mark.Bytes, "replay_crc", fmt.Sprintf("%08x", d.Replay),
+		"primary_crc", fmt.Sprintf("%08x", d.Mark.CRC), "icount", icount, "log_offset", pos)
+	b.mu.Lock()
+	b.divergence = what
+	b.mu.Unlock()
+	b.stepDown(errors.New(what))
+}
