@@ -20,7 +20,9 @@ import (
 // status says why.
 func TestDivergenceSentinel(t *testing.T) {
 	l := needLab(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	// It takes about a minute and a half (mostly the guest's boot); the deadline
+	// leaves room for a loaded host.
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	const vm = "sentinel"
 	t0 := time.Now()
