@@ -260,11 +260,33 @@ func (c Config) Env() []string {
 // optValue escapes a value for QEMU's key=value,... option syntax.
 func optValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
+// blockFile makes a path safe as a block-layer file name: QEMU reads a name with a
+// colon before its first slash ("nbd:host:port", "json:{...}") as a protocol, not
+// a file (block.c path_has_protocol); "./" in front keeps it the file it names.
+func blockFile(path string) string {
+	if i := strings.IndexAny(path, ":/\\"); i >= 0 && path[i] == ':' {
+		return "./" + path
+	}
+	return path
+}
+
+// impliedValue escapes the first value of an option whose key QEMU implies (-name's
+// guest, a unix: chardev's path): a value with "=" in it would be read as
+// "key=value" and set another option, so such a value gets its key written out.
+// Others are left as they are, so the command lines of earlier recordings stay
+// the same (rr check compares them).
+func impliedValue(key, s string) string {
+	if strings.Contains(s, "=") {
+		return key + "=" + optValue(s)
+	}
+	return optValue(s)
+}
+
 func appendName(c Config) []string {
 	if c.Name == "" {
 		return nil
 	}
-	return []string{"-name", optValue(c.Name)}
+	return []string{"-name", impliedValue("guest", c.Name)}
 }
 
 func appendMachine(c Config) []string {
@@ -326,7 +348,7 @@ func appendNIC(c Config) []string {
 	}
 	// tx=timer: the default tx=bh flushes at an unlogged moment and hangs replay.
 	return []string{"-netdev", netdev,
-		"-device", "virtio-net-pci,netdev=n0,mac=" + n.MAC + ",tx=timer",
+		"-device", "virtio-net-pci,netdev=n0,mac=" + optValue(n.MAC) + ",tx=timer",
 		"-object", "filter-replay,id=r0,netdev=n0"}
 }
 
@@ -336,7 +358,7 @@ func appendDisks(c Config) []string {
 		img := "img" + strconv.Itoa(i)
 		blk := "blk" + strconv.Itoa(i)
 		a = append(a,
-			"-drive", "file="+optValue(d.Path)+",if=none,id="+img+",format=qcow2",
+			"-drive", "file="+optValue(blockFile(d.Path))+",if=none,id="+img+",format=qcow2",
 			"-drive", "driver=blkreplay,if=none,image="+img+",id="+blk,
 			"-device", "virtio-blk-pci,drive="+blk)
 	}
@@ -348,14 +370,14 @@ func appendSnapshotDrive(c Config) []string {
 		return nil
 	}
 	// Not attached to the guest: it only holds savevm snapshots.
-	return []string{"-drive", "file=" + optValue(c.SnapshotDrive) + ",if=none,id=snap0,format=qcow2"}
+	return []string{"-drive", "file=" + optValue(blockFile(c.SnapshotDrive)) + ",if=none,id=snap0,format=qcow2"}
 }
 
 func appendQMP(c Config) []string {
 	if c.QMPSocket == "" {
 		return nil
 	}
-	return []string{"-qmp", "unix:" + optValue(c.QMPSocket) + ",server=on,wait=off"}
+	return []string{"-qmp", "unix:" + impliedValue("path", c.QMPSocket) + ",server=on,wait=off"}
 }
 
 func appendLoadVM(c Config) []string {

@@ -19,6 +19,7 @@ func TestAppenders(t *testing.T) {
 	}{
 		{"name", appendName, Config{Name: "vm,1"}, "-name vm,,1"},
 		{"name empty", appendName, Config{}, ""},
+		{"name with =", appendName, Config{Name: "debug-threads=on"}, "-name guest=debug-threads=on"},
 		{"machine", appendMachine, Config{MemoryMB: 256},
 			"-M pc -accel tcg -cpu qemu64 -smp 1 -m 256 -rtc clock=vm -nographic -nodefaults -no-user-config"},
 		{"icount record", appendIcount, Config{Mode: ModeRecord, IcountShift: 4, RRFile: "/l/rr.bin"},
@@ -41,6 +42,8 @@ func TestAppenders(t *testing.T) {
 		{"snapshot drive", appendSnapshotDrive, Config{SnapshotDrive: "/d/snap.qcow2"},
 			"-drive file=/d/snap.qcow2,if=none,id=snap0,format=qcow2"},
 		{"qmp", appendQMP, Config{QMPSocket: "/r/qmp.sock"}, "-qmp unix:/r/qmp.sock,server=on,wait=off"},
+		{"qmp with =", appendQMP, Config{QMPSocket: "/r/a=b,c/qmp.sock"}, "-qmp unix:path=/r/a=b,,c/qmp.sock,server=on,wait=off"},
+		{"disk named like a protocol", appendSnapshotDrive, Config{SnapshotDrive: "nbd:h:1"}, "-drive file=./nbd:h:1,if=none,id=snap0,format=qcow2"},
 		{"loadvm", appendLoadVM, Config{LoadVM: "live"}, "-loadvm live"},
 		{"paused", appendPaused, Config{StartPaused: true}, "-S"},
 	}
