@@ -43,6 +43,10 @@ var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
 // ErrNotFound is returned by Load when no spec with that name is stored.
 var ErrNotFound = errors.New("vm spec not found")
 
+// ValidName reports whether name can name a VM: 1-32 of a-z, 0-9, '-', '_',
+// starting with a letter or digit.
+func ValidName(name string) bool { return nameRE.MatchString(name) }
+
 // Normalize fills defaults for unset fields.
 func (s *Spec) Normalize() {
 	if s.MemoryMB == 0 {
@@ -58,7 +62,13 @@ func (s *Spec) Normalize() {
 	if s.LagBoundMS == 0 {
 		s.LagBoundMS = DefaultLagBoundMS
 	}
-	s.MAC = strings.ToLower(s.MAC)
+	// One spelling, the one QEMU's mac= takes: Go's ParseMAC also accepts
+	// "5254.0012.3456", which QEMU refuses at start.
+	if hw, err := net.ParseMAC(s.MAC); err == nil && len(hw) == 6 {
+		s.MAC = hw.String()
+	} else {
+		s.MAC = strings.ToLower(s.MAC)
+	}
 }
 
 // Shift returns the icount shift (after Normalize it is always set).
