@@ -66,10 +66,4 @@ func nicFor(d DataPath, mac, dir, tap string) *qemu.NIC {
 // backupTapName is the tap a backup's replaying QEMU gets on the tap path: on no
 // bridge (a replay emits nothing) and named apart from the primary's tap, which the
 // same host creates when this backup goes live.
-func backupTapName(vm string) string {
-	n := "fb-" + vm
-	if len(n) > 15 {
-		n = n[:15]
-	}
-	return n
-}
+func backupTapName(vm string) string { return ifName("fb-", vm) }

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -1151,12 +1153,20 @@ func fillBackupStallStatus(st *control.VMStatus, s logging.ReplayStall) {
 }
 
 // tapName derives a Linux interface name (at most 15 bytes) from the VM name.
-func tapName(vm string) string {
-	n := "ft-" + vm
-	if len(n) > 15 {
-		n = n[:15]
+func tapName(vm string) string { return ifName("ft-", vm) }
+
+// ifName is prefix+vm when that fits an interface name (15 bytes). A longer one is
+// cut and ends in "." and a hash of the whole VM name: cutting alone gave VMs that
+// share their first 12 characters one tap, and no VM name has a ".", so a hashed
+// name never equals another VM's uncut one.
+func ifName(prefix, vm string) string {
+	n := prefix + vm
+	if len(n) <= 15 {
+		return n
 	}
-	return n
+	sum := sha256.Sum256([]byte(vm))
+	h := hex.EncodeToString(sum[:4])
+	return n[:15-1-len(h)] + "." + h
 }
 
 func fillRelayStatus(st *control.VMStatus, rs netbuf.RelayStats) {
