@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"time"
+	"unicode/utf8"
 )
 
 // The epoch claim is the second fence of a fault-tolerant pair (the output rule is
@@ -35,7 +36,7 @@ var (
 	ErrEpochRegressed = errors.New("store is behind the epoch already seen")
 	// ErrInvalidVM: the VM name is empty, too long, or not a plain file name.
 	ErrInvalidVM = errors.New("invalid VM name")
-	// ErrInvalidOwner: the owner (host name) is empty or too long.
+	// ErrInvalidOwner: the owner (host name) is empty, too long or not UTF-8.
 	ErrInvalidOwner = errors.New("invalid claim owner")
 	// ErrInvalidEpoch: the epoch seen cannot be followed (it is the maximum).
 	ErrInvalidEpoch = errors.New("invalid epoch")
@@ -116,6 +117,11 @@ func validateClaimArgs(vm string, seen uint64, owner, reason string) error {
 	}
 	if len(owner) > maxOwnerLen {
 		return fmt.Errorf("%w: %d bytes, at most %d", ErrInvalidOwner, len(owner), maxOwnerLen)
+	}
+	if !utf8.ValidString(owner) {
+		// A claim file stores it as JSON, which would replace the bad bytes: the
+		// owner read back would differ, and its own retry would lose to itself.
+		return fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalidOwner, owner)
 	}
 	if len(reason) > maxReasonLen {
 		return fmt.Errorf("disk: claim reason is %d bytes, at most %d", len(reason), maxReasonLen)
