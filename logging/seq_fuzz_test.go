@@ -29,7 +29,7 @@ func FuzzSenderReceiver(f *testing.F) {
 		if len(ops) < 2 || len(data) == 0 {
 			return
 		}
-		maxFrame := 1 + int(ops[0])*8              // 1..2041 bytes
+		maxFrame := 1 + int(ops[0])*8          // 1..2041 bytes
 		window := int64(1+int(ops[1])%64) * 64 // 64..4096 bytes in flight
 		breakAt := -1
 		if ops[0]&0x80 != 0 && len(ops) > 2 {
