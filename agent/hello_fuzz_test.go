@@ -19,7 +19,7 @@ var afterHello = []byte("FTVMDIMG-next-message")
 
 // readHelloFrom runs logging.ReadHello on a connection that carries b and then
 // afterHello, and returns what ReadHello left unread.
-func readHelloFrom(t *testing.T, b []byte, v any) (error, []byte) {
+func readHelloFrom(t *testing.T, b []byte, v any) ([]byte, error) {
 	t.Helper()
 	c1, c2 := net.Pipe()
 	go func() {
@@ -33,7 +33,7 @@ func readHelloFrom(t *testing.T, b []byte, v any) (error, []byte) {
 		rest, _ = io.ReadAll(c2)
 	}
 	c2.Close()
-	return err, rest
+	return rest, err
 }
 
 // FuzzHello: what a backup reads as a primary's Hello (with the VM spec it
@@ -63,7 +63,7 @@ func FuzzHello(f *testing.F) {
 	f.Add([]byte{byte(logging.MsgHello), 0, 1, 0, 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var h peerHello
-		err, rest := readHelloFrom(t, b, &h)
+		rest, err := readHelloFrom(t, b, &h)
 		if err != nil {
 			switch {
 			case errors.Is(err, logging.ErrProtocol), errors.Is(err, logging.ErrPeerClosed), errors.Is(err, logging.ErrPeerRefused),
