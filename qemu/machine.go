@@ -160,8 +160,8 @@ type Machine struct {
 	cmd      *exec.Cmd
 	cleanups []func() error
 
-	monMu    sync.Mutex // guards mon, raw, procGone
-	mon      *qmp.SocketMonitor
+	monMu    sync.Mutex  // guards mon, raw, procGone
+	mon      qmp.Monitor // a qmp.SocketMonitor on QEMU's socket (a test puts qmptest's fake here)
 	raw      *raw.Monitor
 	procGone bool
 

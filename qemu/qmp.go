@@ -19,7 +19,7 @@ type ReplayInfo struct {
 
 // monitor returns the connected QMP monitor and its typed view (nil before
 // connect-qmp).
-func (m *Machine) monitor() (*qmp.SocketMonitor, *raw.Monitor) {
+func (m *Machine) monitor() (qmp.Monitor, *raw.Monitor) {
 	m.monMu.Lock()
 	defer m.monMu.Unlock()
 	return m.mon, m.raw
@@ -37,7 +37,7 @@ func (m *Machine) qmpContext(ctx context.Context) (context.Context, context.Canc
 // Machine and waits for it, ctx's deadline, or the process's exit. go-qemu's
 // Run has no deadline: after a timeout the goroutine stays until QEMU
 // answers or the monitor is disconnected when QEMU exits.
-func (m *Machine) call(ctx context.Context, name string, fn func(*qmp.SocketMonitor, *raw.Monitor) error) error {
+func (m *Machine) call(ctx context.Context, name string, fn func(qmp.Monitor, *raw.Monitor) error) error {
 	m.monMu.Lock()
 	mon, r, gone := m.mon, m.raw, m.procGone
 	if !gone && mon != nil {
@@ -77,7 +77,7 @@ func (m *Machine) runTyped(ctx context.Context, cmd qmp.Command, ret any) error 
 	if err != nil {
 		return fmt.Errorf("qmp %s: %w", cmd.Execute, err)
 	}
-	return m.call(ctx, cmd.Execute, func(mon *qmp.SocketMonitor, _ *raw.Monitor) error {
+	return m.call(ctx, cmd.Execute, func(mon qmp.Monitor, _ *raw.Monitor) error {
 		out, err := mon.Run(bs)
 		if err != nil {
 			return err
@@ -108,7 +108,7 @@ func (m *Machine) QueryReplay(ctx context.Context) (ReplayInfo, error) {
 // Status returns the run state, e.g. "running", "paused", "shutdown".
 func (m *Machine) Status(ctx context.Context) (string, error) {
 	var st raw.StatusInfo
-	err := m.call(ctx, "query-status", func(_ *qmp.SocketMonitor, r *raw.Monitor) (err error) {
+	err := m.call(ctx, "query-status", func(_ qmp.Monitor, r *raw.Monitor) (err error) {
 		st, err = r.QueryStatus()
 		return err
 	})
@@ -120,19 +120,19 @@ func (m *Machine) Status(ctx context.Context) (string, error) {
 
 // Cont resumes the guest.
 func (m *Machine) Cont(ctx context.Context) error {
-	return m.call(ctx, "cont", func(_ *qmp.SocketMonitor, r *raw.Monitor) error { return r.Cont() })
+	return m.call(ctx, "cont", func(_ qmp.Monitor, r *raw.Monitor) error { return r.Cont() })
 }
 
 // Pause stops the guest's vCPU (QMP stop).
 func (m *Machine) Pause(ctx context.Context) error {
-	return m.call(ctx, "stop", func(_ *qmp.SocketMonitor, r *raw.Monitor) error { return r.Stop() })
+	return m.call(ctx, "stop", func(_ qmp.Monitor, r *raw.Monitor) error { return r.Stop() })
 }
 
 // HMP runs a human monitor command (e.g. "savevm tag") and returns its text.
 // Note that HMP reports many failures in the text, not as a QMP error.
 func (m *Machine) HMP(ctx context.Context, cmdline string) (string, error) {
 	var out string
-	err := m.call(ctx, "human-monitor-command", func(_ *qmp.SocketMonitor, r *raw.Monitor) (err error) {
+	err := m.call(ctx, "human-monitor-command", func(_ qmp.Monitor, r *raw.Monitor) (err error) {
 		out, err = r.HumanMonitorCommand(cmdline, nil)
 		return err
 	})
@@ -158,5 +158,5 @@ func (m *Machine) AnnounceSelf(ctx context.Context) error {
 // Quit asks QEMU to exit (QMP quit). QEMU may close the socket before it
 // answers; Stop waits for the exit itself.
 func (m *Machine) Quit(ctx context.Context) error {
-	return m.call(ctx, "quit", func(_ *qmp.SocketMonitor, r *raw.Monitor) error { return r.Quit() })
+	return m.call(ctx, "quit", func(_ qmp.Monitor, r *raw.Monitor) error { return r.Quit() })
 }
