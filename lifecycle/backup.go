@@ -32,6 +32,8 @@ func (m *Machine) stepBackup(ev Event) error {
 		return nil
 	case EventUnprotect, EventHandover:
 		return fmt.Errorf("vm %s is a backup on this host: %w", m.cfg.VM, ErrWrongRole)
+	case EventEpochSuperseded:
+		return nil // a backup runs nothing to fence; its claim decides
 	case EventPeerLost:
 		return m.primaryLost(ev)
 	case EventPeerBack:
@@ -65,7 +67,8 @@ func (m *Machine) stepBackup(ev Event) error {
 
 // primaryLost: the log channel ended. A Bye is the primary's choice: it stopped,
 // went unprotected, or handed the VM over to this copy, which only the store
-// tells apart. Anything else is a lost primary: the arbiter claims.
+// tells apart. Anything else is a lost primary, or one that failed and said so:
+// the arbiter claims.
 func (m *Machine) primaryLost(ev Event) error {
 	if m.reading || m.state == Claiming || m.state == GoingLive {
 		return nil
@@ -80,7 +83,12 @@ func (m *Machine) primaryLost(ev Event) error {
 		m.emit(Action{Type: ActionReadClaim})
 		return nil
 	}
-	return m.claiming(fmt.Sprintf("primary lost (%v); claiming epoch %d", ev.Err, m.epoch+1))
+	what := "primary lost"
+	if ev.Quit {
+		what = "primary failed"
+	}
+	m.lostWhy = fmt.Sprintf("%s (%v)", what, ev.Err)
+	return m.claiming(fmt.Sprintf("%s; claiming epoch %d", m.lostWhy, m.epoch+1))
 }
 
 // claimRead: after a Bye, this copy goes live only if the primary claimed the

@@ -216,6 +216,10 @@ func (e *scriptEnv) handle(cmd string) string {
 		evs = append(evs, PeerLost(errArg("peer silent")))
 	case "peer-bye":
 		evs = append(evs, PeerBye(errArg("peer closed the channel")))
+	case "peer-quit":
+		evs = append(evs, PeerQuit(errArg("peer reported an error")))
+	case "superseded":
+		evs = append(evs, EpochSuperseded(text("a later epoch was claimed by another host")))
 	case "peer-back":
 		evs = append(evs, PeerBack())
 	case "tick":

@@ -22,7 +22,10 @@
 //     claimed for it in a planned failover;
 //   - of a pair, at most one copy runs with output in any epoch;
 //   - a copy that failed locally (its QEMU exited, its log cannot be written or
-//     parsed) never claims an epoch.
+//     parsed) never claims an epoch; while its log channel is up it tells the other
+//     copy why, so that a failed primary's backup takes over and a failed backup's
+//     primary carries on;
+//   - a live copy that learns another host owns a later epoch halts.
 //
 // A Machine is not safe for concurrent use; drive it from one goroutine or
 // under one lock.
@@ -118,7 +121,8 @@ const (
 	// a failover.
 	EventStarted EventType = iota + 1
 	// EventPeerLost: the log channel ended. Bye: the peer ended it on purpose;
-	// otherwise it went silent or the connection broke (Err says how).
+	// Quit: the peer said it failed (an Error on the channel); otherwise it went
+	// silent or the connection broke (Err says how).
 	EventPeerLost
 	// EventPeerBack: traffic from a lost peer resumed (it cannot undo a claim).
 	EventPeerBack
@@ -166,6 +170,10 @@ const (
 	// EventAbort: the operator stopped waiting for its request; a planned
 	// failover that has not claimed yet is called off.
 	EventAbort
+	// EventEpochSuperseded: (primary) a read of shared storage found a later
+	// epoch owned by another host, or by an unknown one (Reason says which): that
+	// epoch's owner may run the VM.
+	EventEpochSuperseded
 )
 
 var eventNames = map[EventType]string{
@@ -176,7 +184,7 @@ var eventNames = map[EventType]string{
 	EventFault: "Fault", EventStallEntered: "StallEntered", EventStallCleared: "StallCleared",
 	EventGoLiveDone: "GoLiveDone", EventGoLiveFailed: "GoLiveFailed", EventStop: "Stop",
 	EventTeardownDone: "TeardownDone", EventUnprotect: "Unprotect", EventHandover: "Handover",
-	EventAbort: "Abort",
+	EventAbort: "Abort", EventEpochSuperseded: "EpochSuperseded",
 }
 
 func (t EventType) String() string {
@@ -197,6 +205,7 @@ type Event struct {
 	Peer    string
 	Shared  bool
 	Bye     bool
+	Quit    bool
 	Claim   uint64 // claim results: the ClaimEpoch action's ID
 	Owner   string
 	Corrupt bool
@@ -210,6 +219,7 @@ func Started(epoch uint64, peer string, shared bool) Event {
 }
 func PeerLost(err error) Event { return Event{Type: EventPeerLost, Err: err} }
 func PeerBye(err error) Event  { return Event{Type: EventPeerLost, Bye: true, Err: err} }
+func PeerQuit(err error) Event { return Event{Type: EventPeerLost, Quit: true, Err: err} }
 func PeerBack() Event          { return Event{Type: EventPeerBack} }
 func Tick() Event              { return Event{Type: EventTick} }
 func ClaimWon(id, epoch uint64) Event {
@@ -239,6 +249,9 @@ func TeardownDone() Event                { return Event{Type: EventTeardownDone}
 func Unprotect(reason string) Event      { return Event{Type: EventUnprotect, Reason: reason} }
 func Handover() Event                    { return Event{Type: EventHandover} }
 func Abort(err error) Event              { return Event{Type: EventAbort, Err: err} }
+func EpochSuperseded(reason string) Event {
+	return Event{Type: EventEpochSuperseded, Reason: reason}
+}
 
 // ActionType names an output.
 type ActionType int
@@ -259,6 +272,10 @@ const (
 	// ActionEndChannel: (primary) end the log channel with a Bye, so that the
 	// backup stops (or finds its planned-failover claim) instead of claiming.
 	ActionEndChannel
+	// ActionAbortChannel: end the log channel with an Error saying why (Reason):
+	// this copy failed. A backup told so by its primary takes over; a primary
+	// told so by its backup carries on. Teardown, which follows, waits for it.
+	ActionAbortChannel
 	// ActionPauseGuest: (primary) stop the guest's vCPU; step GuestPaused or
 	// PauseFailed.
 	ActionPauseGuest
@@ -283,7 +300,7 @@ const (
 
 var actionNames = map[ActionType]string{
 	ActionClaimEpoch: "ClaimEpoch", ActionReadClaim: "ReadClaim", ActionReleaseOutput: "ReleaseOutput",
-	ActionHaltOutput: "HaltOutput", ActionEndChannel: "EndChannel", ActionPauseGuest: "PauseGuest",
+	ActionHaltOutput: "HaltOutput", ActionEndChannel: "EndChannel", ActionAbortChannel: "AbortChannel", ActionPauseGuest: "PauseGuest",
 	ActionAwaitDrain: "AwaitDrain", ActionResumeGuest: "ResumeGuest", ActionKillQEMU: "KillQEMU",
 	ActionGoLive: "GoLive", ActionTeardown: "Teardown", ActionReply: "Reply",
 }
@@ -321,7 +338,7 @@ type Action struct {
 	Owner  string // ClaimEpoch: the claim's owner
 	Epoch  uint64 // GoLive: the epoch the VM runs under
 	Reason string
-	Op     Op    // Reply
+	Op     Op    // Reply; ClaimEpoch: the request the claim serves (0: a failover's)
 	Err    error // Reply: nil when the request succeeded
 }
 

@@ -44,6 +44,7 @@ type Machine struct {
 	byeErr          error // backup: how the channel ended, for the detail
 	lostPeer        bool  // primary: the backup was lost while an unprotect claimed
 	unprotectReason string
+	lostWhy         string // how the peer was lost ("backup stepped down (...)"), for the details after
 
 	stage  handStage
 	waited int // ticks spent waiting for the drain
@@ -224,12 +225,31 @@ func (m *Machine) stopping(detail string) {
 	m.teardown()
 }
 
-// fail ends the copy after a local failure: it claims nothing, releases
-// nothing and is torn down.
+// channelUp reports whether the log channel to the peer is still up as far as the
+// lifecycle knows.
+func (m *Machine) channelUp() bool {
+	if m.primary() {
+		return m.peer != "" && (m.state == Protected || m.state == Unprotecting || m.state == HandingOver)
+	}
+	return m.state == Replaying && !m.reading
+}
+
+// fail ends the copy after a local failure: it claims nothing, releases nothing
+// and is torn down. While the channel is up it first tells the peer why: a
+// backup told that its primary failed takes over (with shared storage), a
+// primary told that its backup stepped down carries on.
 func (m *Machine) fail(what string) {
-	m.become(Failed, what)
+	abort := m.channelUp()
+	detail := what
+	if abort && m.primary() && m.arb != nil {
+		detail += "; the backup takes over"
+	}
+	m.become(Failed, detail)
 	if m.primary() {
 		m.emit(Action{Type: ActionHaltOutput, Reason: what})
+	}
+	if abort {
+		m.emit(Action{Type: ActionAbortChannel, Reason: what})
 	}
 	m.answer(fmt.Errorf("vm %s %w: it failed: %s", m.cfg.VM, ErrStopped, what))
 	m.teardown()
@@ -242,7 +262,7 @@ func (m *Machine) faultText(ev Event) string {
 		if m.primary() {
 			return fmt.Sprintf("qemu exited: %v", ev.Err)
 		}
-		return fmt.Sprintf("replaying qemu exited: %v", ev.Err)
+		return fmt.Sprintf("stepped down: replaying qemu exited: %v", ev.Err)
 	case EventLogWriteFailed:
 		return fmt.Sprintf("rr log write failed: %s; output stopped", ev.Reason)
 	}
@@ -255,7 +275,14 @@ func (m *Machine) faultText(ev Event) string {
 func (m *Machine) startClaim(p claimPurpose, seen uint64, owner, reason string) {
 	m.nextID++
 	m.claimID, m.claimFor = m.nextID, p
-	m.emit(Action{Type: ActionClaimEpoch, Claim: m.claimID, Seen: seen, Owner: owner, Reason: reason})
+	var op Op // the operator request the claim serves; 0: a failover's
+	switch p {
+	case claimUnprotect:
+		op = OpUnprotect
+	case claimHandover:
+		op = OpHandover
+	}
+	m.emit(Action{Type: ActionClaimEpoch, Claim: m.claimID, Seen: seen, Owner: owner, Reason: reason, Op: op})
 }
 
 func (m *Machine) newArbiter() error {
@@ -291,10 +318,10 @@ func (m *Machine) arbStep(ev arbiter.Event) error {
 			m.startClaim(claimFailover, a.Seen, m.cfg.Host, a.Reason)
 		case arbiter.ActionContinueUnprotected:
 			m.epoch = a.Epoch
-			m.goUnprotected(fmt.Sprintf("backup lost; won epoch %d", a.Epoch))
+			m.goUnprotected(fmt.Sprintf("%s; won epoch %d", m.lostWhyOr("backup lost"), a.Epoch))
 		case arbiter.ActionGoLive:
 			m.epoch = a.Epoch
-			m.goLive(fmt.Sprintf("primary lost; won epoch %d, going live", a.Epoch), a.Reason)
+			m.goLive(fmt.Sprintf("%s; won epoch %d, going live", m.lostWhyOr("primary lost"), a.Epoch), a.Reason)
 		case arbiter.ActionHalt:
 			if m.primary() {
 				m.halt(a.Reason)
@@ -328,6 +355,13 @@ func (m *Machine) claimResult(p claimPurpose, ev Event) error {
 		return m.handoverResult(ev)
 	}
 	return fmt.Errorf("lifecycle: claim for purpose %d: %w", int(p), ErrUnexpected)
+}
+
+func (m *Machine) lostWhyOr(def string) string {
+	if m.lostWhy == "" {
+		return def
+	}
+	return m.lostWhy
 }
 
 func winnerName(owner string) string {

@@ -38,8 +38,9 @@ func actionTypes(as []Action) string {
 }
 
 // Every local fault, in every state a copy can meet it in: what the copy becomes
-// and what it does. A primary halts its output before anything else; nobody
-// claims; a copy that has ended already ignores it.
+// and what it does. A primary halts its output before anything else; a copy whose
+// channel is up tells its peer (AbortChannel); nobody claims; a copy that has ended
+// already ignores it.
 func TestFaultTable(t *testing.T) {
 	silent := errors.New("peer silent")
 	protected := []Event{Started(5, "b", true)}
@@ -63,15 +64,15 @@ func TestFaultTable(t *testing.T) {
 		actions string // for each fault
 	}{
 		{"primary starting", arbiter.RolePrimary, nil, Failed, "HaltOutput,Teardown"},
-		{"primary protected", arbiter.RolePrimary, protected, Failed, "HaltOutput,Teardown"},
+		{"primary protected", arbiter.RolePrimary, protected, Failed, "HaltOutput,AbortChannel,Teardown"},
 		{"primary claiming", arbiter.RolePrimary, claiming, Failed, "HaltOutput,Teardown"},
-		{"primary unprotecting", arbiter.RolePrimary, unprotecting, Failed, "HaltOutput,Reply,Teardown"},
-		{"primary draining for a handover", arbiter.RolePrimary, draining, Failed, "HaltOutput,Reply,Teardown"},
-		{"primary claiming for the backup", arbiter.RolePrimary, handClaiming, Failed, "HaltOutput,Reply,Teardown"},
+		{"primary unprotecting", arbiter.RolePrimary, unprotecting, Failed, "HaltOutput,AbortChannel,Reply,Teardown"},
+		{"primary draining for a handover", arbiter.RolePrimary, draining, Failed, "HaltOutput,AbortChannel,Reply,Teardown"},
+		{"primary claiming for the backup", arbiter.RolePrimary, handClaiming, Failed, "HaltOutput,AbortChannel,Reply,Teardown"},
 		{"primary alone", arbiter.RolePrimary, alone, Failed, "HaltOutput,Teardown"},
 		{"primary halted", arbiter.RolePrimary, halted, Halted, ""},
 		{"backup starting", arbiter.RoleBackup, nil, Failed, "Teardown"},
-		{"backup replaying", arbiter.RoleBackup, replaying, Failed, "Teardown"},
+		{"backup replaying", arbiter.RoleBackup, replaying, Failed, "AbortChannel,Teardown"},
 		{"backup claiming", arbiter.RoleBackup, bClaiming, Failed, "Teardown"},
 		{"backup reading the store after a Bye", arbiter.RoleBackup, reading, Failed, "Teardown"},
 		{"backup going live", arbiter.RoleBackup, goingLive, GoingLive, ""},

@@ -139,6 +139,12 @@ func (pr *pair) check(s *side, st Status, a Action) {
 		if s != pr.p {
 			pr.failf("a backup released output")
 		}
+		if pr.shared {
+			c, err := pr.store.Current(context.Background(), pairVM)
+			if err != nil || c.Corrupt || c.Epoch != st.Epoch || c.Owner != "a" {
+				pr.failf("primary releases output under epoch %d, the store holds %+v (%v)", st.Epoch, c, err)
+			}
+		}
 		if st.State != Unprotected {
 			pr.failf("primary released output in state %v", st.State)
 		}
@@ -169,6 +175,19 @@ func (pr *pair) runs(host string, epoch uint64) {
 		pr.failf("two copies run with output in epoch %d: %s and %s", epoch, other, host)
 	}
 	pr.liveIn[epoch] = host
+}
+
+// watchEpoch is the primary's periodic read of shared storage: a later epoch that
+// another host owns supersedes it.
+func (pr *pair) watchEpoch() {
+	pr.tb.Helper()
+	if !pr.shared {
+		return
+	}
+	c, err := pr.store.Current(context.Background(), pairVM)
+	if err == nil && c.Epoch > pr.p.m.Status().Epoch && c.Owner != "a" {
+		pr.step(pr.p, EpochSuperseded(fmt.Sprintf("epoch %d was claimed by %q", c.Epoch, c.Owner)))
+	}
 }
 
 // Ways to carry out an action, picked by the test.
@@ -238,6 +257,10 @@ func (pr *pair) carry(s *side, how int) {
 		if o := pr.other(s); !o.m.State().Terminal() {
 			pr.step(o, PeerBye(errors.New("peer closed the channel")))
 		}
+	case ActionAbortChannel:
+		if o := pr.other(s); !o.m.State().Terminal() {
+			pr.step(o, PeerQuit(fmt.Errorf("peer reported an error: %s", a.Reason)))
+		}
 	case ActionKillQEMU:
 		pr.step(s, QEMUExited(errors.New("signal: killed")))
 	}
@@ -261,6 +284,8 @@ var primaryEvents = []func(a byte, m *Machine) Event{
 	func(a byte, m *Machine) Event { return ClaimWon(m.claimID+1+uint64(a%3), uint64(a%8)) },
 	func(a byte, m *Machine) Event { return ClaimLost(m.claimID+1, uint64(a%8), "b") },
 	func(byte, *Machine) Event { return Event{Type: EventType(200)} },
+	func(byte, *Machine) Event { return PeerQuit(errors.New("backup stepped down")) },
+	func(byte, *Machine) Event { return EpochSuperseded("a forged later epoch") },
 }
 
 var backupEvents = []func(a byte, m *Machine) Event{
@@ -275,6 +300,7 @@ var backupEvents = []func(a byte, m *Machine) Event{
 	func(byte, *Machine) Event { return StallCleared() },
 	func(byte, *Machine) Event { return GoLiveDone() },
 	func(byte, *Machine) Event { return Unprotect("") },
+	func(byte, *Machine) Event { return PeerQuit(errors.New("primary failed")) },
 	func(a byte, m *Machine) Event { return ClaimWon(m.claimID+1, uint64(a%8)) },
 	func(a byte, m *Machine) Event {
 		if m.reading {
@@ -289,7 +315,7 @@ func (pr *pair) run(ops []byte) {
 	pr.tb.Helper()
 	for i := 0; i+1 < len(ops); i += 2 {
 		op, arg := ops[i], ops[i+1]
-		switch op % 6 {
+		switch op % 7 {
 		case 0:
 			pr.carry(pr.p, int(arg)%doHow)
 		case 1:
@@ -307,6 +333,8 @@ func (pr *pair) run(ops []byte) {
 			// A partition: each side loses the other.
 			pr.step(pr.p, PeerLost(errors.New("peer silent")))
 			pr.step(pr.b, PeerLost(errors.New("peer silent")))
+		case 6:
+			pr.watchEpoch()
 		}
 	}
 	// Let everything still queued complete normally, as time goes on.
@@ -401,6 +429,21 @@ func TestPairScenarios(t *testing.T) {
 			pr.step(pr.p, PeerLost(errors.New("connection reset")))
 			pr.carry(pr.p, doNormal)
 		}, want{Unprotected, Failed}},
+		{"the primary's QEMU dies: it tells the backup, which takes over", func(pr *pair) {
+			pr.step(pr.p, QEMUExited(errors.New("signal: killed")))
+			pr.carry(pr.p, doNormal) // output halted
+			pr.carry(pr.p, doNormal) // AbortChannel: the backup hears the primary failed
+			pr.carry(pr.b, doNormal) // its claim wins
+		}, want{Failed, GoingLive}},
+		{"a forced start elsewhere: the primary halts at its next epoch read, the backup stops", func(pr *pair) {
+			if _, err := pr.store.ClaimNext(context.Background(), pairVM, 1, "c", "run --force"); err != nil {
+				pr.tb.Fatal(err)
+			}
+			pr.watchEpoch()
+			pr.carry(pr.p, doNormal) // output halted
+			pr.carry(pr.p, doNormal) // Bye
+			pr.carry(pr.b, doNormal) // read claim: c's
+		}, want{Halted, Stopping}},
 		{"go-live fails: the backup says so; nobody else runs the epoch", func(pr *pair) {
 			pr.step(pr.p, QEMUExited(errors.New("signal: killed")))
 			pr.step(pr.b, PeerLost(errors.New("peer silent")))

@@ -24,7 +24,9 @@ func (m *Machine) stepPrimary(ev Event) error {
 	case EventHandover:
 		return m.handover()
 	case EventPeerLost:
-		return m.backupLost(ev.Err)
+		return m.backupLost(ev)
+	case EventEpochSuperseded:
+		return m.superseded(ev.Reason)
 	case EventPeerBack:
 		if m.state == Claiming {
 			return m.arbStep(arbiter.PeerBack())
@@ -93,15 +95,29 @@ func (m *Machine) primaryStarted(ev Event) error {
 
 // backupLost: the log channel to the backup ended. Output stays held (no acks
 // come) while the arbiter claims the next epoch; without shared storage it stays
-// held until the operator unprotects, because the backup may still be alive.
-func (m *Machine) backupLost(err error) error {
+// held until the operator unprotects, because the backup may still be alive,
+// unless the backup said it quit: then nothing can take the VM over, and holding
+// output protects nothing.
+func (m *Machine) backupLost(ev Event) error {
+	what := "backup lost"
+	if ev.Quit {
+		what = "backup stepped down"
+	}
+	switch m.state {
+	case Protected, Unprotecting, HandingOver:
+		m.lostWhy = fmt.Sprintf("%s (%v)", what, ev.Err)
+	}
 	switch m.state {
 	case Protected:
-		if m.arb == nil {
-			m.become(Degraded, fmt.Sprintf("log channel to backup lost: %v; output held until 'ftvmd unprotect'", err))
-			return nil
+		switch {
+		case m.arb != nil:
+			return m.claiming(fmt.Sprintf("%s; claiming epoch %d", m.lostWhy, m.epoch+1))
+		case ev.Quit:
+			m.goUnprotected(m.lostWhy)
+		default:
+			m.become(Degraded, fmt.Sprintf("log channel to backup lost: %v; output held until 'ftvmd unprotect'", ev.Err))
 		}
-		return m.claiming(fmt.Sprintf("backup lost (%v); claiming epoch %d", err, m.epoch+1))
+		return nil
 	case Unprotecting:
 		// The unprotect claim is the same claim the arbiter would make (epoch+1
 		// for this host): its result decides.
@@ -111,10 +127,22 @@ func (m *Machine) backupLost(err error) error {
 		if m.stage == handClaiming {
 			return nil // expected: the claim decides
 		}
-		m.callOffHandover(fmt.Errorf("vm %s: %w during the planned failover: %v", m.cfg.VM, ErrPeerLost, err))
-		return m.claiming(fmt.Sprintf("backup lost (%v) during a planned failover; claiming epoch %d", err, m.epoch+1))
+		m.callOffHandover(fmt.Errorf("vm %s: %w during the planned failover: %v", m.cfg.VM, ErrPeerLost, ev.Err))
+		return m.claiming(fmt.Sprintf("%s during a planned failover; claiming epoch %d", m.lostWhy, m.epoch+1))
 	}
 	return nil // Degraded, Claiming, Unprotected: nothing new
+}
+
+// superseded: another host owns a later epoch; it may run the VM, so this copy
+// halts. A planned failover's own claim for the backup is no reason: the epoch is
+// the backup's by this copy's doing.
+func (m *Machine) superseded(reason string) error {
+	if m.state == Starting || (m.state == HandingOver && m.stage == handClaiming) {
+		return nil
+	}
+	m.halt(reason)
+	m.answer(fmt.Errorf("vm %s halted: %s", m.cfg.VM, reason))
+	return nil
 }
 
 func (m *Machine) primaryTick() error {
@@ -140,10 +168,15 @@ func (m *Machine) goUnprotected(detail string) {
 	}
 }
 
-// halt: another copy owns the VM; release nothing ever again and kill QEMU.
+// halt: another copy owns the VM; release nothing ever again and kill QEMU. A
+// log channel still open ends with a Bye: the backup stops quietly, or goes live
+// on a claim made for it.
 func (m *Machine) halt(detail string) {
 	m.become(Halted, detail)
 	m.emit(Action{Type: ActionHaltOutput, Reason: detail})
+	if m.peer != "" {
+		m.emit(Action{Type: ActionEndChannel, Reason: "halted: " + detail})
+	}
 	m.emit(Action{Type: ActionKillQEMU, Reason: detail})
 }
 
