@@ -134,3 +134,30 @@ func TestStartRefusedOnHungStorage(t *testing.T) {
 		t.Fatalf("the check took %s", d)
 	}
 }
+
+// `ftvmd run` claims the next epoch, so that the latest epoch names the host that
+// runs the VM (other hosts' owner checks read it, a copy live elsewhere halts); a
+// forced run whose check could not read the store runs without one.
+func TestRunClaimsAnEpoch(t *testing.T) {
+	a := testAgent(t, "hosta", "")
+	store := disk.NewMemStore()
+	a.store = store
+	own, err := a.checkOwner(context.Background(), "vm1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := testPrimary(a, "")
+	p.own = own
+	if err := p.claimUnprotected(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := store.Current(context.Background(), "vm1"); err != nil || c.Epoch != 1 || c.Owner != "hosta" || p.epoch != 1 {
+		t.Fatalf("after run: %+v %v, primary epoch %d", c, err, p.epoch)
+	}
+	// Forced over a store that could not be read: no claim, no epoch.
+	p = testPrimary(a, "")
+	p.own = ownership{forced: "shared storage cannot say who owns vm vm1"}
+	if err := p.claimUnprotected(context.Background()); err != nil || p.epoch != 0 {
+		t.Fatalf("forced run without a readable store: %v, epoch %d", err, p.epoch)
+	}
+}
