@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -107,10 +108,25 @@ func FuzzSenderReceiver(f *testing.F) {
 	})
 }
 
+// cutLog is a backup's log that lets acks reach only its cut points: every multiple
+// of cut bytes from the start (cut 0: every byte).
+type cutLog struct {
+	*MemLog
+	cut int64
+}
+
+func (l cutLog) AckLimit() int64 {
+	n := l.End() - seqStart
+	if l.cut > 0 {
+		n -= n % l.cut
+	}
+	return seqStart + n
+}
+
 // FuzzReceiver: whatever a primary (or an impostor past the handshake) sends, the
 // backup's log holds only checksummed frames, in order, from the start offset on;
-// every ack it sends is for bytes it holds; and it stops with one of the errors
-// its contract names.
+// every ack it sends is for bytes it holds, at a cut point its log allows
+// (AckLimiter); and it stops with one of the errors its contract names.
 func FuzzReceiver(f *testing.F) {
 	f.Add(AppendFrame(AppendFrame(nil, seqStart, 0, []byte("first")), seqStart+5, 9, []byte("second")))
 	f.Add(AppendFrame(nil, seqStart+1, 0, []byte("gap")))
@@ -123,7 +139,11 @@ func FuzzReceiver(f *testing.F) {
 	f.Add(appendAck(nil, wireAck{Offset: 12}))
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		a, b := net.Pipe()
-		sink := NewMemLog(seqStart)
+		cut := int64(0)
+		if len(stream) > 0 {
+			cut = int64(stream[len(stream)-1] % 8)
+		}
+		sink := cutLog{NewMemLog(seqStart), cut}
 		rcv := NewReceiver(b, sink, ReceiverConfig{StartOffset: seqStart, HeartbeatInterval: 20 * time.Millisecond, PeerTimeout: 2 * time.Second})
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
@@ -144,6 +164,9 @@ func FuzzReceiver(f *testing.F) {
 				}
 				if end := sink.End(); int64(w.Offset) > end || w.Offset < seqStart {
 					return errors.New("ack for bytes the backup does not hold")
+				}
+				if cut > 0 && (int64(w.Offset)-seqStart)%cut != 0 {
+					return fmt.Errorf("ack for %d, not a cut point (every %d bytes)", w.Offset, cut)
 				}
 			}
 		})
