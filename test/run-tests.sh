@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of ftvmd on a Debian 12 host, as root: sets up what is missing
 # (test/setup.sh), checks formatting and static analysis, runs the unit tests
-# (with real QEMU where they use it) and the end-to-end tests on the lab.
+# (with real QEMU where they use it), every fuzz target briefly, and the end-to-end
+# tests on the lab.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -19,6 +20,9 @@ go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 echo "==> unit tests (real QEMU where used)"
 FTVMD_REQUIRE_QEMU=1 FTVMD_REQUIRE_ROOT=1 go test -count=1 -timeout 20m $(go list ./... | grep -v /test/e2e)
+
+echo "==> fuzz targets, each 2 s past its seeds (bash test/fuzz.sh 10m for a long run)"
+bash test/fuzz.sh 2s
 
 echo "==> end-to-end tests on the lab"
 mkdir -p test/e2e-artifacts
