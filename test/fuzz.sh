@@ -5,7 +5,8 @@
 #   bash test/fuzz.sh [duration] [target-regexp]
 #
 # duration: go test's -fuzztime (default 10m; "5s", "1000x" work too).
-# target-regexp: run only the targets whose name matches it (default: all).
+# target-regexp: run only the targets whose whole name matches it, e.g. 'FuzzClaim.*'
+#   or 'FuzzArgs|FuzzParse' (default: all).
 # FUZZ_PARALLEL: fuzzing workers per target (default 1, leaving the other core to the
 #   guests; go test's default is GOMAXPROCS).
 # FUZZ_LOG: a file that gets one summary line per target (default: none).
@@ -20,13 +21,13 @@ cd "$repo"
 export PATH=/usr/local/go/bin:$PATH
 
 duration=${1:-10m}
-filter=${2:-.}
+filter=${2:-.*}
 parallel=${FUZZ_PARALLEL:-1}
 summary=${FUZZ_LOG:-/dev/null}
 
 # "<package dir> <target>" for every fuzz target, in a stable order.
 mapfile -t targets < <(git ls-files '*_test.go' | xargs grep -H '^func Fuzz[A-Za-z0-9_]*(f \*testing.F)' |
-  sed -E 's|^(.*)/[^/]*_test.go:func (Fuzz[A-Za-z0-9_]*)\(.*|\1 \2|' | sort -u | grep -E " ($filter)" || true)
+  sed -E 's|^(.*)/[^/]*_test.go:func (Fuzz[A-Za-z0-9_]*)\(.*|\1 \2|' | sort -u | grep -E " ($filter)\$" || true)
 [ ${#targets[@]} -gt 0 ] || { echo "fuzz: no target matches $filter" >&2; exit 1; }
 
 echo "fuzz: ${#targets[@]} targets, $duration each, $parallel worker(s), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo '+dirty')"
