@@ -19,6 +19,7 @@ import (
 
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/disk"
+	"github.com/ftvmd/ftvmd/journal"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/qemu"
@@ -69,6 +70,10 @@ type Config struct {
 	// starts (DataPathRelay when empty). A backup follows its primary's choice.
 	DataPath DataPath
 
+	// Journal keeps the agent's events (`ftvmd events`); nil opens JournalFile
+	// in the state directory.
+	Journal journal.Journal
+
 	Logger *slog.Logger
 
 	// Notify, when set, receives the agent's service state as sd_notify(3)
@@ -76,6 +81,10 @@ type Config struct {
 	// STATUS= lines (what it serves, its VMs), STOPPING=1 when it shuts down.
 	Notify func(lines ...string)
 }
+
+// JournalFile is the agent's journal in its state directory (journal.File: JSON
+// lines, rotated by size to JournalFile+".1").
+const JournalFile = "events.jsonl"
 
 // DefaultConfig returns the defaults for a host named host with state under dir.
 func DefaultConfig(host, dir string) Config {
@@ -196,6 +205,10 @@ type Agent struct {
 
 	store disk.EpochStore // nil without shared storage
 
+	journal journal.Journal // nil in tests that build an Agent by hand
+	history vmHistory       // per-VM counters, counted from the events
+	peers   peerTable
+
 	mu  sync.Mutex
 	vms map[string]vmRunner
 
@@ -238,7 +251,16 @@ func New(cfg Config) (*Agent, error) {
 		log:       cfg.Logger.With("host", cfg.Host),
 		specs:     vmspec.Store{Dir: filepath.Join(cfg.StateDir, "vms")},
 		vms:       map[string]vmRunner{},
+		journal:   cfg.Journal,
 	}
+	if a.journal == nil {
+		j, err := journal.Open(filepath.Join(cfg.StateDir, JournalFile), 0)
+		if err != nil {
+			return nil, err
+		}
+		a.journal = j
+	}
+	a.peers.record = a.record
 	if cfg.SharedDir != "" {
 		st, err := disk.NewDirStore(cfg.SharedDir, disk.WithLogger(a.log))
 		if err != nil {
@@ -417,6 +439,7 @@ func (a *Agent) register(name string, v vmRunner) error {
 		}
 	}
 	a.vms[name] = v
+	a.history.known(name)
 	return nil
 }
 
@@ -461,18 +484,25 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 		}
 		return ok(fmt.Sprintf("vm %s defined", req.Spec.Name))
 	case control.OpStatus:
-		resp := ok("")
-		a.mu.Lock()
-		for name, v := range a.vms {
-			if req.VM == "" || req.VM == name {
-				resp.VMs = append(resp.VMs, v.status())
-			}
-		}
-		a.mu.Unlock()
-		sort.Slice(resp.VMs, func(i, j int) bool { return resp.VMs[i].Name < resp.VMs[j].Name })
+		resp := a.status(req.VM)
 		if req.VM != "" && len(resp.VMs) == 0 {
 			return fail(fmt.Errorf("vm %q is not running on %s", req.VM, a.cfg.Host))
 		}
+		return resp
+	case control.OpEvents:
+		if a.journal == nil {
+			return fail(errors.New("this agent keeps no journal"))
+		}
+		limit := req.Limit
+		if limit <= 0 {
+			limit = control.DefaultEventLimit
+		}
+		evs, err := a.journal.Read(req.VM, min(limit, control.MaxEventLimit))
+		if err != nil {
+			return fail(err)
+		}
+		resp := ok("")
+		resp.Events = evs
 		return resp
 	case control.OpProtect, control.OpRun:
 		spec, err := a.specs.Load(req.VM)
@@ -566,6 +596,39 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 	default:
 		return fail(fmt.Errorf("unknown operation %q", req.Op))
 	}
+}
+
+// Snapshot is the agent's whole status: every VM it runs, its peers and its per-VM
+// counters, as `ftvmd status` shows them. The metrics exporter reads it at each
+// scrape.
+func (a *Agent) Snapshot() control.Response { return a.status("") }
+
+// status is Snapshot for vm's copy only when vm is not empty.
+func (a *Agent) status(vm string) control.Response {
+	resp := control.Response{OK: true, Host: a.cfg.Host}
+	a.mu.Lock()
+	runners := make([]vmRunner, 0, len(a.vms))
+	for name, v := range a.vms {
+		if vm == "" || vm == name {
+			runners = append(runners, v)
+		}
+	}
+	a.mu.Unlock()
+	for _, v := range runners {
+		resp.VMs = append(resp.VMs, v.status())
+	}
+	sort.Slice(resp.VMs, func(i, j int) bool { return resp.VMs[i].Name < resp.VMs[j].Name })
+	resp.Peers = a.peers.snapshot()
+	resp.Counters = a.history.snapshot(vm)
+	return resp
+}
+
+// Close releases what New opened (the journal, when New opened it).
+func (a *Agent) Close() error {
+	if c, ok := a.journal.(interface{ Close() error }); ok && a.cfg.Journal == nil {
+		return c.Close()
+	}
+	return nil
 }
 
 func withPort(hostport string) string {

@@ -16,6 +16,7 @@ import (
 	"github.com/ftvmd/ftvmd/arbiter"
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/disk"
+	"github.com/ftvmd/ftvmd/journal"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/qemu"
@@ -311,6 +312,7 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_
 		if err != nil {
 			return nil, err
 		}
+		f.record = a.record
 		b.fence, b.epoch = f, hello.Epoch
 	}
 	if err := a.register(b.spec.Name, b); err != nil {
@@ -501,6 +503,7 @@ func (b *backup) run(conn net.Conn) {
 		b.log.Info("disk image received", "bytes", info.Size, "sha256", info.SHA256)
 	}
 	b.log.Info("backup replaying", "from", b.peer)
+	detach := b.a.peers.attach(b.peer, b.spec.Name, conn, func() time.Time { return recv.Stats().LastPeerMsgAt })
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
@@ -519,6 +522,7 @@ func (b *backup) run(conn net.Conn) {
 		b.pollReplay(ctx)
 	}()
 	err := recv.Run(ctx)
+	detach(channelEndReason(err, ctx.Err() != nil))
 	if ctx.Err() == nil && b.channelEnded(ctx, recv, err) {
 		return
 	}
@@ -577,6 +581,8 @@ func (b *backup) channelEnded(ctx context.Context, recv *logging.Receiver, err e
 		if e, ok := b.handedOver(ctx); ok {
 			// A planned failover: the primary claimed the next epoch for us.
 			b.log.Warn("planned failover: this copy owns the VM now", "epoch", e)
+			b.a.record(journal.Event{Kind: journal.KindFailover, VM: b.spec.Name, Role: "backup", Peer: b.peer, Epoch: e,
+				Detail: "planned failover: the primary handed the VM over; going live"})
 			if b.goLive(recv, decision{Action: arbiter.ActionGoLive, Epoch: e, Reason: "planned failover"}) {
 				return true
 			}
@@ -664,8 +670,11 @@ func (b *backup) failover(ctx context.Context, recv *logging.Receiver) bool {
 		b.state, b.detail = "halted", fmt.Sprintf("lost epoch %d: %s", d.Epoch, d.Reason)
 		b.mu.Unlock()
 		b.log.Error("backup halted", "reason", d.Reason)
+		b.a.record(journal.Event{Kind: journal.KindHalted, VM: b.spec.Name, Role: "backup", Peer: b.peer, Epoch: d.Epoch, Detail: d.Reason})
 		return false
 	}
+	b.a.record(journal.Event{Kind: journal.KindFailover, VM: b.spec.Name, Role: "backup", Peer: b.peer, Epoch: d.Epoch,
+		DurationMS: ms(d.Claim), Detail: "primary lost: going live"})
 	return b.goLive(recv, d)
 }
 
@@ -720,10 +729,20 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 	b.a.unregister(b.spec.Name, b)
 	gctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	t0 := time.Now()
 	if err := b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: d.Epoch, dataPath: b.dataPath, disk: liveDisk, claim: d.Claim, launch: launch}); err != nil {
 		b.setFailed(fmt.Errorf("go live: %w", err))
 		return false
 	}
+	// The live VM's own figure (QEMU's park, save and start), as status shows it.
+	took := time.Since(t0)
+	if v, ok := b.a.lookup(b.spec.Name); ok {
+		if st := v.status(); st.FailoverGoLiveMS > 0 {
+			took = time.Duration(st.FailoverGoLiveMS * float64(time.Millisecond))
+		}
+	}
+	b.a.record(journal.Event{Kind: journal.KindGoLive, VM: b.spec.Name, Role: "backup", Epoch: d.Epoch, DurationMS: ms(took),
+		Detail: fmt.Sprintf("live from the replay under epoch %d (%s)", d.Epoch, d.Reason)})
 	b.mu.Lock()
 	b.state, b.detail = "live", fmt.Sprintf("went live under epoch %d", d.Epoch)
 	b.mu.Unlock()
@@ -824,9 +843,13 @@ func (b *backup) watchStall(d *stallDetector, s replaySample) {
 			"position", st.Position, "fed", st.Fed, "held", st.Held, "held_beyond", st.Beyond(),
 			"for", st.For.Round(time.Millisecond), "stalls", st.Episodes, "waiting", st.Waiting,
 			"feed_up_to", s.Feed.UpTo, "fifo_unread", s.Feed.Unread)
+		b.a.record(journal.Event{Time: s.At, Kind: journal.KindReplayStall, VM: b.spec.Name, Role: "backup", Peer: b.peer,
+			Detail: fmt.Sprintf("replay stalled at icount %d with %d log bytes beyond it (stall %d)", st.AtIcount, st.Beyond(), st.Episodes)})
 	case stallCleared:
 		b.log.Info("replay progressing again", "icount", s.Icount, "stalled_at", st.AtIcount,
 			"stalled_for", st.For.Round(time.Millisecond), "stalls", st.Episodes)
+		b.a.record(journal.Event{Time: s.At, Kind: journal.KindReplayMoving, VM: b.spec.Name, Role: "backup", Peer: b.peer,
+			DurationMS: ms(st.For), Detail: fmt.Sprintf("replay moving again at icount %d (stall %d)", s.Icount, st.Episodes)})
 	}
 }
 
@@ -911,6 +934,7 @@ func (b *backup) setFailed(err error) {
 	b.mu.Unlock()
 	if changed {
 		b.log.Error("backup failed", "err", err)
+		b.a.record(journal.Event{Kind: journal.KindFailed, VM: b.spec.Name, Role: "backup", Peer: b.peer, Detail: err.Error()})
 	} else {
 		b.log.Debug("backup failed again", "err", err)
 	}
@@ -963,6 +987,9 @@ func (b *backup) status() control.VMStatus {
 	}
 	if b.feed != nil {
 		st.LogReplayed = b.feed.FedOffset()
+	}
+	if b.dir != "" {
+		st.LogOnDisk = fileSize(filepath.Join(b.dir, "log.rr"))
 	}
 	fillStallStatus(&st, b.stall)
 	return st

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ftvmd/ftvmd/arbiter"
 	"github.com/ftvmd/ftvmd/disk"
+	"github.com/ftvmd/ftvmd/journal"
 )
 
 // fence drives the failover arbiter (pure) against the shared-storage epoch store
@@ -22,6 +23,9 @@ type fence struct {
 	log   *slog.Logger
 	// claimTimeout bounds one claim; tick is the arbiter's retry tick.
 	claimTimeout, tick time.Duration
+	role               arbiter.Role
+	// record journals each claim (Agent.record); nil records nothing.
+	record func(journal.Event)
 }
 
 // claimFirst takes the VM's next epoch when protection starts: the primary owns it.
@@ -47,7 +51,7 @@ func newFence(store disk.EpochStore, role arbiter.Role, vm, host string, epoch u
 	if err != nil {
 		return nil, err
 	}
-	return &fence{arb: arb, store: store, vm: vm, host: host, log: log, claimTimeout: 5 * time.Second, tick: 100 * time.Millisecond}, nil
+	return &fence{arb: arb, store: store, vm: vm, host: host, log: log, claimTimeout: 5 * time.Second, tick: 100 * time.Millisecond, role: role}, nil
 }
 
 // decision is what the fence concluded after the peer was lost.
@@ -73,17 +77,28 @@ func (f *fence) peerLost(ctx context.Context) (decision, error) {
 			case arbiter.ActionClaimEpoch:
 				f.log.Warn("peer lost: claiming epoch", "epoch", act.Seen+1)
 				cctx, cancel := context.WithTimeout(ctx, f.claimTimeout)
+				t1 := time.Now()
 				c, err := f.store.ClaimNext(cctx, f.vm, act.Seen, f.host, act.Reason)
 				cancel()
 				var ev arbiter.Event
+				je := journal.Event{Kind: journal.KindClaim, VM: f.vm, Role: f.role.String(), Epoch: c.Epoch,
+					DurationMS: float64(time.Since(t1)) / float64(time.Millisecond), Detail: act.Reason}
 				switch {
 				case err == nil:
 					ev = arbiter.ClaimWon(c.Epoch)
+					je.Result = journal.ClaimWon
 				case errors.Is(err, disk.ErrLost):
 					ev = arbiter.ClaimLost(c.Epoch, c.Owner)
+					je.Result, je.Peer = journal.ClaimLost, c.Owner
+					je.Detail = fmt.Sprintf("%s: epoch %d is %s's", act.Reason, c.Epoch, c.Owner)
 				default:
 					f.log.Error("epoch claim failed; output stays held, retrying", "err", err)
 					ev = arbiter.ClaimFailed(err)
+					je.Result, je.Epoch = journal.ClaimFailed, act.Seen+1
+					je.Detail = fmt.Sprintf("%s: %v", act.Reason, err)
+				}
+				if f.record != nil {
+					f.record(je)
 				}
 				if err := f.arb.Step(ev); err != nil {
 					return decision{}, err

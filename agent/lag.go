@@ -1,6 +1,10 @@
 package agent
 
-import "time"
+import (
+	"time"
+
+	"github.com/ftvmd/ftvmd/control"
+)
 
 // mark records when the primary's log reached a given offset and instruction count.
 type mark struct {
@@ -109,4 +113,41 @@ func (r *rateMeter) rate() float64 {
 		return 0
 	}
 	return float64(b.n-a.n) / dt
+}
+
+// Layout of lagHist: bounds lagHistBase << i for i < lagHistBuckets (1 ms to 65.5 s),
+// then one bucket beyond. An idle backup trails by a few ms; a stalled one by
+// seconds, and a stall of minutes is all the same to an operator.
+const (
+	lagHistBase    = time.Millisecond
+	lagHistBuckets = 17
+)
+
+// lagHist is a histogram of lag samples, exported as control.Histogram. Add is
+// cheap (no allocation): it runs once per ack.
+type lagHist struct {
+	counts [lagHistBuckets + 1]uint64
+	sum    time.Duration
+}
+
+func (h *lagHist) add(d time.Duration) {
+	d = max(d, 0)
+	i := 0
+	for i < lagHistBuckets && d > lagHistBase<<i {
+		i++
+	}
+	h.counts[i]++
+	h.sum += d
+}
+
+func (h *lagHist) histogram() *control.Histogram {
+	out := &control.Histogram{
+		Bounds: make([]float64, lagHistBuckets),
+		Counts: append([]uint64(nil), h.counts[:]...),
+		Sum:    h.sum.Seconds(),
+	}
+	for i := range out.Bounds {
+		out.Bounds[i] = (lagHistBase << i).Seconds()
+	}
+	return out
 }

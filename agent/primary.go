@@ -18,6 +18,7 @@ import (
 	"github.com/ftvmd/ftvmd/arbiter"
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/disk"
+	"github.com/ftvmd/ftvmd/journal"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/netbuf/nfq"
@@ -117,6 +118,10 @@ type primary struct {
 	ipsB        rateMeter // backup's replayed instructions per second
 	peakRate    float64   // the fastest the backup has replayed (see workLagFor)
 	workLagMS   float64
+	lagHist     lagHist // age lag samples, one per ack
+	workHist    lagHist // work lag samples, likewise
+	throttleEp  episode // the quota below 1
+	paceEp      episode // the network's frames paced
 	ctrl        *throttle.Controller
 	quota       float64
 	lastObserve time.Time
@@ -214,7 +219,27 @@ func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backu
 		}
 	}
 	p.log.Info("vm started", "backup", backup, "pid", p.m.PID())
+	if backup != "" {
+		p.a.record(journal.Event{Kind: journal.KindProtect, VM: spec.Name, Role: "primary", Peer: p.backupHost, Epoch: p.epoch,
+			Detail: "protected: backup on " + backup})
+	}
 	return nil
+}
+
+// recordClaim journals an epoch claim this primary made: epoch is the one won, err
+// the claim's error.
+func (p *primary) recordClaim(epoch uint64, err error, took time.Duration, reason string) {
+	e := journal.Event{Kind: journal.KindClaim, VM: p.spec.Name, Role: "primary", Epoch: epoch, Result: journal.ClaimWon,
+		DurationMS: ms(took), Detail: reason}
+	switch {
+	case errors.Is(err, disk.ErrLost) || errors.Is(err, errOwnedElsewhere):
+		e.Result = journal.ClaimLost
+		e.Detail = fmt.Sprintf("%s: %v", reason, err)
+	case err != nil:
+		e.Result = journal.ClaimFailed
+		e.Detail = fmt.Sprintf("%s: %v", reason, err)
+	}
+	p.a.record(e)
 }
 
 func (p *primary) addCleanup(fn func() error) { p.cleanups.push(fn) }
@@ -237,7 +262,9 @@ func (p *primary) claimUnprotected(ctx context.Context) error {
 	if p.peer != "" || p.live != nil || p.a.store == nil || (p.own.forced != "" && !p.own.known) {
 		return nil
 	}
+	t0 := time.Now()
 	e, err := claimOwn(ctx, p.a.store, p.spec.Name, p.a.cfg.Host, p.own, "run")
+	p.recordClaim(e, err, time.Since(t0), "run")
 	if err != nil {
 		return err
 	}
@@ -260,7 +287,9 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		img = &info
 	}
 	if p.a.store != nil {
+		t0 := time.Now()
 		e, err := claimOwn(ctx, p.a.store, p.spec.Name, p.a.cfg.Host, p.own, "protect")
+		p.recordClaim(e, err, time.Since(t0), "protect")
 		if err != nil {
 			return err
 		}
@@ -268,6 +297,7 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		f.record = p.a.record
 		p.epoch, p.fence = e, f
 	}
 	conn, err := p.dialBackup(ctx)
@@ -668,14 +698,36 @@ func (p *primary) startSender(ctx context.Context, s *logging.Sender) {
 	sctx, scancel := context.WithCancel(ctx)
 	senderDone := make(chan struct{})
 	p.stopSender, p.senderDone = scancel, senderDone
+	detach := p.a.peers.attach(p.backupName(), p.spec.Name, p.conn, func() time.Time { return s.Stats().LastPeerMsgAt })
 	p.go1(func() {
 		defer close(senderDone)
 		err := s.Run(sctx)
+		detach(channelEndReason(err, sctx.Err() != nil))
 		if sctx.Err() != nil || errors.Is(err, logging.ErrAborted) {
 			return // protection ended on purpose, or this primary failed (fail)
 		}
 		p.backupLost(ctx, err)
 	})
+}
+
+// backupName is the backup's host name (its certificate's) once it answered, else
+// the address it was dialled at.
+func (p *primary) backupName() string {
+	if p.backupHost != "" {
+		return p.backupHost
+	}
+	return p.peer
+}
+
+// channelEndReason says why a log channel ended, for the journal.
+func channelEndReason(err error, stopped bool) string {
+	switch {
+	case stopped:
+		return "log channel closed by this host"
+	case err == nil:
+		return "log channel closed"
+	}
+	return "log channel ended: " + err.Error()
 }
 
 // watchIOError fails the VM when its QEMU stops on an I/O error. A recording that
@@ -778,6 +830,8 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 			p.lagBytes = p.boundary - off
 			work := p.workLag(now)
 			p.workLagMS = ms(work)
+			p.lagHist.add(lag)
+			p.workHist.add(work)
 			old, q := p.quota, p.quota
 			// The controller works at a fixed cadence, not per ack: acks come every
 			// few ms and a multiplicative step per ack would collapse the quota. It
@@ -798,6 +852,10 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 				// cannot slow them), at the same cadence for the same reason.
 				p.pace.Pace(throttle.Sample{Lag: lag})
 			}
+			if observe {
+				paced := p.pace != nil && p.out.Stats().Pacing.Active
+				p.noteEpisodes(q < 1, paced, now, lag)
+			}
 			if p.cg != nil && (q < old*0.98 || q > old*1.02 || (q == 1 && old < 1)) {
 				if err := p.cg.SetQuota(q); err != nil {
 					p.log.Warn("throttle", "err", err)
@@ -809,15 +867,46 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 	}
 }
 
-// logBackupStall logs the backup's replay entering and leaving a stall, as its acks
-// report it, so that the primary's log says so too, not only the backup's.
+// logBackupStall logs and journals the backup's replay entering and leaving a
+// stall, as its acks report it, so that the primary's log says so too, not only the
+// backup's.
 func (p *primary) logBackupStall(prev, cur logging.ReplayStall) {
 	switch {
 	case cur.Stalled() && (!prev.Stalled() || cur.Episodes != prev.Episodes):
 		p.log.Warn("backup replay stalled", "icount", cur.AtIcount, "held_beyond", cur.Beyond,
 			"for", cur.For.Round(time.Millisecond), "stalls", cur.Episodes)
+		p.a.record(journal.Event{Kind: journal.KindReplayStall, VM: p.spec.Name, Role: "primary", Peer: p.backupHost,
+			Detail: fmt.Sprintf("backup's replay stalled at icount %d with %d log bytes beyond it (stall %d)", cur.AtIcount, cur.Beyond, cur.Episodes)})
 	case prev.Stalled() && !cur.Stalled():
 		p.log.Info("backup replay progressing again", "stalled_for", prev.For.Round(time.Millisecond), "stalls", cur.Episodes)
+		p.a.record(journal.Event{Kind: journal.KindReplayMoving, VM: p.spec.Name, Role: "primary", Peer: p.backupHost,
+			DurationMS: ms(prev.For), Detail: fmt.Sprintf("backup's replay moving again (stall %d)", cur.Episodes)})
+	}
+}
+
+// noteEpisodes journals the throttle and the pacing of network input starting and
+// stopping. Called at the throttle's cadence from the ack loop, and with both off
+// when protection ends (no acks come then).
+func (p *primary) noteEpisodes(throttled, paced bool, now time.Time, lag time.Duration) {
+	p.mu.Lock()
+	thCh, thFor := p.throttleEp.set(throttled, now)
+	pcCh, pcFor := p.paceEp.set(paced, now)
+	quota := p.quota
+	p.mu.Unlock()
+	ev := func(kind string, d time.Duration, detail string) {
+		p.a.record(journal.Event{Time: now, Kind: kind, VM: p.spec.Name, Role: "primary", Peer: p.backupHost, DurationMS: ms(d), Detail: detail})
+	}
+	switch {
+	case thCh && throttled:
+		ev(journal.KindThrottleOn, 0, fmt.Sprintf("backup lag %s over the %d ms bound: quota %.0f%% of a CPU", lag.Round(time.Millisecond), p.spec.LagBoundMS, quota*100))
+	case thCh:
+		ev(journal.KindThrottleOff, thFor, fmt.Sprintf("quota back to a whole CPU after %s", thFor.Round(time.Millisecond)))
+	}
+	switch {
+	case pcCh && paced:
+		ev(journal.KindPacingOn, 0, fmt.Sprintf("backup lag %s: network input to the guest paced", lag.Round(time.Millisecond)))
+	case pcCh:
+		ev(journal.KindPacingOff, pcFor, fmt.Sprintf("network input flows freely after %s", pcFor.Round(time.Millisecond)))
 	}
 }
 
@@ -884,6 +973,8 @@ func (p *primary) backupLost(ctx context.Context, err error) {
 			p.mu.Lock()
 			p.epoch, p.claimDur = d.Epoch, d.Claim
 			p.mu.Unlock()
+			p.a.record(journal.Event{Kind: journal.KindFailover, VM: p.spec.Name, Role: "primary", Peer: p.backupHost, Epoch: d.Epoch,
+				DurationMS: ms(d.Claim), Detail: fmt.Sprintf("%s (%v): carrying on alone", what, err)})
 			_ = p.goUnprotected(fmt.Sprintf("%s (%v); won epoch %d in %s", what, err, d.Epoch, d.Claim.Round(time.Millisecond)))
 		default:
 			p.halt(fmt.Sprintf("lost epoch %d to the backup: %s", d.Epoch, d.Reason))
@@ -920,6 +1011,8 @@ func (p *primary) goUnprotected(reason string) error {
 	if p.pace != nil {
 		p.pace.ReleasePacing() // no backup to wait for: the held frames go
 	}
+	p.noteEpisodes(false, false, time.Now(), 0)
+	p.a.record(journal.Event{Kind: journal.KindUnprotected, VM: p.spec.Name, Role: "primary", Epoch: p.epochNow(), Detail: reason})
 	if p.stopSender != nil {
 		p.stopSender() // Bye: the backup stops its replay without claiming
 	}
@@ -942,7 +1035,9 @@ func (p *primary) operatorUnprotect(reason string) error {
 	}
 	if p.a.store != nil && p.epoch > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		t0 := time.Now()
 		c, err := p.a.store.ClaimNext(ctx, p.spec.Name, p.epoch, p.a.cfg.Host, "unprotect")
+		p.recordClaim(c.Epoch, err, time.Since(t0), "unprotect")
 		cancel()
 		switch {
 		case errors.Is(err, disk.ErrLost):
@@ -1012,7 +1107,9 @@ func (p *primary) handover(ctx context.Context) error {
 	p.handingOver = true
 	p.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	t0 := time.Now()
 	c, err := p.a.store.ClaimNext(sctx, p.spec.Name, p.epoch, p.backupHost, "planned failover from "+p.a.cfg.Host)
+	p.recordClaim(c.Epoch, err, time.Since(t0), "planned failover: for "+p.backupHost)
 	cancel()
 	if err != nil {
 		// The claim's outcome is unknown or someone else holds it: stay halted.
@@ -1027,6 +1124,8 @@ func (p *primary) handover(ctx context.Context) error {
 		p.log.Warn("kill qemu", "err", err)
 	}
 	p.log.Warn("handed over", "to", p.backupHost, "epoch", c.Epoch)
+	p.a.record(journal.Event{Kind: journal.KindHandover, VM: p.spec.Name, Role: "primary", Peer: p.backupHost, Epoch: c.Epoch,
+		Detail: "planned failover: handed over to " + p.backupHost})
 	return nil
 }
 
@@ -1039,6 +1138,7 @@ func (p *primary) halt(reason string) {
 	p.state, p.detail = "halted", reason
 	p.mu.Unlock()
 	p.log.Error("vm halted", "reason", reason)
+	p.a.record(journal.Event{Kind: journal.KindHalted, VM: p.spec.Name, Role: "primary", Peer: p.backupHost, Epoch: p.epochNow(), Detail: reason})
 	if p.stopSender != nil {
 		p.stopSender()
 	}
@@ -1065,6 +1165,7 @@ func (p *primary) fail(err error) {
 	}
 	p.mu.Unlock()
 	p.log.Error("vm failed", "err", err, "backup_takes_over", handOver)
+	p.a.record(journal.Event{Kind: journal.KindFailed, VM: p.spec.Name, Role: "primary", Peer: p.backupHost, Epoch: p.epochNow(), Detail: p.statusDetail()})
 	// A failed primary must not keep releasing output.
 	if p.out != nil {
 		p.out.SetMode(outputrule.Halted)
@@ -1126,6 +1227,7 @@ func (p *primary) status() control.VMStatus {
 		Disk: p.diskPath(), CopyDone: p.copied.Done, CopyTotal: p.copied.Total, CopyRate: p.copied.Rate, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
 		LogReplayed: p.replayed, LagBytes: p.lagBytes, LagMS: p.lagMS, WorkLagMS: p.workLagMS, LagBoundMS: p.spec.LagBoundMS,
 		LogBandwidth: p.bw.rate(), ThrottleQuota: p.quota, ThrottledSec: p.ctrl.ThrottledFor().Seconds(),
+		LogOnDisk: fileSize(filepath.Join(p.dir, "log.rr")), PacingEnabled: p.pace != nil,
 	}
 	if p.m != nil {
 		st.PID = p.m.PID()
@@ -1133,6 +1235,9 @@ func (p *primary) status() control.VMStatus {
 	if p.sender != nil {
 		ss := p.sender.Stats()
 		st.LogSent, st.LogAcked, st.BackupBehind = ss.Sent, ss.Acked, ss.Behind
+	}
+	if p.sender != nil {
+		st.LagHist, st.WorkLagHist = p.lagHist.histogram(), p.workHist.histogram()
 	}
 	if p.out != nil {
 		fillRelayStatus(&st, p.out.Stats())
@@ -1180,6 +1285,7 @@ func fillRelayStatus(st *control.VMStatus, rs netbuf.RelayStats) {
 		st.AddedDelayMS = float64(r.TotalDelay) / float64(r.ReleasedFrames) / float64(time.Millisecond)
 	}
 	st.MaxDelayMS = float64(r.MaxDelay) / float64(time.Millisecond)
+	st.AddedDelaySumMS = ms(r.TotalDelay)
 	if h := r.DelayHist; h.Count() > 0 {
 		// A bucket's upper bound can exceed the largest delay seen; the true
 		// quantile cannot, so the maximum is the tighter bound there.
@@ -1196,3 +1302,26 @@ func fillRelayStatus(st *control.VMStatus, rs netbuf.RelayStats) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// statusDetail reads the detail under the lock.
+func (p *primary) statusDetail() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.detail
+}
+
+// epochNow reads the epoch under the lock.
+func (p *primary) epochNow() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.epoch
+}
+
+// fileSize is the size of the file at path, 0 when it cannot be read.
+func fileSize(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ftvmd/ftvmd/journal"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
 
@@ -31,6 +32,8 @@ const (
 	OpDefine    = "define"
 	OpFailover  = "failover"
 	OpVerify    = "verify"
+	// OpEvents reads the agent's journal (journal.Event), VM's only when VM is set.
+	OpEvents = "events"
 	// OpTestAckDelay sets the backup's ack delay (test-only; the agent must run with
 	// --test-knobs). It proves the output rule holds frames until acked.
 	OpTestAckDelay = "test-ack-delay"
@@ -54,7 +57,16 @@ type Request struct {
 	Force bool `json:"force,omitempty"`
 	// AckDelayMS is OpTestAckDelay's argument.
 	AckDelayMS int `json:"ack_delay_ms,omitempty"`
+	// Limit is OpEvents' argument: the newest events, at most this many
+	// (0: DefaultEventLimit; at most MaxEventLimit).
+	Limit int `json:"limit,omitempty"`
 }
+
+// Event limits of OpEvents: a response must fit in maxMessage.
+const (
+	DefaultEventLimit = 100
+	MaxEventLimit     = 2000
+)
 
 // Response carries either an error or the result.
 type Response struct {
@@ -63,13 +75,77 @@ type Response struct {
 	Message string     `json:"message,omitempty"`
 	Host    string     `json:"host,omitempty"`
 	VMs     []VMStatus `json:"vms,omitempty"`
+	// Peers (OpStatus) are the agents this one has had log channels with.
+	Peers []PeerStatus `json:"peers,omitempty"`
+	// Counters (OpStatus) are what this agent counted per VM, across the copies it
+	// ran: they outlive a copy (a backup that went live is a new primary).
+	Counters []VMCounters `json:"counters,omitempty"`
+	// Events (OpEvents), oldest first.
+	Events []journal.Event `json:"events,omitempty"`
 }
+
+// PeerStatus is one peer agent as this agent sees it. Agents talk only over the log
+// channels of the VMs they protect together: a peer is up while at least one such
+// channel is open (a channel whose peer falls silent for the peer timeout ends).
+type PeerStatus struct {
+	Host     string    `json:"host"` // the name in its certificate
+	Up       bool      `json:"up"`
+	Channels int       `json:"channels"` // log channels open with it
+	Since    time.Time `json:"since"`    // when it last went up or down
+	// RTTMS is the kernel's smoothed round-trip time of a log channel's TCP
+	// connection (TCP_INFO), over which heartbeats and acks flow; 0 when unknown.
+	RTTMS float64 `json:"rtt_ms,omitempty"`
+	// LastHeardMS is how long ago the peer last sent anything (a heartbeat, an ack,
+	// log) on the freshest channel.
+	LastHeardMS float64 `json:"last_heard_ms,omitempty"`
+}
+
+// VMCounters is what an agent counted for one VM since it started.
+type VMCounters struct {
+	Name string `json:"name"`
+	// Failovers: times a copy on this host took the VM after losing its peer (a
+	// backup going live, a primary carrying on alone), or was handed it.
+	Failovers uint64 `json:"failovers"`
+	// Reprotections: times a VM running alone got a new backup (not built yet: 0).
+	Reprotections uint64 `json:"reprotections"`
+	// Epoch claims on shared storage, by result.
+	ClaimsWon    uint64 `json:"claims_won"`
+	ClaimsLost   uint64 `json:"claims_lost"`
+	ClaimsFailed uint64 `json:"claims_failed"`
+	// The latest failover's claim, and go-live (a backup becoming the live VM).
+	LastClaimMS  float64 `json:"last_claim_ms,omitempty"`
+	LastGoLiveMS float64 `json:"last_golive_ms,omitempty"`
+}
+
+// Histogram is a distribution over fixed buckets (Prometheus' layout).
+type Histogram struct {
+	Bounds []float64 `json:"bounds"` // inclusive upper bounds in seconds, increasing
+	Counts []uint64  `json:"counts"` // per bucket, not cumulative; the last counts values beyond the last bound
+	Sum    float64   `json:"sum"`    // of the values, in seconds
+}
+
+// Count is the number of values.
+func (h Histogram) Count() uint64 {
+	var n uint64
+	for _, c := range h.Counts {
+		n += c
+	}
+	return n
+}
+
+// VMStates are the states a VM's copy can be in (VMStatus.State): a primary
+// starting, protected, claiming (its backup lost, claiming the next epoch),
+// degraded (backup lost, no shared storage), unprotected, halted (lost the epoch),
+// handed-over (planned failover); a backup replaying or live (it went live; the
+// live VM is a new primary); either failed or stopped.
+var VMStates = []string{"starting", "protected", "claiming", "degraded", "unprotected", "halted",
+	"handed-over", "replaying", "live", "failed", "stopped"}
 
 // VMStatus is what `ftvmd status` shows for one VM on this host.
 type VMStatus struct {
 	Name      string    `json:"name"`
 	Role      string    `json:"role"`  // primary | backup
-	State     string    `json:"state"` // starting | protected | unprotected | replaying | stopped | failed
+	State     string    `json:"state"` // one of VMStates
 	Peer      string    `json:"peer,omitempty"`
 	Detail    string    `json:"detail,omitempty"`
 	StartedAt time.Time `json:"started_at"`
@@ -115,6 +191,19 @@ type VMStatus struct {
 	BackupBehind  bool    `json:"backup_behind,omitempty"`
 	ThrottleQuota float64 `json:"throttle_quota"` // CPU fraction allowed to the primary's QEMU; 1 = free
 	ThrottledSec  float64 `json:"throttled_sec"`
+
+	// LogOnDisk is the size of this copy's rr log file, which grows for as long
+	// as the VM runs.
+	LogOnDisk int64 `json:"log_on_disk"`
+	// Histograms of the lag samples (LagMS, WorkLagMS) since this copy started,
+	// one per ack from the backup.
+	LagHist     *Histogram `json:"lag_hist,omitempty"`
+	WorkLagHist *Histogram `json:"work_lag_hist,omitempty"`
+	// PacingEnabled: this copy paces the network's frames to the guest (the
+	// agent's --pace-queue-bytes, on the relay data path); the pacing fields
+	// below say nothing otherwise.
+	PacingEnabled bool `json:"pacing_enabled,omitempty"`
+
 	// Pacing of the frames from the network to the primary's QEMU (each one is
 	// logged, and a CPU quota cannot slow them): while active, at most
 	// PaceRateBps bytes/s go to QEMU and the rest wait in a bounded queue.
@@ -162,6 +251,8 @@ type VMStatus struct {
 	// bucket counts; read it back with outputrule.DelayHistFromCounts), so a
 	// client can subtract two snapshots and take the quantiles of an interval.
 	AddedDelayHist []uint64 `json:"added_delay_hist,omitempty"`
+	// AddedDelaySumMS is the sum of the delays AddedDelayHist counts.
+	AddedDelaySumMS float64 `json:"added_delay_sum_ms,omitempty"`
 }
 
 // maxMessage bounds a request or response so a bad peer cannot exhaust memory.

@@ -27,6 +27,7 @@ const (
 	KindGoLive       = "go-live"       // a backup became the live VM (how long it took)
 	KindUnprotected  = "unprotected"   // a primary runs on without a backup
 	KindHalted       = "halted"        // a copy stopped for good: another one owns the VM
+	KindFailed       = "failed"        // a copy failed (a backup stepping down, a primary whose backup takes over)
 	KindThrottleOn   = "throttle-on"   // the primary's CPU quota went below 1
 	KindThrottleOff  = "throttle-off"  // ... and came back to 1 (DurationMS: how long it was below)
 	KindPacingOn     = "pacing-on"     // the network's frames to the guest began to be paced

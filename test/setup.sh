@@ -12,8 +12,11 @@ log() { printf '==> %s\n' "$*"; }
 
 [ "$(id -u)" = 0 ] || { echo "setup: must run as root (it installs packages and builds the lab)" >&2; exit 1; }
 
+# systemd: systemd-analyze and the unit sandbox; dpkg-dev: dpkg-shlibdeps for the
+# package; prometheus: promtool checks the agent's metrics, and the end-to-end tests
+# run its server against the lab's agents.
 pkgs=(qemu-system-x86 qemu-utils busybox-static cpio kmod gzip iproute2 gcc libc6-dev netcat-openbsd procps
-  systemd dpkg-dev)  # systemd: systemd-analyze and the unit sandbox; dpkg-dev: dpkg-shlibdeps for the package
+  systemd dpkg-dev prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -22,6 +25,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests run Prometheus' binaries themselves: the packaged server that
+  # installing starts (where systemd runs) is not needed.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 command -v go >/dev/null || { echo "setup: Go 1.26 or newer is required (not found on PATH or in /usr/local/go/bin)" >&2; exit 1; }

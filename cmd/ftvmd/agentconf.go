@@ -16,6 +16,7 @@ import (
 
 	"github.com/ftvmd/ftvmd/agent"
 	"github.com/ftvmd/ftvmd/conffile"
+	"github.com/ftvmd/ftvmd/metrics"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/throttle"
 )
@@ -34,6 +35,7 @@ type agentOpts struct {
 	hb, timeout, ackDelay, stallAfter                                                               time.Duration
 	checkInv, testKnobs                                                                             bool
 	paceQueue                                                                                       int
+	metricsListen                                                                                   string
 
 	origins map[string]conffile.Origin // keys the config file set
 	file    string                     // the config file read ("" if none)
@@ -62,6 +64,7 @@ func (o *agentOpts) register(f *pflag.FlagSet) {
 	_ = f.SetAnnotation("data-path", conffile.EnvAnnotation, []string{"FTVMD_DATA_PATH"})
 	f.IntVar(&o.paceQueue, "pace-queue-bytes", throttle.DefaultPaceQueue, "bytes of frames from the network held while they are paced (backup over its lag bound); 0 turns pacing off")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug|info|warn|error")
+	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address (host:port; "+metrics.Path+"), e.g. 127.0.0.1:9464; empty: off")
 	f.BoolVar(&o.testKnobs, "test-knobs", false, "TEST ONLY: enable test control operations")
 	_ = f.MarkHidden("test-ack-delay")
 	_ = f.MarkHidden("test-knobs")

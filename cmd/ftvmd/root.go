@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,10 +14,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/ftvmd/ftvmd/agent"
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/metrics"
 	"github.com/ftvmd/ftvmd/replay"
 	"github.com/ftvmd/ftvmd/sdnotify"
 	"github.com/ftvmd/ftvmd/vmspec"
@@ -47,6 +50,7 @@ func newRoot() *cobra.Command {
 		newStopCmd(g),
 		newFailoverCmd(g),
 		newVerifyCmd(g),
+		newEventsCmd(g),
 		newKeysCmd(),
 		newLogCmd(),
 		newRRCmd(),
@@ -100,7 +104,8 @@ func newAgentCmd() *cobra.Command {
 			if err != nil {
 				return o.explain(err)
 			}
-			return a.Run(cmd.Context())
+			defer a.Close()
+			return runAgent(cmd.Context(), a, o.metricsListen, cfg.Logger)
 		},
 	}
 	o.register(c.Flags())
@@ -214,6 +219,7 @@ func showCopyProgress(ctx context.Context, g *globalOpts, vm string, stop <-chan
 func simpleVMCmd(g *globalOpts, use, short, op string) *cobra.Command {
 	return &cobra.Command{
 		Use: use + " <vm>", Short: short, Args: cobra.ExactArgs(1),
+		ValidArgsFunction: completeVMs(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			resp, err := call(cmd.Context(), g, control.Request{Op: op, VM: args[0]})
 			if err != nil {
@@ -263,35 +269,121 @@ func newStopCmd(g *globalOpts) *cobra.Command {
 }
 
 func newStatusCmd(g *globalOpts) *cobra.Command {
-	var asJSON bool
+	var asJSON, watch bool
+	var interval time.Duration
 	c := &cobra.Command{
-		Use: "status [<vm>]", Short: "Show the VMs this host runs", Args: cobra.MaximumNArgs(1),
+		Use: "status [<vm>]", Short: "Show the VMs this host runs, its peers and what it counted", Args: cobra.MaximumNArgs(1),
+		ValidArgsFunction: completeVMs(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := control.Request{Op: control.OpStatus}
 			if len(args) == 1 {
 				req.VM = args[0]
+			}
+			out := cmd.OutOrStdout()
+			if watch {
+				if interval <= 0 {
+					return fmt.Errorf("--interval %s: must be positive", interval)
+				}
+				return watchStatus(cmd.Context(), g, req, out, interval, asJSON)
 			}
 			resp, err := call(cmd.Context(), g, req)
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(os.Stdout)
+				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
 				return enc.Encode(resp)
 			}
-			printStatus(os.Stdout, resp)
+			printStatus(out, resp)
 			return nil
 		},
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON (with --watch: one JSON document per line)")
+	c.Flags().BoolVar(&watch, "watch", false, "show the status again every --interval until interrupted")
+	c.Flags().DurationVar(&interval, "interval", 2*time.Second, "how often --watch refreshes")
 	return c
+}
+
+// watchStatus shows the status every interval until ctx ends (Ctrl-C). On a
+// terminal each refresh replaces the last; a failed call (an agent restarting) is
+// shown and the watch goes on.
+func watchStatus(ctx context.Context, g *globalOpts, req control.Request, w io.Writer, interval time.Duration, asJSON bool) error {
+	clear := !asJSON && isTerminal(w)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		resp, err := call(ctx, g, req)
+		if ctx.Err() != nil {
+			return nil
+		}
+		switch {
+		case asJSON && err != nil:
+			b, _ := json.Marshal(control.Response{Host: resp.Host, Error: err.Error()})
+			fmt.Fprintf(w, "%s\n", b)
+		case asJSON:
+			b, err := json.Marshal(resp)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "%s\n", b)
+		default:
+			if clear {
+				fmt.Fprint(w, "\033[H\033[2J")
+			}
+			fmt.Fprintf(w, "every %s: ftvmd status  %s\n\n", interval, time.Now().Format("2006-01-02 15:04:05"))
+			if err != nil {
+				fmt.Fprintf(w, "ftvmd: %v\n", err)
+			} else {
+				printStatus(w, resp)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// completeVMs completes a VM name from the local agent's status (cobra shell
+// completion): no agent, no suggestions.
+func completeVMs(g *globalOpts) func(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	return func(cmd *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if len(args) > 0 {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		resp, err := control.Call(ctx, g.socket, control.Request{Op: control.OpStatus})
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		var names []cobra.Completion
+		for _, v := range resp.VMs {
+			names = append(names, cobra.CompletionWithDesc(v.Name, v.Role+", "+v.State))
+		}
+		return names, cobra.ShellCompDirectiveNoFileComp
+	}
 }
 
 func printStatus(w io.Writer, resp control.Response) {
 	if len(resp.VMs) == 0 {
 		fmt.Fprintf(w, "host %s: no VMs\n", resp.Host)
-		return
+	}
+	counters := map[string]control.VMCounters{}
+	for _, c := range resp.Counters {
+		counters[c.Name] = c
 	}
 	for _, v := range resp.VMs {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -360,9 +452,43 @@ func printStatus(w io.Writer, resp control.Response) {
 			fmt.Fprintf(tw, "replay\t%s\n", stallText(v))
 			fmt.Fprintf(tw, "emitted frames\t%d (replay must emit none)\n", v.EmittedFrames)
 		}
+		if c, ok := counters[v.Name]; ok && c != (control.VMCounters{Name: c.Name}) {
+			fmt.Fprintf(tw, "on this host\t%s\n", countersLine(c))
+		}
 		tw.Flush()
 		fmt.Fprintln(w)
 	}
+	printPeers(w, resp.Peers)
+}
+
+// countersLine is what the agent counted for a VM (control.VMCounters).
+func countersLine(c control.VMCounters) string {
+	s := fmt.Sprintf("failovers %d, re-protections %d, epoch claims won %d lost %d failed %d",
+		c.Failovers, c.Reprotections, c.ClaimsWon, c.ClaimsLost, c.ClaimsFailed)
+	if c.LastGoLiveMS > 0 {
+		s += fmt.Sprintf(", last go-live %.0f ms", c.LastGoLiveMS)
+	}
+	return s
+}
+
+// printPeers shows the peer agents: up while a log channel with them is open.
+func printPeers(w io.Writer, peers []control.PeerStatus) {
+	if len(peers) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, p := range peers {
+		if !p.Up {
+			fmt.Fprintf(tw, "peer %s\tDOWN since %s (no log channel open)\n", p.Host, p.Since.Format("2006-01-02 15:04:05"))
+			continue
+		}
+		line := fmt.Sprintf("up, %d log channel(s), last heard %.0f ms ago", p.Channels, p.LastHeardMS)
+		if p.RTTMS > 0 {
+			line += fmt.Sprintf(", rtt %.2f ms", p.RTTMS)
+		}
+		fmt.Fprintf(tw, "peer %s\t%s\n", p.Host, line)
+	}
+	tw.Flush()
 }
 
 // stallText describes the backup's replay stall state (control.VMStatus.ReplayStalled).
@@ -488,4 +614,29 @@ func newLogCmd() *cobra.Command {
 	})
 	l.AddCommand(newLogEventsCmd())
 	return l
+}
+
+// runAgent runs the agent and, when metricsListen is set, its metrics server beside
+// it until the agent stops. A metrics address that cannot be bound fails the start;
+// a metrics server that fails later is logged and the agent runs on.
+func runAgent(ctx context.Context, a *agent.Agent, metricsListen string, log *slog.Logger) error {
+	if metricsListen == "" {
+		return a.Run(ctx)
+	}
+	ln, err := net.Listen("tcp", metricsListen)
+	if err != nil {
+		return fmt.Errorf("--metrics-listen: %w", err)
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := metrics.Serve(mctx, ln, a, log); err != nil {
+			log.Error("metrics server stopped; the agent runs on", "err", err)
+		}
+	}()
+	err = a.Run(ctx)
+	cancel()
+	<-done
+	return err
 }
