@@ -8,8 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftvmd/ftvmd/arbiter"
 	"github.com/ftvmd/ftvmd/control"
+	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/journal"
+	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/replay"
 )
 
 // kinds lists the events' kinds.
@@ -219,5 +223,78 @@ func TestLagHist(t *testing.T) {
 	}
 	if x.Count() != 6 || x.Sum < 3600 || x.Sum > 3600.1 {
 		t.Fatalf("count %d sum %v", x.Count(), x.Sum)
+	}
+}
+
+// TestPrimaryJournalsFailover drives a protected primary over a real log channel (in
+// memory): acks fill its lag histograms, then the backup is lost and the primary
+// claims the next epoch and carries on alone. Its journal tells it in order, and the
+// VM's counters, counted from those events, say one failover.
+func TestPrimaryJournalsFailover(t *testing.T) {
+	store := disk.NewMemStore()
+	a := testAgent(t, "hosta", "")
+	j := journal.NewMemory(100)
+	a.journal, a.store = j, store
+	a.peers.record = a.record
+	p := testPrimary(a, "hostb:7800")
+	p.backupHost = "hostb"
+	e, err := claimFirst(context.Background(), store, "vm1", "hosta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.epoch = e
+	if p.fence, err = newFence(store, arbiter.RolePrimary, "vm1", "hosta", e, p.log); err != nil {
+		t.Fatal(err)
+	}
+	p.fence.record = a.record
+	p.out = new(fakeOut)
+	link := logging.NewMemLink()
+	p.sender = logging.NewSender(link.A(), logging.NewMemLog(replay.HeaderSize), logging.SenderConfig{StartOffset: replay.HeaderSize,
+		HeartbeatInterval: 10 * time.Millisecond, PeerTimeout: time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	p.startSender(ctx, p.sender)
+	p.go1(func() { p.ackLoop(ctx, p.sender) })
+	t.Cleanup(func() { _ = p.stop(context.Background()) })
+
+	rcv := logging.NewReceiver(link.B(), logging.NewMemLog(replay.HeaderSize), logging.ReceiverConfig{StartOffset: replay.HeaderSize,
+		HeartbeatInterval: 10 * time.Millisecond, PeerTimeout: time.Second})
+	rerr := make(chan error, 1)
+	go func() { rerr <- rcv.Run(context.Background()) }()
+	rcv.SetReplayed(1)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := p.status()
+		if st.LagHist != nil && st.LagHist.Count() >= 3 && st.WorkLagHist.Count() >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no lag samples from the acks: %+v", st.LagHist)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ps := a.peers.snapshot(); len(ps) != 1 || !ps[0].Up || ps[0].Host != "hostb" {
+		t.Fatalf("peers while protected: %+v", ps)
+	}
+
+	link.Disconnect() // the backup's host is gone
+	<-rerr
+	waitState(t, p, "unprotected")
+	evs, _ := j.Read("vm1", 0)
+	if got := strings.Join(kinds(evs), ","); got != "peer-up,peer-down,claim,failover,unprotected" {
+		t.Fatalf("events %s", got)
+	}
+	if c := evs[2]; c.Result != journal.ClaimWon || c.Epoch != e+1 || c.Role != "primary" {
+		t.Fatalf("claim %+v", c)
+	}
+	if f := evs[3]; f.Epoch != e+1 || f.Peer != "hostb" || f.DurationMS <= 0 {
+		t.Fatalf("failover %+v", f)
+	}
+	st := a.handle(context.Background(), control.Request{Op: control.OpStatus})
+	if len(st.Counters) != 1 || st.Counters[0].Failovers != 1 || st.Counters[0].ClaimsWon != 1 {
+		t.Fatalf("counters %+v", st.Counters)
+	}
+	if len(st.Peers) != 1 || st.Peers[0].Up {
+		t.Fatalf("peers after the loss: %+v", st.Peers)
 	}
 }
