@@ -78,6 +78,11 @@ func FuzzParse(f *testing.F) {
 		if filepath.Base(s.Name) != s.Name || s.Name == "." || s.Name == ".." {
 			t.Fatalf("valid VM name %q is not a plain file name", s.Name)
 		}
+		for _, v := range []string{s.Kernel, s.Initrd, s.Append, s.Disk} {
+			if strings.ContainsRune(v, 0) {
+				t.Fatalf("valid spec has a NUL in %q: no process can be given it as an argument", v)
+			}
+		}
 		if !qemuAcceptsMAC(s.MAC) {
 			t.Fatalf("valid spec's MAC %q is one QEMU refuses", s.MAC)
 		}

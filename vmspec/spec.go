@@ -103,6 +103,12 @@ func (s Spec) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %q: not a regular file", f.field, f.path))
 		}
 	}
+	for _, f := range []struct{ field, v string }{{"append", s.Append}, {"disk", s.Disk}} {
+		// Every string ends up in QEMU's argv, where a NUL cannot go.
+		if strings.ContainsRune(f.v, 0) {
+			errs = append(errs, fmt.Errorf("%s %q: contains a NUL byte", f.field, f.v))
+		}
+	}
 	if s.Disk != "" && !filepath.IsAbs(s.Disk) {
 		errs = append(errs, fmt.Errorf("disk %q: must be an absolute path", s.Disk))
 	}
