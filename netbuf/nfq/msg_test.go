@@ -162,3 +162,35 @@ func FuzzParseMessages(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPacketRoundTrip: packet messages as the kernel sends them (metadata copy,
+// with or without NFQA_CAP_LEN and GSO), batched with acks as one read returns
+// them, parse back to exactly the ids, protocols, lengths and flags sent, in order.
+func FuzzPacketRoundTrip(f *testing.F) {
+	f.Add(uint32(41), uint16(0x0800), uint32(65226), uint32(skbGSO), uint8(3), int32(0))
+	f.Add(uint32(0xffffffff), uint16(0x86dd), uint32(0), uint32(0), uint8(1), int32(unix.ENOBUFS))
+	f.Fuzz(func(t *testing.T, id uint32, proto uint16, capLen, skb uint32, n uint8, errno int32) {
+		var in []byte
+		var want []Message
+		for i := uint32(0); i < uint32(n%16); i++ {
+			in = append(in, packetMsg(id+i, proto, capLen+i, skb)...)
+			want = append(want, Message{Kind: KindPacket, Packet: Packet{ID: id + i, HWProto: proto, Len: int(capLen + i), GSO: skb&skbGSO != 0}})
+			if capLen+i == 0 { // no NFQA_CAP_LEN and no payload: length 0
+				want[len(want)-1].Packet.Len = 0
+			}
+			if i%3 == 1 {
+				in = append(in, errorMsg(i, errno)...)
+				want = append(want, Message{Kind: KindAck, Seq: i, Errno: unix.Errno(errno)})
+			}
+		}
+		got, err := ParseMessages(in, nil)
+		if err != nil || len(got) != len(want) {
+			t.Fatalf("parsed %d messages (%v), want %d", len(got), err, len(want))
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("message %d: %+v, want %+v", i, got[i], want[i])
+			}
+		}
+	})
+}
