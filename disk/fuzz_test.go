@@ -341,3 +341,51 @@ func FuzzReply(f *testing.F) {
 		}
 	})
 }
+
+// FuzzQcow2Header: whatever an image file starts with, the standalone check never
+// panics or reads more than a bounded name; it passes an image only when it is a
+// qcow2 version 2 or 3 header that names no backing file (offset 0) and, in version
+// 3, does not set the external-data-file bit: the two ways QEMU reads guest data
+// from another file than the one ftvmd copies and verifies.
+func FuzzQcow2Header(f *testing.F) {
+	f.Add(append([]byte(nil), syntheticHeader...))
+	v2 := append([]byte(nil), syntheticHeader[:qcow2V2HeaderSize]...)
+	binary.BigEndian.PutUint32(v2[4:], 2)
+	f.Add(v2)
+	backing := append(append([]byte(nil), syntheticHeader...), "base.qcow2"...)
+	binary.BigEndian.PutUint64(backing[qcow2OffBackingOffset:], uint64(len(syntheticHeader)))
+	binary.BigEndian.PutUint32(backing[qcow2OffBackingSize:], 10)
+	f.Add(backing)
+	data := append([]byte(nil), syntheticHeader...)
+	data[qcow2OffIncompatible+7] |= qcow2IncompatDataFile
+	data = binary.BigEndian.AppendUint32(data, qcow2ExtDataFile)
+	data = binary.BigEndian.AppendUint32(data, 4)
+	data = append(data, "data\x00\x00\x00\x00"...)
+	f.Add(data)
+	f.Add([]byte("QFI\xfb"))
+	f.Fuzz(func(t *testing.T, img []byte) {
+		h, err := readQcow2Header(bytes.NewReader(img), int64(len(img)), "img")
+		if err != nil {
+			if !errors.Is(err, ErrImageCorrupt) {
+				t.Fatalf("undocumented error %v", err)
+			}
+			return
+		}
+		if len(h.backingFile) > maxNameLen || len(h.dataFile) > maxNameLen {
+			t.Fatalf("name of %d/%d bytes", len(h.backingFile), len(h.dataFile))
+		}
+		standalone := h.backingFile == "" && !h.externalData
+		if len(img) < qcow2V2HeaderSize || string(img[:4]) != "QFI\xfb" {
+			t.Fatalf("%d bytes read as a qcow2 header %+v", len(img), h)
+		}
+		version := binary.BigEndian.Uint32(img[4:])
+		backingOff := binary.BigEndian.Uint64(img[qcow2OffBackingOffset:])
+		dataBit := version == 3 && binary.BigEndian.Uint64(img[qcow2OffIncompatible:])&qcow2IncompatDataFile != 0
+		if h.version != version || (version != 2 && version != 3) {
+			t.Fatalf("version %d read as %+v", version, h)
+		}
+		if standalone != (backingOff == 0 && !dataBit) {
+			t.Fatalf("backing offset %d, data file bit %v: standalone %v (%+v)", backingOff, dataBit, standalone, h)
+		}
+	})
+}

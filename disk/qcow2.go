@@ -99,6 +99,10 @@ func readName(f io.ReaderAt, size int64, off uint64, n uint32, path, what string
 	if n > maxNameLen || off > uint64(size) || uint64(n) > uint64(size)-off {
 		return "", fmt.Errorf("%w: %s: %s of %d bytes at offset %d lies outside the %d-byte file", ErrImageCorrupt, path, what, n, off, size)
 	}
+	if n == 0 {
+		// Nothing to read: an io.ReaderAt may say EOF for an empty read at the end.
+		return "", nil
+	}
 	b := make([]byte, n)
 	if _, err := f.ReadAt(b, int64(off)); err != nil {
 		return "", fmt.Errorf("%w: read %s's %s: %w", ErrLocalIO, path, what, err)
