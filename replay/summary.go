@@ -13,6 +13,12 @@ type Summary struct {
 	Counts    [NumKinds]uint64 // events per kind
 	Events    uint64           // complete events
 	Icount    uint64           // sum of INSTRUCTION counts
+	// ShutdownIcount is the instruction count at the log's first SHUTDOWN event,
+	// where a replay that pauses on shutdown stops (SawShutdown). The vCPU may run
+	// on for a few thousand instructions after the shutdown request is logged and
+	// before the recording ends, so it can be below Icount.
+	ShutdownIcount uint64
+	SawShutdown    bool
 	Bytes     int64            // bytes read, header included
 	Boundary  int64            // offset just past the last complete event
 	SawEnd    bool             // END event seen
@@ -41,7 +47,12 @@ func Summarize(r io.Reader) (Summary, error) {
 	}
 	s.Version = uint32(head[0])<<24 | uint32(head[1])<<16 | uint32(head[2])<<8 | uint32(head[3])
 	c := NewCutter(HeaderSize, 0)
-	c.OnEvent(func(ev Event) { s.Counts[ev.Kind]++ })
+	c.OnEvent(func(ev Event) {
+		s.Counts[ev.Kind]++
+		if ev.Kind.IsShutdown() && !s.SawShutdown {
+			s.SawShutdown, s.ShutdownIcount = true, c.Icount()
+		}
+	})
 	m, err := io.Copy(c, r)
 	s.Bytes += m
 	s.Events, s.Icount, s.Boundary, s.SawEnd = c.Events(), c.Icount(), c.Boundary(), c.SawEnd()

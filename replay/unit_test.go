@@ -243,3 +243,31 @@ func TestSummarizeSeed(t *testing.T) {
 		t.Fatal("bad version accepted")
 	}
 }
+
+// TestSummarizeShutdownIcount: the icount at the first SHUTDOWN is where a replay
+// that pauses on shutdown stops; instructions the recording ran after it count in
+// Icount only.
+func TestSummarizeShutdownIcount(t *testing.T) {
+	data := make([]byte, HeaderSize)
+	copy(data, readSeed(t)[:HeaderSize])
+	for _, e := range [][]byte{
+		ev(KindInstruction, uint32(1000)),
+		ev(KindShutdownHostQMPQuit),
+		ev(KindInstruction, uint32(2547)),
+		ev(KindShutdownHostSignal),
+		ev(KindEnd),
+	} {
+		data = append(data, e...)
+	}
+	s, err := Summarize(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.SawShutdown || s.ShutdownIcount != 1000 || s.Icount != 3547 {
+		t.Fatalf("shutdown %v at %d, icount %d; want at 1000 of 3547", s.SawShutdown, s.ShutdownIcount, s.Icount)
+	}
+	s, err = Summarize(bytes.NewReader(append(data[:HeaderSize:HeaderSize], ev(KindInstruction, uint32(5))...)))
+	if err != nil || s.SawShutdown || s.ShutdownIcount != 0 {
+		t.Fatalf("no shutdown: %+v %v", s, err)
+	}
+}
