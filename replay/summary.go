@@ -8,21 +8,21 @@ import (
 
 // Summary describes a whole log file; it backs `ftvmd log inspect`.
 type Summary struct {
-	Version   uint32           // header version; 0 while a stock QEMU records
-	Finished  bool             // valid version and END: QEMU exited cleanly
-	Counts    [NumKinds]uint64 // events per kind
-	Events    uint64           // complete events
-	Icount    uint64           // sum of INSTRUCTION counts
+	Version  uint32           // header version; 0 while a stock QEMU records
+	Finished bool             // valid version and END: QEMU exited cleanly
+	Counts   [NumKinds]uint64 // events per kind
+	Events   uint64           // complete events
+	Icount   uint64           // sum of INSTRUCTION counts
 	// ShutdownIcount is the instruction count at the log's first SHUTDOWN event,
 	// where a replay that pauses on shutdown stops (SawShutdown). The vCPU may run
 	// on for a few thousand instructions after the shutdown request is logged and
 	// before the recording ends, so it can be below Icount.
 	ShutdownIcount uint64
 	SawShutdown    bool
-	Bytes     int64            // bytes read, header included
-	Boundary  int64            // offset just past the last complete event
-	SawEnd    bool             // END event seen
-	Truncated bool             // input ended inside an event (normal while recording)
+	Bytes          int64 // bytes read, header included
+	Boundary       int64 // offset just past the last complete event
+	SawEnd         bool  // END event seen
+	Truncated      bool  // input ended inside an event (normal while recording)
 }
 
 // Summarize reads a log from its first byte to EOF. A log that ends inside
