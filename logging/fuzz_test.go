@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"testing"
 	"time"
 )
@@ -17,6 +18,7 @@ func FuzzReadMessage(f *testing.F) {
 	f.Add(appendReason(nil, MsgBye, "shutdown"))
 	f.Add(appendReason(nil, MsgError, "bad \xff utf8"))
 	f.Add(AppendMessage(nil, MsgHello, []byte(`{"vm":"x"}`)))
+	f.Add(appendConsole(nil, ConsoleMark{Bytes: 4096, CRC: 0xdeadbeef}))
 	f.Add([]byte{byte(MsgFrame), 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{byte(MsgFrame), 0, 0, 0, 24, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0})
 	f.Add([]byte("GET / HTTP/1.1\r\n"))
@@ -71,6 +73,17 @@ func FuzzReadMessage(f *testing.F) {
 			case MsgHello, MsgHelloReply:
 				var v any
 				_ = json.Unmarshal(m.Payload, &v)
+			case MsgConsole:
+				cm, err := decodeConsole(m.Payload)
+				if err != nil {
+					t.Fatalf("console mark of valid length refused: %v", err)
+				}
+				if cm.Bytes < 0 {
+					t.Fatalf("decoded negative console length %+v", cm)
+				}
+				if cm.Bytes < math.MaxInt64 && !bytes.Equal(appendConsole(nil, cm), AppendMessage(nil, m.Type, m.Payload)) {
+					t.Fatal("console mark round trip differs")
+				}
 			default:
 				t.Fatalf("ReadMessage accepted unknown type %d", m.Type)
 			}
