@@ -342,3 +342,18 @@ func TestPrimaryStartFailureSaysBye(t *testing.T) {
 		t.Fatal("the failed VM is still registered")
 	}
 }
+
+// The spec's bridge wins over the agent's --bridge (an imported libvirt domain
+// names its own): here both are missing, and create-tap fails on the spec's.
+func TestPrimaryTapJoinsSpecBridge(t *testing.T) {
+	ca := newTestCA(t)
+	a := testAgent(t, "hosta", ca.issue("hosta"))
+	a.cfg.Bridge = "ftvmd-nobr0"
+	addr, _ := fakeBackup(t, ca.issue("hostb"), peerReply{OK: true, Host: "hostb"})
+	spec := validSpec(t, "vm1")
+	spec.Bridge = "ftvmd-nobr1"
+	err := a.startPrimary(context.Background(), spec, addr, nil)
+	if err == nil || !strings.Contains(err.Error(), "create-tap") || !strings.Contains(err.Error(), `"ftvmd-nobr1"`) || strings.Contains(err.Error(), "ftvmd-nobr0") {
+		t.Fatalf("startPrimary: %v, want create-tap to fail on the spec's bridge ftvmd-nobr1", err)
+	}
+}

@@ -359,7 +359,13 @@ func (p *primary) dialBackup(ctx context.Context) (net.Conn, error) {
 
 func (p *primary) createTap(context.Context) error {
 	p.tap = tapName(p.spec.Name)
-	if _, err := netbuf.CreateTap(p.tap, p.a.cfg.Bridge); err != nil {
+	// The spec's bridge (an imported libvirt domain's) over the agent's default: the
+	// spec travels to the backup, so a go-live there joins the same bridge.
+	bridge := p.spec.Bridge
+	if bridge == "" {
+		bridge = p.a.cfg.Bridge
+	}
+	if _, err := netbuf.CreateTap(p.tap, bridge); err != nil {
 		return err
 	}
 	p.addCleanup(func() error { return netbuf.DeleteTap(p.tap) })

@@ -139,6 +139,12 @@ func (s *Session) StartGuest(ctx context.Context, vm, appendExtra string, protec
 	if err := s.Lab.DefineGuest(ctx, lab.HostA, vm, appendExtra, defineFlags...); err != nil {
 		return 0, err
 	}
+	return s.StartDefined(ctx, vm, protected)
+}
+
+// StartDefined is StartGuest for a VM already defined on host A (one imported from
+// libvirt, say): it must be the lab guest, with the lab's guest IP on its command line.
+func (s *Session) StartDefined(ctx context.Context, vm string, protected bool) (time.Duration, error) {
 	t0 := time.Now()
 	args := []string{"run", vm}
 	if protected {

@@ -82,6 +82,10 @@ type DrillOpts struct {
 	// Bulk runs a bulk transfer (BulkGet or BulkPut) on its own connection from
 	// before the fault until bulkAfterFault after it.
 	Bulk string
+	// Defined: the VM is already defined on host A (imported from libvirt, say) as
+	// the lab guest, so the drill does not define it. Disk then only says the spec
+	// has that disk (the client writes records to it).
+	Defined bool
 }
 
 // RunDrillOpts is RunDrill with options.
@@ -107,7 +111,11 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 	if o.Disk != "" {
 		extra = []string{"--disk", o.Disk}
 	}
-	if _, err := s.StartGuest(ctx, vm, "", true, extra...); err != nil {
+	start := func() (time.Duration, error) { return s.StartGuest(ctx, vm, "", true, extra...) }
+	if o.Defined {
+		start = func() (time.Duration, error) { return s.StartDefined(ctx, vm, true) }
+	}
+	if _, err := start(); err != nil {
 		return rep, err
 	}
 	c, err := lab.NewClient(ctx, time.Minute)

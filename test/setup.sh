@@ -32,6 +32,29 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# libvirt, for the tests of `ftvmd vm import`: they run a libvirtd of their own in
+# namespaces of its own (test/e2e/libvirtd_test.go), so the package's service is kept
+# from starting while it installs (policy-rc.d, unless the host has its own policy).
+# Without systemd as init, the sysv flavour keeps apt from pulling in systemd-sysv.
+libvirt_pkgs=(libvirt-daemon-system libvirt-clients)
+[ -d /run/systemd/system ] || libvirt_pkgs+=(libvirt-daemon-system-sysv)
+missing=()
+for p in "${libvirt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]} (services not started)"
+  policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || { [ -z "$policy" ] || rm -f "$policy"; exit 1; }
+  [ -z "$policy" ] || rm -f "$policy"
+fi
+
 command -v go >/dev/null || { echo "setup: Go 1.26 or newer is required (not found on PATH or in /usr/local/go/bin)" >&2; exit 1; }
 gov=$(go env GOVERSION | sed 's/^go//')
 case "$gov" in 1.2[6-9]*|1.[3-9]*) ;; *) echo "setup: Go 1.26 or newer is required, found $gov" >&2; exit 1;; esac

@@ -31,6 +31,9 @@ type Spec struct {
 	Append   string `json:"append,omitempty"`
 	Disk     string `json:"disk,omitempty"`
 	MAC      string `json:"mac"`
+	// Bridge is the host bridge the VM's tap joins on every host that runs it; empty
+	// means the agent's --bridge. Both hosts need a bridge of that name.
+	Bridge string `json:"bridge,omitempty"`
 	// IcountShift is QEMU's fixed -icount shift. It ties guest time to instructions:
 	// a smaller shift gives faster guest networking but a slower replay. Never auto.
 	IcountShift *int `json:"icount_shift,omitempty"`
@@ -39,6 +42,12 @@ type Spec struct {
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
+
+// validIfname is what Linux accepts as an interface name (dev_valid_name): 1 to
+// IFNAMSIZ-1 bytes, no '/', ':' or whitespace, not "." or "..".
+func validIfname(n string) bool {
+	return len(n) >= 1 && len(n) <= 15 && n != "." && n != ".." && !strings.ContainsAny(n, "/: \t\n\v\f\r")
+}
 
 // ErrNotFound is returned by Load when no spec with that name is stored.
 var ErrNotFound = errors.New("vm spec not found")
@@ -116,6 +125,9 @@ func (s Spec) Validate() error {
 		errs = append(errs, fmt.Errorf("mac %q: must be a 6-byte MAC like 52:54:00:12:34:56", s.MAC))
 	} else if hw[0]&1 == 1 {
 		errs = append(errs, fmt.Errorf("mac %q: is a multicast address", s.MAC))
+	}
+	if s.Bridge != "" && !validIfname(s.Bridge) {
+		errs = append(errs, fmt.Errorf("bridge %q: must be a network interface name (1-15 characters, no '/', ':' or spaces)", s.Bridge))
 	}
 	if sh := s.Shift(); sh < 0 || sh > 10 {
 		errs = append(errs, fmt.Errorf("icount_shift %d: must be 0..10 (a fixed shift; auto is not supported)", sh))

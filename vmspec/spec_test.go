@@ -42,6 +42,11 @@ func TestValidate(t *testing.T) {
 		{"multicast mac", func(s *Spec) { s.MAC = "01:00:5e:00:00:01" }, "multicast"},
 		{"shift", func(s *Spec) { s.IcountShift = shift(11) }, "icount_shift"},
 		{"lag", func(s *Spec) { s.LagBoundMS = 1 }, "lag_bound_ms"},
+		{"bridge", func(s *Spec) { s.Bridge = "br-lan0" }, ""},
+		{"bridge too long", func(s *Spec) { s.Bridge = "a-sixteen-chars0" }, "bridge"},
+		{"bridge slash", func(s *Spec) { s.Bridge = "br/0" }, "bridge"},
+		{"bridge space", func(s *Spec) { s.Bridge = "br 0" }, "bridge"},
+		{"bridge dotdot", func(s *Spec) { s.Bridge = ".." }, "bridge"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

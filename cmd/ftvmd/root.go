@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/ftvmd/ftvmd/agent"
@@ -117,11 +119,18 @@ func newVMCmd(g *globalOpts) *cobra.Command {
 	vm := &cobra.Command{Use: "vm", Short: "Define VMs"}
 	var s vmspec.Spec
 	var shift int
+	var specFile string
 	def := &cobra.Command{
 		Use:   "define <name>",
 		Short: "Validate and store a VM spec on the local agent",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if specFile != "" {
+				var err error
+				if s, err = readSpecFile(cmd, specFile); err != nil {
+					return err
+				}
+			}
 			s.Name = args[0]
 			for _, p := range []*string{&s.Kernel, &s.Initrd, &s.Disk} {
 				if *p != "" {
@@ -130,7 +139,9 @@ func newVMCmd(g *globalOpts) *cobra.Command {
 					}
 				}
 			}
-			s.IcountShift = &shift
+			if specFile == "" {
+				s.IcountShift = &shift
+			}
 			s.Normalize()
 			if err := s.Validate(); err != nil {
 				return err
@@ -150,10 +161,37 @@ func newVMCmd(g *globalOpts) *cobra.Command {
 	f.StringVar(&s.Disk, "disk", "", "qcow2 disk image on this host (copied to the backup at protect)")
 	f.StringVar(&s.Append, "append", vmspec.DefaultAppend, "kernel command line")
 	f.StringVar(&s.MAC, "mac", "52:54:00:12:34:56", "NIC MAC address")
+	f.StringVar(&s.Bridge, "bridge", "", "host bridge the VM's tap joins on both hosts (default: the agent's --bridge)")
+	f.StringVar(&specFile, "spec", "", "take the spec from this JSON file (as 'ftvmd vm import -o' writes it) instead of the flags")
 	f.IntVar(&shift, "icount-shift", vmspec.DefaultIcountShift, "fixed QEMU icount shift (0-10)")
 	f.IntVar(&s.LagBoundMS, "lag-bound-ms", vmspec.DefaultLagBoundMS, "backup lag above which the primary is slowed")
-	vm.AddCommand(def)
+	vm.AddCommand(def, newVMImportCmd(g))
 	return vm
+}
+
+// readSpecFile reads a spec file for `vm define --spec`, which takes no other spec
+// flags: a file and flags that disagree would leave the operator guessing.
+func readSpecFile(cmd *cobra.Command, path string) (vmspec.Spec, error) {
+	var clash []string
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if f.Name != "spec" && f.Name != "socket" {
+			clash = append(clash, "--"+f.Name)
+		}
+	})
+	if len(clash) > 0 {
+		return vmspec.Spec{}, fmt.Errorf("--spec takes the whole spec from %s: drop %s (or edit the file)", path, strings.Join(clash, ", "))
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return vmspec.Spec{}, fmt.Errorf("--spec: %w", err)
+	}
+	s, err := vmspec.Parse(b)
+	var inv *vmspec.InvalidError
+	if err != nil && !errors.As(err, &inv) {
+		return vmspec.Spec{}, fmt.Errorf("--spec %s: %w", path, err)
+	}
+	// Validation problems are reported after the name argument is applied.
+	return s, nil
 }
 
 func newProtectCmd(g *globalOpts) *cobra.Command {

@@ -41,11 +41,11 @@ func needLab(t *testing.T) *lab.Lab {
 	return l
 }
 
-// drillLab brings up a fresh lab for one drill and takes it down (keeping the logs
-// of a failed run) when the test ends.
-func drillLab(ctx context.Context, t *testing.T) *bench.Session {
+// drillLab brings up a fresh lab for one drill, its agents started with agentArgs,
+// and takes it down (keeping the logs of a failed run) when the test ends.
+func drillLab(ctx context.Context, t *testing.T, agentArgs ...string) *bench.Session {
 	t.Helper()
-	s, err := bench.Open(ctx, testWriter{t})
+	s, err := bench.Open(ctx, testWriter{t}, agentArgs...)
 	if err != nil {
 		t.Fatal(err)
 	}
