@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftvmd/ftvmd/bench"
 	"github.com/ftvmd/ftvmd/lab"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
@@ -216,5 +218,55 @@ func TestLibvirtImport(t *testing.T) {
 	out, err = importCmd(ctx, bin, d, "no-such-domain", "-o", "-")
 	if err == nil || !strings.Contains(out, `libvirt domain "no-such-domain": look up`) {
 		t.Fatalf("import of a missing domain: %v\n%s", err, out)
+	}
+}
+
+// TestLibvirtImportFailover: the lab guest, defined as a domain in a real libvirtd,
+// is imported into the agent on host A, protected, and every process of host A is
+// killed under client load writing durable records: the backup goes live with no
+// request lost and every acknowledged record on its disk. The agents run with a
+// --bridge that does not exist, so the VM reaches the network only through the
+// bridge its imported spec names, on both hosts.
+func TestLibvirtImportFailover(t *testing.T) {
+	if os.Getenv("FTVMD_E2E") != "1" {
+		t.Skip("end-to-end test: set FTVMD_E2E=1 (test/run-tests.sh does)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	s := drillLab(ctx, t, append(agentArgs(), "--bridge", "ftvmd-nobr0")...)
+	d := startLibvirtd(ctx, t)
+	const vm = "ftimport-fo"
+	img, err := lab.CreateImage(lab.HostA, vm, "64M")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.define(ctx, vm, labDomainXML(vm, s.Lab.Kernel, s.Lab.Initrd, img))
+	out, err := s.Lab.Run(ctx, "a", "vm", "import", vm, "--uri", d.uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(strings.TrimSpace(out))
+	rep, err := bench.RunDrillOpts(ctx, s, bench.NewEnv("e2e"),
+		bench.DrillOpts{VM: vm, Kind: bench.KillPrimary, Disk: img, Defined: true}, rand.New(rand.NewSource(seed)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", rep)
+	if rep.RecordsAcked == 0 {
+		t.Fatal("no record was acknowledged before the fault")
+	}
+	if rep.RecordsMissing != 0 || rep.RequestsLost != 0 || rep.Inconsistent != 0 {
+		t.Fatalf("%d acknowledged records missing, %d requests lost, %d inconsistent", rep.RecordsMissing, rep.RequestsLost, rep.Inconsistent)
+	}
+	if rep.Owner != "b" || rep.OwnerState != "unprotected" || !rep.ConnSurvived {
+		t.Fatalf("owner %s (%s), connection survived %v", rep.Owner, rep.OwnerState, rep.ConnSurvived)
+	}
+	if rep.GuestRebooted || rep.CounterAfter <= rep.CounterBefore {
+		t.Fatalf("guest counter %d -> %d: the guest lost its memory", rep.CounterBefore, rep.CounterAfter)
+	}
+	if rep.NewConns == 0 {
+		t.Fatal("no new connection reached the guest during the drill")
 	}
 }
