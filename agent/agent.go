@@ -309,9 +309,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- control.Serve(ctx, ctl, a.handle, a.log) }()
 	go func() { errc <- a.servePeers(ctx, peerLn) }()
-	a.notify("READY=1", "STATUS="+a.serviceStatus(peerLn.Addr().String()))
+	// The STATUS sent with READY=1 is the one notifyStatus compares with: read in
+	// its goroutine instead, a VM that started in between would never be announced.
+	sent := a.serviceStatus(peerLn.Addr().String())
+	a.notify("READY=1", "STATUS="+sent)
 	statusDone := make(chan struct{})
-	go func() { defer close(statusDone); a.notifyStatus(ctx, peerLn.Addr().String()) }()
+	go func() { defer close(statusDone); a.notifyStatus(ctx, peerLn.Addr().String(), sent) }()
 	certsDone := make(chan struct{})
 	go func() { defer close(certsDone); a.watchCerts(ctx) }()
 	select {
@@ -342,12 +345,12 @@ func (a *Agent) notify(lines ...string) {
 // statusEvery is how often the agent's STATUS line is refreshed (when it changed).
 var statusEvery = 5 * time.Second
 
-// notifyStatus keeps the service manager's STATUS line current until ctx ends.
-func (a *Agent) notifyStatus(ctx context.Context, peer string) {
+// notifyStatus keeps the service manager's STATUS line current until ctx ends; last
+// is the line sent already.
+func (a *Agent) notifyStatus(ctx context.Context, peer, last string) {
 	if a.cfg.Notify == nil {
 		return
 	}
-	last := a.serviceStatus(peer)
 	t := time.NewTicker(statusEvery)
 	defer t.Stop()
 	for {
