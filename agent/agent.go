@@ -536,7 +536,7 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 		if !found || !isPrimary {
 			return fail(fmt.Errorf("vm %q has no primary on %s", req.VM, a.cfg.Host))
 		}
-		if err := p.unprotect("operator request"); err != nil {
+		if err := p.unprotect(ctx, "operator request"); err != nil {
 			return fail(err)
 		}
 		return ok(fmt.Sprintf("vm %s now runs unprotected on %s", req.VM, a.cfg.Host))

@@ -17,6 +17,7 @@ import (
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/journal"
+	"github.com/ftvmd/ftvmd/lifecycle"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/qemu"
@@ -191,8 +192,7 @@ type backup struct {
 	dataPath  DataPath // the primary's NIC type, which the replay must match
 	netTap    string   // the replay's tap on the tap path (on no bridge)
 	emitSeen  atomic.Bool
-	fence     *fence // nil without shared storage
-	epoch     uint64
+	epoch     uint64           // the epoch the primary is protected under (0: no shared storage)
 	img       *disk.ImageInfo  // the primary's image, copied before the log
 	cutPoints *cutPoints       // recent safe cut points; the newest is the feed's limit
 	positions *replayPositions // replayed count -> log offset, for the stall report
@@ -202,6 +202,12 @@ type backup struct {
 	finished  chan struct{}
 	wg        sync.WaitGroup
 	stopOnce  sync.Once
+	// life decides the backup's lifecycle (package lifecycle); the backup carries
+	// out what it asks and feeds it what happens.
+	life *driver
+	// goLive turns the replay into the live VM under epoch (goLiveFromReplay; a test
+	// puts a fake in its place).
+	goLive func(ctx context.Context, epoch uint64, claim time.Duration) error
 	// stallReports: the primary reads acks with the stall report (peerHello).
 	stallReports bool
 
@@ -209,9 +215,12 @@ type backup struct {
 	// replay's console flipped.
 	flipConsole atomic.Bool
 
-	mu       sync.Mutex
-	state    string
-	detail   string
+	mu sync.Mutex
+	// recvDone closes when the receiver's Run has returned (nil before it runs);
+	// aborted: the lifecycle had the receiver tell the primary why this backup
+	// stepped down, and the teardown waits for that to go out.
+	recvDone chan struct{}
+	aborted  bool
 	replayed uint64
 	// The divergence sentinel: console bytes checked against the primary's marks,
 	// and what differed (empty while nothing did).
@@ -297,7 +306,10 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_
 		log:      a.log.With("vm", hello.Spec.Name, "role", "backup"),
 		dir:      a.vmDir(hello.Spec.Name, "backup"),
 		finished: make(chan struct{}),
-		state:    "starting",
+		epoch:    hello.Epoch,
+	}
+	if err := b.newLife(); err != nil {
+		return nil, err
 	}
 	dp, err := ParseDataPath(string(hello.DataPath))
 	if err != nil {
@@ -306,14 +318,6 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_
 	b.dataPath = dp
 	if hello.StartOffset != replay.HeaderSize {
 		return nil, fmt.Errorf("log start offset %d: only protection from boot (offset %d) is supported", hello.StartOffset, replay.HeaderSize)
-	}
-	if hello.Epoch > 0 && a.store != nil {
-		f, err := newFence(a.store, arbiter.RoleBackup, b.spec.Name, a.cfg.Host, hello.Epoch, b.log)
-		if err != nil {
-			return nil, err
-		}
-		f.record = a.record
-		b.fence, b.epoch = f, hello.Epoch
 	}
 	if err := a.register(b.spec.Name, b); err != nil {
 		return nil, err
@@ -458,8 +462,9 @@ func (b *backup) startQEMU(ctx context.Context) error {
 	return nil
 }
 
-// run receives the log until the channel ends, then stops the replay. Going live on
-// a lost primary is the failover arbiter's job; without it the backup stops.
+// run receives the log until the channel ends and tells the lifecycle how it ended;
+// what follows (stop, claim and go live, go live after a planned failover, step
+// down) is the lifecycle's decision, carried out by exec.
 func (b *backup) run(conn net.Conn) {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.mu.Lock()
@@ -490,20 +495,27 @@ func (b *backup) run(conn net.Conn) {
 	})
 	b.mu.Lock()
 	b.recv = recv
-	b.state = "replaying"
 	b.mu.Unlock()
+	if err := b.life.start(b.epoch, b.peer, b.epoch > 0 && b.a.store != nil); err != nil {
+		b.log.Error("lifecycle start", "err", err)
+	}
 	if b.img != nil {
 		b.log.Info("receiving disk image", "bytes", b.img.Size)
 		info, err := disk.ReceiveImage(ctx, conn, b.diskPath, disk.CopyConfig{})
 		if err != nil {
-			b.setFailed(fmt.Errorf("disk copy from primary: %w", err))
-			_ = b.stop(context.Background())
+			_ = b.life.step(lifecycle.Fault(fmt.Errorf("disk copy from primary: %w", err)))
 			return
 		}
 		b.log.Info("disk image received", "bytes", info.Size, "sha256", info.SHA256)
 	}
 	b.log.Info("backup replaying", "from", b.peer)
 	detach := b.a.peers.attach(b.peer, b.spec.Name, conn, func() time.Time { return recv.Stats().LastPeerMsgAt })
+	// From here the receiver runs (or is about to): a step-down aborts it, and its
+	// Error tells the primary why.
+	recvDone := make(chan struct{})
+	b.mu.Lock()
+	b.recvDone = recvDone
+	b.mu.Unlock()
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
@@ -522,104 +534,53 @@ func (b *backup) run(conn net.Conn) {
 		b.pollReplay(ctx)
 	}()
 	err := recv.Run(ctx)
+	close(recvDone)
 	detach(channelEndReason(err, ctx.Err() != nil))
-	if ctx.Err() == nil && b.channelEnded(ctx, recv, err) {
-		return
+	if ctx.Err() != nil {
+		return // stopping
 	}
-	_ = b.stop(context.Background())
+	ev := channelEnded(err)
+	switch {
+	case ev.Type == lifecycle.EventFault:
+		b.log.Error("log channel ended here", "err", err)
+	case ev.Bye:
+		b.log.Info("log channel closed by primary")
+	default:
+		b.log.Error("primary lost", "err", err)
+	}
+	_ = b.life.step(ev)
 }
 
-// channelEnd is what a backup does when its log channel ends (onChannelEnd).
-type channelEnd int
-
-const (
-	// endStop: stop replaying; nothing to take over (no shared storage).
-	endStop channelEnd = iota
-	// endCheckHandover: the primary said Bye: go live only if it claimed the next
-	// epoch for this host (a planned failover), else stop.
-	endCheckHandover
-	// endClaim: the primary is lost (silent, its connection broke) or failed and
-	// said so: claim the next epoch and go live if won.
-	endClaim
-	// endStepDown: this backup failed locally (its replay died or did not start,
-	// its disk is full) or refused what it received (a log that does not parse, a
-	// bad frame): it stops WITHOUT claiming, and its primary, which is alive, carries
-	// on unprotected.
-	endStepDown
-)
-
-// onChannelEnd decides what a backup does when its receiver returned err; fenced
-// says it has shared storage to claim on. A backup claims only when the primary may
-// be gone: a fault of its own must never take the VM from a healthy primary (a won
-// claim makes that primary halt, and a broken backup cannot go live).
-func onChannelEnd(err error, fenced bool) channelEnd {
+// channelEnded says what the end of the log channel (err, from the receiver) means
+// for the lifecycle. This backup's own faults and its refusals of what it received (a
+// log that does not parse, a bad frame) are local: it steps down without claiming,
+// because a won claim makes a healthy primary halt and a broken backup cannot go
+// live. A Bye is the primary's choice; an Error is a primary that failed and said so;
+// anything else (silence, a broken connection) is a lost primary. Whether a lost or
+// failed primary is claimed after, or the backup stops, is the lifecycle's decision
+// (it claims only with shared storage).
+func channelEnded(err error) lifecycle.Event {
 	for _, local := range []error{logging.ErrAborted, logging.ErrSink, logging.ErrChecksum,
 		logging.ErrGap, logging.ErrStale, logging.ErrProtocol, logging.ErrConfig} {
 		if errors.Is(err, local) {
-			return endStepDown
+			return lifecycle.Fault(fmt.Errorf("log channel: %w", err))
 		}
 	}
 	switch {
-	case !fenced:
-		return endStop
 	case errors.Is(err, logging.ErrPeerClosed):
-		return endCheckHandover
+		return lifecycle.PeerBye(err)
+	case errors.Is(err, logging.ErrPeerRefused):
+		return lifecycle.PeerQuit(err)
 	}
-	return endClaim
+	return lifecycle.PeerLost(err)
 }
 
-// channelEnded acts on the end of the log channel (onChannelEnd). It reports
-// whether the VM now runs on this host.
-func (b *backup) channelEnded(ctx context.Context, recv *logging.Receiver, err error) bool {
-	switch onChannelEnd(err, b.fence != nil) {
-	case endClaim:
-		b.log.Error("primary lost", "err", err)
-		if b.failover(ctx, recv) {
-			return true
-		}
-	case endCheckHandover:
-		if e, ok := b.handedOver(ctx); ok {
-			// A planned failover: the primary claimed the next epoch for us.
-			b.log.Warn("planned failover: this copy owns the VM now", "epoch", e)
-			b.a.record(journal.Event{Kind: journal.KindFailover, VM: b.spec.Name, Role: "backup", Peer: b.peer, Epoch: e,
-				Detail: "planned failover: the primary handed the VM over; going live"})
-			if b.goLive(recv, decision{Action: arbiter.ActionGoLive, Epoch: e, Reason: "planned failover"}) {
-				return true
-			}
-		}
-	case endStepDown:
-		b.setFailed(fmt.Errorf("stepped down without claiming; the primary carries on unprotected: %w", err))
-		return false
-	}
-	b.mu.Lock()
-	if b.state == "replaying" {
-		b.state = "stopped"
-		b.detail = fmt.Sprintf("log channel ended: %v", err)
-	}
-	b.mu.Unlock()
-	if err != nil && !errors.Is(err, logging.ErrPeerClosed) {
-		b.log.Error("log channel ended", "err", err)
-	} else {
-		b.log.Info("log channel closed by primary")
-	}
-	return false
-}
-
-// stepDown ends this backup's protection after a local fault: it tells the primary
-// why (an Error on the log channel) and, when the channel ends, stops without
-// claiming an epoch (onChannelEnd): the primary is healthy and carries on
-// unprotected, its status saying why.
+// stepDown ends this backup's protection after a local fault: the lifecycle has the
+// receiver tell the primary why (an Error on the log channel) and stops without
+// claiming an epoch: the primary is healthy and carries on unprotected, its status
+// saying why.
 func (b *backup) stepDown(err error) {
-	b.setFailed(fmt.Errorf("stepped down: %w", err))
-	b.mu.Lock()
-	r, c := b.recv, b.conn
-	b.mu.Unlock()
-	switch {
-	case r != nil:
-		r.Abort(err)
-	case c != nil:
-		c.Close()
-	}
+	_ = b.life.step(lifecycle.Fault(err))
 }
 
 // ackEvery is the backup's ack period and replayPollEvery how often it asks its QEMU how
@@ -654,53 +615,117 @@ func replayPollInterval(replayed, prev uint64, st logging.ReceiverStats, now tim
 	return replayPollEvery
 }
 
-// failover runs the fence after the primary was lost and, if this copy won, makes it
-// the live VM. It reports whether the VM now runs here.
-func (b *backup) failover(ctx context.Context, recv *logging.Receiver) bool {
-	b.mu.Lock()
-	b.state, b.detail = "claiming", fmt.Sprintf("primary lost; claiming epoch %d", b.epoch+1)
-	b.mu.Unlock()
-	d, err := b.fence.peerLost(ctx)
+// newLife gives the backup its lifecycle machine and the default go-live.
+func (b *backup) newLife() error {
+	d, err := newDriver(b.a, arbiter.RoleBackup, b.spec.Name, 0, b.log, b.exec)
 	if err != nil {
-		b.setFailed(fmt.Errorf("failover arbiter: %w", err))
-		return false
+		return err
 	}
-	if d.Action != arbiter.ActionGoLive {
+	d.notify = b.journalLife
+	b.life, b.goLive = d, b.goLiveFromReplay
+	return nil
+}
+
+// journalLife records the backup's lifecycle changes in the agent's journal.
+func (b *backup) journalLife(prev, cur lifecycle.Status) {
+	e := journal.Event{VM: b.spec.Name, Role: "backup", Peer: b.peer, Epoch: cur.Epoch, Detail: cur.Detail}
+	switch cur.State {
+	case lifecycle.GoingLive:
+		e.Kind = journal.KindFailover
+		if prev.State == lifecycle.Claiming {
+			e.DurationMS, e.Detail = ms(b.life.sinceClaim()), "primary lost: going live"
+		} else {
+			e.Detail = "planned failover: the primary handed the VM over; going live"
+		}
+	case lifecycle.Halted:
+		e.Kind = journal.KindHalted
+	case lifecycle.Failed:
+		e.Kind = journal.KindFailed
+	default:
+		return
+	}
+	b.a.record(e)
+}
+
+// exec carries out one lifecycle action (see driver): without blocking.
+func (b *backup) exec(a lifecycle.Action) {
+	switch a.Type {
+	case lifecycle.ActionGoLive:
+		claim := b.life.sinceClaim()
+		b.life.spawn(func(ctx context.Context) { b.runGoLive(ctx, a.Epoch, claim) })
+	case lifecycle.ActionAbortChannel:
 		b.mu.Lock()
-		b.state, b.detail = "halted", fmt.Sprintf("lost epoch %d: %s", d.Epoch, d.Reason)
+		r, c, running := b.recv, b.conn, b.recvDone != nil
+		b.aborted = true
 		b.mu.Unlock()
-		b.log.Error("backup halted", "reason", d.Reason)
-		b.a.record(journal.Event{Kind: journal.KindHalted, VM: b.spec.Name, Role: "backup", Peer: b.peer, Epoch: d.Epoch, Detail: d.Reason})
-		return false
+		switch {
+		case r != nil && running:
+			r.Abort(errors.New(a.Reason)) // an Error saying why, then Run returns
+		case c != nil:
+			c.Close()
+		}
+	case lifecycle.ActionTeardown:
+		b.mu.Lock()
+		wait := b.recvDone
+		if !b.aborted {
+			wait = nil
+		}
+		b.mu.Unlock()
+		if wait == nil {
+			b.stopOnce.Do(func() { go b.teardown() })
+			return
+		}
+		// The primary must hear why before the teardown closes the connection.
+		go func() {
+			select {
+			case <-wait:
+			case <-time.After(2 * time.Second):
+			}
+			b.stopOnce.Do(func() { go b.teardown() })
+		}()
+	default:
+		b.log.Error("lifecycle action a backup cannot carry out", "action", a.String())
 	}
-	b.a.record(journal.Event{Kind: journal.KindFailover, VM: b.spec.Name, Role: "backup", Peer: b.peer, Epoch: d.Epoch,
-		DurationMS: ms(d.Claim), Detail: "primary lost: going live"})
-	return b.goLive(recv, d)
 }
 
-// handedOver reports whether the primary, ending the channel, claimed the next epoch
-// for this host (a planned failover).
-func (b *backup) handedOver(ctx context.Context) (uint64, bool) {
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	c, err := b.a.store.Current(cctx, b.spec.Name)
-	if err != nil || c.Corrupt || c.Epoch != b.epoch+1 || c.Owner != b.a.cfg.Host {
-		return 0, false
+// runGoLive goes live and reports how it went. A go-live that fails leaves this
+// backup registered, failed, with the reason in status: the VM does not vanish, and
+// the received log, the replay's console and the snapshot stay in the backup's
+// directory.
+func (b *backup) runGoLive(ctx context.Context, epoch uint64, claim time.Duration) {
+	b.log.Warn("this copy owns the VM now: going live", "epoch", epoch)
+	t0 := time.Now()
+	if err := b.goLive(ctx, epoch, claim); err != nil {
+		b.log.Error("go-live failed", "epoch", epoch, "err", err)
+		if rerr := b.a.register(b.spec.Name, b); rerr != nil {
+			b.log.Error("cannot show the failed backup in status", "err", rerr)
+		}
+		_ = b.life.step(lifecycle.GoLiveFailed(err))
+		return
 	}
-	return c.Epoch, true
+	// The live VM's own figure (QEMU's park, save and start), as status shows it.
+	took := time.Since(t0)
+	if v, ok := b.a.lookup(b.spec.Name); ok {
+		if st := v.status(); st.FailoverGoLiveMS > 0 {
+			took = time.Duration(st.FailoverGoLiveMS * float64(time.Millisecond))
+		}
+	}
+	b.a.record(journal.Event{Kind: journal.KindGoLive, VM: b.spec.Name, Role: "backup", Epoch: epoch, DurationMS: ms(took),
+		Detail: fmt.Sprintf("live from the replay under epoch %d", epoch)})
+	_ = b.life.step(lifecycle.GoLiveDone())
 }
 
-// goLive turns this backup into the live VM from the log it holds.
-func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
+// goLiveFromReplay turns this backup into the live VM from the log it holds.
+func (b *backup) goLiveFromReplay(ctx context.Context, epoch uint64, claim time.Duration) error {
 	// Stop polling: GoLive polls the replay itself while it parks, and kills it.
 	b.cancel()
 	b.wg.Wait()
-	held := recv.Held()
+	held := b.recv.Held()
 	// Replay exactly to the last safe cut point of what we hold: it covers every
 	// frame the primary can have released (their stamps are at most the ack, and a
 	// stamp never falls inside the group safeCut backs off over).
 	cut := b.cutPoints.last()
-	b.log.Warn("going live", "epoch", d.Epoch, "log_held", held, "cut", cut)
+	b.log.Warn("going live", "epoch", epoch, "log_held", held, "cut", cut)
 	launch := func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error) {
 		m, rep, err := qemu.GoLive(ctx, qemu.GoLiveConfig{
 			Replay: b.m, Feed: b.feed, LogPath: b.logFile.Name(), AckedOffset: cut,
@@ -718,7 +743,7 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 	// epoch: the live VM's acknowledged writes must outlive that.
 	liveDisk := b.diskPath
 	if liveDisk != "" {
-		dst := liveDiskName(b.a.cfg.StateDir, b.spec.Name, d.Epoch)
+		dst := liveDiskName(b.a.cfg.StateDir, b.spec.Name, epoch)
 		if err := moveLiveDisk(liveDisk, dst); err != nil {
 			b.log.Error("go-live: the live disk stays in the backup's run directory; copy it elsewhere before this host backs up this VM again", "disk", liveDisk, "err", err)
 		} else {
@@ -727,27 +752,9 @@ func (b *backup) goLive(recv *logging.Receiver, d decision) bool {
 		}
 	}
 	b.a.unregister(b.spec.Name, b)
-	gctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	gctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	t0 := time.Now()
-	if err := b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: d.Epoch, dataPath: b.dataPath, disk: liveDisk, claim: d.Claim, launch: launch}); err != nil {
-		b.setFailed(fmt.Errorf("go live: %w", err))
-		return false
-	}
-	// The live VM's own figure (QEMU's park, save and start), as status shows it.
-	took := time.Since(t0)
-	if v, ok := b.a.lookup(b.spec.Name); ok {
-		if st := v.status(); st.FailoverGoLiveMS > 0 {
-			took = time.Duration(st.FailoverGoLiveMS * float64(time.Millisecond))
-		}
-	}
-	b.a.record(journal.Event{Kind: journal.KindGoLive, VM: b.spec.Name, Role: "backup", Epoch: d.Epoch, DurationMS: ms(took),
-		Detail: fmt.Sprintf("live from the replay under epoch %d (%s)", d.Epoch, d.Reason)})
-	b.mu.Lock()
-	b.state, b.detail = "live", fmt.Sprintf("went live under epoch %d", d.Epoch)
-	b.mu.Unlock()
-	_ = b.stop(context.Background())
-	return true
+	return b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: epoch, dataPath: b.dataPath, disk: liveDisk, claim: claim, launch: launch})
 }
 
 func (b *backup) pollReplay(ctx context.Context) {
@@ -790,7 +797,7 @@ func (b *backup) pollReplay(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-b.m.Exited():
-			b.stepDown(fmt.Errorf("replaying qemu exited: %v", b.m.ExitErr()))
+			_ = b.life.step(lifecycle.QEMUExited(b.m.ExitErr()))
 			return
 		case a := <-answers:
 			inFlight = false
@@ -839,6 +846,7 @@ func (b *backup) watchStall(d *stallDetector, s replaySample) {
 	b.recv.SetStall(rs)
 	switch change {
 	case stallEntered:
+		_ = b.life.step(lifecycle.StallEntered())
 		b.log.Warn("replay stalled", "icount", st.AtIcount, "log_icount", s.LogIcount,
 			"position", st.Position, "fed", st.Fed, "held", st.Held, "held_beyond", st.Beyond(),
 			"for", st.For.Round(time.Millisecond), "stalls", st.Episodes, "waiting", st.Waiting,
@@ -846,6 +854,7 @@ func (b *backup) watchStall(d *stallDetector, s replaySample) {
 		b.a.record(journal.Event{Time: s.At, Kind: journal.KindReplayStall, VM: b.spec.Name, Role: "backup", Peer: b.peer,
 			Detail: fmt.Sprintf("replay stalled at icount %d with %d log bytes beyond it (stall %d)", st.AtIcount, st.Beyond(), st.Episodes)})
 	case stallCleared:
+		_ = b.life.step(lifecycle.StallCleared())
 		b.log.Info("replay progressing again", "icount", s.Icount, "stalled_at", st.AtIcount,
 			"stalled_for", st.For.Round(time.Millisecond), "stalls", st.Episodes)
 		b.a.record(journal.Event{Time: s.At, Kind: journal.KindReplayMoving, VM: b.spec.Name, Role: "backup", Peer: b.peer,
@@ -925,24 +934,10 @@ func (b *backup) setAckDelay(d time.Duration) error {
 	return nil
 }
 
-func (b *backup) setFailed(err error) {
-	b.mu.Lock()
-	changed := b.state == "replaying" || b.state == "starting"
-	if changed {
-		b.state, b.detail = "failed", err.Error()
-	}
-	b.mu.Unlock()
-	if changed {
-		b.log.Error("backup failed", "err", err)
-		b.a.record(journal.Event{Kind: journal.KindFailed, VM: b.spec.Name, Role: "backup", Peer: b.peer, Detail: err.Error()})
-	} else {
-		b.log.Debug("backup failed again", "err", err)
-	}
-}
-
 // stop ends the backup and waits until it has, or until ctx ends (see waitStopped).
 func (b *backup) stop(ctx context.Context) error {
-	b.stopOnce.Do(func() { go b.teardown() })
+	_ = b.life.step(lifecycle.Stop(""))
+	b.stopOnce.Do(func() { go b.teardown() }) // the lifecycle asked for it already; in case it was past asking
 	return waitStopped(ctx, b.finished, b.log, b.spec.Name)
 }
 
@@ -958,12 +953,9 @@ func (b *backup) teardown() {
 		conn.Close()
 	}
 	b.wg.Wait()
+	b.life.close()
 	b.cleanups.run(b.log)
-	b.mu.Lock()
-	if b.state == "replaying" || b.state == "starting" {
-		b.state = "stopped"
-	}
-	b.mu.Unlock()
+	_ = b.life.step(lifecycle.TeardownDone())
 	close(b.finished)
 	b.log.Info("backup stopped")
 }
@@ -971,10 +963,11 @@ func (b *backup) teardown() {
 func (b *backup) done() <-chan struct{} { return b.finished }
 
 func (b *backup) status() control.VMStatus {
+	ls := b.life.state()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	st := control.VMStatus{
-		Name: b.spec.Name, Role: "backup", State: b.state, Peer: b.peer, Detail: b.detail,
+		Name: b.spec.Name, Role: "backup", State: ls.State.String(), Peer: b.peer, Detail: ls.Detail, Epoch: ls.Epoch,
 		StartedAt: b.started, Engine: b.a.engine.Name, EngineWarning: b.a.engine.Warning(), Icount: b.replayed, EmittedFrames: b.emittedFrames(),
 		DataPath: string(b.dataPath), ConsoleChecked: b.consoleChecked, Divergence: b.divergence,
 	}

@@ -26,8 +26,14 @@ func TestBackupSentinelStepsDownOnDivergence(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := captureLog(t, a)
-	b := &backup{a: a, spec: vmspec.Spec{Name: "vm1"}, log: a.log, dir: dir, finished: make(chan struct{}), state: "replaying", m: m,
+	b := &backup{a: a, spec: vmspec.Spec{Name: "vm1"}, log: a.log, dir: dir, finished: make(chan struct{}), m: m,
 		positions: newReplayPositions()}
+	if err := b.newLife(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.life.start(0, "hosta", false); err != nil {
+		t.Fatal(err)
+	}
 	b.positions.add(5000, 1_000_000)
 	b.replayed = 1_000_000
 	marks := make(chan logging.ConsoleMark, 64)

@@ -56,7 +56,7 @@ func TestProtectRefusesBackingFile(t *testing.T) {
 	a := testAgent(t, "hosta", "")
 	store := disk.NewMemStore()
 	a.store = store
-	p := testPrimary(a, "127.0.0.1:1") // nothing listens: a dial would fail differently
+	p := testPrimary(t, a, "127.0.0.1:1") // nothing listens: a dial would fail differently
 	p.spec.Disk = ext
 	err := p.connectBackup(context.Background())
 	if !errors.Is(err, disk.ErrNotStandalone) || !strings.Contains(err.Error(), "external data file") {

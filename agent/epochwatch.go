@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ftvmd/ftvmd/disk"
+	"github.com/ftvmd/ftvmd/lifecycle"
 )
 
 // A live copy (a primary, protected or not, and a backup that went live) re-reads
@@ -66,16 +67,13 @@ func (p *primary) watchEpoch(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		p.mu.Lock()
-		mine, st, handing := p.epoch, p.state, p.handingOver
-		p.mu.Unlock()
-		switch st {
-		case "protected", "unprotected", "degraded", "claiming":
+		ls := p.life.state()
+		mine := ls.Epoch
+		switch ls.State {
+		case lifecycle.Protected, lifecycle.Unprotected, lifecycle.Degraded, lifecycle.Claiming,
+			lifecycle.Unprotecting, lifecycle.HandingOver:
 		default:
 			return // halted, failed, handed over or stopping: nothing runs to fence
-		}
-		if handing {
-			continue // a planned failover claims the next epoch for the backup
 		}
 		cctx, cancel := context.WithTimeout(ctx, timeout)
 		c, err := p.a.store.Current(cctx, p.spec.Name)
@@ -85,8 +83,10 @@ func (p *primary) watchEpoch(ctx context.Context) {
 		}
 		halt, why := epochVerdict(p.a.cfg.Host, mine, c, err)
 		if halt {
-			p.halt(why)
-			return
+			// The lifecycle halts the copy, unless the later epoch is the one its
+			// planned failover claimed for the backup.
+			_ = p.life.step(lifecycle.EpochSuperseded(why))
+			continue
 		}
 		p.mu.Lock()
 		prev := p.epochCheck

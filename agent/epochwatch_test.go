@@ -45,8 +45,11 @@ func liveCopy(t *testing.T, store *disk.MemStore) (*primary, *fakeOut) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := testPrimary(a, "")
-	p.state, p.epoch = "unprotected", e
+	p := testPrimary(t, a, "")
+	p.epoch = e
+	if err := p.life.start(e, "", false); err != nil {
+		t.Fatal(err)
+	}
 	p.epochEvery, p.epochTimeout = 20*time.Millisecond, 100*time.Millisecond
 	out := new(fakeOut)
 	p.out = out

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ftvmd/ftvmd/arbiter"
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/journal"
@@ -178,7 +177,7 @@ func TestEpisodes(t *testing.T) {
 	a := testAgent(t, "a", "")
 	j := journal.NewMemory(100)
 	a.journal = j
-	p := testPrimary(a, "b:7800")
+	p := testPrimary(t, a, "b:7800")
 	p.backupHost = "b"
 	t0 := time.Unix(1_700_000_000, 0)
 	p.quota = 0.4
@@ -236,18 +235,17 @@ func TestPrimaryJournalsFailover(t *testing.T) {
 	j := journal.NewMemory(100)
 	a.journal, a.store = j, store
 	a.peers.record = a.record
-	p := testPrimary(a, "hostb:7800")
+	p := testPrimary(t, a, "hostb:7800")
 	p.backupHost = "hostb"
 	e, err := claimFirst(context.Background(), store, "vm1", "hosta")
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.epoch = e
-	if p.fence, err = newFence(store, arbiter.RolePrimary, "vm1", "hosta", e, p.log); err != nil {
+	p.out = new(fakeOut)
+	if err := p.life.start(e, "hostb", true); err != nil {
 		t.Fatal(err)
 	}
-	p.fence.record = a.record
-	p.out = new(fakeOut)
 	link := logging.NewMemLink()
 	p.sender = logging.NewSender(link.A(), logging.NewMemLog(replay.HeaderSize), logging.SenderConfig{StartOffset: replay.HeaderSize,
 		HeartbeatInterval: 10 * time.Millisecond, PeerTimeout: time.Second})

@@ -128,7 +128,7 @@ func (a *Agent) watchCerts(ctx context.Context) {
 }
 
 // checkHelloEpoch refuses a protection whose Hello names an epoch the primary does
-// not hold on shared storage: the backup's fence claims the epoch after it, so it
+// not hold on shared storage: the backup's lifecycle claims the epoch after it, so it
 // must be the latest claim, owned by the (certified) primary.
 func (a *Agent) checkHelloEpoch(ctx context.Context, hello peerHello) error {
 	if hello.Epoch == 0 || a.store == nil {

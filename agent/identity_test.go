@@ -50,7 +50,7 @@ func TestSameHostNameRefusedByPrimary(t *testing.T) {
 
 	// A backup that accepts under the primary's own name (it does not check, or lies).
 	addr, next := fakeBackup(t, ca.issue("debian"), peerReply{OK: true, Host: "debian"})
-	p := testPrimary(a, addr)
+	p := testPrimary(t, a, addr)
 	err := p.connectBackup(context.Background())
 	if !errors.Is(err, errSameName) {
 		t.Fatalf("connectBackup: %v, want %v", err, errSameName)
@@ -65,7 +65,7 @@ func TestSameHostNameRefusedByPrimary(t *testing.T) {
 
 	// Control: a backup with its own name is accepted.
 	addr, _ = fakeBackup(t, ca.issue("hostb"), peerReply{OK: true, Host: "hostb"})
-	p = testPrimary(a, addr)
+	p = testPrimary(t, a, addr)
 	if err := p.connectBackup(context.Background()); err != nil {
 		t.Fatalf("connectBackup to a distinct backup: %v", err)
 	}
@@ -118,7 +118,7 @@ func TestPeerPosingAsAnotherHostRefusedByPrimary(t *testing.T) {
 	ca := newTestCA(t)
 	a := testAgent(t, "hosta", ca.issue("hosta"))
 	addr, next := fakeBackup(t, ca.issue("hostc"), peerReply{OK: true, Host: "hostb"})
-	p := testPrimary(a, addr)
+	p := testPrimary(t, a, addr)
 	err := p.connectBackup(context.Background())
 	if !errors.Is(err, logging.ErrIdentity) || !strings.Contains(err.Error(), `"hostb"`) {
 		t.Fatalf("connectBackup: %v, want %v naming hostb", err, logging.ErrIdentity)
@@ -199,7 +199,7 @@ func validSpec(t *testing.T, name string) vmspec.Spec {
 
 // The epoch in a Hello is the primary's word too: the backup checks it is the latest
 // claim on shared storage, owned by the primary, before it becomes that primary's
-// backup (its fence claims the epoch after it).
+// backup (its lifecycle claims the epoch after it).
 func TestHelloEpochCheckedAgainstStore(t *testing.T) {
 	ca := newTestCA(t)
 	bk := testAgent(t, "hostb", ca.issue("hostb"))

@@ -90,7 +90,7 @@ func TestForcedStartOverridesLoudly(t *testing.T) {
 	if err != nil || e != 3 {
 		t.Fatalf("claim after force: %d %v, want epoch 3", e, err)
 	}
-	p := testPrimary(a, "")
+	p := testPrimary(t, a, "")
 	p.own = own
 	if st := p.status(); st.Forced != own.forced {
 		t.Fatalf("status forced %q, want %q", st.Forced, own.forced)
@@ -146,7 +146,7 @@ func TestRunClaimsAnEpoch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := testPrimary(a, "")
+	p := testPrimary(t, a, "")
 	p.own = own
 	if err := p.claimUnprotected(context.Background()); err != nil {
 		t.Fatal(err)
@@ -155,7 +155,7 @@ func TestRunClaimsAnEpoch(t *testing.T) {
 		t.Fatalf("after run: %+v %v, primary epoch %d", c, err, p.epoch)
 	}
 	// Forced over a store that could not be read: no claim, no epoch.
-	p = testPrimary(a, "")
+	p = testPrimary(t, a, "")
 	p.own = ownership{forced: "shared storage cannot say who owns vm vm1"}
 	if err := p.claimUnprotected(context.Background()); err != nil || p.epoch != 0 {
 		t.Fatalf("forced run without a readable store: %v, epoch %d", err, p.epoch)

@@ -182,9 +182,14 @@ func fakeBackup(t *testing.T, keysDir string, reply peerReply) (addr string, nex
 }
 
 // testPrimary is a primary of a spec without disk, to be protected on peer, with no
-// QEMU, relay or log yet.
-func testPrimary(a *Agent, peer string) *primary {
-	return &primary{a: a, spec: vmspec.Spec{Name: "vm1", LagBoundMS: vmspec.DefaultLagBoundMS}, peer: peer,
-		log: a.log.With("vm", "vm1"), finished: make(chan struct{}), state: "protected",
+// QEMU, relay or log yet; its lifecycle is starting.
+func testPrimary(t *testing.T, a *Agent, peer string) *primary {
+	t.Helper()
+	p := &primary{a: a, spec: vmspec.Spec{Name: "vm1", LagBoundMS: vmspec.DefaultLagBoundMS}, peer: peer,
+		log: a.log.With("vm", "vm1"), finished: make(chan struct{}),
 		lags: newLagTracker(16), ctrl: throttle.NewController(vmspec.DefaultLagBoundMS * time.Millisecond), quota: 1}
+	if err := p.newLife(); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

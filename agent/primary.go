@@ -19,6 +19,7 @@ import (
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/journal"
+	"github.com/ftvmd/ftvmd/lifecycle"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/netbuf/nfq"
@@ -72,6 +73,7 @@ type primary struct {
 	started time.Time
 
 	m        *qemu.Machine
+	guest    guestControl // m, as the lifecycle's actions use it
 	rr       *os.File
 	out      outputPath // holds the guest's frames under the output rule
 	pace     inputPacer // paces the network's frames to QEMU; nil when nothing does
@@ -80,10 +82,12 @@ type primary struct {
 	tap      string
 	sender   *logging.Sender // nil when unprotected
 	conn     net.Conn
-	fence    *fence // nil without shared storage
-	epoch    uint64
+	epoch    uint64 // the epoch claimed at start (the lifecycle's is the current one)
 	live     *liveStart
-	own      ownership // what the owner check saw (run, protect)
+	// life decides the primary's lifecycle (package lifecycle); the primary carries
+	// out what it asks and feeds it what happens.
+	life *driver
+	own  ownership // what the owner check saw (run, protect)
 	// keepDiskCopy keeps a copy of the disk as it was before recording, which
 	// `ftvmd rr check` replays on.
 	keepDiskCopy bool
@@ -100,8 +104,8 @@ type primary struct {
 	wg       sync.WaitGroup
 
 	mu          sync.Mutex
-	state       string
-	detail      string
+	drainGen    uint64 // a planned failover's drain wait stops when this moves
+	aborted     bool   // the backup was told this primary failed (AbortChannel)
 	written     int64
 	boundary    int64
 	safePoint   int64 // the newest safe cut point of the log (see safeCut): acks stop there
@@ -130,13 +134,10 @@ type primary struct {
 	goLiveDur   time.Duration
 	cleanups    cleanupStack
 	stopOnce    sync.Once
-	// The epoch check (watchEpoch): its period and deadline (0: the defaults), what
-	// its last read said when it could not decide, and a planned failover under way
-	// (its claim for the backup is not a reason to halt).
+	// The epoch check (watchEpoch): its period and deadline (0: the defaults), and
+	// what its last read said when it could not decide.
 	epochEvery, epochTimeout time.Duration
 	epochCheck               string
-	handingOver              bool
-	unprotect                func(reason string) error
 }
 
 // liveStart makes startPrimary continue a VM from a backup's replay (go-live) instead
@@ -167,7 +168,6 @@ func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backu
 		dir:      a.vmDir(spec.Name, "primary"),
 		finished: make(chan struct{}),
 		tailWake: make(chan struct{}, 1),
-		state:    "starting",
 		lags:     newLagTracker(1 << 16),
 		bw:       rateMeter{window: 5 * time.Second},
 		ipsP:     rateMeter{window: time.Second},
@@ -183,7 +183,9 @@ func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backu
 	if live != nil {
 		p.epoch, p.dataPath = live.epoch, live.dataPath
 	}
-	p.unprotect = p.operatorUnprotect
+	if err := p.newLife(); err != nil {
+		return err
+	}
 	if err := a.register(spec.Name, p); err != nil {
 		return err
 	}
@@ -293,12 +295,7 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		f, err := newFence(p.a.store, arbiter.RolePrimary, p.spec.Name, p.a.cfg.Host, e, p.log)
-		if err != nil {
-			return err
-		}
-		f.record = p.a.record
-		p.epoch, p.fence = e, f
+		p.epoch = e
 	}
 	conn, err := p.dialBackup(ctx)
 	if err != nil {
@@ -450,7 +447,7 @@ func (p *primary) startQEMU(ctx context.Context) error {
 			return err
 		}
 	}
-	p.m = m
+	p.m, p.guest = m, m
 	p.addCleanup(func() error {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -654,6 +651,7 @@ func (p *primary) openLog(ctx context.Context) error {
 func (p *primary) startStreams(context.Context) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
+	backup := ""
 	if p.conn != nil {
 		p.sender = logging.NewSender(p.conn, p.rr, logging.SenderConfig{
 			StartOffset:       replay.HeaderSize,
@@ -661,12 +659,12 @@ func (p *primary) startStreams(context.Context) error {
 			PeerTimeout:       p.a.cfg.PeerTimeout,
 			Logger:            p.log,
 		})
-		p.state = "protected"
-	} else {
-		p.state = "unprotected"
-		if p.live != nil {
-			p.detail = fmt.Sprintf("live after failover, epoch %d", p.live.epoch)
-		}
+		backup = p.backupHost
+	}
+	// Before any goroutine can report what happens: the lifecycle starts protected
+	// (with a backup) or unprotected.
+	if err := p.life.start(p.epoch, backup, backup != "" && p.a.store != nil && p.epoch > 0); err != nil {
+		return err
 	}
 	p.go1(func() { p.tail(ctx) })
 	p.go1(func() {
@@ -686,7 +684,7 @@ func (p *primary) startStreams(context.Context) error {
 		select {
 		case <-ctx.Done():
 		case <-p.m.Exited():
-			p.fail(fmt.Errorf("qemu exited: %v", p.m.ExitErr()))
+			_ = p.life.step(lifecycle.QEMUExited(p.m.ExitErr()))
 		}
 	})
 	p.go1(func() { p.watchIOError(ctx) })
@@ -710,9 +708,17 @@ func (p *primary) startSender(ctx context.Context, s *logging.Sender) {
 		err := s.Run(sctx)
 		detach(channelEndReason(err, sctx.Err() != nil))
 		if sctx.Err() != nil || errors.Is(err, logging.ErrAborted) {
-			return // protection ended on purpose, or this primary failed (fail)
+			return // protection ended on purpose, or this primary failed and said so
 		}
-		p.backupLost(ctx, err)
+		// A backup that failed on its own says so (an Error on the channel) and steps
+		// down without claiming: it is not lost, it quit.
+		if errors.Is(err, logging.ErrPeerRefused) {
+			p.log.Error("backup stepped down", "err", err)
+			_ = p.life.step(lifecycle.PeerQuit(err))
+			return
+		}
+		p.log.Error("backup lost", "err", err)
+		_ = p.life.step(lifecycle.PeerLost(err))
 	})
 }
 
@@ -744,7 +750,7 @@ func (p *primary) watchIOError(ctx context.Context) {
 	var le *qemu.LogWriteError
 	switch {
 	case errors.As(err, &le):
-		p.fail(fmt.Errorf("rr log write failed: %s; output stopped", le.Reason))
+		_ = p.life.step(lifecycle.LogWriteFailed(le.Reason))
 	case errors.Is(err, qemu.ErrIOError):
 		p.fail(errors.New("qemu stopped the guest on an I/O error (rr log or disk); output stopped"))
 	}
@@ -947,259 +953,220 @@ func workLagFor(primary, replayed uint64, rate float64) time.Duration {
 // throttleEvery is the throttle controller's period.
 const throttleEvery = 100 * time.Millisecond
 
-// backupLost handles the end of the log channel. Output stays held (no acks come)
-// while the fence claims the next epoch on shared storage: the winner runs on
-// unprotected and releases what it held, the loser halts for good. Without shared
-// storage the safe choice is to keep holding output (the backup may still be alive)
-// until the operator runs `ftvmd unprotect`. ctx is the VM's: stopping the VM ends a
-// claim that storage never answers (the fence retries for as long as ctx lasts).
-func (p *primary) backupLost(ctx context.Context, err error) {
-	// A backup that failed on its own says so (an Error on the channel) and steps
-	// down without claiming: it is not lost, it quit.
-	what := "backup lost"
-	if errors.Is(err, logging.ErrPeerRefused) {
-		what = "backup stepped down"
-	}
-	if p.fence != nil {
-		p.log.Error(what, "err", err)
-		p.mu.Lock()
-		p.state, p.detail = "claiming", fmt.Sprintf("%s (%v); claiming epoch %d", what, err, p.epoch+1)
-		p.mu.Unlock()
-		d, ferr := p.fence.peerLost(ctx)
-		if ferr != nil {
-			if ctx.Err() != nil {
-				p.log.Warn("stopped while claiming the next epoch; output was held", "epoch", p.epoch+1)
-				return
-			}
-			p.fail(fmt.Errorf("failover arbiter: %w", ferr))
-			return
-		}
-		switch d.Action {
-		case arbiter.ActionContinueUnprotected:
-			p.mu.Lock()
-			p.epoch, p.claimDur = d.Epoch, d.Claim
-			p.mu.Unlock()
-			p.a.record(journal.Event{Kind: journal.KindFailover, VM: p.spec.Name, Role: "primary", Peer: p.backupHost, Epoch: d.Epoch,
-				DurationMS: ms(d.Claim), Detail: fmt.Sprintf("%s (%v): carrying on alone", what, err)})
-			_ = p.goUnprotected(fmt.Sprintf("%s (%v); won epoch %d in %s", what, err, d.Epoch, d.Claim.Round(time.Millisecond)))
-		default:
-			p.halt(fmt.Sprintf("lost epoch %d to the backup: %s", d.Epoch, d.Reason))
-		}
-		return
-	}
-	if errors.Is(err, logging.ErrPeerRefused) {
-		// Without shared storage a backup never goes live, and this one said it
-		// quit: nothing can take the VM over, so holding output protects nothing.
-		_ = p.goUnprotected(fmt.Sprintf("%s (%v)", what, err))
-		return
-	}
-	p.mu.Lock()
-	if p.state == "protected" {
-		p.state = "degraded"
-		p.detail = fmt.Sprintf("log channel to backup lost: %v; output held until 'ftvmd unprotect'", err)
-	}
-	p.mu.Unlock()
-	p.log.Error("backup lost", "err", err)
+// guestControl is what the lifecycle's actions need of the primary's QEMU
+// (qemu.Machine: QMP stop and cont with deadlines, SIGKILL).
+type guestControl interface {
+	Pause(context.Context) error
+	Cont(context.Context) error
+	Kill() error
 }
 
-// goUnprotected stops protection: output flows freely from now on.
-func (p *primary) goUnprotected(reason string) error {
-	p.mu.Lock()
-	if p.state != "protected" && p.state != "degraded" && p.state != "claiming" {
-		st := p.state
-		p.mu.Unlock()
-		return fmt.Errorf("vm %s is %s, not protected", p.spec.Name, st)
+var _ guestControl = (*qemu.Machine)(nil)
+
+// newLife gives the primary its lifecycle machine.
+func (p *primary) newLife() error {
+	var liveEpoch uint64
+	if p.live != nil {
+		liveEpoch = p.live.epoch
 	}
-	p.state = "unprotected"
-	p.detail = reason
-	p.mu.Unlock()
-	p.out.SetMode(outputrule.Unprotected)
-	if p.pace != nil {
-		p.pace.ReleasePacing() // no backup to wait for: the held frames go
+	d, err := newDriver(p.a, arbiter.RolePrimary, p.spec.Name, liveEpoch, p.log, p.exec)
+	if err != nil {
+		return err
 	}
-	p.noteEpisodes(false, false, time.Now(), 0)
-	p.a.record(journal.Event{Kind: journal.KindUnprotected, VM: p.spec.Name, Role: "primary", Epoch: p.epochNow(), Detail: reason})
-	if p.stopSender != nil {
-		p.stopSender() // Bye: the backup stops its replay without claiming
-	}
-	if p.cg != nil {
-		_ = p.cg.SetQuota(1)
-	}
-	p.log.Warn("vm unprotected", "reason", reason)
+	d.notify = p.journalLife
+	p.life = d
 	return nil
 }
 
-// operatorUnprotect ends protection on request. With shared storage the primary first
-// claims the next epoch, so that a backup which already lost the channel and is
-// claiming cannot also go live: if the backup won, this copy halts instead.
-func (p *primary) operatorUnprotect(reason string) error {
-	p.mu.Lock()
-	st := p.state
-	p.mu.Unlock()
-	if st != "protected" && st != "degraded" {
-		return fmt.Errorf("vm %s is %s, not protected", p.spec.Name, st)
-	}
-	if p.a.store != nil && p.epoch > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		t0 := time.Now()
-		c, err := p.a.store.ClaimNext(ctx, p.spec.Name, p.epoch, p.a.cfg.Host, "unprotect")
-		p.recordClaim(c.Epoch, err, time.Since(t0), "unprotect")
-		cancel()
-		switch {
-		case errors.Is(err, disk.ErrLost):
-			p.halt(fmt.Sprintf("the backup (%s) owns epoch %d", c.Owner, c.Epoch))
-			return fmt.Errorf("vm %s: the backup already took over (epoch %d); this copy halted", p.spec.Name, c.Epoch)
-		case err != nil:
-			return fmt.Errorf("unprotect %s: shared storage: %w (protection unchanged)", p.spec.Name, err)
+// journalLife records the primary's lifecycle changes in the agent's journal.
+func (p *primary) journalLife(prev, cur lifecycle.Status) {
+	e := journal.Event{VM: p.spec.Name, Role: "primary", Peer: p.backupHost, Epoch: cur.Epoch, Detail: cur.Detail}
+	switch cur.State {
+	case lifecycle.Unprotected:
+		if prev.State == lifecycle.Starting {
+			return // started alone: nothing was protected
 		}
-		p.mu.Lock()
-		p.epoch = c.Epoch
-		p.mu.Unlock()
+		if prev.State == lifecycle.Claiming {
+			f := e
+			f.Kind, f.DurationMS = journal.KindFailover, ms(p.life.sinceClaim())
+			f.Detail = cur.Detail + ": carrying on alone"
+			p.a.record(f)
+		}
+		e.Kind, e.Peer = journal.KindUnprotected, ""
+	case lifecycle.Halted:
+		e.Kind = journal.KindHalted
+	case lifecycle.Failed:
+		e.Kind = journal.KindFailed
+	case lifecycle.HandedOver:
+		e.Kind, e.Detail = journal.KindHandover, "planned failover: handed over to "+p.backupHost
+	default:
+		return
 	}
-	return p.goUnprotected(reason)
+	p.a.record(e)
 }
 
-// handover is the planned failover: the primary pauses its guest, lets the backup
-// acknowledge the whole log and releases every held frame, halts, claims the next
-// epoch for the backup and ends the channel; the backup sees its own claim and goes
-// live. No frame is lost and no two copies run.
-func (p *primary) handover(ctx context.Context) error {
-	p.mu.Lock()
-	st := p.state
-	p.mu.Unlock()
-	if st != "protected" || p.sender == nil {
-		return fmt.Errorf("vm %s is %s: a planned failover needs a protected VM", p.spec.Name, st)
-	}
-	if p.a.store == nil || p.backupHost == "" {
-		return errors.New("planned failover needs shared storage (--shared-dir) on both hosts")
-	}
-	if err := p.m.Pause(ctx); err != nil {
-		return fmt.Errorf("pause guest: %w", err)
-	}
-	resume := func(err error) error {
-		if cerr := p.m.Cont(context.Background()); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("resume guest: %w", cerr))
+// exec carries out one lifecycle action (see driver): without blocking.
+func (p *primary) exec(a lifecycle.Action) {
+	switch a.Type {
+	case lifecycle.ActionReleaseOutput:
+		// Output flows freely from now on: no backup to wait for, nothing to pace
+		// or throttle for.
+		if d := p.life.sinceClaim(); d > 0 {
+			p.mu.Lock()
+			p.claimDur = d
+			p.mu.Unlock()
 		}
-		return err
+		p.out.SetMode(outputrule.Unprotected)
+		if p.pace != nil {
+			p.pace.ReleasePacing() // no backup to wait for: the held frames go
+		}
+		p.noteEpisodes(false, false, time.Now(), 0)
+		if p.cg != nil {
+			_ = p.cg.SetQuota(1)
+		}
+		p.log.Warn("vm unprotected", "reason", a.Reason)
+	case lifecycle.ActionHaltOutput:
+		if p.out != nil {
+			p.out.SetMode(outputrule.Halted)
+		}
+	case lifecycle.ActionEndChannel:
+		if p.stopSender != nil {
+			p.stopSender() // Bye: the backup stops, or finds its planned-failover claim
+		}
+	case lifecycle.ActionAbortChannel:
+		// An Error saying why (a Bye would make the backup stop quietly): the backup
+		// reads it as a failed primary, claims the next epoch and goes live from the
+		// log it holds; every frame released here was acknowledged, so it lies before
+		// the backup's cut. This copy never claims.
+		if p.sender != nil {
+			p.mu.Lock()
+			p.aborted = true
+			p.mu.Unlock()
+			p.sender.Abort(fmt.Errorf("primary failed: %s", a.Reason))
+		}
+	case lifecycle.ActionKillQEMU:
+		if p.guest != nil {
+			if err := p.guest.Kill(); err != nil {
+				p.log.Warn("kill qemu", "err", err)
+			}
+		}
+	case lifecycle.ActionPauseGuest:
+		p.life.spawn(func(ctx context.Context) {
+			if err := p.guest.Pause(ctx); err != nil {
+				_ = p.life.step(lifecycle.PauseFailed(err))
+				return
+			}
+			_ = p.life.step(lifecycle.GuestPaused())
+		})
+	case lifecycle.ActionAwaitDrain:
+		p.mu.Lock()
+		p.drainGen++
+		gen := p.drainGen
+		p.mu.Unlock()
+		p.life.spawn(func(ctx context.Context) { p.awaitDrain(ctx, gen) })
+	case lifecycle.ActionResumeGuest:
+		p.mu.Lock()
+		p.drainGen++ // stops a drain wait
+		p.mu.Unlock()
+		p.life.spawn(func(ctx context.Context) {
+			if err := p.guest.Cont(ctx); err != nil {
+				p.log.Error("resume guest", "reason", a.Reason, "err", err)
+			}
+		})
+	case lifecycle.ActionTeardown:
+		p.mu.Lock()
+		wait := p.senderDone
+		if !p.aborted {
+			wait = nil
+		}
+		p.mu.Unlock()
+		if wait == nil {
+			p.stopOnce.Do(func() { go p.teardown() })
+			return
+		}
+		// The backup must hear why before the teardown's Bye could overtake it.
+		go func() {
+			select {
+			case <-wait:
+			case <-time.After(2 * time.Second):
+			}
+			p.stopOnce.Do(func() { go p.teardown() })
+		}()
+	default:
+		p.log.Error("lifecycle action a primary cannot carry out", "action", a.String())
 	}
-	// The vCPU is stopped: the guest emits nothing more. Wait until the backup holds
-	// the log up to the pause (the paused QEMU may still log clock events after it;
-	// they do not change the guest) and every held frame is released.
-	time.Sleep(50 * time.Millisecond) // let the flush library and the tail catch up
+}
+
+// drainPoll is how often a planned failover looks whether the backup has caught up.
+const drainPoll = 20 * time.Millisecond
+
+// awaitDrain steps Drained once the backup holds the log up to the pause and every
+// held frame is released; it gives up when a resume moves drainGen (the lifecycle
+// counts the deadline in ticks).
+func (p *primary) awaitDrain(ctx context.Context, gen uint64) {
+	// The vCPU is stopped: the guest emits nothing more. Let the log's last flush and
+	// the tail catch up, then wait for the backup to acknowledge the log up to the
+	// pause (the paused QEMU may still log clock events after it; they do not change
+	// the guest).
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(50 * time.Millisecond):
+	}
 	p.mu.Lock()
 	// The backup acks only safe cut points (logSink.AckLimit): wait for the newest
 	// one the log has at the pause, not for its last event boundary, which may sit
 	// inside a group the backup never acks on its own.
 	paused := p.safePoint
 	p.mu.Unlock()
-	deadline := time.Now().Add(30 * time.Second)
+	t := time.NewTicker(drainPoll)
+	defer t.Stop()
 	for {
+		p.mu.Lock()
+		current := p.drainGen == gen
+		p.mu.Unlock()
+		if !current {
+			return
+		}
 		ss := p.sender.Stats()
 		rs := p.out.Stats().Rule
 		if ss.Acked >= paused && rs.HeldFrames+rs.PendingFrames == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			return resume(fmt.Errorf("backup did not acknowledge the log up to the pause in time (acked %d of %d)", ss.Acked, paused))
+			_ = p.life.step(lifecycle.Drained())
+			return
 		}
 		select {
 		case <-ctx.Done():
-			return resume(ctx.Err())
-		case <-time.After(20 * time.Millisecond):
+			return
+		case <-t.C:
 		}
 	}
-	p.out.SetMode(outputrule.Halted)
-	p.mu.Lock()
-	p.handingOver = true
-	p.mu.Unlock()
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	t0 := time.Now()
-	c, err := p.a.store.ClaimNext(sctx, p.spec.Name, p.epoch, p.backupHost, "planned failover from "+p.a.cfg.Host)
-	p.recordClaim(c.Epoch, err, time.Since(t0), "planned failover: for "+p.backupHost)
-	cancel()
-	if err != nil {
-		// The claim's outcome is unknown or someone else holds it: stay halted.
-		p.halt(fmt.Sprintf("planned failover: epoch claim: %v", err))
-		return fmt.Errorf("planned failover: %w", err)
-	}
-	p.mu.Lock()
-	p.state, p.detail = "handed-over", fmt.Sprintf("planned failover to %s, epoch %d", p.backupHost, c.Epoch)
-	p.mu.Unlock()
-	p.stopSender() // Bye: the backup finds its claim and goes live
-	if err := p.m.Kill(); err != nil {
-		p.log.Warn("kill qemu", "err", err)
-	}
-	p.log.Warn("handed over", "to", p.backupHost, "epoch", c.Epoch)
-	p.a.record(journal.Event{Kind: journal.KindHandover, VM: p.spec.Name, Role: "primary", Peer: p.backupHost, Epoch: c.Epoch,
-		Detail: "planned failover: handed over to " + p.backupHost})
-	return nil
 }
 
-// halt stops this copy for good: another copy owns the VM now. A log channel still
-// open ends with a Bye: the backup stops quietly (it goes live only on a claim of
-// its own or one made for it).
-func (p *primary) halt(reason string) {
-	p.out.SetMode(outputrule.Halted)
-	p.mu.Lock()
-	p.state, p.detail = "halted", reason
-	p.mu.Unlock()
-	p.log.Error("vm halted", "reason", reason)
-	p.a.record(journal.Event{Kind: journal.KindHalted, VM: p.spec.Name, Role: "primary", Peer: p.backupHost, Epoch: p.epochNow(), Detail: reason})
-	if p.stopSender != nil {
-		p.stopSender()
-	}
-	if p.m == nil {
-		return
-	}
-	if err := p.m.Kill(); err != nil {
-		p.log.Warn("kill qemu", "err", err)
-	}
+// unprotect ends protection on the operator's request. With shared storage the
+// lifecycle claims the next epoch first, so that a backup which already lost the
+// channel and is claiming cannot also go live: if the backup won, this copy halts.
+func (p *primary) unprotect(ctx context.Context, reason string) error {
+	return p.life.request(ctx, lifecycle.OpUnprotect, lifecycle.Unprotect(reason))
 }
 
+// handover is the planned failover: the primary pauses its guest, lets the backup
+// acknowledge the whole log and releases every held frame, halts its output, claims
+// the next epoch for the backup and ends the channel; the backup sees its own claim
+// and goes live. No frame is lost and no two copies run.
+func (p *primary) handover(ctx context.Context) error {
+	return p.life.request(ctx, lifecycle.OpHandover, lifecycle.Handover())
+}
+
+// fail ends the VM on a local failure (the lifecycle halts its output first).
 func (p *primary) fail(err error) {
-	p.mu.Lock()
-	if p.state == "failed" || p.state == "stopped" || p.state == "halted" || p.state == "handed-over" {
-		p.mu.Unlock()
-		return
-	}
-	s, sdone := p.sender, p.senderDone
-	// A protected primary's backup takes over (see below).
-	handOver := p.state == "protected" && s != nil && sdone != nil
-	p.state, p.detail = "failed", err.Error()
-	if handOver && p.fence != nil {
-		p.detail += "; the backup takes over"
-	}
-	p.mu.Unlock()
-	p.log.Error("vm failed", "err", err, "backup_takes_over", handOver)
-	p.a.record(journal.Event{Kind: journal.KindFailed, VM: p.spec.Name, Role: "primary", Peer: p.backupHost, Epoch: p.epochNow(), Detail: p.statusDetail()})
-	// A failed primary must not keep releasing output.
-	if p.out != nil {
-		p.out.SetMode(outputrule.Halted)
-	}
-	if !handOver {
-		go func() { _ = p.stop(context.Background()) }()
-		return
-	}
-	// The backup takes over: end the channel with an Error saying why (a Bye would
-	// make it stop quietly), and only then stop, so that the stop's Bye does not
-	// overtake it. The backup reads the Error as a failed primary, claims the next
-	// epoch and goes live from the log it holds; every frame released here was
-	// acknowledged, so it lies before the backup's cut. This copy never claims.
-	// (Without shared storage the backup cannot take over, and stops.)
-	s.Abort(fmt.Errorf("primary failed: %w", err))
-	go func() {
-		select {
-		case <-sdone:
-		case <-time.After(2 * time.Second):
-		}
-		_ = p.stop(context.Background())
-	}()
+	_ = p.life.step(lifecycle.Fault(err))
 }
 
 // stop ends the VM and waits until it has, or until ctx ends: then it returns an
 // error and the teardown goes on (done() closes when it finishes).
 func (p *primary) stop(ctx context.Context) error {
-	p.stopOnce.Do(func() { go p.teardown() })
+	_ = p.life.step(lifecycle.Stop(""))
+	p.stopOnce.Do(func() { go p.teardown() }) // the lifecycle asked for it already; in case it was past asking
 	return waitStopped(ctx, p.finished, p.log, p.spec.Name)
 }
 
@@ -1210,12 +1177,9 @@ func (p *primary) teardown() {
 		p.cancel()
 	}
 	p.wg.Wait()
+	p.life.close()
 	p.runCleanups()
-	p.mu.Lock()
-	if p.state != "failed" && p.state != "halted" && p.state != "handed-over" {
-		p.state = "stopped"
-	}
-	p.mu.Unlock()
+	_ = p.life.step(lifecycle.TeardownDone())
 	close(p.finished)
 	p.log.Info("vm stopped")
 }
@@ -1223,12 +1187,17 @@ func (p *primary) teardown() {
 func (p *primary) done() <-chan struct{} { return p.finished }
 
 func (p *primary) status() control.VMStatus {
+	ls := p.life.state()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	epoch := ls.Epoch
+	if ls.State == lifecycle.Starting {
+		epoch = p.epoch // claimed at start; the lifecycle learns it when it starts
+	}
 	st := control.VMStatus{
-		Name: p.spec.Name, Role: "primary", State: p.state, Peer: p.peer, Detail: p.detail, DataPath: string(p.dataPath),
+		Name: p.spec.Name, Role: "primary", State: ls.State.String(), Peer: p.peer, Detail: ls.Detail, DataPath: string(p.dataPath),
 		Forced: p.own.forced, EpochCheck: p.epochCheck,
-		StartedAt: p.started, Engine: p.a.engine.Name, EngineWarning: p.a.engine.Warning(), Epoch: p.epoch,
+		StartedAt: p.started, Engine: p.a.engine.Name, EngineWarning: p.a.engine.Warning(), Epoch: epoch,
 		FailoverClaimMS: ms(p.claimDur), FailoverGoLiveMS: ms(p.goLiveDur),
 		Disk: p.diskPath(), CopyDone: p.copied.Done, CopyTotal: p.copied.Total, CopyRate: p.copied.Rate, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
 		LogReplayed: p.replayed, LagBytes: p.lagBytes, LagMS: p.lagMS, WorkLagMS: p.workLagMS, LagBoundMS: p.spec.LagBoundMS,
@@ -1308,20 +1277,6 @@ func fillRelayStatus(st *control.VMStatus, rs netbuf.RelayStats) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-// statusDetail reads the detail under the lock.
-func (p *primary) statusDetail() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.detail
-}
-
-// epochNow reads the epoch under the lock.
-func (p *primary) epochNow() uint64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.epoch
-}
 
 // fileSize is the size of the file at path, 0 when it cannot be read.
 func fileSize(path string) int64 {

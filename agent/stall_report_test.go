@@ -68,7 +68,13 @@ func TestBackupReportsStall(t *testing.T) {
 	snd.Publish(start+100, 1000)
 
 	blog, plog := &logRecorder{}, &logRecorder{}
-	b := &backup{a: &Agent{}, log: slog.New(blog), recv: rcv, state: "replaying"}
+	// The lifecycle logs elsewhere: this test reads what the stall report logs.
+	b, _ := lifeBackup(t, &Agent{cfg: Config{Host: "hostb"}}, slog.New(slog.DiscardHandler))
+	b.log, b.recv = slog.New(blog), rcv
+	if err := b.life.start(0, "hosta", false); err != nil {
+		t.Fatal(err)
+	}
+	defer b.life.close()
 	p := &primary{log: slog.New(plog)}
 	d := newStallDetector(3 * time.Second)
 	t0 := time.Unix(1_700_000_000, 0)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ftvmd/ftvmd/arbiter"
 	"github.com/ftvmd/ftvmd/disk"
+	"github.com/ftvmd/ftvmd/lifecycle"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/outputrule"
@@ -43,34 +44,74 @@ func (f *fakeOut) last() outputrule.Mode {
 	return f.modes[len(f.modes)-1]
 }
 
+// What a backup does when its log channel ends with err: the agent reads err
+// (channelEnded) and the backup's lifecycle decides, with shared storage (fenced) or
+// without.
 func TestOnChannelEnd(t *testing.T) {
+	const (
+		stepDown      = "step down"
+		stop          = "stop"
+		claim         = "claim"
+		checkHandover = "check handover"
+	)
+	outcome := func(err error, fenced bool) string {
+		t.Helper()
+		m, merr := lifecycle.New(lifecycle.Config{Role: arbiter.RoleBackup, Host: "hostb", VM: "vm1"})
+		if merr != nil {
+			t.Fatal(merr)
+		}
+		var epoch uint64
+		if fenced {
+			epoch = 1
+		}
+		if err := m.Step(lifecycle.Started(epoch, "hosta", fenced)); err != nil {
+			t.Fatal(err)
+		}
+		m.Advance()
+		if err := m.Step(channelEnded(err)); err != nil {
+			t.Fatal(err)
+		}
+		rd := m.Ready()
+		switch st := rd.Status.State; {
+		case st == lifecycle.Failed:
+			return stepDown
+		case st == lifecycle.Stopping:
+			return stop
+		case st == lifecycle.Claiming:
+			return claim
+		case st == lifecycle.Replaying && len(rd.Actions) == 1 && rd.Actions[0].Type == lifecycle.ActionReadClaim:
+			return checkHandover
+		default:
+			return fmt.Sprintf("%v %v", st, rd.Actions)
+		}
+	}
 	wrap := func(e error) error { return fmt.Errorf("receiving: %w: detail", e) }
 	for _, tc := range []struct {
 		err    error
 		fenced bool
-		want   channelEnd
+		want   string
 	}{
 		// The backup's own faults and its refusals of what it received: step down.
-		{wrap(logging.ErrAborted), true, endStepDown},
-		{wrap(logging.ErrSink), true, endStepDown},
-		{wrap(logging.ErrChecksum), true, endStepDown},
-		{wrap(logging.ErrGap), true, endStepDown},
-		{wrap(logging.ErrStale), true, endStepDown},
-		{wrap(logging.ErrProtocol), true, endStepDown},
-		{wrap(logging.ErrTooLarge), true, endStepDown},
-		{wrap(logging.ErrSink), false, endStepDown},
+		{wrap(logging.ErrAborted), true, stepDown},
+		{wrap(logging.ErrSink), true, stepDown},
+		{wrap(logging.ErrChecksum), true, stepDown},
+		{wrap(logging.ErrGap), true, stepDown},
+		{wrap(logging.ErrStale), true, stepDown},
+		{wrap(logging.ErrProtocol), true, stepDown},
+		{wrap(logging.ErrTooLarge), true, stepDown},
+		{wrap(logging.ErrSink), false, stepDown},
 		// The primary is gone, silent or failed: claim.
-		{wrap(logging.ErrPeerSilent), true, endClaim},
-		{wrap(logging.ErrPeerRefused), true, endClaim},
-		{errors.New("reading from peer: EOF"), true, endClaim},
+		{wrap(logging.ErrPeerSilent), true, claim},
+		{wrap(logging.ErrPeerRefused), true, claim},
+		{errors.New("reading from peer: EOF"), true, claim},
 		// The primary said Bye: a planned failover, or stop.
-		{wrap(logging.ErrPeerClosed), true, endCheckHandover},
+		{wrap(logging.ErrPeerClosed), true, checkHandover},
 		// Without shared storage a backup never claims.
-		{wrap(logging.ErrPeerSilent), false, endStop},
-		{wrap(logging.ErrPeerClosed), false, endStop},
+		{wrap(logging.ErrPeerSilent), false, stop},
+		{wrap(logging.ErrPeerClosed), false, stop},
 	} {
-		if got := onChannelEnd(tc.err, tc.fenced); got != tc.want {
-			t.Errorf("onChannelEnd(%v, fenced=%v) = %d, want %d", tc.err, tc.fenced, got, tc.want)
+		if got := outcome(tc.err, tc.fenced); got != tc.want {
+			t.Errorf("channel ended with %v, fenced=%v: %s, want %s", tc.err, tc.fenced, got, tc.want)
 		}
 	}
 }
@@ -86,9 +127,8 @@ func testBackup(t *testing.T, store *disk.MemStore, startErr error) *backup {
 		t.Fatal(err)
 	}
 	b := &backup{a: a, spec: vmspec.Spec{Name: "vm1"}, peer: "hosta", log: a.log.With("vm", "vm1", "role", "backup"),
-		dir: t.TempDir(), finished: make(chan struct{}), state: "starting", epoch: 1}
-	var err error
-	if b.fence, err = newFence(store, arbiter.RoleBackup, "vm1", "hostb", 1, b.log); err != nil {
+		dir: t.TempDir(), finished: make(chan struct{}), epoch: 1}
+	if err := b.newLife(); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.openLog(context.Background()); err != nil {
@@ -178,18 +218,20 @@ func TestBackupParseErrorStepsDownWithoutClaiming(t *testing.T) {
 func protectedPrimary(t *testing.T, store *disk.MemStore) (*primary, *fakeOut, *logging.MemLink) {
 	t.Helper()
 	a := testAgent(t, "hosta", "")
-	p := testPrimary(a, "hostb:7800")
-	p.backupHost = "hostb"
 	if store != nil {
 		a.store = store
+	}
+	p := testPrimary(t, a, "hostb:7800")
+	p.backupHost = "hostb"
+	if store != nil {
 		e, err := claimFirst(context.Background(), store, "vm1", "hosta")
 		if err != nil {
 			t.Fatal(err)
 		}
 		p.epoch = e
-		if p.fence, err = newFence(store, arbiter.RolePrimary, "vm1", "hosta", e, p.log); err != nil {
-			t.Fatal(err)
-		}
+	}
+	if err := p.life.start(p.epoch, "hostb", store != nil); err != nil {
+		t.Fatal(err)
 	}
 	out := new(fakeOut)
 	p.out = out
@@ -248,8 +290,8 @@ func TestPrimaryQEMUDeathHandsOverToBackup(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the backup's receiver did not end")
 	}
-	if got := onChannelEnd(err, true); got != endClaim {
-		t.Fatalf("backup's channel ended with %v: action %d, want endClaim (take over)", err, got)
+	if ev := channelEnded(err); ev.Type != lifecycle.EventPeerLost || !ev.Quit {
+		t.Fatalf("backup's channel ended with %v: %+v, want a primary that failed and said so (the backup claims)", err, ev)
 	}
 	if !strings.Contains(err.Error(), "qemu exited") {
 		t.Fatalf("backup's error %v does not say why", err)

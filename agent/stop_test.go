@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ftvmd/ftvmd/arbiter"
 	"github.com/ftvmd/ftvmd/disk"
+	"github.com/ftvmd/ftvmd/lifecycle"
 )
 
 // A primary that lost its backup claims the next epoch for as long as storage does
@@ -20,17 +20,17 @@ func TestStopWhileClaimingOnHungStorage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := testPrimary(a, "hostb:7800")
-	p.epoch = epoch
-	if p.fence, err = newFence(store, arbiter.RolePrimary, "vm1", "hosta", epoch, p.log); err != nil {
+	p := testPrimary(t, a, "hostb:7800")
+	p.epoch, p.backupHost = epoch, "hostb"
+	_, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	if err := p.life.start(epoch, "hostb", true); err != nil {
 		t.Fatal(err)
 	}
 	store.SetHung(true)
 	defer store.SetHung(false)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	p.cancel = cancel
-	p.go1(func() { p.backupLost(ctx, errors.New("log channel: peer silent")) })
+	_ = p.life.step(lifecycle.PeerLost(errors.New("log channel: peer silent")))
 	waitState(t, p, "claiming")
 	time.Sleep(300 * time.Millisecond) // the claim is in flight, blocked on storage
 
@@ -68,7 +68,7 @@ func TestStopWhileClaimingOnHungStorage(t *testing.T) {
 // teardown completes later.
 func TestStopHonoursItsDeadline(t *testing.T) {
 	a := testAgent(t, "hosta", "")
-	p := testPrimary(a, "")
+	p := testPrimary(t, a, "")
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	stuck := make(chan struct{})
@@ -113,8 +113,10 @@ func waitState(t *testing.T, p *primary, want string) {
 // The backup's stop has the same deadline.
 func TestBackupStopHonoursItsDeadline(t *testing.T) {
 	a := testAgent(t, "hostb", "")
-	b := &backup{a: a, log: a.log, finished: make(chan struct{}), state: "replaying"}
-	b.spec.Name = "vm1"
+	b, _ := lifeBackup(t, a, a.log)
+	if err := b.life.start(0, "hosta", false); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	stuck := make(chan struct{})

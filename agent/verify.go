@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ftvmd/ftvmd/disk"
+	"github.com/ftvmd/ftvmd/lifecycle"
 	"github.com/ftvmd/ftvmd/logging"
 )
 
@@ -22,10 +23,8 @@ type checksumReply struct {
 // at a quiesced point: the primary's guest is paused, the backup has replayed up to
 // the same instruction count, then both images are hashed. The guest resumes after.
 func (p *primary) verify(ctx context.Context) (string, error) {
-	p.mu.Lock()
-	st := p.state
-	p.mu.Unlock()
-	if st != "protected" || p.sender == nil {
+	st := p.life.state().State
+	if st != lifecycle.Protected || p.sender == nil {
 		return "", fmt.Errorf("vm %s is %s: verify needs a protected VM", p.spec.Name, st)
 	}
 	if p.diskPath() == "" {

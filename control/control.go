@@ -133,13 +133,16 @@ func (h Histogram) Count() uint64 {
 	return n
 }
 
-// VMStates are the states a VM's copy can be in (VMStatus.State): a primary
+// VMStates are the states a VM's copy can be in (VMStatus.State), the names of
+// lifecycle.State (agent.TestVMStatesAreTheLifecycles keeps them equal): a primary
 // starting, protected, claiming (its backup lost, claiming the next epoch),
-// degraded (backup lost, no shared storage), unprotected, halted (lost the epoch),
-// handed-over (planned failover); a backup replaying or live (it went live; the
-// live VM is a new primary); either failed or stopped.
-var VMStates = []string{"starting", "protected", "claiming", "degraded", "unprotected", "halted",
-	"handed-over", "replaying", "live", "failed", "stopped"}
+// degraded (backup lost, no shared storage), unprotecting (claiming the next epoch
+// for `ftvmd unprotect`), handing-over (a planned failover under way), unprotected,
+// halted (lost the epoch), handed-over (planned failover); a backup replaying,
+// going-live or live (it went live; the live VM is a new primary); either failed,
+// stopping or stopped.
+var VMStates = []string{"starting", "protected", "claiming", "degraded", "unprotecting", "handing-over",
+	"unprotected", "halted", "handed-over", "replaying", "going-live", "live", "failed", "stopping", "stopped"}
 
 // VMStatus is what `ftvmd status` shows for one VM on this host.
 type VMStatus struct {

@@ -234,15 +234,18 @@ func (m *Machine) channelUp() bool {
 	return m.state == Replaying && !m.reading
 }
 
-// fail ends the copy after a local failure: it claims nothing, releases nothing
-// and is torn down. While the channel is up it first tells the peer why: a
-// backup told that its primary failed takes over (with shared storage), a
-// primary told that its backup stepped down carries on.
+// fail ends the copy after a local failure (what: its cause): it claims
+// nothing, releases nothing and is torn down. While the channel is up it first
+// tells the peer why: a backup told that its primary failed takes over (with
+// shared storage), a primary told that its backup stepped down carries on.
 func (m *Machine) fail(what string) {
 	abort := m.channelUp()
 	detail := what
-	if abort && m.primary() && m.arb != nil {
+	switch {
+	case m.primary() && abort && m.arb != nil:
 		detail += "; the backup takes over"
+	case !m.primary() && m.state != GoingLive:
+		detail = "stepped down: " + what
 	}
 	m.become(Failed, detail)
 	if m.primary() {
@@ -262,7 +265,7 @@ func (m *Machine) faultText(ev Event) string {
 		if m.primary() {
 			return fmt.Sprintf("qemu exited: %v", ev.Err)
 		}
-		return fmt.Sprintf("stepped down: replaying qemu exited: %v", ev.Err)
+		return fmt.Sprintf("replaying qemu exited: %v", ev.Err)
 	case EventLogWriteFailed:
 		return fmt.Sprintf("rr log write failed: %s; output stopped", ev.Reason)
 	}
