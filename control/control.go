@@ -309,7 +309,16 @@ func Serve(ctx context.Context, ln net.Listener, h Handler, log *slog.Logger) er
 }
 
 func serveConn(ctx context.Context, c net.Conn, h Handler, log *slog.Logger) {
-	reply := func(r Response) { _ = json.NewEncoder(c).Encode(r) }
+	var req Request
+	reply := func(r Response) {
+		b, err := json.Marshal(r)
+		if err != nil {
+			// Still one answer: without it the CLI could only say the reply was empty.
+			log.Error("control: cannot encode the answer", "op", req.Op, "err", err)
+			b, _ = json.Marshal(Response{Error: fmt.Sprintf("the agent cannot encode its answer to %q: %v", req.Op, err)})
+		}
+		_, _ = c.Write(append(b, '\n'))
+	}
 	if uc, ok := c.(*net.UnixConn); ok {
 		if uid, err := peerUID(uc); err != nil || uid != 0 {
 			log.Warn("control: refused non-root peer", "uid", uid, "err", err)
@@ -318,7 +327,6 @@ func serveConn(ctx context.Context, c net.Conn, h Handler, log *slog.Logger) {
 		}
 	}
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	var req Request
 	if err := json.NewDecoder(io.LimitReader(c, maxMessage)).Decode(&req); err != nil {
 		reply(Response{Error: fmt.Sprintf("bad request: %v", err)})
 		return

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"path/filepath"
 	"reflect"
@@ -53,13 +54,18 @@ func FuzzServe(f *testing.F) {
 	f.Add([]byte(`{"op":"define","spec":{"name":"x","bogus":1}}`))
 	f.Add([]byte(`{"op":`))
 	f.Add([]byte(`null`))
+	f.Add([]byte(`{"op":"status","ack_delay_ms":-1}`))
 	f.Add([]byte("\xff\xfe"))
 	log := slog.New(slog.DiscardHandler)
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var got *Request
 		handler := func(_ context.Context, r Request) Response {
 			got = &r
-			st := VMStatus{Name: r.VM, Role: "primary", State: "protected", Peer: r.Backup, LagMS: float64(r.AckDelayMS) / 3,
+			lag := float64(r.AckDelayMS) / 3
+			if r.AckDelayMS < 0 {
+				lag = math.Inf(-1) // an answer JSON cannot hold: the agent must still answer
+			}
+			st := VMStatus{Name: r.VM, Role: "primary", State: "protected", Peer: r.Backup, LagMS: lag,
 				StartedAt: time.Unix(int64(r.AckDelayMS), 0).UTC(), AddedDelayHist: []uint64{1, uint64(len(r.Op))}}
 			return Response{OK: r.Op != "", Message: r.Op, Host: r.Backup, VMs: []VMStatus{st}}
 		}
@@ -98,6 +104,12 @@ func FuzzServe(f *testing.F) {
 		var back Request
 		if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, *got) {
 			t.Fatalf("request round trip: %+v (%v), want %+v", back, err, *got)
+		}
+		if got.AckDelayMS < 0 {
+			if resp.OK || !strings.Contains(resp.Error, "cannot encode") {
+				t.Fatalf("an unencodable answer reached the client as %+v", resp)
+			}
+			return
 		}
 		if want := handler(context.Background(), *got); !reflect.DeepEqual(resp, want) {
 			t.Fatalf("client got %+v, the handler answered %+v", resp, want)
