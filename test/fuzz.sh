@@ -36,14 +36,28 @@ for t in "${targets[@]}"; do
   dir=${t% *} name=${t#* }
   echo "==> $name (./$dir) for $duration"
   out=$(mktemp)
+  corpus="$dir/testdata/fuzz/$name"
+  before=$(ls "$corpus" 2>/dev/null | sort)
   start=$(date +%s)
-  go test -run '^$' -fuzz "^${name}\$" -fuzztime "$duration" -parallel "$parallel" "./$dir" 2>&1 | tee "$out"
+  # -timeout 0: go test's default 10m would end a 10m run as a failure; a hung
+  # input is caught by the fuzzing coordinator itself.
+  go test -run '^$' -fuzz "^${name}\$" -fuzztime "$duration" -parallel "$parallel" -timeout 0 "./$dir" 2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
   secs=$(( $(date +%s) - start ))
   # The last progress line says how many inputs ran: "fuzz: elapsed: 10m0s, execs: 123 (..."
-  execs=$(grep -o 'execs: [0-9]*' "$out" | tail -1 | cut -d' ' -f2)
+  execs=$(grep -a -o 'execs: [0-9]*' "$out" | tail -1 | cut -d' ' -f2)
   status=ok
-  if [ "$rc" != 0 ]; then status=FAIL; failed+=("$name"); fi
+  if [ "$rc" != 0 ]; then
+    status=FAIL
+    # Go 1.26's fuzzing coordinator can report its own -fuzztime deadline as a
+    # failure ("context deadline exceeded", no failing input written: a race in
+    # internal/fuzz, golang/go#75804, fixed in Go 1.27). That is not a finding.
+    if [ "$(ls "$corpus" 2>/dev/null | sort)" = "$before" ] && grep -a -q '^    context deadline exceeded$' "$out"; then
+      status=ok-deadline-race
+    else
+      failed+=("$name")
+    fi
+  fi
   line="$(date -u +%FT%TZ) $status $name ./$dir duration=$duration wall=${secs}s execs=${execs:-0} commit=$(git rev-parse --short HEAD)"
   echo "$line" >>"$summary"
   echo "fuzz: $line"

@@ -21,8 +21,8 @@ go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 echo "==> unit tests (real QEMU where used)"
 FTVMD_REQUIRE_QEMU=1 FTVMD_REQUIRE_ROOT=1 FTVMD_REQUIRE_PROMETHEUS=1 go test -count=1 -timeout 20m $(go list ./... | grep -v /test/e2e)
 
-echo "==> fuzz targets, each 2 s past its seeds (bash test/fuzz.sh 10m for a long run)"
-bash test/fuzz.sh 2s
+echo "==> fuzz targets, each 1 s past its seeds (bash test/fuzz.sh 10m for a long run)"
+bash test/fuzz.sh 1s
 
 echo "==> end-to-end tests on the lab"
 mkdir -p test/e2e-artifacts
