@@ -12,11 +12,11 @@ log() { printf '==> %s\n' "$*"; }
 
 [ "$(id -u)" = 0 ] || { echo "setup: must run as root (it installs packages and builds the lab)" >&2; exit 1; }
 
-# systemd: systemd-analyze and the unit sandbox; dpkg-dev: dpkg-shlibdeps for the
-# package; prometheus: promtool checks the agent's metrics, and the end-to-end tests
-# run its server against the lab's agents.
+# systemd: systemd-analyze and the unit sandbox; dpkg-dev, strace: the package's
+# computed Depends (packaging/mkdeb); prometheus: promtool checks the agent's
+# metrics, and the end-to-end tests run its server against the lab's agents.
 pkgs=(qemu-system-x86 qemu-utils busybox-static cpio kmod gzip iproute2 gcc libc6-dev netcat-openbsd procps
-  systemd dpkg-dev prometheus)
+  systemd dpkg-dev strace prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -20,11 +20,24 @@ if [ "${FTVMD_SANDBOX_STAGE:-}" != inner ]; then
   # Stage 1: move into a cgroup of our own in every hierarchy, so the cgroup
   # namespace's root is that cgroup and systemd manages only below it.
   : >"$dir/cgroups"
-  for h in /sys/fs/cgroup/*/ /sys/fs/cgroup; do
-    [ -f "$h/cgroup.procs" ] || continue
+  rm -f "$dir/cgroup-v2"
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    hierarchies=(/sys/fs/cgroup) # unified (v2) only; not tried on this project's hosts (v1)
+    : >"$dir/cgroup-v2"
+  else
+    hierarchies=()
+    for h in /sys/fs/cgroup/*; do
+      # Mounted hierarchies only (not the links like cpu -> cpu,cpuacct).
+      [ -L "$h" ] || ! mountpoint -q "$h" || hierarchies+=("$h")
+    done
+  fi
+  for h in "${hierarchies[@]}"; do
     mkdir -p "$h/$name"
     # cpuset v1: a new cgroup has no CPUs or memory nodes until given its parent's.
-    [ -f "$h/cpuset.cpus" ] && cat "$h/cpuset.cpus" >"$h/$name/cpuset.cpus" && cat "$h/cpuset.mems" >"$h/$name/cpuset.mems"
+    if [ -f "$h/cpuset.cpus" ] && [ ! -f "$h/cgroup.controllers" ]; then
+      cat "$h/cpuset.cpus" >"$h/$name/cpuset.cpus"
+      cat "$h/cpuset.mems" >"$h/$name/cpuset.mems"
+    fi
     echo $$ >"$h/$name/cgroup.procs"
     echo "$h/$name" >>"$dir/cgroups"
   done
@@ -32,17 +45,27 @@ if [ "${FTVMD_SANDBOX_STAGE:-}" != inner ]; then
   exec unshare --pid --fork --mount --propagation private --net --uts --cgroup --mount-proc "$0" "$dir" "$@"
 fi
 
-# Stage 2, PID 1 to be: cgroup file systems as the namespace sees them.
-mount -t tmpfs -o mode=755 cgroup-root /sys/fs/cgroup
-while read -r h; do
-  sub=$(basename "$(dirname "$h")")
-  case "$sub" in
-    cgroup) mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified ;; # pure v2 host
-    unified) mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified ;;
-    systemd) mkdir -p /sys/fs/cgroup/systemd && mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd ;;
-    *) mkdir -p "/sys/fs/cgroup/$sub" && mount -t cgroup -o "$sub" cgroup "/sys/fs/cgroup/$sub" ;;
-  esac
-done <"$dir/cgroups"
+# Stage 2, PID 1 to be: cgroup file systems as the namespace sees them, on file
+# systems of their own where systemd changes anything (it remounts the cgroup
+# tmpfs read-only: here a new tmpfs, not the host's).
+if [ -f "$dir/cgroup-v2" ]; then
+  mount -t cgroup2 cgroup2 /sys/fs/cgroup
+else
+  links=$(find /sys/fs/cgroup -maxdepth 1 -type l -printf '%f %l\n')
+  mount -t tmpfs -o mode=755 cgroup-root /sys/fs/cgroup
+  while read -r h; do
+    sub=$(basename "$(dirname "$h")")
+    mkdir -p "/sys/fs/cgroup/$sub"
+    case "$sub" in
+      unified) mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified ;;
+      systemd) mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd ;;
+      *) mount -t cgroup -o "$sub" cgroup "/sys/fs/cgroup/$sub" ;;
+    esac
+  done <"$dir/cgroups"
+  while read -r l target; do
+    [ -n "$l" ] && ln -s "$target" "/sys/fs/cgroup/$l"
+  done <<<"$links"
+fi
 mount -t tmpfs -o mode=755 run /run
 mkdir -p /run/systemd/system /run/lock
 [ -d "$dir/units" ] && cp -a "$dir/units/." /run/systemd/system/
