@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -314,7 +315,17 @@ func firmwareDepends(ctx context.Context, qemuBin, kernel string) ([]string, err
 	// timeout ends it.
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	_ = exec.CommandContext(pctx, "strace", args...).Run()
+	// strace and the QEMU it traces share a process group, ended together: killing
+	// strace alone leaves the paused QEMU running for ever, holding every fd it
+	// inherited (in the lab, the e2e queue's lock).
+	cmd := exec.CommandContext(pctx, "strace", args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 2 * time.Second
+	_ = cmd.Run()
+	if cmd.Process != nil {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // strace may have ended first
+	}
 	data, err := os.ReadFile(trace.Name())
 	if err != nil {
 		return nil, err
