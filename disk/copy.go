@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -60,9 +61,12 @@ type ImageInfo struct {
 	SHA256 string `json:"sha256"`
 }
 
-// Progress of one copy. Rate is the average since the copy started, in bytes/s.
+// Progress of one copy. Done counts the bytes the receiver holds, including
+// Resumed: the verified prefix of an interrupted earlier copy that was not sent
+// again. Rate is the average of the bytes sent since the copy started, in bytes/s.
 type Progress struct {
 	Done, Total int64
+	Resumed     int64
 	Rate        float64
 }
 
@@ -75,8 +79,22 @@ type CopyConfig struct {
 	// 200ms and once at the end (with Done == Total) after a successful copy.
 	Progress func(Progress)
 	// Timeout is the IO deadline of each message (one chunk, the header, the
-	// final acknowledgement). Default 30s.
+	// final acknowledgement). Default 30s. The two messages that wait for the
+	// other side to hash a resumed prefix get Timeout plus the time to hash the
+	// image at hashRateFloor.
 	Timeout time.Duration
+	// ResumeDir (receiver only), if set, is where an interrupted copy is kept
+	// and resumed from: the partial file is ResumeDir/<ResumeKey>.<size>.<first 16
+	// hex digits of the sha256>.partial, named for the source image's identity, so
+	// a changed source never resumes from an older copy (its partial is deleted).
+	// Unset: the partial is dst+".partial" and every copy starts from offset 0.
+	ResumeDir string
+	// ResumeKey names the partial files of one destination (the VM's name): one
+	// or more characters, no '/' or NUL, not "." or "..".
+	ResumeKey string
+	// Logger gets the resume decisions (resumed at an offset, or restarted from 0
+	// and why). Nil: discarded.
+	Logger *slog.Logger
 }
 
 const (
@@ -96,7 +114,19 @@ func (c CopyConfig) withDefaults() CopyConfig {
 	if c.Timeout <= 0 {
 		c.Timeout = defaultCopyTimeout
 	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
 	return c
+}
+
+// hashRateFloor is the slowest rate at which a side is assumed to read and hash
+// a resumed prefix (a slow disk): the other side waits that long on top of
+// Timeout before it gives up on the answer.
+const hashRateFloor = 32 << 20
+
+func hashAllowance(size int64) time.Duration {
+	return time.Duration(size/hashRateFloor+1) * time.Second
 }
 
 // qcow2 header: magic "QFI\xfb", then a big-endian uint32 version (2 or 3).
@@ -142,15 +172,23 @@ func (i ImageInfo) validate() error {
 	if i.Size < 0 {
 		return fmt.Errorf("image size %d is negative", i.Size)
 	}
-	if len(i.SHA256) != 2*sha256.Size {
-		return fmt.Errorf("image sha256 %q: want %d hex digits", i.SHA256, 2*sha256.Size)
-	}
-	for _, c := range []byte(i.SHA256) {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return fmt.Errorf("image sha256 %q: want lower-case hex", i.SHA256)
-		}
+	if !validSHA256(i.SHA256) {
+		return fmt.Errorf("image sha256 %q: want %d lower-case hex digits", i.SHA256, 2*sha256.Size)
 	}
 	return nil
+}
+
+// validSHA256 says whether s is a SHA256 digest in lower-case hex.
+func validSHA256(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // connGuard owns the conn's deadlines for one copy. Every IO step arms a
@@ -180,6 +218,11 @@ const (
 // arm sets a Timeout deadline for the next IO step, or returns the cause if
 // the copy was interrupted. A zero-timeout arm (none=true) clears it.
 func (g *connGuard) arm(kind deadlineKind, none bool) error {
+	return g.armFor(kind, none, g.timeout)
+}
+
+// armFor is arm with another timeout (a step that waits for the peer to hash).
+func (g *connGuard) armFor(kind deadlineKind, none bool, timeout time.Duration) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.cause != nil {
@@ -187,7 +230,7 @@ func (g *connGuard) arm(kind deadlineKind, none bool) error {
 	}
 	t := time.Time{}
 	if !none {
-		t = time.Now().Add(g.timeout)
+		t = time.Now().Add(timeout)
 	}
 	var err error
 	switch kind {
@@ -245,15 +288,16 @@ func (g *connGuard) ioErr(op string, err error) error {
 
 // progressMeter rate-limits the Progress callback.
 type progressMeter struct {
-	fn    func(Progress)
-	total int64
-	start time.Time
-	last  time.Time
+	fn      func(Progress)
+	total   int64
+	resumed int64
+	start   time.Time
+	last    time.Time
 }
 
-func newProgressMeter(fn func(Progress), total int64) *progressMeter {
+func newProgressMeter(fn func(Progress), total, resumed int64) *progressMeter {
 	now := time.Now()
-	return &progressMeter{fn: fn, total: total, start: now, last: now}
+	return &progressMeter{fn: fn, total: total, resumed: resumed, start: now, last: now}
 }
 
 func (p *progressMeter) update(done int64, final bool) {
@@ -267,9 +311,9 @@ func (p *progressMeter) update(done int64, final bool) {
 	p.last = now
 	rate := 0.0
 	if el := now.Sub(p.start).Seconds(); el > 0 {
-		rate = float64(done) / el
+		rate = float64(done-p.resumed) / el
 	}
-	p.fn(Progress{Done: done, Total: p.total, Rate: rate})
+	p.fn(Progress{Done: done, Total: p.total, Resumed: p.resumed, Rate: rate})
 }
 
 // humanBytes formats n like "7.9 MiB".

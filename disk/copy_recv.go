@@ -9,12 +9,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -52,7 +55,7 @@ func ReceiveImage(ctx context.Context, conn net.Conn, dst string, cfg CopyConfig
 	defer stop()
 	ok := false
 	defer func() { g.release(ok) }()
-	r := &receiver{g: g, conn: conn, dst: dst, partial: dst + ".partial"}
+	r := &receiver{ctx: ctx, g: g, conn: conn, dst: dst, partial: dst + ".partial"}
 	info, err := r.run(cfg)
 	if err != nil {
 		return info, fmt.Errorf("receive %s: %w", dst, err)
@@ -62,6 +65,7 @@ func ReceiveImage(ctx context.Context, conn net.Conn, dst string, cfg CopyConfig
 }
 
 type receiver struct {
+	ctx     context.Context
 	g       *connGuard
 	conn    net.Conn
 	dst     string
@@ -93,14 +97,28 @@ func (r *receiver) fail(err error) error {
 }
 
 func (r *receiver) run(cfg CopyConfig) (ImageInfo, error) {
-	info, err := r.readHeader()
+	info, flags, err := r.readHeader()
 	if err != nil {
 		return ImageInfo{}, err
+	}
+	if cfg.ResumeDir != "" {
+		p, err := partialFor(cfg, info)
+		if err != nil {
+			return ImageInfo{}, r.refuse(replyRefuse, err)
+		}
+		r.partial = p
 	}
 	if err := r.checkSpace(info.Size); err != nil {
 		return ImageInfo{}, r.refuse(replyRefuse, err)
 	}
-	f, err := os.OpenFile(r.partial, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// Resume only from a partial named for this very image, to a sender that
+	// can answer an offer (an older one would take it for a protocol error).
+	resumable := cfg.ResumeDir != "" && flags&flagResume != 0
+	mode := os.O_RDWR | os.O_CREATE
+	if !resumable {
+		mode |= os.O_TRUNC
+	}
+	f, err := os.OpenFile(r.partial, mode, 0o600)
 	if err != nil {
 		return ImageInfo{}, r.refuse(replyRefuse, fmt.Errorf("%w: %w", ErrLocalIO, err))
 	}
@@ -110,21 +128,46 @@ func (r *receiver) run(cfg CopyConfig) (ImageInfo, error) {
 			_ = r.f.Close()
 		}
 	}()
+	sum := sha256.New()
+	var offer int64
+	if resumable {
+		offer = r.hashPartial(info.Size, sum, cfg.Logger)
+	}
+	acc := reply{typ: replyAccept, value: uint64(offer)}
+	if offer > 0 {
+		acc.msg = hex.EncodeToString(sum.Sum(nil))
+	}
 	if err := r.g.arm(dlWrite, false); err != nil {
 		return ImageInfo{}, r.g.ioErr("send accept", err)
 	}
-	if _, err := r.conn.Write(encodeReply(reply{typ: replyAccept, value: 0})); err != nil {
+	if _, err := r.conn.Write(encodeReply(acc)); err != nil {
 		return ImageInfo{}, r.g.ioErr("send accept", err)
 	}
+	got := int64(0)
+	if offer > 0 {
+		if got, err = r.readResume(offer, info.Size, cfg); err != nil {
+			return ImageInfo{}, err
+		}
+	}
+	if got == 0 {
+		sum.Reset()
+	}
+	// Drop whatever the partial holds past the agreed offset, and write on from it.
+	if err := r.f.Truncate(got); err != nil {
+		return ImageInfo{}, r.fail(fmt.Errorf("%w: truncate %s to %d: %w", ErrLocalIO, r.partial, got, err))
+	}
+	if _, err := r.f.Seek(got, io.SeekStart); err != nil {
+		return ImageInfo{}, r.fail(fmt.Errorf("%w: seek %s to %d: %w", ErrLocalIO, r.partial, got, err))
+	}
+	resumed := got
 
 	crcTab := crc32.MakeTable(crc32.Castagnoli)
-	sum := sha256.New()
-	meter := newProgressMeter(cfg.Progress, info.Size)
+	meter := newProgressMeter(cfg.Progress, info.Size, resumed)
 	var (
-		got, synced int64
-		buf         []byte // grown to the largest length that passed the checks
-		fh          [frameHeaderLen]byte
-		chunk       int
+		synced = got
+		buf    []byte // grown to the largest length that passed the checks
+		fh     [frameHeaderLen]byte
+		chunk  int
 	)
 	for {
 		if err := r.g.arm(dlRead, false); err != nil {
@@ -223,42 +266,154 @@ func (r *receiver) run(cfg CopyConfig) (ImageInfo, error) {
 	return info, nil
 }
 
-func (r *receiver) readHeader() (ImageInfo, error) {
+// hashPartial hashes what the partial file holds of the image (at most size
+// bytes) into sum and returns its length: the offset to offer. A partial that
+// cannot be read is offered as 0 (restart), with a log line.
+func (r *receiver) hashPartial(size int64, sum hash.Hash, log *slog.Logger) int64 {
+	st, err := r.f.Stat()
+	if err != nil {
+		log.Warn("disk copy restarts from 0", "partial", r.partial, "why", fmt.Sprintf("cannot stat the partial copy: %v", err))
+		return 0
+	}
+	n := min(st.Size(), size)
+	if n == 0 {
+		return 0
+	}
+	if err := hashPrefix(r.ctx, io.NewSectionReader(r.f, 0, n), n, sum); err != nil {
+		log.Warn("disk copy restarts from 0", "partial", r.partial, "why", fmt.Sprintf("cannot read the partial copy: %v", err))
+		sum.Reset()
+		return 0
+	}
+	return n
+}
+
+// readResume reads the sender's answer to a resume offer and returns the offset
+// the copy continues from: the offer, or 0 when the sender found the prefix
+// differs from its image (it says why).
+func (r *receiver) readResume(offer, size int64, cfg CopyConfig) (int64, error) {
+	// The sender hashes the same prefix of its image before it answers.
+	if err := r.g.armFor(dlRead, false, cfg.Timeout+hashAllowance(offer)); err != nil {
+		return 0, r.g.ioErr("read resume answer", err)
+	}
+	rep, err := readReply(r.conn)
+	switch {
+	case errors.Is(err, ErrProtocol):
+		return 0, r.fail(err)
+	case err != nil:
+		return 0, r.g.ioErr("read resume answer", err)
+	case rep.typ != replyResume:
+		return 0, r.fail(fmt.Errorf("%w: reply type %d to a resume offer, want %d", ErrProtocol, rep.typ, replyResume))
+	case rep.value == uint64(offer):
+		cfg.Logger.Info("disk copy resumes", "partial", r.partial, "offset", offer, "remaining", size-offer)
+		return offer, nil
+	case rep.value == 0:
+		cfg.Logger.Warn("disk copy restarts from 0", "partial", r.partial, "why", "the primary says: "+rep.msg)
+		return 0, nil
+	}
+	return 0, r.fail(fmt.Errorf("%w: the sender answered a resume offer at offset %d with offset %d", ErrProtocol, offer, rep.value))
+}
+
+// partialName is the partial file of one source image: named for its size and
+// digest, so a changed source never resumes from an older copy.
+func partialName(key string, info ImageInfo) string {
+	return fmt.Sprintf("%s.%d.%s.partial", key, info.Size, info.SHA256[:16])
+}
+
+// partialFor returns the partial file for info in cfg.ResumeDir (creating the
+// directory) and deletes the key's partial copies of any other source image,
+// saying so: their copy restarts from 0.
+func partialFor(cfg CopyConfig, info ImageInfo) (string, error) {
+	key := cfg.ResumeKey
+	if key == "" || key == "." || key == ".." || strings.ContainsAny(key, "/\x00") {
+		return "", fmt.Errorf("%w: resume key %q: want a file name", ErrLocalIO, key)
+	}
+	if err := os.MkdirAll(cfg.ResumeDir, 0o700); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrLocalIO, err)
+	}
+	want := partialName(key, info)
+	ents, err := os.ReadDir(cfg.ResumeDir)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrLocalIO, err)
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if name == want || !isPartialOf(key, name) {
+			continue
+		}
+		cfg.Logger.Warn("disk copy restarts from 0", "partial", name,
+			"why", fmt.Sprintf("the source image changed: the partial copy is of another image, this one is %d bytes with sha256 %s", info.Size, info.SHA256))
+		if err := os.Remove(filepath.Join(cfg.ResumeDir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("%w: remove stale partial copy: %w", ErrLocalIO, err)
+		}
+	}
+	return filepath.Join(cfg.ResumeDir, want), nil
+}
+
+// isPartialOf says whether name is partialName(key, some image): the key, a
+// size and 16 hex digits (a key with dots of its own does not match another's).
+func isPartialOf(key, name string) bool {
+	rest, ok := strings.CutPrefix(name, key+".")
+	if !ok {
+		return false
+	}
+	rest, ok = strings.CutSuffix(rest, ".partial")
+	if !ok {
+		return false
+	}
+	size, digest, ok := strings.Cut(rest, ".")
+	if !ok || size == "" || len(digest) != 16 {
+		return false
+	}
+	for _, c := range []byte(size) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	for _, c := range []byte(digest) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// readHeader reads and checks the header; it returns the image and the flags.
+func (r *receiver) readHeader() (ImageInfo, uint16, error) {
 	if err := r.g.arm(dlRead, false); err != nil {
-		return ImageInfo{}, r.g.ioErr("read header", err)
+		return ImageInfo{}, 0, r.g.ioErr("read header", err)
 	}
 	var h [headerFixedLen]byte
 	if _, err := io.ReadFull(r.conn, h[:]); err != nil {
-		return ImageInfo{}, r.g.ioErr("read header", err)
+		return ImageInfo{}, 0, r.g.ioErr("read header", err)
 	}
 	if string(h[:8]) != headerMagic {
-		return ImageInfo{}, r.refuse(replyRefuse, fmt.Errorf("%w: stream does not start with %q (got %q)", ErrProtocol, headerMagic, h[:8]))
+		return ImageInfo{}, 0, r.refuse(replyRefuse, fmt.Errorf("%w: stream does not start with %q (got %q)", ErrProtocol, headerMagic, h[:8]))
 	}
 	if v := binary.BigEndian.Uint16(h[8:]); v != wireVersion {
-		return ImageInfo{}, r.refuse(replyRefuse, fmt.Errorf("%w: sender speaks version %d, this host version %d", ErrProtocol, v, wireVersion))
+		return ImageInfo{}, 0, r.refuse(replyRefuse, fmt.Errorf("%w: sender speaks version %d, this host version %d", ErrProtocol, v, wireVersion))
 	}
 	n := binary.BigEndian.Uint32(h[12:])
 	if n == 0 || n > maxHeaderJSON {
-		return ImageInfo{}, r.refuse(replyRefuse, fmt.Errorf("%w: header of %d bytes, want 1 to %d", ErrProtocol, n, maxHeaderJSON))
+		return ImageInfo{}, 0, r.refuse(replyRefuse, fmt.Errorf("%w: header of %d bytes, want 1 to %d", ErrProtocol, n, maxHeaderJSON))
 	}
 	js := make([]byte, n)
 	if _, err := io.ReadFull(r.conn, js); err != nil {
-		return ImageInfo{}, r.g.ioErr("read header", err)
+		return ImageInfo{}, 0, r.g.ioErr("read header", err)
 	}
 	var info ImageInfo
 	if err := json.Unmarshal(js, &info); err != nil {
-		return ImageInfo{}, r.refuse(replyRefuse, fmt.Errorf("%w: header: %w", ErrProtocol, err))
+		return ImageInfo{}, 0, r.refuse(replyRefuse, fmt.Errorf("%w: header: %w", ErrProtocol, err))
 	}
 	if err := info.validate(); err != nil {
-		return ImageInfo{}, r.refuse(replyRefuse, fmt.Errorf("%w: header: %w", ErrProtocol, err))
+		return ImageInfo{}, 0, r.refuse(replyRefuse, fmt.Errorf("%w: header: %w", ErrProtocol, err))
 	}
-	return info, nil
+	return info, binary.BigEndian.Uint16(h[10:]), nil
 }
 
-// checkSpace requires room for size bytes on dst's filesystem, counting the
-// blocks of an existing partial file (it is truncated and rewritten) as room.
+// checkSpace requires room for size bytes on the partial file's filesystem,
+// counting the blocks of an existing partial file (resumed or rewritten) as room.
 func (r *receiver) checkSpace(size int64) error {
-	dir := filepath.Dir(r.dst)
+	dir := filepath.Dir(r.partial) // where the data is written
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(dir, &sfs); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {

@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"io"
 	"net"
+	"os"
 	"time"
 )
 
@@ -67,6 +69,7 @@ func sendImage(ctx context.Context, conn net.Conn, path string, info ImageInfo, 
 	hdr := make([]byte, headerFixedLen+len(js))
 	copy(hdr, headerMagic)
 	binary.BigEndian.PutUint16(hdr[8:], wireVersion)
+	binary.BigEndian.PutUint16(hdr[10:], flagResume)
 	binary.BigEndian.PutUint32(hdr[12:], uint32(len(js)))
 	copy(hdr[headerFixedLen:], js)
 	if err := g.arm(dlWrite, false); err != nil {
@@ -76,8 +79,8 @@ func sendImage(ctx context.Context, conn net.Conn, path string, info ImageInfo, 
 		return g.ioErr("send header", err)
 	}
 
-	// Accept or refusal.
-	if err := g.arm(dlRead, false); err != nil {
+	// Accept or refusal. The receiver may first hash the partial copy it holds.
+	if err := g.armFor(dlRead, false, cfg.Timeout+hashAllowance(info.Size)); err != nil {
 		return g.ioErr("read reply to header", err)
 	}
 	rep, err := readReply(conn)
@@ -87,10 +90,14 @@ func sendImage(ctx context.Context, conn net.Conn, path string, info ImageInfo, 
 		}
 		return g.ioErr("read reply to header", err)
 	}
+	sum := sha256.New()
+	var resumed int64
 	switch rep.typ {
 	case replyAccept:
 		if rep.value != 0 {
-			return fmt.Errorf("%w: receiver asked to resume at offset %d, this version only restarts from 0", ErrProtocol, rep.value)
+			if resumed, err = answerOffer(ctx, g, conn, f, path, info, rep, sum, cfg); err != nil {
+				return err
+			}
 		}
 	case replyRefuse, replyFail:
 		return rep.peerErr()
@@ -136,10 +143,9 @@ func sendImage(ctx context.Context, conn net.Conn, path string, info ImageInfo, 
 	}
 
 	crcTab := crc32.MakeTable(crc32.Castagnoli)
-	sum := sha256.New()
 	buf := make([]byte, frameHeaderLen+cfg.ChunkSize)
-	meter := newProgressMeter(cfg.Progress, info.Size)
-	var sent int64
+	meter := newProgressMeter(cfg.Progress, info.Size, resumed)
+	sent := resumed
 	for sent < info.Size {
 		n := int(min(int64(cfg.ChunkSize), info.Size-sent))
 		data := buf[frameHeaderLen : frameHeaderLen+n]
@@ -194,6 +200,66 @@ func sendImage(ctx context.Context, conn net.Conn, path string, info ImageInfo, 
 	}
 	meter.update(sent, true)
 	ok = true
+	return nil
+}
+
+// answerOffer checks the receiver's resume offer (a prefix length and the
+// SHA256 of what it holds there) against the image: it hashes the same prefix
+// into sum and answers with a resume reply, keeping the offer when the digests
+// match and restarting from 0 (with the reason) when they do not. It returns the
+// offset the copy continues from, with f positioned there and sum holding the
+// digest state of the bytes before it.
+func answerOffer(ctx context.Context, g *connGuard, conn net.Conn, f *os.File, path string, info ImageInfo, rep reply, sum hash.Hash, cfg CopyConfig) (int64, error) {
+	off, why := int64(0), ""
+	switch {
+	case rep.value > uint64(info.Size):
+		why = fmt.Sprintf("the backup offered to resume at offset %d, beyond the image's %d bytes", rep.value, info.Size)
+	case !validSHA256(rep.msg):
+		why = fmt.Sprintf("the backup's resume offer at offset %d has no valid sha256", rep.value)
+	default:
+		n := int64(rep.value)
+		if err := hashPrefix(ctx, f, n, sum); err != nil {
+			return 0, fmt.Errorf("%w: hash the first %d bytes of %s: %w", ErrLocalIO, n, path, err)
+		}
+		if got := hex.EncodeToString(sum.Sum(nil)); got == rep.msg {
+			off = n
+		} else {
+			why = fmt.Sprintf("the backup's partial copy differs from the image in its first %d bytes (sha256 %s, the image's %s)", n, rep.msg, got)
+		}
+	}
+	if off == 0 {
+		sum.Reset()
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return 0, fmt.Errorf("%w: seek %s: %w", ErrLocalIO, path, err)
+		}
+		cfg.Logger.Warn("disk copy restarts from 0", "image", path, "why", why)
+	} else {
+		cfg.Logger.Info("disk copy resumes", "image", path, "offset", off, "remaining", info.Size-off)
+	}
+	if err := g.arm(dlWrite, false); err != nil {
+		return 0, g.ioErr("send resume answer", err)
+	}
+	if _, err := conn.Write(encodeReply(reply{typ: replyResume, value: uint64(off), msg: why})); err != nil {
+		return 0, g.ioErr("send resume answer", err)
+	}
+	return off, nil
+}
+
+// hashPrefix feeds the next n bytes of f to h, checking ctx between blocks
+// (a prefix may be gigabytes).
+func hashPrefix(ctx context.Context, f io.Reader, n int64, h hash.Hash) error {
+	buf := make([]byte, 1<<20)
+	for n > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b := buf[:min(int64(len(buf)), n)]
+		if _, err := io.ReadFull(f, b); err != nil {
+			return err
+		}
+		h.Write(b)
+		n -= int64(len(b))
+	}
 	return nil
 }
 

@@ -10,8 +10,11 @@ import (
 
 // Wire format of the image copy (all integers big-endian); see docs/disk-copy.md.
 //
-//	sender   -> receiver  header:  "FTVMDIMG" u16 version=1 u16 flags=0 u32 jsonLen  JSON(ImageInfo)
-//	receiver -> sender    reply:   accept (value = resume offset, always 0) or refuse
+//	sender   -> receiver  header:  "FTVMDIMG" u16 version=1 u16 flags u32 jsonLen  JSON(ImageInfo)
+//	receiver -> sender    reply:   accept (value = resume offset, msg = hex sha256 of that
+//	                               prefix; non-zero only if flags has flagResume) or refuse
+//	sender   -> receiver  reply:   resume (value = the offered offset, or 0 to restart with
+//	                               msg = why), only after a non-zero offer
 //	sender   -> receiver  frames:  [u32 len][u32 crc32c][data]   1 <= len <= 16 MiB
 //	                      trailer: [u32 0][u32 crc32c(body)] body = u64 total, [32]byte sha256
 //	                      abort:   [u32 0xFFFFFFFF][u32 msgLen][msg]
@@ -19,8 +22,13 @@ import (
 //
 // reply: "FTVR" u8 type u8 code u16 0 u64 value u32 msgLen msg (msgLen <= 4096).
 const (
-	headerMagic    = "FTVMDIMG"
-	wireVersion    = 1
+	headerMagic = "FTVMDIMG"
+	wireVersion = 1
+	// flagResume: the sender can resume (it reads an offer in the accept and
+	// answers with a resume reply). A receiver that does not know the flag
+	// ignores it and offers 0; one that does offers a prefix only when the flag
+	// is set, so either side may be older than the other.
+	flagResume     = 1
 	headerFixedLen = 16
 	maxHeaderJSON  = 64 << 10
 
@@ -40,6 +48,8 @@ const (
 	replyRefuse replyType = 2
 	replyOK     replyType = 3
 	replyFail   replyType = 4
+	// replyResume goes from sender to receiver: its answer to a resume offer.
+	replyResume replyType = 5
 )
 
 // Reason codes of refuse and fail replies.
@@ -128,7 +138,7 @@ func readReply(r io.Reader) (reply, error) {
 		return reply{}, fmt.Errorf("%w: reply does not start with %q (got %q)", ErrProtocol, replyMagic, b[:4])
 	}
 	rep := reply{typ: replyType(b[4]), code: replyCode(b[5]), value: binary.BigEndian.Uint64(b[8:])}
-	if rep.typ < replyAccept || rep.typ > replyFail {
+	if rep.typ < replyAccept || rep.typ > replyResume {
 		return reply{}, fmt.Errorf("%w: unknown reply type %d", ErrProtocol, b[4])
 	}
 	n := binary.BigEndian.Uint32(b[16:])

@@ -319,7 +319,7 @@ func FuzzReply(f *testing.F) {
 	f.Fuzz(func(t *testing.T, typ, code uint8, value uint64, msg string, raw []byte) {
 		r := bytes.NewReader(raw)
 		if rep, err := readReply(r); err == nil {
-			if rep.typ < replyAccept || rep.typ > replyFail || len(rep.msg) > maxReplyMsg {
+			if rep.typ < replyAccept || rep.typ > replyResume || len(rep.msg) > maxReplyMsg {
 				t.Fatalf("read impossible reply %+v", rep)
 			}
 			if used := len(raw) - r.Len(); used != replyFixedLen+len(rep.msg) {
@@ -328,7 +328,7 @@ func FuzzReply(f *testing.F) {
 		} else if !errors.Is(err, ErrProtocol) && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 			t.Fatalf("readReply: %v", err)
 		}
-		sent := reply{typ: replyType(typ%4 + 1), code: replyCode(code), value: value, msg: msg}
+		sent := reply{typ: replyType(typ%5 + 1), code: replyCode(code), value: value, msg: msg}
 		enc := encodeReply(sent)
 		back, err := readReply(bytes.NewReader(append(enc, "trailing"...)))
 		want := sent
