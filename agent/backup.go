@@ -501,7 +501,11 @@ func (b *backup) run(conn net.Conn) {
 	}
 	if b.img != nil {
 		b.log.Info("receiving disk image", "bytes", b.img.Size)
-		info, err := disk.ReceiveImage(ctx, conn, b.diskPath, disk.CopyConfig{})
+		// The partial copy lives outside the run directory (prepareDir empties
+		// that at every protect) so an interrupted copy resumes at the next one.
+		info, err := disk.ReceiveImage(ctx, conn, b.diskPath, disk.CopyConfig{
+			ResumeDir: filepath.Join(b.a.cfg.StateDir, "partial"), ResumeKey: b.spec.Name, Logger: b.log,
+		})
 		if err != nil {
 			_ = b.life.step(lifecycle.Fault(fmt.Errorf("disk copy from primary: %w", err)))
 			return

@@ -326,11 +326,14 @@ func (p *primary) connectBackup(ctx context.Context) error {
 	if img != nil {
 		// The image is quiet: QEMU starts only after the copy.
 		p.log.Info("copying disk to backup", "image", p.spec.Disk, "bytes", img.Size)
-		err := disk.SendImage(ctx, conn, p.spec.Disk, *img, disk.CopyConfig{Progress: p.copyProgress})
+		err := disk.SendImage(ctx, conn, p.spec.Disk, *img, disk.CopyConfig{Progress: p.copyProgress, Logger: p.log})
 		if err != nil {
 			return fmt.Errorf("copy disk to backup %s: %w", p.peer, err)
 		}
-		p.log.Info("disk copied", "bytes", img.Size)
+		p.mu.Lock()
+		resumed := p.copied.Resumed
+		p.mu.Unlock()
+		p.log.Info("disk copied", "bytes", img.Size, "resumed", resumed)
 	}
 	p.conn = conn
 	return nil
@@ -1199,7 +1202,7 @@ func (p *primary) status() control.VMStatus {
 		Forced: p.own.forced, EpochCheck: p.epochCheck,
 		StartedAt: p.started, Engine: p.a.engine.Name, EngineWarning: p.a.engine.Warning(), Epoch: epoch,
 		FailoverClaimMS: ms(p.claimDur), FailoverGoLiveMS: ms(p.goLiveDur),
-		Disk: p.diskPath(), CopyDone: p.copied.Done, CopyTotal: p.copied.Total, CopyRate: p.copied.Rate, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
+		Disk: p.diskPath(), CopyDone: p.copied.Done, CopyTotal: p.copied.Total, CopyResumed: p.copied.Resumed, CopyRate: p.copied.Rate, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
 		LogReplayed: p.replayed, LagBytes: p.lagBytes, LagMS: p.lagMS, WorkLagMS: p.workLagMS, LagBoundMS: p.spec.LagBoundMS,
 		LogBandwidth: p.bw.rate(), ThrottleQuota: p.quota, ThrottledSec: p.ctrl.ThrottledFor().Seconds(),
 		LogOnDisk: fileSize(filepath.Join(p.dir, "log.rr")), PacingEnabled: p.pace != nil,

@@ -175,10 +175,13 @@ type VMStatus struct {
 	FailoverClaimMS  float64 `json:"failover_claim_ms,omitempty"`
 	FailoverGoLiveMS float64 `json:"failover_golive_ms,omitempty"`
 	// The VM's disk image on this host, and the initial copy to the backup.
-	Disk      string  `json:"disk,omitempty"`
-	CopyDone  int64   `json:"copy_done,omitempty"`
-	CopyTotal int64   `json:"copy_total,omitempty"`
-	CopyRate  float64 `json:"copy_rate_bps,omitempty"`
+	Disk      string `json:"disk,omitempty"`
+	CopyDone  int64  `json:"copy_done,omitempty"`
+	CopyTotal int64  `json:"copy_total,omitempty"`
+	// CopyResumed: bytes of CopyDone the backup already held from an interrupted
+	// copy, verified by checksum and not sent again.
+	CopyResumed int64   `json:"copy_resumed,omitempty"`
+	CopyRate    float64 `json:"copy_rate_bps,omitempty"`
 
 	LogWritten    int64   `json:"log_written"`  // bytes in the local rr log
 	LogSent       int64   `json:"log_sent"`     // primary: offset sent to the backup

@@ -247,9 +247,9 @@ func showCopyProgress(ctx context.Context, g *globalOpts, vm string, stop <-chan
 		v := resp.VMs[0]
 		const width = 30
 		n := int(float64(width) * float64(v.CopyDone) / float64(v.CopyTotal))
-		fmt.Fprintf(os.Stderr, "\rcopying disk to backup [%s%s] %5.1f%%  %s of %s  %.1f MB/s ",
+		fmt.Fprintf(os.Stderr, "\rcopying disk to backup [%s%s] %5.1f%%  %s of %s%s  %.1f MB/s ",
 			strings.Repeat("#", n), strings.Repeat(".", width-n), 100*float64(v.CopyDone)/float64(v.CopyTotal),
-			size(v.CopyDone), size(v.CopyTotal), v.CopyRate/1e6)
+			size(v.CopyDone), size(v.CopyTotal), resumedNote(v.CopyResumed), v.CopyRate/1e6)
 		shown = true
 	}
 }
@@ -464,7 +464,7 @@ func printStatus(w io.Writer, resp control.Response) {
 		if v.Disk != "" {
 			fmt.Fprintf(tw, "disk\t%s", v.Disk)
 			if v.CopyTotal > 0 {
-				fmt.Fprintf(tw, "  (copied to backup: %s of %s, %.1f MB/s)", size(v.CopyDone), size(v.CopyTotal), v.CopyRate/1e6)
+				fmt.Fprintf(tw, "  (copied to backup: %s of %s%s, %.1f MB/s)", size(v.CopyDone), size(v.CopyTotal), resumedNote(v.CopyResumed), v.CopyRate/1e6)
 			}
 			fmt.Fprintln(tw)
 		}
@@ -677,4 +677,12 @@ func runAgent(ctx context.Context, a *agent.Agent, metricsListen string, log *sl
 	cancel()
 	<-done
 	return err
+}
+
+// resumedNote says how much of a disk copy the backup held from an interrupted one.
+func resumedNote(resumed int64) string {
+	if resumed <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%s resumed)", size(resumed))
 }
