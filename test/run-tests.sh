@@ -18,8 +18,8 @@ go vet ./...
 echo "==> staticcheck"
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
-echo "==> unit tests (real QEMU where used)"
-FTVMD_REQUIRE_QEMU=1 FTVMD_REQUIRE_ROOT=1 FTVMD_REQUIRE_PROMETHEUS=1 go test -count=1 -timeout 20m $(go list ./... | grep -v /test/e2e)
+echo "==> unit tests under the race detector (real QEMU where used)"
+FTVMD_REQUIRE_QEMU=1 FTVMD_REQUIRE_ROOT=1 FTVMD_REQUIRE_PROMETHEUS=1 go test -race -count=1 -timeout 30m $(go list ./... | grep -v /test/e2e)
 
 echo "==> fuzz targets, each 1 s past its seeds (bash test/fuzz.sh 10m for a long run)"
 bash test/fuzz.sh 1s
