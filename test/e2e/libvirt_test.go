@@ -235,7 +235,14 @@ func TestLibvirtImportFailover(t *testing.T) {
 	defer cancel()
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
-	s := drillLab(ctx, t, append(agentArgs(), "--bridge", "ftvmd-nobr0")...)
+	promBin, err := exec.LookPath("prometheus")
+	if err != nil {
+		t.Fatalf("prometheus not installed (test/setup.sh installs Debian's package): %v", err)
+	}
+	s := drillLab(ctx, t, append(agentArgs(), "--bridge", "ftvmd-nobr0", "--metrics-listen", fmt.Sprintf(":%d", metricsPort))...)
+	// A real Prometheus scrapes both agents through the import, the protect and the
+	// failover; the failover must show in what it scraped.
+	prom := startPrometheus(t, promBin)
 	d := startLibvirtd(ctx, t)
 	const vm = "ftimport-fo"
 	img, err := lab.CreateImage(lab.HostA, vm, "64M")
@@ -269,4 +276,5 @@ func TestLibvirtImportFailover(t *testing.T) {
 	if rep.NewConns == 0 {
 		t.Fatal("no new connection reached the guest during the drill")
 	}
+	expectScraped(ctx, t, prom, promFailoverChecks(vm))
 }

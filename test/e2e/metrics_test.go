@@ -58,11 +58,7 @@ func TestMetricsFailover(t *testing.T) {
 
 	a, b := `lab_host="a",vm="`+vm+`"`, `lab_host="b",vm="`+vm+`"`
 	const window = "[5m]"
-	checks := []struct {
-		what  string
-		query string
-		ok    func(float64) bool
-	}{
+	checks := []promCheck{
 		// Before the fault.
 		{"the backup was replaying", `max_over_time(ftvmd_vm_state{` + b + `,role="backup",state="replaying"}` + window + `)`, eq(1)},
 		{"the primary was protected", `max_over_time(ftvmd_vm_state{` + a + `,role="primary",state="protected"}` + window + `)`, eq(1)},
@@ -85,22 +81,9 @@ func TestMetricsFailover(t *testing.T) {
 		{"a's agent is gone", `up{lab_host="a"}`, eq(0)},
 		{"b's agent is scraped", `up{lab_host="b"}`, eq(1)},
 	}
-	// The drill waits a few seconds after the go-live; allow a few scrapes more.
-	deadline := time.Now().Add(30 * time.Second)
-	for _, c := range checks {
-		for {
-			v, err := prom.query(ctx, c.query)
-			if err == nil && c.ok(v) {
-				t.Logf("ok: %s: %s = %g", c.what, c.query, v)
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%s: %s = %g, %v", c.what, c.query, v, err)
-				break
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
-	}
+	// The drill waits a few seconds after the go-live; expectScraped allows a few
+	// scrapes more.
+	expectScraped(ctx, t, prom, checks)
 
 	// The survivor's journal tells the failover in order.
 	out, err := s.Lab.Run(ctx, "b", "events", vm, "--json")
@@ -149,6 +132,47 @@ func TestMetricsFailover(t *testing.T) {
 	}
 	if len(st.Peers) != 1 || st.Peers[0].Host != "a" || st.Peers[0].Up {
 		t.Errorf("status --json peers: %+v", st.Peers)
+	}
+}
+
+// promFailoverChecks are the series that show a kill-primary failover of vm from a
+// to b, as scraped: b counted it, runs the VM alone under a later epoch, a is gone.
+func promFailoverChecks(vm string) []promCheck {
+	b := `lab_host="b",vm="` + vm + `"`
+	return []promCheck{
+		{"b counted the failover", `ftvmd_failovers_total{` + b + `}`, eq(1)},
+		{"b's copy is the primary, alone", `ftvmd_vm_state{` + b + `,role="primary",state="unprotected"}`, eq(1)},
+		{"b's backup was replaying before", `max_over_time(ftvmd_vm_state{` + b + `,role="backup",state="replaying"}[5m])`, eq(1)},
+		{"b won an epoch claim", `ftvmd_epoch_claims_total{` + b + `,result="won"}`, gt(0)},
+		{"b sees its peer a down", `ftvmd_peer_up{lab_host="b",peer="a"}`, eq(0)},
+		{"a's agent is gone", `up{lab_host="a"}`, eq(0)},
+	}
+}
+
+type promCheck struct {
+	what  string
+	query string
+	ok    func(float64) bool
+}
+
+// expectScraped waits (up to 30 s: a few scrapes) for each check to hold in
+// Prometheus.
+func expectScraped(ctx context.Context, t *testing.T, prom *promServer, checks []promCheck) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, c := range checks {
+		for {
+			v, err := prom.query(ctx, c.query)
+			if err == nil && c.ok(v) {
+				t.Logf("ok: %s: %s = %g", c.what, c.query, v)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%s: %s = %g, %v", c.what, c.query, v, err)
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
 	}
 }
 
