@@ -65,10 +65,13 @@ type Progress struct {
 
 // Result is a check's outcome. Reasons say why the verdict is not deterministic.
 type Result struct {
-	Verdict        Verdict     `json:"verdict"`
-	Reasons        []string    `json:"reasons,omitempty"`
-	End            End         `json:"end"`
-	RecordedIcount uint64      `json:"recorded_icount"`
+	Verdict        Verdict  `json:"verdict"`
+	Reasons        []string `json:"reasons,omitempty"`
+	End            End      `json:"end"`
+	RecordedIcount uint64   `json:"recorded_icount"`
+	// ShutdownIcount is the icount at the log's first SHUTDOWN, if any (see
+	// Outcome.ShutdownIcount).
+	ShutdownIcount uint64      `json:"shutdown_icount,omitempty"`
 	ReplayedIcount uint64      `json:"replayed_icount"`
 	Console        ConsoleDiff `json:"console"`
 	EmittedFrames  uint64      `json:"emitted_frames"`
@@ -130,7 +133,10 @@ func Check(ctx context.Context, cfg Config) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
-	res.RecordedIcount, res.LogBytes, res.LogEvents = stopIcount(sum), sum.Bytes, sum.Events
+	res.RecordedIcount, res.LogBytes, res.LogEvents = sum.Icount, sum.Bytes, sum.Events
+	if sum.SawShutdown {
+		res.ShutdownIcount = sum.ShutdownIcount
+	}
 	res.LogCounts = map[string]uint64{}
 	for k, n := range sum.Counts {
 		if n > 0 {
@@ -238,7 +244,7 @@ func Check(ctx context.Context, cfg Config) (res Result, err error) {
 		return res, fmt.Errorf("rrcheck: %w", err)
 	}
 	t0 := time.Now()
-	o := Outcome{RecordedIcount: stopIcount(sum)}
+	o := Outcome{RecordedIcount: sum.Icount, ShutdownIcount: res.ShutdownIcount}
 	if err := mach.Start(ctx); err != nil {
 		if !errors.Is(err, qemu.ErrExited) {
 			return res, fmt.Errorf("rrcheck: start the replay: %w (QEMU said: %s)", err, tail.lastLines(3))
@@ -334,18 +340,6 @@ func follow(ctx context.Context, mach *qemu.Machine, cfg Config, o *Outcome) err
 			cfg.Progress(Progress{Elapsed: now.Sub(start), ReplayedIcount: o.ReplayedIcount, RecordedIcount: o.RecordedIcount})
 		}
 	}
-}
-
-// stopIcount is where a faithful replay of the log stops: at its first SHUTDOWN
-// (the replay runs with -action shutdown=pause), else at the end of its
-// instructions. The recording's vCPU can execute a few thousand instructions
-// between logging the shutdown request and ending, more so on a loaded host; a
-// replay paused at the SHUTDOWN never runs those, and is still faithful.
-func stopIcount(sum replay.Summary) uint64 {
-	if sum.SawShutdown {
-		return sum.ShutdownIcount
-	}
-	return sum.Icount
 }
 
 // checkLog refuses a log QEMU could not replay to its end, with the reason.
@@ -466,7 +460,11 @@ func (r Result) String() string {
 	for _, x := range r.Reasons {
 		fmt.Fprintf(&b, "  - %s\n", x)
 	}
-	fmt.Fprintf(&b, "icount: recorded %d, replayed %d (%s)\n", r.RecordedIcount, r.ReplayedIcount, r.End)
+	fmt.Fprintf(&b, "icount: recorded %d, replayed %d (%s)", r.RecordedIcount, r.ReplayedIcount, r.End)
+	if r.ShutdownIcount > 0 {
+		fmt.Fprintf(&b, "; shutdown logged at %d", r.ShutdownIcount)
+	}
+	b.WriteString("\n")
 	if r.Console.Identical {
 		fmt.Fprintf(&b, "console: identical (%d bytes)\n", r.Console.RecordBytes)
 	} else {

@@ -58,6 +58,10 @@ func TestDecide(t *testing.T) {
 		why  []string // substrings of the reasons, in order
 	}{
 		{"deterministic", Outcome{End: EndLogEnd, RecordedIcount: 100, ReplayedIcount: 100, Console: same}, Deterministic, nil},
+		{"paused at the shutdown", Outcome{End: EndLogEnd, RecordedIcount: 100, ShutdownIcount: 90, ReplayedIcount: 90, Console: same}, Deterministic, nil},
+		{"paused after the shutdown", Outcome{End: EndLogEnd, RecordedIcount: 100, ShutdownIcount: 90, ReplayedIcount: 95, Console: same}, Deterministic, nil},
+		{"short of the shutdown", Outcome{End: EndLogEnd, RecordedIcount: 100, ShutdownIcount: 90, ReplayedIcount: 89, Console: same}, Diverged,
+			[]string{"the replay reached the log's end at icount 89 of the log's 100 (89.0%)"}},
 		{"icount short at end", Outcome{End: EndLogEnd, RecordedIcount: 100, ReplayedIcount: 90, Console: same}, Diverged,
 			[]string{"reached the log's end at icount 90 of the log's 100"}},
 		{"console differs", Outcome{End: EndLogEnd, RecordedIcount: 100, ReplayedIcount: 100, Console: differ}, Diverged,

@@ -41,6 +41,13 @@ type Outcome struct {
 	// the replay's last query-replay answer.
 	RecordedIcount uint64
 	ReplayedIcount uint64
+	// ShutdownIcount is the icount at the log's first SHUTDOWN (0: none). A
+	// replay run with -action shutdown=pause stops somewhere between it and
+	// RecordedIcount: the recording's vCPU ran on after the shutdown request was
+	// logged until the main loop stopped it, and the replay's vCPU executes those
+	// logged instructions until its own main loop pauses it, a moment no log
+	// records. Both ends are faithful.
+	ShutdownIcount uint64
 	Console        ConsoleDiff
 	// Emitted counts frames the replaying QEMU sent (it must send none).
 	Emitted uint64
@@ -52,6 +59,16 @@ type Outcome struct {
 	// state last seen.
 	Stall  time.Duration
 	Status string
+}
+
+// stoppedFaithfully reports whether a replay that reached the log's end stopped
+// where the recording did: at its last instruction, or, paused at the logged
+// shutdown, anywhere from the shutdown's icount to the last instruction.
+func (o Outcome) stoppedFaithfully() bool {
+	if o.ReplayedIcount == o.RecordedIcount {
+		return true
+	}
+	return o.ShutdownIcount > 0 && o.ShutdownIcount <= o.ReplayedIcount && o.ReplayedIcount <= o.RecordedIcount
 }
 
 // Decide turns an outcome into a verdict and the reasons for it.
@@ -75,7 +92,7 @@ func Decide(o Outcome) (Verdict, []string) {
 	at := fmt.Sprintf("icount %d of the log's %d (%.1f%%)", o.ReplayedIcount, o.RecordedIcount, pct(o.ReplayedIcount, o.RecordedIcount))
 	switch o.End {
 	case EndLogEnd:
-		if o.ReplayedIcount != o.RecordedIcount {
+		if !o.stoppedFaithfully() {
 			diverged = append(diverged, fmt.Sprintf("the replay reached the log's end at %s", at))
 		}
 	case EndExited:
