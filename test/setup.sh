@@ -68,4 +68,6 @@ log "building ftvmd's QEMU (cached in /opt/ftvmd/qemu; ~5 min the first time)"
 bash qemu/engine/build.sh
 log "building the lab guest image"
 bash test/guest/build.sh build/guest
-log "setup done: build/ftvmd, build/libftflush.so, build/guest/, $(readlink -f /opt/ftvmd/qemu/current)"
+log "building the Debian package (ftvmd, the flush library, ftvmd's QEMU, the unit, the config file)"
+go run ./packaging/mkdeb --out build
+log "setup done: build/ftvmd, build/libftflush.so, build/guest/, $(ls build/ftvmd_*.deb | tail -1), $(readlink -f /opt/ftvmd/qemu/current)"
