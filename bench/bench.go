@@ -167,7 +167,12 @@ func (s *Session) StartDefined(ctx context.Context, vm string, protected bool) (
 
 // WaitCaughtUp waits until the backup's lag is under its bound.
 func (s *Session) WaitCaughtUp(ctx context.Context, vm string, timeout time.Duration) error {
-	st, err := pollPrimary(ctx, vm, timeout, func(st control.VMStatus, _ time.Time) bool {
+	return s.WaitCaughtUpOn(ctx, lab.HostA, vm, timeout)
+}
+
+// WaitCaughtUpOn is WaitCaughtUp for a primary on host h.
+func (s *Session) WaitCaughtUpOn(ctx context.Context, h lab.Host, vm string, timeout time.Duration) error {
+	st, err := pollStatus(ctx, h, vm, timeout, func(st control.VMStatus, _ time.Time) bool {
 		return st.BackupIcount > 0 && st.LagMS < float64(st.LagBoundMS)
 	})
 	if errors.Is(err, errPollTimeout) {
@@ -205,9 +210,14 @@ var errPollTimeout = errors.New("timed out")
 // pollPrimary reads vm's status on host A every 200 ms until done says so, and
 // returns the last status read; errPollTimeout when timeout passes first.
 func pollPrimary(ctx context.Context, vm string, timeout time.Duration, done func(control.VMStatus, time.Time) bool) (control.VMStatus, error) {
+	return pollStatus(ctx, lab.HostA, vm, timeout, done)
+}
+
+// pollStatus is pollPrimary for vm's copy on host h.
+func pollStatus(ctx context.Context, h lab.Host, vm string, timeout time.Duration, done func(control.VMStatus, time.Time) bool) (control.VMStatus, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		st, err := lab.Status(ctx, lab.HostA, vm)
+		st, err := lab.Status(ctx, h, vm)
 		if err != nil {
 			return st, err
 		}

@@ -316,6 +316,7 @@ type loadResult struct {
 	acked                        []int // records mode: record numbers acknowledged
 	times                        []time.Time
 	err                          error
+	lastSent                     int // the last request number sent
 }
 
 // maxGapAround is the longest gap between answered requests from 2 s before t on.
@@ -335,6 +336,9 @@ func (r loadResult) maxGapAround(t time.Time) time.Duration {
 type loader struct {
 	stopc chan struct{}
 	done  chan loadResult
+	// lastAnswer is when the latest answer came (UnixNano; 0: none yet), for
+	// watchers while the load runs.
+	lastAnswer atomic.Int64
 }
 
 // startLoadMode sends `seq n` requests back to back on c; each answer must carry its
@@ -342,11 +346,17 @@ type loader struct {
 // records it sends `rec n payload` instead: each answer means record n is durable on
 // the guest's disk; answered record numbers are kept.
 func startLoadMode(ctx context.Context, c *lab.Client, records bool) *loader {
+	return startLoadFrom(ctx, c, records, 1)
+}
+
+// startLoadFrom is startLoadMode numbering requests from first (records that must
+// not reuse the slots of an earlier load).
+func startLoadFrom(ctx context.Context, c *lab.Client, records bool, first int) *loader {
 	l := &loader{stopc: make(chan struct{}), done: make(chan loadResult, 1)}
 	go func() {
 		var r loadResult
 		last := 0
-		for n := 1; ; n++ {
+		for n := first; ; n++ {
 			select {
 			case <-l.stopc:
 				l.done <- r
@@ -361,6 +371,7 @@ func startLoadMode(ctx context.Context, c *lab.Client, records bool) *loader {
 			if records {
 				req = fmt.Sprintf("rec %d %s", n, payload)
 			}
+			r.lastSent = n
 			resp, err := c.Do(req, 60*time.Second)
 			if err != nil {
 				r.lost++
@@ -383,7 +394,9 @@ func startLoadMode(ctx context.Context, c *lab.Client, records bool) *loader {
 				last = count
 			}
 			r.answered++
-			r.times = append(r.times, time.Now())
+			now := time.Now()
+			r.times = append(r.times, now)
+			l.lastAnswer.Store(now.UnixNano())
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
@@ -398,6 +411,8 @@ func (l *loader) stop() loadResult {
 type connLoad struct {
 	mu         sync.Mutex
 	ok, failed int
+	lastOK     time.Time // when the latest new connection was answered
+	okTimes    []time.Time
 	stopc      chan struct{}
 	done       chan struct{}
 }
@@ -423,6 +438,8 @@ func startNewConns(ctx context.Context) *connLoad {
 			cl.mu.Lock()
 			if good {
 				cl.ok++
+				cl.lastOK = time.Now()
+				cl.okTimes = append(cl.okTimes, cl.lastOK)
 			} else {
 				cl.failed++
 			}

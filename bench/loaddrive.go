@@ -235,6 +235,15 @@ func guestPattern(b []byte, off int64) {
 	}
 }
 
+// CorruptError: the bulk transfer delivered wrong bytes (as opposed to a broken
+// connection): Bytes is how many bytes it counts as corrupted.
+type CorruptError struct {
+	Bytes int64
+	What  string
+}
+
+func (e *CorruptError) Error() string { return e.What }
+
 // DriveGet reads `get` streams on one connection for at least d, checking every
 // byte.
 func DriveGet(ctx context.Context, t LoadTarget, d time.Duration) (Traffic, error) {
@@ -244,38 +253,60 @@ func DriveGet(ctx context.Context, t LoadTarget, d time.Duration) (Traffic, erro
 		return tr, err
 	}
 	defer c.close()
-	got, want := make([]byte, 64<<10), make([]byte, 64<<10)
+	b := newBulkBufs()
 	for start := time.Now(); time.Since(start) < d; {
-		if err := c.request(fmt.Sprintf("get %d", getChunk)); err != nil {
-			return tr, ctxErr(ctx, "get", err)
+		if err := c.getOnce(ctx, b, &tr); err != nil {
+			return tr, err
 		}
-		hdr, err := c.readLine()
-		if err != nil {
-			return tr, ctxErr(ctx, "get", err)
-		}
-		if hdr != fmt.Sprintf("data %d", getChunk) {
-			return tr, fmt.Errorf("get %d: header %q", getChunk, hdr)
-		}
-		for off := int64(0); off < getChunk; {
-			n := min(int64(len(got)), getChunk-off)
-			_ = c.c.SetReadDeadline(time.Now().Add(opTimeout))
-			if _, err := io.ReadFull(c.r, got[:n]); err != nil {
-				return tr, ctxErr(ctx, fmt.Sprintf("get: at byte %d of %d", off, getChunk), err)
-			}
-			guestPattern(want[:n], off)
-			if !bytes.Equal(got[:n], want[:n]) {
-				i := 0
-				for got[i] == want[i] {
-					i++
-				}
-				return tr, fmt.Errorf("get: byte %d of a %d-byte stream is %#x, the guest's pattern says %#x", off+int64(i), getChunk, got[i], want[i])
-			}
-			off += n
-			tr.ToClientBytes += n
-		}
-		tr.Gets++
 	}
 	return tr, nil
+}
+
+// bulkBufs are one driver's buffers for getOnce and putOnce.
+type bulkBufs struct{ got, want []byte }
+
+func newBulkBufs() *bulkBufs {
+	return &bulkBufs{got: make([]byte, 64<<10), want: make([]byte, 64<<10)}
+}
+
+// getOnce asks for one `get` stream and checks every byte against the guest's
+// pattern; a wrong byte is a *CorruptError counting the wrong bytes of its block.
+func (c *conn) getOnce(ctx context.Context, b *bulkBufs, tr *Traffic) error {
+	if err := c.request(fmt.Sprintf("get %d", getChunk)); err != nil {
+		return ctxErr(ctx, "get", err)
+	}
+	hdr, err := c.readLine()
+	if err != nil {
+		return ctxErr(ctx, "get", err)
+	}
+	if hdr != fmt.Sprintf("data %d", getChunk) {
+		return &CorruptError{Bytes: int64(len(hdr)), What: fmt.Sprintf("get %d: header %q", getChunk, hdr)}
+	}
+	got, want := b.got, b.want
+	for off := int64(0); off < getChunk; {
+		n := min(int64(len(got)), getChunk-off)
+		_ = c.c.SetReadDeadline(time.Now().Add(opTimeout))
+		if _, err := io.ReadFull(c.r, got[:n]); err != nil {
+			return ctxErr(ctx, fmt.Sprintf("get: at byte %d of %d", off, getChunk), err)
+		}
+		guestPattern(want[:n], off)
+		if !bytes.Equal(got[:n], want[:n]) {
+			i, wrong := -1, int64(0)
+			for j := range got[:n] {
+				if got[j] != want[j] {
+					wrong++
+					if i < 0 {
+						i = j
+					}
+				}
+			}
+			return &CorruptError{Bytes: wrong, What: fmt.Sprintf("get: byte %d of a %d-byte stream is %#x, the guest's pattern says %#x (%d wrong bytes in its %d-byte block)", off+int64(i), getChunk, got[i], want[i], wrong, n)}
+		}
+		off += n
+		tr.ToClientBytes += n
+	}
+	tr.Gets++
+	return nil
 }
 
 // DrivePut sends `put` bodies on one connection for at least d and checks the
@@ -287,35 +318,73 @@ func DrivePut(ctx context.Context, t LoadTarget, d time.Duration) (Traffic, erro
 		return tr, err
 	}
 	defer c.close()
-	buf := make([]byte, 64<<10)
+	b := newBulkBufs()
 	for start, round := time.Now(), int64(0); time.Since(start) < d; round++ {
-		if err := c.request(fmt.Sprintf("put %d", putChunk)); err != nil {
-			return tr, ctxErr(ctx, "put", err)
+		if err := c.putOnce(ctx, b, round, &tr); err != nil {
+			return tr, err
 		}
-		crc := crc32.NewIEEE()
-		for off := int64(0); off < putChunk; {
-			n := min(int64(len(buf)), putChunk-off)
-			// Each round sends different bytes, so a replayed stale buffer would show.
-			guestPattern(buf[:n], round*putChunk+off)
-			crc.Write(buf[:n])
-			_ = c.c.SetWriteDeadline(time.Now().Add(opTimeout))
-			if _, err := c.c.Write(buf[:n]); err != nil {
-				return tr, ctxErr(ctx, fmt.Sprintf("put: at byte %d of %d", off, putChunk), err)
-			}
-			off += n
-			tr.ToGuestBytes += n
-		}
-		_ = c.c.SetReadDeadline(time.Now().Add(opTimeout))
-		resp, err := c.readLine()
-		if err != nil {
-			return tr, ctxErr(ctx, "put: answer", err)
-		}
-		if want := fmt.Sprintf("got %d %08x", putChunk, crc.Sum32()); resp != want {
-			return tr, fmt.Errorf("put: the guest answered %q, want %q", resp, want)
-		}
-		tr.Puts++
 	}
 	return tr, nil
+}
+
+// putOnce sends one `put` body (round selects its bytes) and checks the guest's
+// CRC of it; a wrong CRC is a *CorruptError counting the whole body.
+func (c *conn) putOnce(ctx context.Context, b *bulkBufs, round int64, tr *Traffic) error {
+	if err := c.request(fmt.Sprintf("put %d", putChunk)); err != nil {
+		return ctxErr(ctx, "put", err)
+	}
+	buf := b.got
+	crc := crc32.NewIEEE()
+	for off := int64(0); off < putChunk; {
+		n := min(int64(len(buf)), putChunk-off)
+		// Each round sends different bytes, so a replayed stale buffer would show.
+		guestPattern(buf[:n], round*putChunk+off)
+		crc.Write(buf[:n])
+		_ = c.c.SetWriteDeadline(time.Now().Add(opTimeout))
+		if _, err := c.c.Write(buf[:n]); err != nil {
+			return ctxErr(ctx, fmt.Sprintf("put: at byte %d of %d", off, putChunk), err)
+		}
+		off += n
+		tr.ToGuestBytes += n
+	}
+	_ = c.c.SetReadDeadline(time.Now().Add(opTimeout))
+	resp, err := c.readLine()
+	if err != nil {
+		return ctxErr(ctx, "put: answer", err)
+	}
+	if want := fmt.Sprintf("got %d %08x", putChunk, crc.Sum32()); resp != want {
+		return &CorruptError{Bytes: putChunk, What: fmt.Sprintf("put: the guest answered %q, want %q", resp, want)}
+	}
+	tr.Puts++
+	return nil
+}
+
+// DriveAlternate moves bulk data both ways in turn on one connection, a `get`
+// then a `put`, every byte checked, until stop is closed (it finishes the
+// request under way) or a request fails.
+func DriveAlternate(ctx context.Context, t LoadTarget, stop <-chan struct{}) (Traffic, error) {
+	var tr Traffic
+	c, err := dial(ctx, t)
+	if err != nil {
+		return tr, err
+	}
+	defer c.close()
+	b := newBulkBufs()
+	for round := int64(0); ; round++ {
+		select {
+		case <-stop:
+			return tr, nil
+		default:
+		}
+		if round%2 == 0 {
+			err = c.getOnce(ctx, b, &tr)
+		} else {
+			err = c.putOnce(ctx, b, round, &tr)
+		}
+		if err != nil {
+			return tr, err
+		}
+	}
 }
 
 // together runs drivers at once and adds up their traffic; the first error stops

@@ -258,3 +258,59 @@ func TestSelectLoadPatterns(t *testing.T) {
 		t.Fatal("a repeated name was accepted")
 	}
 }
+
+// DriveAlternate against the real guest service: a get, then a put, in turn, each
+// checked, until it is told to stop (it finishes the request under way).
+func TestDriveAlternateAgainstFtguest(t *testing.T) {
+	tgt := startFtguest(t)
+	stop := make(chan struct{})
+	time.AfterFunc(300*time.Millisecond, func() { close(stop) })
+	t0 := time.Now()
+	tr, err := DriveAlternate(context.Background(), tgt, stop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(t0); el < 300*time.Millisecond {
+		t.Fatalf("stopped after %s, before it was told to", el)
+	}
+	if tr.Gets == 0 || tr.Puts == 0 || tr.Gets-tr.Puts > 1 || tr.Puts > tr.Gets {
+		t.Fatalf("want gets and puts in turn, got %+v", tr)
+	}
+	if tr.ToClientBytes != int64(tr.Gets)*getChunk || tr.ToGuestBytes != int64(tr.Puts)*putChunk {
+		t.Fatalf("bytes do not add up: %+v", tr)
+	}
+}
+
+// Wrong bytes are a *CorruptError that counts them, a broken connection is not.
+func TestBulkCorruptionCounted(t *testing.T) {
+	wrongGet := fakeGuest(t, func(line string, w io.Writer, _ *bufio.Reader) {
+		var n int64
+		fmt.Sscanf(line, "get %d", &n)
+		fmt.Fprintf(w, "data %d\n", n)
+		b := make([]byte, n)
+		guestPattern(b, 0)
+		b[100]++
+		b[200]++
+		w.Write(b)
+	})
+	var ce *CorruptError
+	if _, err := DriveAlternate(context.Background(), wrongGet, nil); !errors.As(err, &ce) || ce.Bytes != 2 {
+		t.Fatalf("two wrong bytes in a get: %v (%+v)", err, ce)
+	}
+	wrongPut := fakeGuest(t, func(line string, w io.Writer, r *bufio.Reader) {
+		var n int64
+		fmt.Sscanf(line, "put %d", &n)
+		io.CopyN(io.Discard, r, n)
+		fmt.Fprintf(w, "got %d %08x\n", n, 0xdeadbeef)
+	})
+	if _, err := DrivePut(context.Background(), wrongPut, time.Millisecond); !errors.As(err, &ce) || ce.Bytes != putChunk {
+		t.Fatalf("a put with a wrong CRC: %v (%+v)", err, ce)
+	}
+	hangUp := fakeGuest(t, func(line string, w io.Writer, _ *bufio.Reader) {
+		fmt.Fprintf(w, "data %d\nxyz", getChunk)
+		w.(net.Conn).Close()
+	})
+	if _, err := DriveGet(context.Background(), hangUp, time.Millisecond); err == nil || errors.As(err, &ce) {
+		t.Fatalf("a connection closed mid-stream is not corruption: %v", err)
+	}
+}

@@ -447,6 +447,31 @@ func (s *DirStore) Current(ctx context.Context, vm string) (Claim, error) {
 	})
 }
 
+// History returns every claim of vm, oldest first (a corrupt one with Corrupt set),
+// none when it was never claimed: who owned the VM from when, which `ftvmd chaos`
+// compares the output each host released with.
+func (s *DirStore) History(ctx context.Context, vm string) ([]Claim, error) {
+	if err := ValidateVM(vm); err != nil {
+		return nil, err
+	}
+	vmDir := filepath.Join(s.dir, vm)
+	return runIO(ctx, s, "read epoch history", vm, func(ctx context.Context) ([]Claim, error) {
+		epochs, err := s.listEpochs(vmDir)
+		if err != nil {
+			return nil, err
+		}
+		var out []Claim
+		for _, e := range epochs {
+			c, err := s.readClaim(ctx, vm, vmDir, e)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, c)
+		}
+		return out, nil
+	})
+}
+
 // ClaimNext implements EpochStore.
 func (s *DirStore) ClaimNext(ctx context.Context, vm string, seen uint64, owner, reason string) (Claim, error) {
 	if err := validateClaimArgs(vm, seen, owner, reason); err != nil {

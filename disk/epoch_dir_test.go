@@ -196,6 +196,33 @@ func TestDirStoreCorruptFiles(t *testing.T) {
 	}
 }
 
+// History lists every claim in epoch order, a corrupt one marked, and nothing for a
+// VM never claimed.
+func TestDirStoreHistory(t *testing.T) {
+	s, _ := newTestDirStore(t, WithSettle(1, time.Millisecond))
+	ctx := context.Background()
+	if h, err := s.History(ctx, "vm"); err != nil || len(h) != 0 {
+		t.Fatalf("History of a VM never claimed = %+v, %v", h, err)
+	}
+	mustClaim(t, s, "vm", 0, "hostA")
+	mustClaim(t, s, "vm", 1, "hostB")
+	mustClaim(t, s, "other", 0, "hostB")
+	if err := os.WriteFile(filepath.Join(s.Dir(), "vm", epochFileName(3)), []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.History(ctx, "vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h) != 3 || h[0].Epoch != 1 || h[0].Owner != "hostA" || h[1].Epoch != 2 || h[1].Owner != "hostB" ||
+		h[2].Epoch != 3 || !h[2].Corrupt || h[0].ClaimedAt.IsZero() {
+		t.Fatalf("History = %+v", h)
+	}
+	if _, err := s.History(ctx, "../x"); err == nil {
+		t.Fatal("History of an invalid VM name passed")
+	}
+}
+
 // A contender's file exists before its content: re-reading lets the writer
 // finish instead of reporting a corrupt claim.
 func TestDirStoreSettlesInFlightWrite(t *testing.T) {

@@ -28,6 +28,7 @@ import (
 // Fixed lab layout; the same constants as test/lab/lab.env.
 const (
 	NSA, NSB, NSC = "ftlab-a", "ftlab-b", "ftlab-c"
+	NSNet         = "ftlab-net" // the bridge between the hosts: ports port-a, port-b, port-c
 	IPA, IPB, IPC = "10.77.0.1", "10.77.0.2", "10.77.0.10"
 	GuestIP       = "10.77.0.100"
 	GuestPort     = 7000
@@ -289,6 +290,31 @@ func (l *Lab) StopAgent(h Host) {
 	case <-time.After(15 * time.Second):
 		_ = cmd.Process.Kill()
 		<-wait
+	}
+}
+
+// SignalAgent sends sig to a host's agent and waits up to timeout for it to exit,
+// as a service manager's stop or restart does (SIGTERM); the agent is forgotten
+// either way, so StartAgent can start it again. It fails when no agent runs there or
+// the agent outlives the timeout (it is then SIGKILLed).
+func (l *Lab) SignalAgent(h Host, sig os.Signal, timeout time.Duration) error {
+	l.mu.Lock()
+	cmd, wait := l.agents[h.Name], l.waits[h.Name]
+	delete(l.agents, h.Name)
+	l.mu.Unlock()
+	if cmd == nil {
+		return fmt.Errorf("no agent of this lab runs on host %s", h.Name)
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("signal agent %s: %w", h.Name, err)
+	}
+	select {
+	case <-wait:
+		return nil
+	case <-time.After(timeout):
+		_ = cmd.Process.Kill()
+		<-wait
+		return fmt.Errorf("agent %s did not exit within %s of %v; killed", h.Name, timeout, sig)
 	}
 }
 

@@ -14,9 +14,11 @@ log() { printf '==> %s\n' "$*"; }
 
 # systemd: systemd-analyze and the unit sandbox; dpkg-dev, strace: the package's
 # computed Depends (packaging/mkdeb); prometheus: promtool checks the agent's
-# metrics, and the end-to-end tests run its server against the lab's agents.
+# metrics, and the end-to-end tests run its server against the lab's agents; bindfs:
+# `ftvmd chaos` gives each host its own view of the shared storage (a FUSE mount it
+# can hang or cut); e2fsprogs: the small file systems chaos puts the run directories on.
 pkgs=(qemu-system-x86 qemu-utils busybox-static cpio kmod gzip iproute2 gcc libc6-dev netcat-openbsd procps
-  systemd dpkg-dev strace prometheus)
+  systemd dpkg-dev strace prometheus bindfs e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

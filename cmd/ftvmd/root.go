@@ -58,6 +58,7 @@ func newRoot() *cobra.Command {
 		newRRCmd(),
 		newBenchCmd(),
 		newDrillCmd(),
+		newChaosCmd(),
 	)
 	return root
 }
