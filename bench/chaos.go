@@ -138,10 +138,15 @@ func RunChaos(ctx context.Context, out io.Writer, env Env, o ChaosOpts) (rep Cha
 	}
 	r.s = &Session{Lab: l, Out: out}
 	defer func() {
+		// Storage first answers again (a run stopped mid-fault), the agents stop
+		// while their views are still mounted, then the mounts go, then the lab.
 		if r.watch != nil {
 			r.watch.close()
 		}
 		if r.mounts != nil {
+			r.mounts.resume()
+			l.StopAgent(lab.HostA)
+			l.StopAgent(lab.HostB)
 			r.mounts.close(r.logf)
 		}
 		if cerr := r.s.Close(); cerr != nil && err == nil {

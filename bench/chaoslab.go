@@ -194,6 +194,15 @@ func (m *chaosMounts) hangStorage(hosts ...string) (func(context.Context) error,
 	}, nil
 }
 
+// resume lets every storage view answer again.
+func (m *chaosMounts) resume() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, cmd := range m.views {
+		_ = cmd.Process.Signal(unix.SIGCONT)
+	}
+}
+
 // close resumes and unmounts the views and detaches the run file systems (lazily:
 // an agent or QEMU still running may hold files there until the lab goes down).
 func (m *chaosMounts) close(logf func(string, ...any)) {
