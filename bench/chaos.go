@@ -84,6 +84,8 @@ type chaosRun struct {
 	// nextRec numbers the next durable record; acked are all records acknowledged.
 	nextRec int
 	acked   []int
+	// twoLive counts status polls in which both hosts ran a live copy.
+	twoLive int
 }
 
 func (r *chaosRun) logf(f string, a ...any) {
@@ -400,10 +402,18 @@ func (r *chaosRun) waitSettled(ctx context.Context, ld *chaosLoad, serveFrom tim
 		cs := r.copies(ctx)
 		var live *copyState
 		busy := false
+		nLive := 0
 		for i := range cs {
 			if cs[i].live() {
 				live = &cs[i]
+				nLive++
 			}
+		}
+		if nLive > 1 {
+			// Both agents say they run the VM live: the split brain the epoch
+			// claim exists to prevent (the wire watch tells whether both released).
+			r.twoLive++
+			busy = true
 		}
 		for _, c := range cs {
 			// A backup replaying beside a protected primary is the pair, not a copy
@@ -512,7 +522,11 @@ func (r *chaosRun) round(ctx context.Context, f ChaosFault) (ChaosFaultReport, e
 		doHeal()
 		r.logf("  healed after %.1f s", f.Hold.Seconds())
 	}
+	twoLive := r.twoLive
 	outcome, owner := r.waitSettled(ctx, ld, t0.Add(f.Hold))
+	if n := r.twoLive - twoLive; n > 0 {
+		rep.problem("both hosts said they ran the VM live, in %d status polls", n)
+	}
 	settled := time.Now()
 	rep.Outcome, rep.Owner, rep.SettledS = outcome, owner, settled.Sub(t0).Seconds()
 	r.logf("  outcome %s after %.1f s (expected %s): %s", outcome, rep.SettledS, k.Expect, r.describeCopies(ctx))
