@@ -62,7 +62,11 @@ type ChaosReport struct {
 	DoubleReleaseOutside int            `json:"double_release_slots_outside_faults"`
 	SupersededOutside    int            `json:"released_after_superseded_outside_faults"`
 	Pass                 bool           `json:"pass"`
-	Evidence             string         `json:"evidence,omitempty"`
+	// The machine's load average (/proc/loadavg) when the run started and ended:
+	// the lab shares its cores with whatever else runs.
+	LoadAvgStart string `json:"loadavg_start"`
+	LoadAvgEnd   string `json:"loadavg_end"`
+	Evidence     string `json:"evidence,omitempty"`
 	Error                string         `json:"error,omitempty"` // why the run stopped early
 }
 
@@ -118,7 +122,7 @@ func (r *chaosRun) startAgent(ctx context.Context, h lab.Host) error {
 // RunChaos brings up the lab, protects a VM with a disk and runs the faults of the
 // schedule drawn from o.Seed, reporting each. The lab goes down at the end.
 func RunChaos(ctx context.Context, out io.Writer, env Env, o ChaosOpts) (rep ChaosReport, err error) {
-	rep = ChaosReport{Env: env, Seed: o.Seed, Kinds: o.Kinds, FramesSeen: map[string]int{}}
+	rep = ChaosReport{Env: env, Seed: o.Seed, Kinds: o.Kinds, FramesSeen: map[string]int{}, LoadAvgStart: loadAvg()}
 	if len(rep.Kinds) == 0 {
 		rep.Kinds = ChaosKindNames()
 	}
@@ -201,6 +205,7 @@ func RunChaos(ctx context.Context, out io.Writer, env Env, o ChaosOpts) (rep Cha
 	r.account(ctx, &rep)
 	rep.PerKind = summarizeChaos(rep.Faults)
 	rep.DurationS = time.Since(r.start).Seconds()
+	rep.LoadAvgEnd = loadAvg()
 	rep.Pass = rep.Error == "" && rep.RecordsMissingAtEnd == 0 && rep.DoubleReleaseOutside == 0 && rep.SupersededOutside == 0
 	for _, k := range rep.PerKind {
 		rep.Pass = rep.Pass && k.Pass
@@ -767,6 +772,16 @@ func (r *chaosRun) waitNoCopies(ctx context.Context, timeout time.Duration) erro
 		}
 		sleepCtx(ctx, 200*time.Millisecond)
 	}
+}
+
+// loadAvg is the machine's 1, 5 and 15 minute load averages.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 func fileExists(p string) bool {

@@ -69,7 +69,7 @@ func kindList() string {
 
 // printChaos prints a chaos report for people: one line per fault, a table per kind.
 func printChaos(w io.Writer, r bench.ChaosReport) {
-	fmt.Fprintf(w, "chaos: %d faults, seed %d, %.0f s\n", len(r.Faults), r.Seed, r.DurationS)
+	fmt.Fprintf(w, "chaos: %d faults, seed %d, %.0f s, load average %s at the start, %s at the end\n", len(r.Faults), r.Seed, r.DurationS, r.LoadAvgStart, r.LoadAvgEnd)
 	for _, f := range r.Faults {
 		fmt.Fprintln(w, bench.FaultLine(f))
 	}
