@@ -342,8 +342,8 @@ type chaosLoadResult struct {
 	bulkErr          error
 }
 
-// stop ends the load and collects it.
-func (ld *chaosLoad) stop() chaosLoadResult {
+// stop ends the load and collects it; requests under way get grace to be answered.
+func (ld *chaosLoad) stop(grace time.Duration) chaosLoadResult {
 	var res chaosLoadResult
 	close(ld.bulkStop)
 	done := make(chan struct{})
@@ -351,8 +351,8 @@ func (ld *chaosLoad) stop() chaosLoadResult {
 		defer close(done)
 		res.bulk, res.bulkErr = ld.bulk.wait()
 	}()
-	res.seq = stopLoader(ld.seq, ld.seqC, 10*time.Second)
-	res.rec = stopLoader(ld.rec, ld.recC, 10*time.Second)
+	res.seq = stopLoader(ld.seq, ld.seqC, grace)
+	res.rec = stopLoader(ld.rec, ld.recC, grace)
 	ld.stopConns()
 	res.connsOK, res.connsKO = ld.conns.stop()
 	ld.conns.mu.Lock()
@@ -360,7 +360,7 @@ func (ld *chaosLoad) stop() chaosLoadResult {
 	ld.conns.mu.Unlock()
 	select {
 	case <-done:
-	case <-time.After(30 * time.Second):
+	case <-time.After(3 * grace): // an 8 MiB request under way may need a few seconds
 		ld.cancelBulk()
 		<-done
 	}
@@ -400,7 +400,10 @@ const settleTimeout = 2 * time.Minute
 // waitSettled waits until the fault has an outcome: a copy runs the VM (alone, or
 // with its backup replaying) and a client was answered at or after serveFrom; or no
 // copy runs it or is on its way for 5 s.
-func (r *chaosRun) waitSettled(ctx context.Context, ld *chaosLoad, serveFrom time.Time) (Outcome, string) {
+//
+// A fault may take effect only after a while (a full file system fails the next
+// log write): the VM unchanged counts only from unchangedFrom on.
+func (r *chaosRun) waitSettled(ctx context.Context, ld *chaosLoad, serveFrom, unchangedFrom time.Time) (Outcome, string) {
 	deadline := time.Now().Add(settleTimeout)
 	var downSince time.Time
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -434,7 +437,7 @@ func (r *chaosRun) waitSettled(ctx context.Context, ld *chaosLoad, serveFrom tim
 				return OutcomeFailover, live.host.Name
 			case live.st.State == "unprotected":
 				return OutcomeCarryOn, live.host.Name
-			case live.st.State == "protected":
+			case live.st.State == "protected" && !now.Before(unchangedFrom):
 				if o := cs[0]; o.host.Name == r.backup.Name && o.ok && o.st.Role == "backup" && o.st.State == "replaying" {
 					return OutcomeUnchanged, live.host.Name
 				}
@@ -482,6 +485,11 @@ func (r *chaosRun) describeCopies(ctx context.Context) string {
 // serve while the failed side comes back.
 const postHeal = 4 * time.Second
 
+// unchangedAfter is how long after a fault (and its hold) the pair must still run
+// the VM, protected, to count as unchanged: long enough for a fault that acts
+// late (a full file system, a peer timeout) to show.
+const unchangedAfter = 10 * time.Second
+
 func sleepCtx(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
@@ -528,7 +536,7 @@ func (r *chaosRun) round(ctx context.Context, f ChaosFault) (ChaosFaultReport, e
 		r.logf("  healed after %.1f s", f.Hold.Seconds())
 	}
 	twoLive := r.twoLive
-	outcome, owner := r.waitSettled(ctx, ld, t0.Add(f.Hold))
+	outcome, owner := r.waitSettled(ctx, ld, t0.Add(f.Hold), t0.Add(f.Hold+unchangedAfter))
 	if n := r.twoLive - twoLive; n > 0 {
 		rep.problem("both hosts said they ran the VM live, in %d status polls", n)
 	}
@@ -536,8 +544,13 @@ func (r *chaosRun) round(ctx context.Context, f ChaosFault) (ChaosFaultReport, e
 	rep.Outcome, rep.Owner, rep.SettledS = outcome, owner, settled.Sub(t0).Seconds()
 	r.logf("  outcome %s after %.1f s (expected %s): %s", outcome, rep.SettledS, k.Expect, r.describeCopies(ctx))
 	doHeal()
-	sleepCtx(ctx, postHeal)
-	res := ld.stop()
+	// With no copy serving, the requests under way are not answered: stop at once.
+	grace := time.Second
+	if outcome.alive() {
+		sleepCtx(ctx, postHeal)
+		grace = 10 * time.Second
+	}
+	res := ld.stop(grace)
 
 	rep.Requests, rep.RequestsLost, rep.Inconsistent = res.seq.answered+res.rec.answered, res.seq.lost+res.rec.lost, res.seq.inconsistent+res.rec.inconsistent
 	rep.ConnSurvived = res.seq.err == nil && res.rec.err == nil
@@ -546,7 +559,9 @@ func (r *chaosRun) round(ctx context.Context, f ChaosFault) (ChaosFaultReport, e
 	r.acked = append(r.acked, res.rec.acked...)
 	r.nextRec = max(r.nextRec, res.rec.lastSent+1)
 	rep.BulkBytes = res.bulk.ToClientBytes + res.bulk.ToGuestBytes
-	rep.BulkBytesAfter = rep.BulkBytes - bulkAtFault
+	// bulkAtFault counts bytes on the wire, BulkBytes checked payload: the first
+	// may run a header ahead.
+	rep.BulkBytesAfter = max(0, rep.BulkBytes-bulkAtFault)
 	if res.bulkErr != nil {
 		rep.BulkError = res.bulkErr.Error()
 		var ce *CorruptError

@@ -24,7 +24,8 @@ import (
 //     access of that host hang, as a hard NFS mount does when its server is cut off;
 //     SIGCONT heals it. O_EXCL creates and fsync pass through to the one directory.
 //   - Each host's run directory (the primary's rr log, the backup's log and disk
-//     copy) is a small ext4 file system on a sparse loop image, which a fault fills.
+//     copy) and its disks directory (where a backup's disk goes when it goes live)
+//     are on a small ext4 file system on a sparse loop image, which a fault fills.
 //
 // Both live under chaosMountRoot, outside the lab's root: the lab script's
 // `rm -rf` of a host directory never reaches into them, and the host directory
@@ -107,12 +108,24 @@ func setupChaosMounts(ctx context.Context, shared string, hosts []lab.Host, logf
 		if out, err := exec.CommandContext(ctx, "mount", "-o", "loop", img, run).CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("mount %s on %s: %v: %s", img, run, err, out)
 		}
-		link := filepath.Join(h.Dir, "run")
-		if err := os.RemoveAll(link); err != nil {
-			return nil, err
-		}
-		if err := os.Symlink(run, link); err != nil {
-			return nil, err
+		// The host's disks directory goes on the same file system: a backup that
+		// goes live moves its disk there from its run directory by rename, which
+		// cannot cross file systems.
+		for _, d := range []string{"run", "disks"} {
+			target := run
+			if d == "disks" {
+				target = filepath.Join(run, "disks")
+				if err := os.MkdirAll(target, 0o700); err != nil {
+					return nil, err
+				}
+			}
+			link := filepath.Join(h.Dir, d)
+			if err := os.RemoveAll(link); err != nil {
+				return nil, err
+			}
+			if err := os.Symlink(target, link); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return m, nil
