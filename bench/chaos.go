@@ -67,7 +67,7 @@ type ChaosReport struct {
 	LoadAvgStart string `json:"loadavg_start"`
 	LoadAvgEnd   string `json:"loadavg_end"`
 	Evidence     string `json:"evidence,omitempty"`
-	Error                string         `json:"error,omitempty"` // why the run stopped early
+	Error        string `json:"error,omitempty"` // why the run stopped early
 }
 
 // chaosRun is one run's state.
