@@ -379,10 +379,14 @@ func (c copyState) live() bool {
 	return c.ok && ((c.st.Role == "primary" && (c.st.State == "protected" || c.st.State == "unprotected")) || c.st.State == "live")
 }
 
-// transitional: a copy on its way to an outcome (starting, claiming, a backup that
-// still replays and may go live).
+// transitional: a copy on its way to an outcome (starting, claiming, going live,
+// stopping, a backup that still replays and may go live; control.VMStates).
 func (c copyState) transitional() bool {
-	return c.ok && (c.st.State == "starting" || c.st.State == "claiming" || c.st.State == "replaying")
+	switch c.st.State {
+	case "starting", "claiming", "unprotecting", "handing-over", "replaying", "going-live", "stopping":
+		return c.ok
+	}
+	return false
 }
 
 func (r *chaosRun) copies(ctx context.Context) []copyState {
