@@ -108,7 +108,8 @@ type primary struct {
 	aborted     bool   // the backup was told this primary failed (AbortChannel)
 	written     int64
 	boundary    int64
-	safePoint   int64 // the newest safe cut point of the log (see safeCut): acks stop there
+	safePoint   int64  // the newest safe cut point of the log (see safeCut): acks stop there
+	safeIcount  uint64 // the instruction count at safePoint
 	icount      uint64
 	lagMS       float64
 	lagBytes    int64
@@ -775,9 +776,10 @@ const tailEvery = 5 * time.Millisecond
 func (p *primary) tail(ctx context.Context) {
 	cut := replay.NewCutter(replay.HeaderSize, 0)
 	safe := int64(replay.HeaderSize)
+	var safeIcount uint64
 	cut.OnEvent(func(ev replay.Event) {
 		if safeCut(ev.Kind) {
-			safe = ev.End()
+			safe, safeIcount = ev.End(), cut.Icount()
 		}
 	})
 	buf := make([]byte, 256<<10)
@@ -796,7 +798,7 @@ func (p *primary) tail(ctx context.Context) {
 			b, ic := cut.Boundary(), cut.Icount()
 			p.mu.Lock()
 			p.written = off
-			p.boundary, p.icount, p.safePoint = b, ic, safe
+			p.boundary, p.icount, p.safePoint, p.safeIcount = b, ic, safe, safeIcount
 			p.lags.add(mark{at: now, off: b, icount: ic})
 			p.mu.Unlock()
 			if p.sender != nil {

@@ -22,6 +22,50 @@ type checksumReply struct {
 // verify checks that the primary's and the backup's disk copies are byte-identical
 // at a quiesced point: the primary's guest is paused, the backup has replayed up to
 // the same instruction count, then both images are hashed. The guest resumes after.
+// pauseAtSafePoint pauses the guest where everything it executed is in the log up
+// to a safe cut point, and returns that instruction count: the backup is fed only up
+// to safe cut points, and QEMU writes a vCPU's executed instructions lazily, before its
+// next event. A guest paused while its vCPU runs has executed instructions the log does
+// not hold yet (nor will while paused), so the backup could never reach its count; one
+// paused while idle (halted) has logged them. It pauses, lets the log's tail be read,
+// and if the guest's count is beyond the newest safe cut point, resumes it briefly and
+// tries again. The guest is left paused, also on error (the caller resumes it).
+func (p *primary) pauseAtSafePoint(ctx context.Context) (uint64, error) {
+	const settle = 30 * time.Millisecond // the tail reads the log every tailEvery (5 ms)
+	deadline := time.Now().Add(20 * time.Second)
+	for try := 1; ; try++ {
+		if err := p.m.Pause(ctx); err != nil {
+			return 0, fmt.Errorf("pause guest: %w", err)
+		}
+		info, err := p.m.QueryReplay(ctx)
+		if err != nil {
+			return 0, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(settle):
+		}
+		p.mu.Lock()
+		safe := p.safeIcount
+		p.mu.Unlock()
+		if safe == info.Icount {
+			return info.Icount, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("could not pause the guest where its log covers what it executed (%d tries; last: icount %d, log's newest safe point at %d)", try, info.Icount, safe)
+		}
+		if err := p.m.Cont(ctx); err != nil {
+			return 0, fmt.Errorf("resume guest: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(time.Duration(5+try%20) * time.Millisecond):
+		}
+	}
+}
+
 func (p *primary) verify(ctx context.Context) (string, error) {
 	st := p.life.state().State
 	if st != lifecycle.Protected || p.sender == nil {
@@ -30,19 +74,15 @@ func (p *primary) verify(ctx context.Context) (string, error) {
 	if p.diskPath() == "" {
 		return "", fmt.Errorf("vm %s has no disk", p.spec.Name)
 	}
-	if err := p.m.Pause(ctx); err != nil {
-		return "", fmt.Errorf("pause guest: %w", err)
-	}
+	target, err := p.pauseAtSafePoint(ctx)
 	defer func() {
 		if err := p.m.Cont(context.Background()); err != nil {
 			p.log.Error("resume guest after verify", "err", err)
 		}
 	}()
-	info, err := p.m.QueryReplay(ctx)
 	if err != nil {
 		return "", err
 	}
-	target := info.Icount
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		p.mu.Lock()
