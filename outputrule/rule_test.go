@@ -275,29 +275,69 @@ func TestRandomInvariant(t *testing.T) {
 	}
 }
 
+// FuzzRule: any sequence of frames, sent offsets, acks (true, stale or lying), mode
+// changes and releases (2 bytes per op). Every frame handed out passes CheckRelease,
+// in order without gaps; nothing is handed out once halted; and while not halted
+// every accepted frame is released, held, pending or dropped (the same invariants
+// as TestRandomInvariant, on inputs the fuzzer picks).
 func FuzzRule(f *testing.F) {
 	f.Add([]byte{0, 10, 1, 20, 2, 15, 3, 0})
+	f.Add([]byte{0, 10, 0, 30, 1, 40, 2, 35, 3, 1, 4, 1, 0, 5, 3, 0, 4, 3, 0, 9, 3, 0})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		r := New(Config{MaxHeldFrames: 8, MaxHeldBytes: 800}, Protected)
 		now := t0
+		var accepted, lastSeq uint64
+		halted := false
 		for i := 0; i+1 < len(ops); i += 2 {
 			v := int64(ops[i+1]) - 8
 			switch ops[i] % 5 {
 			case 0:
-				_ = r.Frame(Frame{Stamp: v, Size: int(ops[i+1])}, now)
+				switch err := r.Frame(Frame{Stamp: v, Size: int(ops[i+1])}, now); {
+				case err == nil:
+					accepted++
+				case errors.Is(err, ErrFull), errors.Is(err, ErrHalted), errors.Is(err, ErrInvalidFrame):
+				default:
+					t.Fatalf("Frame: %v", err)
+				}
 			case 1:
 				r.Sent(v)
 			case 2:
-				_ = r.Ack(v, now)
+				if err := r.Ack(v, now); err != nil && !errors.Is(err, ErrAckBeyondSent) {
+					t.Fatalf("Ack: %v", err)
+				}
 			case 3:
-				for _, fr := range r.Ready().Release {
+				rd := r.Ready()
+				for _, fr := range rd.Release {
+					if halted {
+						t.Fatalf("frame %d handed out while halted", fr.Seq)
+					}
 					if err := r.CheckRelease(fr); err != nil {
 						t.Fatal(err)
 					}
+					if fr.Seq != lastSeq+1 {
+						t.Fatalf("released seq %d after %d", fr.Seq, lastSeq)
+					}
+					lastSeq = fr.Seq
 				}
-				r.Advance()
+				if ops[i+1]&1 == 0 {
+					r.Advance()
+				} else {
+					lastSeq -= uint64(len(rd.Release)) // not advanced: handed out again
+				}
 			case 4:
-				r.SetMode(Mode(int(ops[i+1])%4), now)
+				m := Mode(int(ops[i+1]) % 4)
+				if halted && m != Halted {
+					continue // a halted rule stays halted; not what this target checks
+				}
+				r.SetMode(m, now)
+				halted = halted || r.Mode() == Halted
+			}
+			st := r.Stats()
+			if got := st.ReleasedFrames + uint64(st.HeldFrames) + uint64(st.PendingFrames) + st.DroppedFrames; !halted && got != accepted {
+				t.Fatalf("op %d: %d released+held+pending+dropped, %d accepted", i/2, got, accepted)
+			}
+			if st.HeldFrames+st.PendingFrames > 1 && (st.HeldFrames+st.PendingFrames > 8 || st.HeldBytes+st.PendingBytes > 800) {
+				t.Fatalf("op %d: bounds exceeded: %+v", i/2, st)
 			}
 			now = now.Add(time.Millisecond)
 		}
