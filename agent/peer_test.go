@@ -44,17 +44,35 @@ func (ca testCA) issue(name string) string {
 
 // testLogger sends an agent's log to the test's log.
 func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t: t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(newTestWriter(t, nil), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-// testWriter writes to the test's log and keeps a copy for assertions.
+// testWriter writes to the test's log and keeps a copy for assertions. Lines
+// written after the test ended (by a goroutine the agent ends asynchronously, such
+// as a teardown) are dropped: t.Log then is a race with the test's end.
 type testWriter struct {
 	t    *testing.T
 	keep *logCopy
+	end  *testEnd
+}
+
+type testEnd struct {
+	mu   sync.Mutex
+	done bool
+}
+
+func newTestWriter(t *testing.T, keep *logCopy) testWriter {
+	e := &testEnd{}
+	t.Cleanup(func() { e.mu.Lock(); e.done = true; e.mu.Unlock() })
+	return testWriter{t: t, keep: keep, end: e}
 }
 
 func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
+	w.end.mu.Lock()
+	defer w.end.mu.Unlock()
+	if !w.end.done {
+		w.t.Log(strings.TrimRight(string(b), "\n"))
+	}
 	if w.keep != nil {
 		w.keep.mu.Lock()
 		w.keep.b.Write(b)
@@ -77,7 +95,7 @@ func (l *logCopy) String() string {
 // captureLog makes a log to the test's log and returns what it wrote so far.
 func captureLog(t *testing.T, a *Agent) *logCopy {
 	keep := new(logCopy)
-	a.log = slog.New(slog.NewTextHandler(testWriter{t: t, keep: keep}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("host", a.cfg.Host)
+	a.log = slog.New(slog.NewTextHandler(newTestWriter(t, keep), &slog.HandlerOptions{Level: slog.LevelDebug})).With("host", a.cfg.Host)
 	return keep
 }
 
