@@ -183,15 +183,18 @@ type backup struct {
 	started time.Time
 	conn    net.Conn
 
-	logFile   *os.File
-	feed      *qemu.Feed
-	m         *qemu.Machine
-	recv      *logging.Receiver
-	emitted   atomic.Uint64 // frames the replaying QEMU sent (must stay 0)
-	netSock   *net.UnixConn
-	dataPath  DataPath // the primary's NIC type, which the replay must match
-	netTap    string   // the replay's tap on the tap path (on no bridge)
-	emitSeen  atomic.Bool
+	logFile  *os.File
+	feed     *qemu.Feed
+	m        *qemu.Machine
+	recv     *logging.Receiver
+	emitted  atomic.Uint64 // frames the replaying QEMU sent (must stay 0)
+	netSock  *net.UnixConn
+	dataPath DataPath // the primary's NIC type, which the replay must match
+	netTap   string   // the replay's tap on the tap path (on no bridge)
+	emitSeen atomic.Bool
+	// handedOff: the replaying QEMU went live in place and belongs to the primary
+	// now, with its tap: the backup's teardown leaves both alone.
+	handedOff atomic.Bool
 	epoch     uint64           // the epoch the primary is protected under (0: no shared storage)
 	img       *disk.ImageInfo  // the primary's image, copied before the log
 	cutPoints *cutPoints       // recent safe cut points; the newest is the feed's limit
@@ -382,7 +385,12 @@ func (b *backup) bindNet(context.Context) error {
 			return err
 		}
 		b.netTap = name
-		b.cleanups.push(func() error { return netbuf.DeleteTap(name) })
+		b.cleanups.push(func() error {
+			if b.handedOff.Load() {
+				return nil // the live VM's NIC now
+			}
+			return netbuf.DeleteTap(name)
+		})
 		return nil
 	}
 	path := filepath.Join(b.dir, "net-agent.sock")
@@ -452,6 +460,9 @@ func (b *backup) startQEMU(ctx context.Context) error {
 		return err
 	}
 	b.cleanups.push(func() error {
+		if b.handedOff.Load() {
+			return nil // live in place: the primary owns it
+		}
 		// A replaying QEMU has nothing to save: kill it rather than let it read on.
 		if err := b.m.Kill(); err != nil {
 			return err
@@ -728,15 +739,29 @@ func (b *backup) goLiveFromReplay(ctx context.Context, epoch uint64, claim time.
 	// Replay exactly to the last safe cut point of what we hold: it covers every
 	// frame the primary can have released (their stamps are at most the ack, and a
 	// stamp never falls inside the group safeCut backs off over).
-	cut := b.cutPoints.last()
-	b.log.Warn("going live", "epoch", epoch, "log_held", held, "cut", cut)
+	cut := b.cutPoints.newest()
+	inPlace := b.a.engine.InPlaceGoLive
+	b.log.Warn("going live", "epoch", epoch, "log_held", held, "cut", cut.off, "in_place", inPlace)
 	launch := func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error) {
-		m, rep, err := qemu.GoLive(ctx, qemu.GoLiveConfig{
-			Replay: b.m, Feed: b.feed, LogPath: b.logFile.Name(), AckedOffset: cut,
+		gl := qemu.GoLiveConfig{
+			Replay: b.m, Feed: b.feed, LogPath: b.logFile.Name(), AckedOffset: cut.off,
+			// The cut's instruction count is known: GoLive need not scan the log
+			// from its start for it (tens to hundreds of ms for a booted guest).
+			Resume: replay.Mark{Offset: cut.off, Icount: cut.icount},
 			Record: rec, Tag: "ftvmd-live", Logger: b.log, PendingBlocks: b.pendingBlocks,
-		}, opts...)
+			InPlace: inPlace,
+		}
+		m, rep, err := qemu.GoLive(ctx, gl, opts...)
 		if err != nil {
 			return nil, err
+		}
+		if rep.InPlace {
+			// The replaying QEMU is the live VM now: the backup's teardown must
+			// not kill it or take its tap away.
+			b.handedOff.Store(true)
+			b.log.Warn("live in place", "cut", rep.CutOffset, "icount", rep.TargetIcount, "park_ms", rep.Park.Milliseconds(),
+				"switch_ms", rep.Switch.Milliseconds(), "switch_tries", rep.SwitchTries, "total_ms", rep.Total.Milliseconds())
+			return m, nil
 		}
 		b.log.Warn("live", "cut", rep.CutOffset, "icount", rep.TargetIcount, "park_ms", rep.Park.Milliseconds(),
 			"save_ms", rep.Save.Milliseconds(), "start_ms", rep.Start.Milliseconds(), "total_ms", rep.Total.Milliseconds())
@@ -755,10 +780,18 @@ func (b *backup) goLiveFromReplay(ctx context.Context, epoch uint64, claim time.
 			liveDisk = dst
 		}
 	}
+	live := &liveStart{epoch: epoch, dataPath: b.dataPath, disk: liveDisk, claim: claim, launch: launch}
+	if inPlace {
+		// The live VM keeps the replay's NIC: its sockets (the relay binds the
+		// agent's in place of the backup's drain) or its tap (put on the bridge).
+		// It keeps writing the disk through its open descriptor, wherever the
+		// file was moved.
+		live.inPlace = &inPlaceLive{nic: b.m.Config().NIC, console: b.m.Config().ConsoleLog}
+	}
 	b.a.unregister(b.spec.Name, b)
 	gctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	return b.a.startPrimary(gctx, b.spec, "", &liveStart{epoch: epoch, dataPath: b.dataPath, disk: liveDisk, claim: claim, launch: launch})
+	return b.a.startPrimary(gctx, b.spec, "", live)
 }
 
 func (b *backup) pollReplay(ctx context.Context) {

@@ -149,6 +149,19 @@ type liveStart struct {
 	disk     string        // the backup's copy of the image, which the live VM keeps using
 	claim    time.Duration // how long the epoch claim took
 	launch   func(ctx context.Context, rec qemu.Config, opts []qemu.Opt) (*qemu.Machine, error)
+	// inPlace is set when launch makes the replaying QEMU itself the live VM
+	// (qemu.Engine.InPlaceGoLive) rather than starting a new one.
+	inPlace *inPlaceLive
+}
+
+// inPlaceLive is what a VM that goes live in place keeps of the backup's replay.
+type inPlaceLive struct {
+	// nic is the replay's NIC. On the relay path the relay binds its agent
+	// socket (replacing the backup's, which only drained) and sends to its QEMU
+	// socket; on the tap path its tap goes on the bridge.
+	nic *qemu.NIC
+	// console is the replay's console log, which the guest keeps writing.
+	console string
 }
 
 func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart) error {
@@ -359,6 +372,15 @@ func (p *primary) dialBackup(ctx context.Context) (net.Conn, error) {
 }
 
 func (p *primary) createTap(context.Context) error {
+	if p.live != nil && p.live.inPlace != nil && p.live.inPlace.nic.TapName != "" {
+		// The replay's own tap, on no bridge until now: the guest keeps its NIC.
+		p.tap = p.live.inPlace.nic.TapName
+		if err := netbuf.AttachTap(p.tap, p.a.cfg.Bridge); err != nil {
+			return err
+		}
+		p.addCleanup(func() error { return netbuf.DeleteTap(p.tap) })
+		return nil
+	}
 	p.tap = tapName(p.spec.Name)
 	// The spec's bridge (an imported libvirt domain's) over the agent's default: the
 	// spec travels to the backup, so a go-live there joins the same bridge.
@@ -410,6 +432,12 @@ func disks(path string) []qemu.Disk {
 
 func (p *primary) startQEMU(ctx context.Context) error {
 	cfg := p.qemuConfig(qemu.ModeRecord, filepath.Join(p.dir, "log.rr"))
+	inPlace := p.live != nil && p.live.inPlace != nil
+	if inPlace {
+		// The replaying QEMU carries on with its NIC: the relay takes over the
+		// sockets it sends to and receives from.
+		cfg.NIC = p.live.inPlace.nic
+	}
 	// The output path must be ready before QEMU starts: the relay's socket must
 	// exist before QEMU sends to it, and on the tap path no frame may reach the
 	// bridge before the rules that hold it are in place.
@@ -442,6 +470,9 @@ func (p *primary) startQEMU(ctx context.Context) error {
 			return err
 		}
 		p.claimDur, p.goLiveDur = p.live.claim, time.Since(t0)
+		if inPlace {
+			p.adoptInPlace(m)
+		}
 	} else {
 		m, err = qemu.New(cfg, opts...)
 		if err != nil {
@@ -458,6 +489,24 @@ func (p *primary) startQEMU(ctx context.Context) error {
 		return m.Stop(sctx, 3*time.Second)
 	})
 	return nil
+}
+
+// adoptInPlace takes over a QEMU that went live in place: it moves into this
+// VM's cgroup (out of the backup's, which the backup then removes), and the
+// VM's directory gets a link to the console log it keeps writing in the
+// backup's.
+func (p *primary) adoptInPlace(m *qemu.Machine) {
+	if p.cg != nil {
+		if err := p.cg.Add(m.PID()); err != nil {
+			// It runs on, unthrottled: nothing throttles an unprotected VM anyway.
+			p.log.Warn("live in place: move qemu into the cgroup", "pid", m.PID(), "err", err)
+		}
+	}
+	if c := p.live.inPlace.console; c != "" {
+		if err := os.Symlink(c, filepath.Join(p.dir, "console.log")); err != nil {
+			p.log.Warn("live in place: link the console log", "err", err)
+		}
+	}
 }
 
 // keepForCheck writes what an offline replay of this recording needs beside the

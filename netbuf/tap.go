@@ -135,6 +135,42 @@ func CreateTap(name, bridge string) (*net.Interface, error) {
 	return ifi, nil
 }
 
+// AttachTap puts the existing tap name on bridge (a tap made by CreateTap on no
+// bridge, such as a backup's, when its VM goes live there). A tap already on
+// that bridge is left as it is.
+func AttachTap(name, bridge string) error {
+	if err := checkIfName(name); err != nil {
+		return err
+	}
+	l, err := lookupLink(name)
+	switch {
+	case err != nil:
+		return err
+	case l == nil:
+		return fmt.Errorf("%w: %q", ErrTapNotFound, name)
+	}
+	if _, err := asTap(l); err != nil {
+		return err
+	}
+	br, err := lookupLink(bridge)
+	switch {
+	case err != nil:
+		return err
+	case br == nil:
+		return fmt.Errorf("%w: %q", ErrBridgeNotFound, bridge)
+	}
+	if _, ok := br.(*netlink.Bridge); !ok {
+		return fmt.Errorf("%w: %q is a %s link", ErrNotBridge, bridge, br.Type())
+	}
+	if l.Attrs().MasterIndex == br.Attrs().Index {
+		return nil
+	}
+	if err := netlink.LinkSetMaster(l, br); err != nil {
+		return fmt.Errorf("netbuf: attach tap %q to bridge %q: %w", name, bridge, err)
+	}
+	return nil
+}
+
 // DeleteTap removes the tap name. A tap that does not exist is not an error;
 // a link that is not a tap is ErrNotTap. The device goes away at once even
 // if a queue is still open (QEMU, a relay): reads and writes on that queue

@@ -334,3 +334,68 @@ func TestTapAttributesAndDelete(t *testing.T) {
 		t.Fatalf("second delete: %v", err)
 	}
 }
+
+func TestAttachTap(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	const br, tap, veth = "ftbr3", "fttap3", "ftveth3"
+	if err := ns.do(func() error { return addBridge(br, hostIP) }); err != nil {
+		t.Fatalf("bridge: %v", err)
+	}
+	if err := ns.do(func() error {
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: veth}, PeerName: veth + "p"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A tap on no bridge, as a backup's replay gets.
+	if err := ns.do(func() error { _, err := CreateTap(tap, ""); return err }); err != nil {
+		t.Fatal(err)
+	}
+	master := func() (tapMaster, brIndex int) {
+		t.Helper()
+		err := ns.do(func() error {
+			l, err := netlink.LinkByName(tap)
+			if err != nil {
+				return err
+			}
+			b, err := netlink.LinkByName(br)
+			if err != nil {
+				return err
+			}
+			tapMaster, brIndex = l.Attrs().MasterIndex, b.Attrs().Index
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tapMaster, brIndex
+	}
+	if m, _ := master(); m != 0 {
+		t.Fatalf("tap made on no bridge has master %d", m)
+	}
+	for _, tc := range []struct {
+		name, tap, bridge string
+		want              error
+	}{
+		{"missing tap", "fttap9", br, ErrTapNotFound},
+		{"not a tap", veth, br, ErrNotTap},
+		{"missing bridge", tap, "ftbr9", ErrBridgeNotFound},
+		{"not a bridge", tap, veth, ErrNotBridge},
+	} {
+		if err := ns.do(func() error { return AttachTap(tc.tap, tc.bridge) }); !errors.Is(err, tc.want) {
+			t.Errorf("%s: AttachTap(%s, %s) = %v, want %v", tc.name, tc.tap, tc.bridge, err, tc.want)
+		}
+	}
+	if m, _ := master(); m != 0 {
+		t.Fatalf("a refused AttachTap moved the tap to master %d", m)
+	}
+	// Attaching twice is the same as once.
+	for range 2 {
+		if err := ns.do(func() error { return AttachTap(tap, br) }); err != nil {
+			t.Fatal(err)
+		}
+		if m, b := master(); m != b {
+			t.Fatalf("tap master %d, bridge %d", m, b)
+		}
+	}
+}

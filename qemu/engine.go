@@ -35,11 +35,21 @@ type Engine struct {
 	// io-error, QMP event REPLAY_WRITE_ERROR) and drops the guest's frames.
 	// Such a QEMU needs no flush library (Config.LogStream).
 	LogStream bool
+	// InPlaceGoLive is true when a replaying QEMU of this build can carry on
+	// as the live VM itself (patch "replay: go live in place"): QMP
+	// x-replay-go-live switches it from replay to record into a new log once
+	// it has consumed its log up to an end-of-log event, with no snapshot and
+	// no new QEMU (GoLiveConfig.InPlace). The build also writes its log as a
+	// stream (LogStream), which the new log relies on.
+	InPlaceGoLive bool
 }
 
 // logStreamPatch is in the file name of the patch that gives LogStream
 // (git format-patch names it after the subject; the number may change).
 const logStreamPatch = "replay-write-the-log-as-a-stream"
+
+// inPlaceGoLivePatch is in the file name of the patch that gives InPlaceGoLive.
+const inPlaceGoLivePatch = "replay-go-live-in-place"
 
 // Warning is what an operator should know about the engine, "" if nothing:
 // the distribution's QEMU records guest transmit bursts in a way its replay
@@ -93,10 +103,15 @@ func detectEngine(ctx context.Context, binary, engineDir string) (Engine, error)
 				if strings.Contains(v, logStreamPatch) {
 					e.LogStream = true
 				}
+				if strings.Contains(v, inPlaceGoLivePatch) {
+					e.InPlaceGoLive = true
+				}
 			}
 		}
 		if e.Name != "" {
 			e.Patched = true
+			// Going live in place records the new log with the stream writer.
+			e.InPlaceGoLive = e.InPlaceGoLive && e.LogStream
 			// Run the build that was identified, not whatever the current link
 			// points at later: a rebuild must not change an agent's engine under
 			// it (the name, the features and the binary would disagree, and a

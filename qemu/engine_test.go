@@ -65,6 +65,40 @@ func TestDetectEngineLogStream(t *testing.T) {
 	if !e.Patched || !e.LogStream || len(e.Patches) != 3 {
 		t.Fatalf("engine = %+v, want ftvmd's build with LogStream", e)
 	}
+	if e.InPlaceGoLive {
+		t.Fatalf("InPlaceGoLive without the go-live patch: %+v", e)
+	}
+}
+
+func TestDetectEngineInPlaceGoLive(t *testing.T) {
+	const stream = "patch=0003-replay-write-the-log-as-a-stream-and-stop-on-a-f.patch\n"
+	const golive = "patch=0004-replay-go-live-in-place-recording-into-a-new-log.patch\n"
+	for _, tc := range []struct {
+		name, patches string
+		want          bool
+	}{
+		{"both", stream + golive, true},
+		// The new log is written by the stream writer: without it, no in-place go-live.
+		{"go-live alone", golive, false},
+		{"stream alone", stream, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			build := filepath.Join(dir, "b")
+			writeExe(t, filepath.Join(build, "bin", DefaultBinary), "exit 1")
+			engine := "engine=ftvmd-qemu 7.2+dfsg+ftvmd.def\npatch=0001-a.patch\n" + tc.patches
+			if err := os.WriteFile(filepath.Join(build, "ENGINE"), []byte(engine), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			e, err := detectEngine(context.Background(), filepath.Join(build, "bin", DefaultBinary), filepath.Join(dir, "none"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.InPlaceGoLive != tc.want {
+				t.Fatalf("InPlaceGoLive = %v, want %v: %+v", e.InPlaceGoLive, tc.want, e)
+			}
+		})
+	}
 }
 
 func TestDetectEngineDistribution(t *testing.T) {

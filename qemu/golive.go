@@ -32,6 +32,14 @@ import (
 //     with -loadvm <tag>: only an rr QEMU can load the snapshot's "replay"
 //     section, and recording keeps the same execution engine;
 //  7. announce-self, so switches learn the MAC's new port.
+//
+// On an engine that can go live in place (Engine.InPlaceGoLive, GoLiveConfig.InPlace)
+// steps 2-6 become: feed the replay up to the cut, then an EVENT_END byte,
+// which nothing consumes either, and ask the replaying QEMU to carry on
+// recording into a new log (QMP x-replay-go-live). QEMU refuses until the
+// replay has consumed every event before EVENT_END, and checks the icount,
+// so the same call that finds the replay parked also switches it: no
+// savevm, no new QEMU, no loadvm, and the same process keeps running.
 
 // Go-live defaults.
 const (
@@ -40,6 +48,9 @@ const (
 	DefaultParkStall   = 10 * time.Second
 	DefaultSaveTimeout = 10 * time.Second
 	DefaultReplayGrace = time.Second
+	// DefaultInPlacePoll is how often an in-place go-live asks the replay to
+	// switch once the feed has finished: the switch waits for the next ask.
+	DefaultInPlacePoll = 2 * time.Millisecond
 )
 
 // Errors of GoLive and of Feed.Halt/Finish.
@@ -56,6 +67,9 @@ var (
 	ErrFeedFinished = errors.New("feed already finished")
 	// ErrNoCut: the log holds no complete event where a cut is needed.
 	ErrNoCut = errors.New("no event boundary to cut at")
+	// ErrNotAtLogEnd: x-replay-go-live refused because the replay has not
+	// consumed every event before the end of its log yet (a retry may succeed).
+	ErrNotAtLogEnd = errors.New("replay has not reached the end of its log")
 )
 
 // FedPastCutError is Finish's error when the Feed had already written more
@@ -99,11 +113,20 @@ type GoLiveConfig struct {
 	// ones it holds and parks at the first it never issued. Without them a
 	// request in flight at the cut stays queued and savevm is refused forever.
 	PendingBlocks func(cut int64) []uint64
+	// InPlace makes Replay itself the live VM (Engine.InPlaceGoLive): fed
+	// up to the cut and an EVENT_END, it switches to recording into
+	// Record.RRFile, keeping its memory, devices, NIC sockets, disks and
+	// instruction count. Of Record only RRFile is used; SnapshotDrive, Tag and
+	// PendingBlocks are not (block requests in flight at the cut complete
+	// live, and are recorded in the new log). GoLive returns Replay.
+	InPlace bool
 	// Tag is the snapshot's name.
 	Tag    string
 	Logger *slog.Logger
 
-	// Poll is the query-replay period while parking (DefaultGoLivePoll).
+	// Poll is the query-replay period while parking (DefaultGoLivePoll;
+	// DefaultInPlacePoll in place, where it is also the period of the
+	// go-live asks).
 	// It also wakes the replay's main loop: a replay whose main loop
 	// nothing wakes does not consume the main-loop checkpoints in the log
 	// and stalls.
@@ -133,8 +156,15 @@ type GoLiveReport struct {
 	SaveTries    int
 	Stop         time.Duration // end the replaying QEMU
 	Start        time.Duration // new QEMU: exec, -loadvm, QMP connected, running
-	Announce     time.Duration
-	Total        time.Duration
+	// InPlace: the replay switched to recording itself; Park then runs up to
+	// the switch, and Save, Stop and Start are zero.
+	InPlace bool
+	// Switch is the x-replay-go-live call that switched it (in place);
+	// SwitchTries counts the asks, refused ones included.
+	Switch      time.Duration
+	SwitchTries int
+	Announce    time.Duration
+	Total       time.Duration
 }
 
 func (c *GoLiveConfig) validate() error {
@@ -149,26 +179,34 @@ func (c *GoLiveConfig) validate() error {
 		if rc.Mode != ModeReplay {
 			bad("Replay runs in mode %q, not replay", rc.Mode)
 		}
-		if rc.SnapshotDrive == "" {
-			bad("Replay has no SnapshotDrive: savevm needs a qcow2 drive")
-		}
 		if rc.RRFile != c.Feed.Path() {
 			bad("Replay reads %q, not the Feed's FIFO %q", rc.RRFile, c.Feed.Path())
 		}
-		if c.Record.SnapshotDrive == "" {
-			c.Record.SnapshotDrive = rc.SnapshotDrive
-		} else if c.Record.SnapshotDrive != rc.SnapshotDrive {
-			bad("Record.SnapshotDrive %q differs from Replay's %q, which will hold the snapshot", c.Record.SnapshotDrive, rc.SnapshotDrive)
+		if !c.InPlace {
+			if rc.SnapshotDrive == "" {
+				bad("Replay has no SnapshotDrive: savevm needs a qcow2 drive")
+			}
+			if c.Record.SnapshotDrive == "" {
+				c.Record.SnapshotDrive = rc.SnapshotDrive
+			} else if c.Record.SnapshotDrive != rc.SnapshotDrive {
+				bad("Record.SnapshotDrive %q differs from Replay's %q, which will hold the snapshot", c.Record.SnapshotDrive, rc.SnapshotDrive)
+			}
 		}
 	}
-	if c.Record.Mode != ModeRecord {
-		bad("Record must be mode record (a non-rr QEMU cannot load the snapshot's replay section), got %q", c.Record.Mode)
+	if c.InPlace {
+		if c.Record.RRFile == "" {
+			bad("Record.RRFile, the new log, is required")
+		}
+	} else {
+		if c.Record.Mode != ModeRecord {
+			bad("Record must be mode record (a non-rr QEMU cannot load the snapshot's replay section), got %q", c.Record.Mode)
+		}
+		if c.Tag == "" || strings.ContainsAny(c.Tag, " \t\n") {
+			bad("Tag %q must be a non-empty word", c.Tag)
+		}
 	}
 	if c.Record.RRFile == c.LogPath {
 		bad("Record.RRFile must be a new file, not the log being replayed")
-	}
-	if c.Tag == "" || strings.ContainsAny(c.Tag, " \t\n") {
-		bad("Tag %q must be a non-empty word", c.Tag)
 	}
 	if c.AckedOffset < LogHeaderSize {
 		bad("AckedOffset %d is inside the log header", c.AckedOffset)
@@ -179,16 +217,22 @@ func (c *GoLiveConfig) validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	poll := DefaultGoLivePoll
+	if c.InPlace {
+		poll = DefaultInPlacePoll
+	}
 	for _, d := range []struct {
 		p   *time.Duration
 		def time.Duration
-	}{{&c.Poll, DefaultGoLivePoll}, {&c.ParkStable, DefaultParkStable}, {&c.ParkStall, DefaultParkStall},
+	}{{&c.Poll, poll}, {&c.ParkStable, DefaultParkStable}, {&c.ParkStall, DefaultParkStall},
 		{&c.SaveTimeout, DefaultSaveTimeout}, {&c.ReplayGrace, DefaultReplayGrace}} {
 		if *d.p <= 0 {
 			*d.p = d.def
 		}
 	}
-	c.Record.LoadVM = c.Tag
+	if !c.InPlace {
+		c.Record.LoadVM = c.Tag
+	}
 	return errors.Join(errs...)
 }
 
@@ -232,6 +276,10 @@ func GoLive(ctx context.Context, cfg GoLiveConfig, opts ...Opt) (*Machine, GoLiv
 	rep.CutOffset, rep.TargetIcount = cut, target
 	log.Info("go-live: cut", "acked", cfg.AckedOffset, "fed", fed, "cut", cut, "target_icount", target)
 	t := phase(&rep.Cut, t0)
+
+	if cfg.InPlace {
+		return goLiveInPlace(ctx, cfg, log, &rep, t0, t)
+	}
 
 	// 2+3. Finish the feed and park.
 	if err := park(ctx, cfg, log, cut, target); err != nil {
@@ -293,6 +341,117 @@ func GoLive(ctx context.Context, cfg GoLiveConfig, opts ...Opt) (*Machine, GoLiv
 		"save", rep.Save, "save_tries", rep.SaveTries, "stop", rep.Stop, "start", rep.Start,
 		"announce", rep.Announce, "total", rep.Total)
 	return m, rep, nil
+}
+
+// goLiveInPlace finishes GoLive on an engine that goes live in place: it feeds
+// the replay to the cut and an EVENT_END, asks it to switch until it does (each
+// ask also wakes its main loop), and announces.
+func goLiveInPlace(ctx context.Context, cfg GoLiveConfig, log *slog.Logger, rep *GoLiveReport, t0, t time.Time) (*Machine, GoLiveReport, error) {
+	rep.InPlace = true
+	m := cfg.Replay
+	sw, tries, err := parkAndSwitch(ctx, cfg, log, rep.CutOffset, rep.TargetIcount)
+	rep.SwitchTries = tries
+	if err != nil {
+		return nil, *rep, err
+	}
+	rep.Switch = sw
+	now := time.Now()
+	rep.Park = now.Sub(t)
+	t = now
+	// QEMU closed its end of the FIFO when it switched.
+	if err := cfg.Feed.Close(); err != nil {
+		log.Warn("go-live: close feed", "err", err)
+	}
+	if err := m.AnnounceSelf(ctx); err != nil {
+		return nil, *rep, fmt.Errorf("go-live: %w", err)
+	}
+	rep.Announce = time.Since(t)
+	rep.Total = time.Since(t0)
+	log.Info("go-live: done in place", "cut", rep.CutOffset, "icount", rep.TargetIcount, "park", rep.Park,
+		"switch", rep.Switch, "switch_tries", rep.SwitchTries, "announce", rep.Announce, "total", rep.Total,
+		"rrfile", cfg.Record.RRFile)
+	return m, *rep, nil
+}
+
+// endOfLog follows the cut in the FIFO of an in-place go-live: EVENT_END, which
+// nothing consumes, so the replay parks before it, and which x-replay-go-live
+// requires as the next event.
+var endOfLog = []byte{byte(replay.KindEnd)}
+
+// parkAndSwitch finishes the feed at cut plus EVENT_END and asks the replay
+// every cfg.Poll to go live at target until it does. It returns the
+// successful call's duration and the number of asks.
+func parkAndSwitch(ctx context.Context, cfg GoLiveConfig, log *slog.Logger, cut int64, target uint64) (time.Duration, int, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	finished := make(chan error, 1)
+	go func() { // owned: parkAndSwitch waits for it on every return path
+		finished <- cfg.Feed.Finish(ctx, cut, endOfLog)
+	}()
+	feedDone := false
+	defer func() {
+		if !feedDone {
+			cancel()
+			<-finished
+		}
+	}()
+	tick := time.NewTicker(cfg.Poll)
+	defer tick.Stop()
+	var (
+		last     uint64
+		lastMove = time.Now()
+		tries    int
+	)
+	for {
+		select {
+		case <-ctx.Done():
+			return 0, tries, fmt.Errorf("go-live: park at icount %d (at %d): %w", target, last, ctx.Err())
+		case err := <-finished:
+			feedDone = true
+			if err != nil {
+				return 0, tries, fmt.Errorf("go-live: finish feed at %d: %w", cut, err)
+			}
+		case <-tick.C:
+		}
+		if feedDone {
+			tries++
+			t0 := time.Now()
+			err := cfg.Replay.GoLiveInPlace(ctx, cfg.Record.RRFile, target)
+			switch {
+			case err == nil:
+				return time.Since(t0), tries, nil
+			case errors.Is(err, ErrExited):
+				return 0, tries, fmt.Errorf("go-live: replaying qemu exited while parking: %w", err)
+			case !errors.Is(err, ErrNotAtLogEnd):
+				// At the end of the log at another icount, or the new log could not
+				// be opened: retrying will not help.
+				return 0, tries, fmt.Errorf("go-live: in place at icount %d: %w", target, err)
+			}
+		}
+		// Not there yet: watch progress as park does.
+		qctx, qcancel := context.WithTimeout(ctx, time.Second)
+		ri, err := cfg.Replay.QueryReplay(qctx)
+		qcancel()
+		switch {
+		case errors.Is(err, ErrExited):
+			return 0, tries, fmt.Errorf("go-live: replaying qemu exited while parking: %w", err)
+		case err != nil:
+			log.Debug("go-live: query-replay", "err", err)
+			continue
+		case ri.Mode != "play":
+			return 0, tries, fmt.Errorf("go-live: replaying qemu is in rr mode %q", ri.Mode)
+		case ri.Icount > target:
+			return 0, tries, fmt.Errorf("go-live: %w: icount %d, cut at %d has icount %d", ErrOvershoot, ri.Icount, cut, target)
+		}
+		now := time.Now()
+		if ri.Icount != last {
+			last, lastMove = ri.Icount, now
+		}
+		if now.Sub(lastMove) > cfg.ParkStall {
+			return 0, tries, fmt.Errorf("go-live: %w: icount %d for %s, target %d (feed finished: %v)",
+				ErrParkStalled, last, now.Sub(lastMove).Round(time.Millisecond), target, feedDone)
+		}
+	}
 }
 
 // haltFeed stops the Feed while nudging the replay: a Feed blocked on a

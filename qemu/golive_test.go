@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -476,5 +477,60 @@ func BenchmarkFindCut(b *testing.B) {
 		if cut, _, err := findCut(path, replay.Mark{Offset: LogHeaderSize}, int64(len(log)), LogHeaderSize); err != nil || cut != int64(len(log)) {
 			b.Fatalf("cut %d, %v", cut, err)
 		}
+	}
+}
+
+// TestGoLiveConfigInPlace: going live in place needs the new log's name and
+// neither a snapshot drive nor a tag; the rest is checked as for a go-live
+// through a snapshot.
+func TestGoLiveConfigInPlace(t *testing.T) {
+	dir := shortDir(t)
+	src := filepath.Join(dir, "backup.rr")
+	if err := os.WriteFile(src, synthLog(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	feed, err := NewFeed(filepath.Join(dir, "fifo"), src, WithFeedLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer feed.Close()
+	replayOn := func(rrfile string) *Machine {
+		m, err := New(Config{Name: "r", Mode: ModeReplay, RRFile: rrfile, IcountShift: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	ok := GoLiveConfig{Replay: replayOn(feed.Path()), Feed: feed, LogPath: src, AckedOffset: LogHeaderSize,
+		Record: Config{RRFile: filepath.Join(dir, "live.rr")}, InPlace: true}
+	if err := ok.validate(); err != nil {
+		t.Fatalf("valid in-place config refused: %v", err)
+	}
+	if ok.Poll != DefaultInPlacePoll || ok.Record.LoadVM != "" {
+		t.Errorf("in place: poll %s, loadvm %q; want %s and none", ok.Poll, ok.Record.LoadVM, DefaultInPlacePoll)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(*GoLiveConfig)
+		want string
+	}{
+		{"no new log", func(c *GoLiveConfig) { c.Record.RRFile = "" }, "the new log, is required"},
+		{"new log is the replayed one", func(c *GoLiveConfig) { c.Record.RRFile = src }, "must be a new file"},
+		{"replay reads another file", func(c *GoLiveConfig) { c.Replay = replayOn(src) }, "not the Feed's FIFO"},
+		{"not a replay", func(c *GoLiveConfig) {
+			m, _ := New(Config{Name: "r", Mode: ModeRecord, RRFile: feed.Path()})
+			c.Replay = m
+		}, "not replay"},
+		{"cut in the header", func(c *GoLiveConfig) { c.AckedOffset = 4 }, "inside the log header"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := ok
+			c.Poll = 0
+			tc.edit(&c)
+			err := c.validate()
+			if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("validate = %v, want an ErrInvalidConfig saying %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -145,6 +145,7 @@ type Machine struct {
 	// Handlers is the start pipeline; edit it before Start.
 	Handlers HandlerList
 
+	cfgMu      sync.Mutex // guards cfg, which GoLiveInPlace changes
 	cfg        Config
 	log        *slog.Logger
 	cgroup     func(pid int) error
@@ -196,8 +197,13 @@ func New(cfg Config, opts ...Opt) (*Machine, error) {
 	return m, nil
 }
 
-// Config returns the machine's config.
-func (m *Machine) Config() Config { return m.cfg }
+// Config returns the machine's config. After GoLiveInPlace it says what the
+// process does now: Mode record, RRFile the new log.
+func (m *Machine) Config() Config {
+	m.cfgMu.Lock()
+	defer m.cfgMu.Unlock()
+	return m.cfg
+}
 
 // Start runs the handlers in order; at the first error it runs the cleanup
 // stack in reverse order and returns the error.

@@ -40,6 +40,10 @@ func shortDir(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if os.Getenv("FTVMD_TEST_KEEP") == "1" {
+		t.Logf("FTVMD_TEST_KEEP=1: keeping %s", d)
+		return d
+	}
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
 }

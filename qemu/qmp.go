@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/digitalocean/go-qemu/qmp"
 	"github.com/digitalocean/go-qemu/qmp/raw"
@@ -159,4 +160,35 @@ func (m *Machine) AnnounceSelf(ctx context.Context) error {
 // answers; Stop waits for the exit itself.
 func (m *Machine) Quit(ctx context.Context) error {
 	return m.call(ctx, "quit", func(_ qmp.Monitor, r *raw.Monitor) error { return r.Quit() })
+}
+
+// replayNotAtEnd is in x-replay-go-live's refusal while the replay has events
+// left before the end of its log (replay/replay.c of ftvmd's engine).
+const replayNotAtEnd = "has not reached the end of its log"
+
+// goLiveArgs are x-replay-go-live's arguments.
+type goLiveArgs struct {
+	RRFile string `json:"rrfile"`
+	Icount uint64 `json:"icount"`
+}
+
+// GoLiveInPlace runs x-replay-go-live (Engine.InPlaceGoLive): the replaying
+// QEMU, parked before the EVENT_END that ends its log at instruction icount,
+// carries on as a recording VM, writing its new log to rrfile. A replay that
+// has not consumed its log up to EVENT_END yet refuses with ErrNotAtLogEnd,
+// and may be asked again. On success the Machine's Config says ModeRecord,
+// RRFile rrfile, LogStream.
+func (m *Machine) GoLiveInPlace(ctx context.Context, rrfile string, icount uint64) error {
+	err := m.runTyped(ctx, qmp.Command{Execute: "x-replay-go-live", Args: goLiveArgs{RRFile: rrfile, Icount: icount}}, nil)
+	if err != nil {
+		if strings.Contains(err.Error(), replayNotAtEnd) {
+			return fmt.Errorf("%w: %w", ErrNotAtLogEnd, err)
+		}
+		return err
+	}
+	m.cfgMu.Lock()
+	m.cfg.Mode, m.cfg.RRFile, m.cfg.LogStream = ModeRecord, rrfile, true
+	m.cfg.RRSnapshot, m.cfg.LoadVM = "", ""
+	m.cfgMu.Unlock()
+	return nil
 }

@@ -63,7 +63,7 @@ func newBenchCmd() *cobra.Command {
 		Use: "failover", Short: "Client-observed outage of kill-primary over many runs (detection, claim, go-live)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			env := bench.NewEnv("ftvmd " + strings.Join(os.Args[1:], " "))
-			res, err := bench.Failover(cmd.Context(), os.Stderr, env, foRuns, foBulk)
+			res, err := bench.Failover(cmd.Context(), os.Stderr, env, foRuns, foBulk, opts.agentArgs...)
 			if err != nil {
 				return err
 			}

@@ -65,7 +65,7 @@ func TestDiskFailover(t *testing.T) {
 		t.Run(fmt.Sprintf("kill-primary-%d", i), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 			defer cancel()
-			s := drillLab(ctx, t) // a fresh lab per drill
+			s := drillLab(ctx, t, agentArgs()...) // a fresh lab per drill
 			img, err := lab.CreateImage(lab.HostA, "df", "64M")
 			if err != nil {
 				t.Fatal(err)

@@ -37,7 +37,7 @@ func TestFailover(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 			defer cancel()
-			s := drillLab(ctx, t) // a fresh lab per drill
+			s := drillLab(ctx, t, agentArgs()...) // a fresh lab per drill
 			rep, err := bench.RunDrillOpts(ctx, s, bench.NewEnv("e2e"), bench.DrillOpts{VM: "fo" + string(rune('a'+i)), Kind: kind, Bulk: d.bulk}, rng)
 			if err != nil {
 				t.Fatal(err)
