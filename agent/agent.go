@@ -21,6 +21,7 @@ import (
 	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/journal"
 	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/throttle"
@@ -59,6 +60,21 @@ type Config struct {
 	// while it paces them (throttle.Pacer); 0 turns pacing off, leaving the CPU
 	// quota alone to hold the lag bound.
 	PaceQueueBytes int
+
+	// LogRetention is how much rr log a backup keeps beyond what its replay needs
+	// (logspace.Retention: the whole log while it is within the retention, from the
+	// boot it replays from, else nothing more).
+	LogRetention logspace.Retention
+	// UnprotectedLogKeep is how much rr log a VM that nothing replays (ftvmd run, a
+	// survivor after failover, a primary whose protection ended) keeps behind its
+	// end; -1 keeps it whole.
+	UnprotectedLogKeep int64
+	// ConsoleMaxBytes is the size at which a VM's console log is rotated (0: never);
+	// ConsoleKeep how many rotated copies are kept.
+	ConsoleMaxBytes int64
+	ConsoleKeep     int
+	// LogCheckEvery is how often a VM's logs are freed and measured.
+	LogCheckEvery time.Duration
 
 	// TestAckDelay delays every ack the backup sends (test-only: proves the hold).
 	TestAckDelay time.Duration
@@ -100,6 +116,11 @@ func DefaultConfig(host, dir string) Config {
 		PeerTimeout:       time.Second,
 		DialTimeout:       5 * time.Second,
 		StallAfter:        DefaultStallAfter,
+
+		UnprotectedLogKeep: DefaultUnprotectedLogKeep,
+		ConsoleMaxBytes:    DefaultConsoleMaxBytes,
+		ConsoleKeep:        DefaultConsoleKeep,
+		LogCheckEvery:      DefaultLogCheckEvery,
 	}
 }
 
@@ -153,6 +174,20 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("pacing queue of %d bytes (0 turns pacing off)", c.PaceQueueBytes))
 	} else if c.PaceQueueBytes > 0 && c.PaceQueueBytes < netbuf.DefaultMaxFrame {
 		errs = append(errs, fmt.Errorf("pacing queue of %d bytes holds no largest frame (%d bytes); 0 turns pacing off", c.PaceQueueBytes, netbuf.DefaultMaxFrame))
+	}
+	if c.UnprotectedLogKeep < -1 {
+		errs = append(errs, fmt.Errorf("unprotected log keep of %d bytes (-1 keeps the whole log)", c.UnprotectedLogKeep))
+	}
+	if c.ConsoleMaxBytes < 0 || (c.ConsoleMaxBytes > 0 && c.ConsoleMaxBytes < MinConsoleMaxBytes) {
+		errs = append(errs, fmt.Errorf("console rotation at %d bytes: want 0 (never) or at least %d", c.ConsoleMaxBytes, MinConsoleMaxBytes))
+	}
+	if c.ConsoleKeep < 0 {
+		errs = append(errs, fmt.Errorf("%d rotated console copies: must not be negative", c.ConsoleKeep))
+	}
+	if c.LogCheckEvery == 0 {
+		c.LogCheckEvery = DefaultLogCheckEvery
+	} else if c.LogCheckEvery < 0 {
+		errs = append(errs, fmt.Errorf("log check interval %s: must be positive", c.LogCheckEvery))
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -523,7 +558,7 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 		if err != nil {
 			return fail(err)
 		}
-		if err := a.startOwned(ctx, spec, backup, own, req.KeepDiskCopy); err != nil {
+		if err := a.startOwned(ctx, spec, backup, own, keepOpts{diskCopy: req.KeepDiskCopy, log: req.KeepLog || req.KeepDiskCopy}); err != nil {
 			return fail(err)
 		}
 		if backup == "" {

@@ -19,6 +19,7 @@ import (
 	"github.com/ftvmd/ftvmd/journal"
 	"github.com/ftvmd/ftvmd/lifecycle"
 	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
@@ -213,6 +214,9 @@ type backup struct {
 	goLive func(ctx context.Context, epoch uint64, claim time.Duration) error
 	// stallReports: the primary reads acks with the stall report (peerHello).
 	stallReports bool
+	// logs bounds the disk space of the received rr log and the console log (set in
+	// run, under mu).
+	logs *logKeeper
 
 	// flipConsole: test knob (OpTestDiverge): the sentinel sees one byte of the
 	// replay's console flipped.
@@ -336,6 +340,7 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_
 		fn   func(context.Context) error
 	}{
 		{"prepare-dir", b.prepareDir},
+		{"check-log-space", func(context.Context) error { return checkLogSpace(b.dir, b.spec.MaxLogDisk) }},
 		{"open-log", b.openLog},
 		{"bind-net", b.bindNet},
 		{"prepare-qemu", b.prepareQEMU},
@@ -504,9 +509,16 @@ func (b *backup) run(conn net.Conn) {
 		StallReports:      b.stallReports,
 		Logger:            b.log,
 	})
+	logs := newLogKeeper(b.log, b.logFile.Name(), b.m.Config().ConsoleLog, b.spec.MaxLogDisk, b.a.cfg, b.logPlan)
 	b.mu.Lock()
 	b.recv = recv
+	b.logs = logs
 	b.mu.Unlock()
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		logs.run(ctx, b.a.cfg.LogCheckEvery)
+	}()
 	if err := b.life.start(b.epoch, b.peer, b.epoch > 0 && b.a.store != nil); err != nil {
 		b.log.Error("lifecycle start", "err", err)
 	}
@@ -746,7 +758,9 @@ func (b *backup) goLiveFromReplay(ctx context.Context, epoch uint64, claim time.
 		gl := qemu.GoLiveConfig{
 			Replay: b.m, Feed: b.feed, LogPath: b.logFile.Name(), AckedOffset: cut.off,
 			// The cut's instruction count is known: GoLive need not scan the log
-			// from its start for it (tens to hundreds of ms for a booted guest).
+			// from its start for it (tens to hundreds of ms for a booted guest), and
+			// must not: the prefix the replay was fed may have been freed (bounded
+			// logs; the feed never passes the newest cut point).
 			Resume: replay.Mark{Offset: cut.off, Icount: cut.icount},
 			Record: rec, Tag: "ftvmd-live", Logger: b.log, PendingBlocks: b.pendingBlocks,
 			InPlace: inPlace,
@@ -1019,10 +1033,44 @@ func (b *backup) status() control.VMStatus {
 		st.LogReplayed = b.feed.FedOffset()
 	}
 	if b.dir != "" {
-		st.LogOnDisk = fileSize(filepath.Join(b.dir, "log.rr"))
+		st.LogOnDisk = onDisk(filepath.Join(b.dir, "log.rr"))
 	}
 	fillStallStatus(&st, b.stall)
+	b.logs.fill(&st)
 	return st
+}
+
+// logPlan says what the backup's copy of the log must keep: what its replay has not
+// been fed yet (the feed reads the file from its fed offset on, and a go-live feeds
+// from there to a cut at or before the newest cut point, which the feed never
+// passes), and, with a retention, the whole log for as long as it is within it
+// (logspace.Retention: a part of the log without the state it starts from replays
+// nothing). A copy in any other state (failed, stopping, going live) keeps its log
+// as it is.
+func (b *backup) logPlan() logPlan {
+	state := b.life.state().State
+	b.mu.Lock()
+	recv := b.recv
+	b.mu.Unlock()
+	if (state != lifecycle.Replaying && state != lifecycle.Claiming) || recv == nil {
+		return logPlan{hold: true, keeps: fmt.Sprintf("all (the backup is %s)", state)}
+	}
+	return backupLogPlan(b.feed.FedOffset(), recv.Held(), time.Since(b.started), b.a.cfg.LogRetention)
+}
+
+// backupLogPlan is a replaying backup's plan: its feed has given the replay the log
+// up to fed, it holds held bytes of log that began age ago.
+func backupLogPlan(fed, held int64, age time.Duration, ret logspace.Retention) logPlan {
+	need := logspace.Keep{Needed: fed}
+	const what = "until it is fed to the replay"
+	switch {
+	case ret.IsZero():
+		return logPlan{keep: need, keeps: what}
+	case ret.Holds(age, held):
+		need.All = true
+		return logPlan{keep: need, keeps: fmt.Sprintf("all, from the boot it replays from: within the retention (%s)", ret)}
+	}
+	return logPlan{keep: need, keeps: fmt.Sprintf("%s: the log since the boot passed the retention (%s), and a part of it replays nothing without the state it starts from", what, ret)}
 }
 
 // errEngineMismatch: the primary records on another QEMU build than this host

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/sentinel"
 )
 
@@ -18,11 +20,25 @@ import (
 const consoleEvery = 250 * time.Millisecond
 
 // consoleTail reads a console file as it grows. The file appears when QEMU starts.
+// With rot, the file is rotated under it (bounded logs: its oldest blocks are copied
+// out and freed, the offsets unchanged): it tells the rotator how far it has read,
+// so that no rotation frees a byte it has not read.
 type consoleTail struct {
 	path string
+	rot  *logspace.Rotator
 	f    *os.File
 	off  int64
+	read atomic.Int64 // off, for the rotator
 	buf  []byte
+}
+
+// newConsoleTail follows the console at path, rotated by rot (nil: not rotated).
+func newConsoleTail(path string, rot *logspace.Rotator) *consoleTail {
+	c := &consoleTail{path: path, rot: rot}
+	if rot != nil {
+		rot.SetConsumed(c.read.Load)
+	}
+	return c
 }
 
 // next returns the bytes added since the last call (nil when none, or while the file
@@ -43,6 +59,7 @@ func (c *consoleTail) next() ([]byte, error) {
 		return nil, fmt.Errorf("console: %w", err)
 	}
 	c.off += int64(n)
+	c.read.Store(c.off)
 	return c.buf[:n], nil
 }
 
@@ -50,12 +67,15 @@ func (c *consoleTail) close() {
 	if c.f != nil {
 		c.f.Close()
 	}
+	if c.rot != nil {
+		c.rot.SetConsumed(nil) // no reader to wait for any more
+	}
 }
 
 // sendConsoleMarks is the primary's half of the divergence sentinel: it keeps a
 // running CRC-32C of its QEMU's console and sends it to the backup as it grows.
-func (p *primary) sendConsoleMarks(ctx context.Context, s *logging.Sender) {
-	tail := &consoleTail{path: p.m.Config().ConsoleLog}
+func (p *primary) sendConsoleMarks(ctx context.Context, s *logging.Sender, rot *logspace.Rotator) {
+	tail := newConsoleTail(p.m.Config().ConsoleLog, rot)
 	defer tail.close()
 	var n int64
 	var crc uint32
@@ -87,7 +107,14 @@ func (p *primary) sendConsoleMarks(ctx context.Context, s *logging.Sender) {
 // divergence it reports where (console bytes, replayed icount, log offset) and steps
 // down: a replay that executed something the primary did not cannot take over.
 func (b *backup) checkConsole(ctx context.Context, marks <-chan logging.ConsoleMark) {
-	tail := &consoleTail{path: b.m.Config().ConsoleLog}
+	b.mu.Lock()
+	logs := b.logs
+	b.mu.Unlock()
+	var rot *logspace.Rotator
+	if logs != nil {
+		rot = logs.console
+	}
+	tail := newConsoleTail(b.m.Config().ConsoleLog, rot)
 	defer tail.close()
 	cmp := sentinel.New(sentinel.Config{})
 	t := time.NewTicker(consoleEvery)

@@ -21,6 +21,7 @@ import (
 	"github.com/ftvmd/ftvmd/journal"
 	"github.com/ftvmd/ftvmd/lifecycle"
 	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/netbuf/nfq"
 	"github.com/ftvmd/ftvmd/outputrule"
@@ -89,8 +90,13 @@ type primary struct {
 	life *driver
 	own  ownership // what the owner check saw (run, protect)
 	// keepDiskCopy keeps a copy of the disk as it was before recording, which
-	// `ftvmd rr check` replays on.
+	// `ftvmd rr check` replays on; keepLog keeps the whole rr log (and the console
+	// unrotated) for it.
 	keepDiskCopy bool
+	keepLog      bool
+	// logs bounds the disk space of the rr and console logs (set in startStreams,
+	// under mu).
+	logs *logKeeper
 	// stopSender ends the log channel with a Bye; backupHost is the backup's name.
 	stopSender context.CancelFunc
 	senderDone <-chan struct{} // closed when the sender's Run has returned
@@ -165,17 +171,20 @@ type inPlaceLive struct {
 }
 
 func (a *Agent) startPrimary(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart) error {
-	return a.startPrimaryKeeping(ctx, spec, backup, live, ownership{}, false)
+	return a.startPrimaryKeeping(ctx, spec, backup, live, ownership{}, keepOpts{})
 }
+
+// keepOpts are what a primary keeps for `ftvmd rr check`: a copy of the disk as it
+// is before recording, and the whole rr log.
+type keepOpts struct{ diskCopy, log bool }
 
 // startOwned starts a VM on an operator's request (run, protect) after the owner
-// check (checkOwner) saw own; with keepDiskCopy it also keeps a copy of the disk as
-// it is before recording (for `ftvmd rr check`).
-func (a *Agent) startOwned(ctx context.Context, spec vmspec.Spec, backup string, own ownership, keepDiskCopy bool) error {
-	return a.startPrimaryKeeping(ctx, spec, backup, nil, own, keepDiskCopy)
+// check (checkOwner) saw own, keeping what keep says for `ftvmd rr check`.
+func (a *Agent) startOwned(ctx context.Context, spec vmspec.Spec, backup string, own ownership, keep keepOpts) error {
+	return a.startPrimaryKeeping(ctx, spec, backup, nil, own, keep)
 }
 
-func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart, own ownership, keepDiskCopy bool) (err error) {
+func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backup string, live *liveStart, own ownership, keep keepOpts) (err error) {
 	p := &primary{
 		a: a, spec: spec, peer: backup, started: time.Now(),
 		log:      a.log.With("vm", spec.Name, "role", "primary"),
@@ -192,7 +201,8 @@ func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backu
 		own:      own,
 		dataPath: a.cfg.DataPath,
 
-		keepDiskCopy: keepDiskCopy,
+		keepDiskCopy: keep.diskCopy,
+		keepLog:      keep.log,
 	}
 	if live != nil {
 		p.epoch, p.dataPath = live.epoch, live.dataPath
@@ -220,6 +230,7 @@ func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backu
 		fn   func(context.Context) error
 	}{
 		{"prepare-dir", p.prepareDir},
+		{"check-log-space", p.checkLogSpace},
 		{"claim-epoch", p.claimUnprotected},
 		{"connect-backup", p.connectBackup},
 		{"create-tap", p.createTap},
@@ -267,6 +278,22 @@ func (p *primary) prepareDir(context.Context) error {
 		return err
 	}
 	return os.MkdirAll(p.dir, 0o700)
+}
+
+// checkLogSpace refuses to run or protect a VM whose logs may outgrow the free
+// space. A go-live does not check: refusing it would lose the VM.
+func (p *primary) checkLogSpace(context.Context) error {
+	if p.live != nil {
+		return nil
+	}
+	if err := checkLogSpace(p.dir, p.spec.MaxLogDisk); err != nil {
+		return err
+	}
+	if need := p.a.logNeeds(); need > p.spec.MaxLogDisk {
+		p.log.Warn("the VM's log disk limit is below what its logs keep by this agent's settings: it will be reached",
+			"max_log_disk", p.spec.MaxLogDisk, "kept", need)
+	}
+	return nil
 }
 
 // claimUnprotected takes the VM's next epoch for `ftvmd run` (a protected start
@@ -720,6 +747,15 @@ func (p *primary) startStreams(context.Context) error {
 		return err
 	}
 	p.go1(func() { p.tail(ctx) })
+	cfg := p.a.cfg
+	if p.keepLog {
+		cfg.ConsoleMaxBytes = 0 // rr check compares the whole console
+	}
+	logs := newLogKeeper(p.log, p.rr.Name(), p.m.Config().ConsoleLog, p.spec.MaxLogDisk, cfg, p.logPlan)
+	logs.pause, logs.atLimit = p.pauseAtLimit, "keeping only the log the backup has not acknowledged"
+	p.mu.Lock()
+	p.logs = logs
+	p.mu.Unlock()
 	p.go1(func() {
 		if err := p.out.Run(ctx); err != nil && ctx.Err() == nil {
 			p.fail(fmt.Errorf("network output path: %w", err))
@@ -730,9 +766,11 @@ func (p *primary) startStreams(context.Context) error {
 		s := p.sender
 		p.go1(func() { p.ackLoop(ctx, s) })
 		if p.consoleMarks {
-			p.go1(func() { p.sendConsoleMarks(ctx, s) })
+			p.go1(func() { p.sendConsoleMarks(ctx, s, logs.console) })
 		}
 	}
+	// After startSender: the keeper reads what it set (senderDone).
+	p.go1(func() { logs.run(ctx, p.a.cfg.LogCheckEvery) })
 	p.go1(func() {
 		select {
 		case <-ctx.Done():
@@ -1256,7 +1294,7 @@ func (p *primary) status() control.VMStatus {
 		Disk: p.diskPath(), CopyDone: p.copied.Done, CopyTotal: p.copied.Total, CopyResumed: p.copied.Resumed, CopyRate: p.copied.Rate, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
 		LogReplayed: p.replayed, LagBytes: p.lagBytes, LagMS: p.lagMS, WorkLagMS: p.workLagMS, LagBoundMS: p.spec.LagBoundMS,
 		LogBandwidth: p.bw.rate(), ThrottleQuota: p.quota, ThrottledSec: p.ctrl.ThrottledFor().Seconds(),
-		LogOnDisk: fileSize(filepath.Join(p.dir, "log.rr")), PacingEnabled: p.pace != nil,
+		LogOnDisk: onDisk(filepath.Join(p.dir, "log.rr")), PacingEnabled: p.pace != nil,
 	}
 	if p.m != nil {
 		st.PID = p.m.PID()
@@ -1274,7 +1312,77 @@ func (p *primary) status() control.VMStatus {
 	if p.bkStallRep {
 		fillBackupStallStatus(&st, p.bkStall)
 	}
+	p.logs.fill(&st)
 	return st
+}
+
+// logPlan says what the primary's rr log must keep. While the VM is protected (or
+// its backup was just lost: a claim, a degraded wait, an unprotect or a handover
+// under way) the backup may still need every byte it has not acknowledged: the
+// sender reads from its sent offset on, never back (a new protection starts a new
+// log), so nothing below the ack is read again. Unprotected, nothing replays the log:
+// it keeps the agent's --unprotected-log-keep behind its end, once the sender has
+// stopped reading. A copy that failed, halted or handed over keeps its log as the
+// evidence of what happened. At the limit only a protected guest may wait (be
+// paused) for its backup: in a handover the lifecycle pauses and resumes it.
+func (p *primary) logPlan() logPlan {
+	state := p.life.state().State
+	p.mu.Lock()
+	written, senderDone := p.written, p.senderDone
+	p.mu.Unlock()
+	switch state {
+	case lifecycle.Protected, lifecycle.Degraded, lifecycle.Claiming, lifecycle.Unprotecting, lifecycle.HandingOver:
+		if p.sender == nil {
+			break
+		}
+		return logPlan{keep: logspace.Keep{Needed: p.sender.Stats().Acked, All: p.keepLog},
+			keeps:   keptText("until the backup acknowledges it", p.keepLog),
+			canWait: state != lifecycle.HandingOver}
+	case lifecycle.Unprotected:
+		needed := written
+		if p.sender != nil && !closed(senderDone) {
+			needed = min(needed, p.sender.Stats().Sent)
+		}
+		behind := p.a.cfg.UnprotectedLogKeep
+		what := fmt.Sprintf("the last %s (nothing replays it; --unprotected-log-keep)", logspace.FormatSize(max(behind, 0)))
+		if behind < 0 {
+			what = "all (--unprotected-log-keep all)"
+		}
+		return logPlan{keep: logspace.Keep{Needed: needed, Behind: max(behind, 0), All: p.keepLog || behind < 0},
+			keeps: keptText(what, p.keepLog)}
+	}
+	return logPlan{hold: true, keeps: fmt.Sprintf("all (the VM is %s)", state)}
+}
+
+// closed reports whether ch is closed (a nil channel is not).
+func closed(ch <-chan struct{}) bool {
+	if ch == nil {
+		return false
+	}
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// keptText adds --keep-log to what a log keeps.
+func keptText(what string, keepLog bool) string {
+	if keepLog {
+		return "all (--keep-log, for ftvmd rr check); else " + what
+	}
+	return what
+}
+
+// pauseAtLimit pauses or resumes the guest for the log keeper.
+func (p *primary) pauseAtLimit(ctx context.Context, paused bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if paused {
+		return p.guest.Pause(ctx)
+	}
+	return p.guest.Cont(ctx)
 }
 
 // fillBackupStallStatus shows the stall report of the primary's backup.
@@ -1333,10 +1441,12 @@ func fillRelayStatus(st *control.VMStatus, rs netbuf.RelayStats) {
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // fileSize is the size of the file at path, 0 when it cannot be read.
-func fileSize(path string) int64 {
-	st, err := os.Stat(path)
+// onDisk is the space a file takes on disk (allocated blocks): an rr log whose
+// consumed prefix was freed keeps its size but not its blocks (bounded logs).
+func onDisk(path string) int64 {
+	u, err := logspace.Stat(path)
 	if err != nil {
 		return 0
 	}
-	return st.Size()
+	return u.Allocated
 }

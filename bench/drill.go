@@ -280,6 +280,10 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
+// KillHost SIGKILLs every process in a lab host's namespace (lab.NSA, lab.NSB), as
+// a power loss would.
+func KillHost(ns string) error { return killHost(ns) }
+
 // killHost SIGKILLs every process in a lab host's namespace, as a power loss would.
 func killHost(ns string) error {
 	out, err := exec.Command("ip", "netns", "pids", ns).Output()

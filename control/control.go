@@ -55,6 +55,10 @@ type Request struct {
 	// latest epoch on shared storage, or storage cannot say who does; the new
 	// epoch it claims makes a live copy elsewhere halt when it next reads the store.
 	Force bool `json:"force,omitempty"`
+	// KeepLog (OpRun, OpProtect) keeps the primary's whole rr log, for `ftvmd rr
+	// check`, instead of freeing what no reader needs any more (KeepDiskCopy
+	// implies it). The VM's log disk limit still wins.
+	KeepLog bool `json:"keep_log,omitempty"`
 	// AckDelayMS is OpTestAckDelay's argument.
 	AckDelayMS int `json:"ack_delay_ms,omitempty"`
 	// Limit is OpEvents' argument: the newest events, at most this many
@@ -198,8 +202,9 @@ type VMStatus struct {
 	ThrottleQuota float64 `json:"throttle_quota"` // CPU fraction allowed to the primary's QEMU; 1 = free
 	ThrottledSec  float64 `json:"throttled_sec"`
 
-	// LogOnDisk is the size of this copy's rr log file, which grows for as long
-	// as the VM runs.
+	// LogOnDisk is the space this copy's rr log file takes on disk (allocated
+	// blocks): with bounded logs, about what a reader still needs, while the
+	// file's size (LogWritten) grows for as long as the VM runs.
 	LogOnDisk int64 `json:"log_on_disk"`
 	// Histograms of the lag samples (LagMS, WorkLagMS) since this copy started,
 	// one per ack from the backup.
@@ -253,6 +258,28 @@ type VMStatus struct {
 	// bounds of histogram buckets (each twice the last), capped at the maximum.
 	AddedDelayP50MS float64 `json:"added_delay_p50_ms,omitempty"`
 	AddedDelayP99MS float64 `json:"added_delay_p99_ms,omitempty"`
+	// Disk space of this copy's logs on this host: the rr log and the console log
+	// with its rotated copies. LogDiskBytes is what they take on disk (allocated
+	// blocks), LogFileBytes their sizes: a log whose consumed prefix was freed
+	// keeps its size. LogFreed is the rr log's prefix given back so far.
+	LogDiskBytes int64 `json:"log_disk_bytes"`
+	LogFileBytes int64 `json:"log_file_bytes"`
+	LogFreed     int64 `json:"log_freed"`
+	LogDiskLimit int64 `json:"log_disk_limit,omitempty"` // the VM's max_log_disk
+	LogFSFree    int64 `json:"log_fs_free,omitempty"`    // free space on the file system holding them
+	// LogKeeps says what the rr log keeps (until the backup acknowledges it, ...).
+	LogKeeps string `json:"log_keeps,omitempty"`
+	// LogFreeError is why the consumed log cannot be freed here (the file system
+	// cannot punch holes): the rr log then grows until the VM stops.
+	LogFreeError string `json:"log_free_error,omitempty"`
+	// LogDiskAlarm is set while the logs near or reach their limit, or the file
+	// system has less free than they may still take.
+	LogDiskAlarm string `json:"log_disk_alarm,omitempty"`
+	// LogLimitPaused: the primary paused its guest at the limit until the backup
+	// acknowledges enough log to free.
+	LogLimitPaused   bool   `json:"log_limit_paused,omitempty"`
+	ConsoleRotations uint64 `json:"console_rotations,omitempty"`
+
 	// AddedDelayHist is the raw histogram behind them (outputrule.DelayHist
 	// bucket counts; read it back with outputrule.DelayHistFromCounts), so a
 	// client can subtract two snapshots and take the quantiles of an interval.

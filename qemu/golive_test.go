@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/replay"
 )
 
@@ -69,6 +70,49 @@ func TestFindCut(t *testing.T) {
 				t.Fatalf("cut %d icount %d, want %d %d", cut, ic, tc.cut, tc.icount)
 			}
 		})
+	}
+}
+
+// TestFindCutFreedPrefix: a backup frees the log its replay was fed (bounded logs)
+// and goes live from the newest cut point, whose icount it knows: the cut is found
+// from that mark without reading the freed prefix, where zeros would parse as
+// events of no instructions and the scan from the header would miscount.
+func TestFindCutFreedPrefix(t *testing.T) {
+	b := make([]byte, LogHeaderSize)
+	var icount uint64
+	var cut int64
+	var cutIcount uint64
+	for i := uint32(1); len(b) < 5*4096; i++ {
+		b = append(b, 0)
+		b = binary.BigEndian.AppendUint32(b, i)
+		icount += uint64(i)
+		if cut == 0 && len(b) > 3*4096 {
+			cut, cutIcount = int64(len(b)), icount
+		}
+	}
+	path := filepath.Join(t.TempDir(), "log.rr")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fr, err := logspace.NewFreer(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fr.Close()
+	if _, err := fr.FreeTo(cut - 1000); err != nil {
+		t.Skipf("cannot punch holes here: %v", err)
+	}
+	if fr.Freed() < 2*4096 {
+		t.Fatalf("freed only %d", fr.Freed())
+	}
+	got, ic, err := findCut(path, replay.Mark{Offset: cut, Icount: cutIcount}, cut, cut-500)
+	if err != nil || got != cut || ic != cutIcount {
+		t.Fatalf("findCut from the cut point = %d, %d, %v; want %d, %d", got, ic, err, cut, cutIcount)
+	}
+	// From the header, the freed prefix reads as zeros: the count comes out wrong
+	// (or the scan fails), which is why go-live must start from a known mark.
+	if got, ic, err := findCut(path, replay.Mark{Offset: LogHeaderSize}, cut, LogHeaderSize); err == nil && got == cut && ic == cutIcount {
+		t.Fatalf("a scan over the freed prefix found the right cut: the test does not free what it thinks")
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
@@ -344,6 +345,11 @@ func follow(ctx context.Context, mach *qemu.Machine, cfg Config, o *Outcome) err
 
 // checkLog refuses a log QEMU could not replay to its end, with the reason.
 func checkLog(path string) (replay.Summary, error) {
+	if n, err := logspace.FreedPrefix(path); err != nil {
+		return replay.Summary{}, fmt.Errorf("rrcheck: log: %w", err)
+	} else if n > 0 {
+		return replay.Summary{}, fmt.Errorf("rrcheck: log %s lost its first %d bytes to bounded logs (freed once the backup acknowledged them, or beyond the agent's --unprotected-log-keep): a replay needs the whole log; run or protect the VM with --keep-log", path, n)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return replay.Summary{}, fmt.Errorf("rrcheck: log: %w", err)

@@ -82,7 +82,12 @@ func (w testWriter) Write(p []byte) (int, error) {
 // (dgram NIC, console file, flush library, a qcow2 disk behind blkreplay with a
 // pre-record copy), stops it cleanly once its console counter reached 3 and
 // leaves a run directory with record.json.
-func record(t *testing.T, dir string) {
+func record(t *testing.T, dir string) { recordPausing(t, dir, 0) }
+
+// recordPausing records the lab guest's boot into dir, as record does; with pause
+// > 0 the guest is paused (QMP stop) for that long once it has printed counter 1,
+// then resumed, as the agent does at a VM's log disk limit.
+func recordPausing(t *testing.T, dir string, pause time.Duration) {
 	t.Helper()
 	kernel, initrd := abs(t, "../build/guest/vmlinuz"), abs(t, "../build/guest/initrd.img")
 	if !fileExists(kernel) || !fileExists(initrd) {
@@ -136,10 +141,22 @@ func record(t *testing.T, dir string) {
 		t.Fatalf("start recording: %v (see %s)", err, filepath.Join(dir, "rrc.log"))
 	}
 	t0 := time.Now()
+	paused := pause == 0
 	for {
 		b, _ := os.ReadFile(cfg.ConsoleLog)
 		if bytes.Contains(b, []byte("ftguest counter 3 ")) {
 			break
+		}
+		if !paused && bytes.Contains(b, []byte("ftguest counter 1 ")) {
+			if err := m.Pause(ctx); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(pause)
+			if err := m.Cont(ctx); err != nil {
+				t.Fatal(err)
+			}
+			paused = true
+			t.Logf("paused the recording guest for %s", pause)
 		}
 		select {
 		case <-ctx.Done():
@@ -266,6 +283,34 @@ func TestRealCheck(t *testing.T) {
 	}
 	if !fileExists(filepath.Join(work, ReplayConsole)) {
 		t.Fatal("the replay console was not left in the work dir")
+	}
+}
+
+// TestRealCheckPausedRecording: a recording whose guest was paused and resumed (the
+// primary does so at its log disk limit) replays deterministically.
+func TestRealCheckPausedRecording(t *testing.T) {
+	if testing.Short() {
+		t.Skip("records and replays a guest boot (about a minute)")
+	}
+	dir := shortDir(t)
+	recordPausing(t, dir, 2*time.Second)
+	rec, err := FromDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpus := ""
+	if runtime.NumCPU() > 1 {
+		cpus = "1"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	res, err := Check(ctx, Config{Recording: rec, CPUs: cpus, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("check:\n%s", res)
+	if res.Verdict != Deterministic || res.End != EndLogEnd || !res.Console.Identical {
+		t.Fatalf("verdict %s (%s): %q", res.Verdict, res.End, res.Reasons)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
 )
@@ -323,6 +324,24 @@ func TestCheckLog(t *testing.T) {
 	}
 	if _, err := checkLog(filepath.Join(dir, "none")); err == nil {
 		t.Error("missing log accepted")
+	}
+	// A whole log whose prefix was freed (bounded logs) is refused, saying why: its
+	// zeros would parse as events of no instructions.
+	var events [][]byte
+	for i := 0; i < 3000; i++ {
+		events = append(events, instr(1))
+	}
+	writeFile(t, path, string(rrLog(replay.Version, append(events, end)...)))
+	fr, err := logspace.NewFreer(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fr.Close()
+	if _, err := fr.FreeTo(8192); err != nil {
+		t.Skipf("cannot punch holes here: %v", err)
+	}
+	if _, err := checkLog(path); err == nil || !strings.Contains(err.Error(), "lost its first 8192 bytes to bounded logs") {
+		t.Errorf("log with a freed prefix: %v", err)
 	}
 }
 

@@ -19,6 +19,11 @@ const (
 	DefaultIcountShift = 4
 	DefaultLagBoundMS  = 100
 	DefaultAppend      = "console=ttyS0 quiet panic=-1"
+	// DefaultMaxLogDisk bounds the disk space of a VM's logs on each host.
+	DefaultMaxLogDisk = 1 << 30
+	// MinMaxLogDisk is the smallest limit accepted: below it a few seconds of a
+	// busy guest's unacknowledged log would reach it.
+	MinMaxLogDisk = 16 << 20
 )
 
 // Spec describes one VM. Paths must exist on both hosts (the backup boots the same
@@ -39,6 +44,11 @@ type Spec struct {
 	IcountShift *int `json:"icount_shift,omitempty"`
 	// LagBoundMS is how far the backup may fall behind before the primary is slowed.
 	LagBoundMS int `json:"lag_bound_ms,omitempty"`
+	// MaxLogDisk bounds the disk space (allocated bytes) the VM's logs (its rr log
+	// and console logs) take on each host. Protect and run refuse to start when the
+	// file system has less free; a running VM alarms at 80% and, at the limit, keeps
+	// only the log a reader still needs (docs/operator-guide.md, "Bounded logs").
+	MaxLogDisk int64 `json:"max_log_disk,omitempty"`
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
@@ -70,6 +80,9 @@ func (s *Spec) Normalize() {
 	}
 	if s.LagBoundMS == 0 {
 		s.LagBoundMS = DefaultLagBoundMS
+	}
+	if s.MaxLogDisk == 0 {
+		s.MaxLogDisk = DefaultMaxLogDisk
 	}
 	// One spelling, the one QEMU's mac= takes: Go's ParseMAC also accepts
 	// "5254.0012.3456", which QEMU refuses at start.
@@ -134,6 +147,9 @@ func (s Spec) Validate() error {
 	}
 	if s.LagBoundMS < 10 || s.LagBoundMS > 60000 {
 		errs = append(errs, fmt.Errorf("lag_bound_ms %d: must be between 10 and 60000", s.LagBoundMS))
+	}
+	if s.MaxLogDisk < MinMaxLogDisk {
+		errs = append(errs, fmt.Errorf("max_log_disk %d: must be at least %d (16 MiB)", s.MaxLogDisk, MinMaxLogDisk))
 	}
 	if len(errs) > 0 {
 		return &InvalidError{Problems: errs}

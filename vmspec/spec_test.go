@@ -47,6 +47,8 @@ func TestValidate(t *testing.T) {
 		{"bridge slash", func(s *Spec) { s.Bridge = "br/0" }, "bridge"},
 		{"bridge space", func(s *Spec) { s.Bridge = "br 0" }, "bridge"},
 		{"bridge dotdot", func(s *Spec) { s.Bridge = ".." }, "bridge"},
+		{"log disk", func(s *Spec) { s.MaxLogDisk = 1 << 20 }, "max_log_disk"},
+		{"log disk at the minimum", func(s *Spec) { s.MaxLogDisk = MinMaxLogDisk }, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -86,7 +88,8 @@ func TestStoreRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.MAC != "52:54:00:ab:cd:ef" || got.MemoryMB != DefaultMemoryMB || got.Shift() != DefaultIcountShift || got.LagBoundMS != DefaultLagBoundMS {
+	if got.MAC != "52:54:00:ab:cd:ef" || got.MemoryMB != DefaultMemoryMB || got.Shift() != DefaultIcountShift || got.LagBoundMS != DefaultLagBoundMS ||
+		got.MaxLogDisk != DefaultMaxLogDisk {
 		t.Fatalf("defaults not applied: %+v", got)
 	}
 	if _, err := st.Load("nope"); !errors.Is(err, ErrNotFound) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ftvmd/ftvmd/agent"
 	"github.com/ftvmd/ftvmd/conffile"
+	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/metrics"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/throttle"
@@ -34,7 +35,8 @@ type agentOpts struct {
 	host, dir, listen, socket, flush, qemuBin, cpus, bridge, cgroupRoot, logLevel, shared, dataPath string
 	hb, timeout, ackDelay, stallAfter                                                               time.Duration
 	checkInv, testKnobs                                                                             bool
-	paceQueue                                                                                       int
+	paceQueue, consoleKeep                                                                          int
+	logRetention, unprotectedKeep, consoleMax                                                       string
 	metricsListen                                                                                   string
 
 	origins map[string]conffile.Origin // keys the config file set
@@ -63,6 +65,10 @@ func (o *agentOpts) register(f *pflag.FlagSet) {
 		"how guest frames reach the bridge on VMs this agent starts: relay (through the agent) or tap (QEMU on the tap, output held in the kernel) (env FTVMD_DATA_PATH)")
 	_ = f.SetAnnotation("data-path", conffile.EnvAnnotation, []string{"FTVMD_DATA_PATH"})
 	f.IntVar(&o.paceQueue, "pace-queue-bytes", throttle.DefaultPaceQueue, "bytes of frames from the network held while they are paced (backup over its lag bound); 0 turns pacing off")
+	f.StringVar(&o.logRetention, "log-retention", "0", "rr log a backup keeps beyond what its replay needs: 0, all, a duration (2h) or a size (4GiB); the whole log from the boot while it is within it, nothing more after (a part of a log replays nothing without the state it starts from)")
+	f.StringVar(&o.unprotectedKeep, "unprotected-log-keep", logspace.FormatSize(agent.DefaultUnprotectedLogKeep), "rr log a VM that nothing replays (run, a survivor after failover, unprotected) keeps behind its end: a size, or all")
+	f.StringVar(&o.consoleMax, "console-max-bytes", logspace.FormatSize(agent.DefaultConsoleMaxBytes), "rotate a VM's console log past this size (0: never)")
+	f.IntVar(&o.consoleKeep, "console-keep", agent.DefaultConsoleKeep, "rotated console logs kept (console.log.1 the newest)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug|info|warn|error")
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address (host:port; "+metrics.Path+"), e.g. 127.0.0.1:9464; empty: off")
 	f.BoolVar(&o.testKnobs, "test-knobs", false, "TEST ONLY: enable test control operations")
@@ -125,7 +131,21 @@ func (o *agentOpts) build() (agent.Config, error) {
 	if err != nil {
 		return agent.Config{}, fmt.Errorf("%s: %w", o.where("data-path"), err)
 	}
+	ret, err := logspace.ParseRetention(o.logRetention)
+	if err != nil {
+		return agent.Config{}, fmt.Errorf("%s: %w", o.where("log-retention"), err)
+	}
+	keep, err := logspace.ParseKeep(o.unprotectedKeep)
+	if err != nil {
+		return agent.Config{}, fmt.Errorf("%s: %w", o.where("unprotected-log-keep"), err)
+	}
+	consoleMax, err := logspace.ParseSize(o.consoleMax)
+	if err != nil {
+		return agent.Config{}, fmt.Errorf("%s: %w", o.where("console-max-bytes"), err)
+	}
 	cfg := agent.DefaultConfig(o.host, o.dir)
+	cfg.LogRetention, cfg.UnprotectedLogKeep = ret, keep
+	cfg.ConsoleMaxBytes, cfg.ConsoleKeep = consoleMax, o.consoleKeep
 	if o.listen != "" {
 		cfg.Listen = o.listen
 	}

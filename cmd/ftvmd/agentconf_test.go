@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ftvmd/ftvmd/agent"
+	"github.com/ftvmd/ftvmd/logspace"
 )
 
 // agentCmdFor registers the agent's flags on a fresh flag set and parses args, as
@@ -52,6 +53,10 @@ log-level = "debug"
 data-path = "tap"
 shared-dir = "/mnt/shared"
 qemu = "/usr/bin/qemu-system-x86_64"
+log-retention = "2h"
+unprotected-log-keep = "all"
+console-max-bytes = "1MiB"
+console-keep = 2
 `)
 	t.Setenv("FTVMD_DATA_PATH", "")
 	o, fs := agentCmdFor(t, "--config", p, "--bridge", "cli0", "--peer-timeout", "3s")
@@ -66,6 +71,11 @@ qemu = "/usr/bin/qemu-system-x86_64"
 		cfg.HeartbeatInterval != 20*time.Millisecond || cfg.PaceQueueBytes != 4194304 || !cfg.CheckInvariant ||
 		cfg.DataPath != agent.DataPathTap || cfg.SharedDir != "/mnt/shared" || cfg.QEMU != "/usr/bin/qemu-system-x86_64" {
 		t.Errorf("settings from the file did not reach the config: %+v", cfg)
+	}
+	if cfg.LogRetention != (logspace.Retention{Age: 2 * time.Hour}) || cfg.UnprotectedLogKeep != -1 ||
+		cfg.ConsoleMaxBytes != 1<<20 || cfg.ConsoleKeep != 2 {
+		t.Errorf("log space settings from the file did not reach the config: retention %+v keep %d console %d x%d",
+			cfg.LogRetention, cfg.UnprotectedLogKeep, cfg.ConsoleMaxBytes, cfg.ConsoleKeep)
 	}
 	if cfg.Socket != "/srv/ftvmd/ftvmd.sock" {
 		t.Errorf("control socket %q: the default follows the state dir the file set", cfg.Socket)
@@ -102,6 +112,9 @@ func TestAgentConfigBadValuesNamed(t *testing.T) {
 		{"hearbeat = \"1s\"\n", `agent.toml:1: hearbeat: unknown key (did you mean "heartbeat"?)`},
 		{"socket = \"/x\"\n", "agent.toml:1: socket: unknown key"},
 		{"config = \"/x\"\n", "agent.toml:1: config: cannot be set in the config file"},
+		{"log-retention = \"forever\"\n", `agent.toml:1: log-retention: retention "forever"`},
+		{"unprotected-log-keep = \"lots\"\n", `agent.toml:1: unprotected-log-keep: "lots": want a size`},
+		{"console-max-bytes = \"big\"\n", `agent.toml:1: console-max-bytes: not a size`},
 	}
 	for _, c := range cases {
 		t.Setenv("FTVMD_DATA_PATH", "")

@@ -27,6 +27,9 @@ func newLogEventsCmd() *cobra.Command {
 			if before < 0 || after < 0 {
 				return errors.New("--before and --after must not be negative")
 			}
+			if err := checkWhole(args[0]); err != nil {
+				return err
+			}
 			f, err := os.Open(args[0])
 			if err != nil {
 				return err

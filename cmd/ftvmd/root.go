@@ -21,6 +21,7 @@ import (
 	"github.com/ftvmd/ftvmd/agent"
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/logging"
+	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/metrics"
 	"github.com/ftvmd/ftvmd/replay"
 	"github.com/ftvmd/ftvmd/sdnotify"
@@ -121,6 +122,7 @@ func newVMCmd(g *globalOpts) *cobra.Command {
 	var s vmspec.Spec
 	var shift int
 	var specFile string
+	var maxLogDisk string
 	def := &cobra.Command{
 		Use:   "define <name>",
 		Short: "Validate and store a VM spec on the local agent",
@@ -142,6 +144,11 @@ func newVMCmd(g *globalOpts) *cobra.Command {
 			}
 			if specFile == "" {
 				s.IcountShift = &shift
+				n, err := logspace.ParseSize(maxLogDisk)
+				if err != nil {
+					return fmt.Errorf("--max-log-disk: %w", err)
+				}
+				s.MaxLogDisk = n
 			}
 			s.Normalize()
 			if err := s.Validate(); err != nil {
@@ -166,6 +173,7 @@ func newVMCmd(g *globalOpts) *cobra.Command {
 	f.StringVar(&specFile, "spec", "", "take the spec from this JSON file (as 'ftvmd vm import -o' writes it) instead of the flags")
 	f.IntVar(&shift, "icount-shift", vmspec.DefaultIcountShift, "fixed QEMU icount shift (0-10)")
 	f.IntVar(&s.LagBoundMS, "lag-bound-ms", vmspec.DefaultLagBoundMS, "backup lag above which the primary is slowed")
+	f.StringVar(&maxLogDisk, "max-log-disk", logspace.FormatSize(vmspec.DefaultMaxLogDisk), "disk space the VM's logs (rr log, console) may take on each host; checked against free space at protect and run")
 	vm.AddCommand(def, newVMImportCmd(g))
 	return vm
 }
@@ -197,7 +205,7 @@ func readSpecFile(cmd *cobra.Command, path string) (vmspec.Spec, error) {
 
 func newProtectCmd(g *globalOpts) *cobra.Command {
 	var backup string
-	var keep, force bool
+	var keep, keepLog, force bool
 	c := &cobra.Command{
 		Use:   "protect <vm> --backup <host[:port]>",
 		Short: "Start the VM here as primary with a backup in lockstep on another host",
@@ -209,7 +217,7 @@ func newProtectCmd(g *globalOpts) *cobra.Command {
 			stop := make(chan struct{})
 			done := make(chan struct{})
 			go func() { defer close(done); showCopyProgress(ctx, g, args[0], stop) }()
-			resp, err := control.Call(ctx, g.socket, control.Request{Op: control.OpProtect, VM: args[0], Backup: backup, KeepDiskCopy: keep, Force: force})
+			resp, err := control.Call(ctx, g.socket, control.Request{Op: control.OpProtect, VM: args[0], Backup: backup, KeepDiskCopy: keep, KeepLog: keepLog, Force: force})
 			close(stop)
 			<-done
 			if err != nil {
@@ -220,7 +228,8 @@ func newProtectCmd(g *globalOpts) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&backup, "backup", "", "backup host's agent address (host or host:port)")
-	c.Flags().BoolVar(&keep, "keep-disk-copy", false, "keep a copy of the disk as it is before recording, for 'ftvmd rr check'")
+	c.Flags().BoolVar(&keep, "keep-disk-copy", false, "keep a copy of the disk as it is before recording, for 'ftvmd rr check' (implies --keep-log)")
+	c.Flags().BoolVar(&keepLog, "keep-log", false, "keep the primary's whole rr log, for 'ftvmd rr check', instead of freeing what the backup acknowledged")
 	c.Flags().BoolVar(&force, "force", false, forceHelp)
 	return c
 }
@@ -274,11 +283,11 @@ func simpleVMCmd(g *globalOpts, use, short, op string) *cobra.Command {
 const forceHelp = "start even while another host owns the VM's latest epoch on shared storage (it may run there: its copy halts when it sees the new epoch), or storage cannot say who does"
 
 func newRunCmd(g *globalOpts) *cobra.Command {
-	var keep, force bool
+	var keep, keepLog, force bool
 	c := &cobra.Command{
 		Use: "run <vm>", Short: "Start the VM here unprotected (same engine, no backup)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			resp, err := call(cmd.Context(), g, control.Request{Op: control.OpRun, VM: args[0], KeepDiskCopy: keep, Force: force})
+			resp, err := call(cmd.Context(), g, control.Request{Op: control.OpRun, VM: args[0], KeepDiskCopy: keep, KeepLog: keepLog, Force: force})
 			if err != nil {
 				return err
 			}
@@ -286,7 +295,8 @@ func newRunCmd(g *globalOpts) *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().BoolVar(&keep, "keep-disk-copy", false, "keep a copy of the disk as it is before recording, for 'ftvmd rr check'")
+	c.Flags().BoolVar(&keep, "keep-disk-copy", false, "keep a copy of the disk as it is before recording, for 'ftvmd rr check' (implies --keep-log)")
+	c.Flags().BoolVar(&keepLog, "keep-log", false, "keep the whole rr log, for 'ftvmd rr check', instead of only its last --unprotected-log-keep bytes")
 	c.Flags().BoolVar(&force, "force", false, forceHelp)
 	return c
 }
@@ -494,6 +504,7 @@ func printStatus(w io.Writer, resp control.Response) {
 		if c, ok := counters[v.Name]; ok && c != (control.VMCounters{Name: c.Name}) {
 			fmt.Fprintf(tw, "on this host\t%s\n", countersLine(c))
 		}
+		printLogSpace(tw, v)
 		tw.Flush()
 		fmt.Fprintln(w)
 	}
@@ -528,6 +539,27 @@ func printPeers(w io.Writer, peers []control.PeerStatus) {
 		fmt.Fprintf(tw, "peer %s\t%s\n", p.Host, line)
 	}
 	tw.Flush()
+}
+
+// printLogSpace shows what the VM's logs take on disk and what its rr log keeps.
+func printLogSpace(w io.Writer, v control.VMStatus) {
+	if v.LogDiskLimit == 0 {
+		return // an agent from before bounded logs
+	}
+	fmt.Fprintf(w, "log disk\t%s on disk of %s limit (files %s, rr log freed %s; fs free %s)\n",
+		size(v.LogDiskBytes), size(v.LogDiskLimit), size(v.LogFileBytes), size(v.LogFreed), size(v.LogFSFree))
+	if v.LogKeeps != "" {
+		fmt.Fprintf(w, "log keeps\t%s\n", v.LogKeeps)
+	}
+	if v.ConsoleRotations > 0 {
+		fmt.Fprintf(w, "console\trotated %d times\n", v.ConsoleRotations)
+	}
+	if v.LogFreeError != "" {
+		fmt.Fprintf(w, "log freeing\tNOT POSSIBLE: %s\n", v.LogFreeError)
+	}
+	if v.LogDiskAlarm != "" {
+		fmt.Fprintf(w, "log disk alarm\t%s\n", v.LogDiskAlarm)
+	}
 }
 
 // stallText describes the backup's replay stall state (control.VMStatus.ReplayStalled).
@@ -620,6 +652,9 @@ func newLogCmd() *cobra.Command {
 	l.AddCommand(&cobra.Command{
 		Use: "inspect <file>", Short: "Parse an rr log and count its events", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
+			if err := checkWhole(args[0]); err != nil {
+				return err
+			}
 			f, err := os.Open(args[0])
 			if err != nil {
 				return err
@@ -686,4 +721,17 @@ func resumedNote(resumed int64) string {
 		return ""
 	}
 	return fmt.Sprintf(" (%s resumed)", size(resumed))
+}
+
+// checkWhole refuses an rr log whose prefix was freed (bounded logs): read from its
+// start, the zeros of the hole would parse as events.
+func checkWhole(path string) error {
+	n, err := logspace.FreedPrefix(path)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return fmt.Errorf("%s: its first %s were freed once no reader needed them (bounded logs): it cannot be read from its start; keep a VM's whole log with run/protect --keep-log", path, size(n))
+	}
+	return nil
 }

@@ -3,11 +3,14 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ftvmd/ftvmd/control"
+	"github.com/ftvmd/ftvmd/logspace"
 )
 
 // TestPrintStatusStall: `ftvmd status` says loudly that a backup's replay stalled,
@@ -70,5 +73,53 @@ func TestStatusStallJSON(t *testing.T) {
 		if m[k] != want {
 			t.Errorf("%s = %v, want %v (JSON %s)", k, m[k], want, b)
 		}
+	}
+}
+
+// TestLogSpaceStatus: status shows what the logs take on disk against the limit,
+// what the rr log keeps, and an alarm or a file system that cannot free.
+func TestLogSpaceStatus(t *testing.T) {
+	v := control.VMStatus{Name: "web1", Role: "primary", StartedAt: time.Now(), LogDiskBytes: 12 << 20, LogFileBytes: 3 << 30,
+		LogFreed: 3<<30 - 10<<20, LogDiskLimit: 1 << 30, LogFSFree: 50 << 30, LogKeeps: "until the backup acknowledges it"}
+	var b bytes.Buffer
+	printStatus(&b, control.Response{Host: "a", VMs: []control.VMStatus{v}})
+	for _, want := range []string{"log disk", "12.00 MiB on disk of 1.00 GiB limit (files 3.00 GiB, rr log freed 2.99 GiB; fs free 50.00 GiB)",
+		"log keeps", "until the backup acknowledges it"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
+	if strings.Contains(b.String(), "alarm") || strings.Contains(b.String(), "NOT POSSIBLE") {
+		t.Errorf("alarm without cause:\n%s", b.String())
+	}
+	v.LogDiskAlarm, v.LogFreeError = "AT LIMIT: logs take 1GiB", "cannot punch holes on nfs"
+	b.Reset()
+	printStatus(&b, control.Response{Host: "a", VMs: []control.VMStatus{v}})
+	for _, want := range []string{"log disk alarm", "AT LIMIT: logs take 1GiB", "log freeing", "NOT POSSIBLE: cannot punch holes on nfs"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// TestCheckWhole: log inspect and log events refuse a log whose prefix was freed.
+func TestCheckWhole(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log.rr")
+	if err := os.WriteFile(path, bytes.Repeat([]byte{1}, 20000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkWhole(path); err != nil {
+		t.Fatalf("whole log: %v", err)
+	}
+	fr, err := logspace.NewFreer(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fr.Close()
+	if _, err := fr.FreeTo(8192); err != nil {
+		t.Skipf("cannot punch holes here: %v", err)
+	}
+	if err := checkWhole(path); err == nil || !strings.Contains(err.Error(), "first 8.0 KiB were freed") {
+		t.Fatalf("freed log: %v", err)
 	}
 }

@@ -67,6 +67,15 @@ func TestBadInput(t *testing.T) {
 	oneLine("backup without qemu", out, err, "qemu")
 	assertNothingRunning(t, "g2")
 
+	// Logs that may take more than the disk has free: refused before anything starts,
+	// on the primary's host and on the backup's.
+	if err := l.DefineGuest(ctx, lab.HostB, "g3", "", "--max-log-disk", "100TiB"); err != nil {
+		t.Fatal(err)
+	}
+	out, err = l.Run(ctx, "b", "run", "g3")
+	oneLine("log disk limit over free space", out, err, "has only")
+	assertNothingRunning(t, "g3")
+
 	// A corrupt log.
 	bad := filepath.Join(t.TempDir(), "bad.rr")
 	if err := os.WriteFile(bad, append([]byte{0, 0xe0, 0x20, 0x0c, 0, 0, 0, 0, 0, 0, 0, 0}, 0x00, 0, 0, 0, 5, 0xfe, 1, 2), 0o644); err != nil {

@@ -56,7 +56,11 @@ func TestLogWriteFailureStopsOutput(t *testing.T) {
 	}
 
 	const vm = "guest1"
-	bound := protectGuest(ctx, t, l, vm)
+	// The VM's logs may take no more than the tmpfs holds, or protect refuses. The
+	// primary keeps its whole log (--keep-log): freeing what the backup acknowledged
+	// would give QEMU room on the full file system, which is what bounded logs are
+	// for (TestBoundedLogs), and this test needs its log write to fail.
+	bound := protectGuestFlags(ctx, t, l, vm, []string{"--keep-log"}, "--max-log-disk", "32MiB")
 	waitCaughtUp(ctx, t, vm, bound, 2*time.Minute)
 	c, err := lab.NewClient(ctx, time.Minute)
 	if err != nil {

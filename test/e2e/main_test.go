@@ -65,6 +65,12 @@ func drillLab(ctx context.Context, t *testing.T, agentArgs ...string) *bench.Ses
 // is ready on the primary. It returns the lag bound.
 func protectGuest(ctx context.Context, t *testing.T, l *lab.Lab, vm string, defineFlags ...string) time.Duration {
 	t.Helper()
+	return protectGuestFlags(ctx, t, l, vm, nil, defineFlags...)
+}
+
+// protectGuestFlags is protectGuest with protectFlags added to `ftvmd protect`.
+func protectGuestFlags(ctx context.Context, t *testing.T, l *lab.Lab, vm string, protectFlags []string, defineFlags ...string) time.Duration {
+	t.Helper()
 	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
 		if err := l.StartAgent(ctx, h, agentArgs()...); err != nil {
 			t.Fatal(err)
@@ -73,7 +79,7 @@ func protectGuest(ctx context.Context, t *testing.T, l *lab.Lab, vm string, defi
 	if err := l.DefineGuest(ctx, lab.HostA, vm, "", defineFlags...); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := l.Run(ctx, "a", "protect", vm, "--backup", lab.HostB.Peer()); err != nil {
+	if out, err := l.Run(ctx, "a", append([]string{"protect", vm, "--backup", lab.HostB.Peer()}, protectFlags...)...); err != nil {
 		t.Fatal(err)
 	} else {
 		t.Log(strings.TrimSpace(out))
