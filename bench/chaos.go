@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ftvmd/ftvmd/agent"
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/lab"
@@ -864,10 +865,9 @@ func (r *chaosRun) keepEvidence(dir string) string {
 	}
 	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
 		cp(lab.AgentLog(h), "agent-"+h.Name+".log")
-		if js, _ := filepath.Glob(filepath.Join(h.Dir, "*journal*")); len(js) > 0 {
-			for _, j := range js {
-				cp(j, h.Name+"-"+filepath.Base(j))
-			}
+		js, _ := filepath.Glob(filepath.Join(h.Dir, agent.JournalFile+"*")) // and its rotated file
+		for _, j := range js {
+			cp(j, h.Name+"-"+filepath.Base(j))
 		}
 		consoles, _ := filepath.Glob(filepath.Join(r.mounts.runDir(h.Name), "*", "console.log"))
 		for _, c := range consoles {
