@@ -24,8 +24,9 @@ import (
 //     access of that host hang, as a hard NFS mount does when its server is cut off;
 //     SIGCONT heals it. O_EXCL creates and fsync pass through to the one directory.
 //   - Each host's run directory (the primary's rr log, the backup's log and disk
-//     copy) and its disks directory (where a backup's disk goes when it goes live)
-//     are on a small ext4 file system on a sparse loop image, which a fault fills.
+//     copy), its partial directory (a disk copy being received) and its disks
+//     directory (where a backup's disk goes when it goes live) are on a small ext4
+//     file system on a sparse loop image, which a fault fills.
 //
 // Both live under chaosMountRoot, outside the lab's root: the lab script's
 // `rm -rf` of a host directory never reaches into them, and the host directory
@@ -108,13 +109,14 @@ func setupChaosMounts(ctx context.Context, shared string, hosts []lab.Host, logf
 		if out, err := exec.CommandContext(ctx, "mount", "-o", "loop", img, run).CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("mount %s on %s: %v: %s", img, run, err, out)
 		}
-		// The host's disks directory goes on the same file system: a backup that
-		// goes live moves its disk there from its run directory by rename, which
-		// cannot cross file systems.
-		for _, d := range []string{"run", "disks"} {
+		// The host's disks and partial directories go on the same file system: the
+		// agent moves a disk between them and the run directory by rename, which
+		// cannot cross file systems (a received disk copy from partial/ into the
+		// backup's run directory; a backup's disk into disks/ when it goes live).
+		for _, d := range []string{"run", "disks", "partial"} {
 			target := run
-			if d == "disks" {
-				target = filepath.Join(run, "disks")
+			if d != "run" {
+				target = filepath.Join(run, d)
 				if err := os.MkdirAll(target, 0o700); err != nil {
 					return nil, err
 				}
