@@ -343,6 +343,8 @@ type loader struct {
 	// lastAnswer is when the latest answer came (UnixNano; 0: none yet), for
 	// watchers while the load runs.
 	lastAnswer atomic.Int64
+	// answeredN counts the answers so far, for watchers while the load runs.
+	answeredN atomic.Int64
 }
 
 // startLoadMode sends `seq n` requests back to back on c; each answer must carry its
@@ -401,6 +403,7 @@ func startLoadFrom(ctx context.Context, c *lab.Client, records bool, first int) 
 			now := time.Now()
 			r.times = append(r.times, now)
 			l.lastAnswer.Store(now.UnixNano())
+			l.answeredN.Add(1)
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ftvmd/ftvmd/bench"
+	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
 
@@ -117,8 +118,60 @@ func newBenchCmd() *cobra.Command {
 	ld.Flags().IntVar(&loadSecs, "seconds", 60, "seconds of traffic per pattern")
 	ld.Flags().StringSliceVar(&loadPatterns, "patterns", nil, "run only these patterns, in this order (comma-separated; default all: get,put,getput,conns,pingflood,busyget)")
 	ld.Flags().StringVar(&evidence, "evidence-dir", "", "keep agent logs, consoles and status of a lab whose run failed here")
-	b.AddCommand(lag, cpu, netc, fo, dk, ld)
+	b.AddCommand(lag, cpu, netc, fo, dk, ld, newSoakCmd(opts))
 	return b
+}
+
+// newSoakCmd is `ftvmd bench soak`: a sample table on stderr as it runs, the JSON
+// summary last on stdout, and a failing exit when a target was missed.
+func newSoakCmd(opts *benchOpts) *cobra.Command {
+	var o bench.SoakOpts
+	c := &cobra.Command{
+		Use:   "soak",
+		Short: "A busy protected guest under a bulk client->guest stream and a request loop for a long time: log disk, RSS and lag sampled, targets judged",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := logspace.ParseRetention(o.Retention); err != nil {
+				return fmt.Errorf("--retention: %w", err)
+			}
+			env := bench.NewEnv("ftvmd " + strings.Join(os.Args[1:], " "))
+			args := append(append([]string(nil), opts.agentArgs...), "--log-retention="+o.Retention)
+			s, err := bench.Open(cmd.Context(), os.Stderr, args...)
+			if err != nil {
+				return err
+			}
+			res, err := bench.Soak(cmd.Context(), s, env, o)
+			if cerr := s.Close(); cerr != nil && err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return err
+			}
+			for _, t := range res.Targets {
+				met := "met"
+				if !t.Met {
+					met = "NOT MET"
+				}
+				fmt.Fprintf(os.Stderr, "target %-28s %-7s %s\n", t.Name, met, t.Detail)
+			}
+			if err := printSummary(res); err != nil {
+				return err
+			}
+			if !res.Pass {
+				return fmt.Errorf("bench soak: targets not met: %s", strings.Join(res.Failed(), "; "))
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.DurationVar(&o.Duration, "duration", time.Hour, "traffic time after the backup caught up")
+	f.DurationVar(&o.Interval, "interval", bench.DefaultSoakInterval, "one sample row per interval")
+	f.DurationVar(&o.Poll, "poll", bench.DefaultSoakPoll, "status poll between rows (lag samples, disk peaks)")
+	f.StringVar(&o.MaxLogDisk, "max-log-disk", "", "the VM's --max-log-disk (default: vm define's)")
+	f.IntVar(&o.LagBoundMS, "lag-bound-ms", 0, "the VM's --lag-bound-ms (default: vm define's)")
+	f.StringVar(&o.Retention, "retention", "0", "the lab agents' --log-retention: 0, all, a duration or a size")
+	f.StringVar(&o.VM, "vm", "soak", "the VM's name")
+	return c
 }
 
 // newDrillCmd runs a failover drill on the lab and prints its report.
