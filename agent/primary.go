@@ -415,6 +415,12 @@ func (p *primary) createTap(context.Context) error {
 	if bridge == "" {
 		bridge = p.a.cfg.Bridge
 	}
+	// A tap left by an agent that was killed (a power loss, SIGKILL) would make
+	// CreateTap fail, and with it a later go-live on this host: the name is this
+	// VM's, and this agent runs the VM at most once (register).
+	if err := netbuf.DeleteTap(p.tap); err != nil {
+		return err
+	}
 	if _, err := netbuf.CreateTap(p.tap, bridge); err != nil {
 		return err
 	}
