@@ -20,6 +20,7 @@ import (
 	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/disk"
 	"github.com/ftvmd/ftvmd/journal"
+	"github.com/ftvmd/ftvmd/lifecycle"
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/netbuf"
@@ -227,6 +228,11 @@ type vmRunner interface {
 	status() control.VMStatus
 	// stop ends the VM and releases everything it holds.
 	stop(ctx context.Context) error
+	// shutdown ends this copy because the agent is going away: a protected
+	// primary first hands the VM over to its backup (lifecycle.EventShutdown),
+	// anything else stops. It returns when the copy is torn down, or an error
+	// when ctx ends first (the caller then stops it).
+	shutdown(ctx context.Context) error
 	done() <-chan struct{}
 }
 
@@ -438,11 +444,27 @@ func (a *Agent) vmCount() int {
 	return len(a.vms)
 }
 
-// stopTimeout bounds every stop: the agent's shutdown (all VMs at once) and
-// `ftvmd stop` (whose CLI gives up after a minute).
+// stopTimeout bounds every stop: the agent's shutdown (all VMs at once, after
+// the handovers) and `ftvmd stop` (whose CLI gives up after a minute).
 const stopTimeout = 20 * time.Second
 
-// stopAll stops every VM at once, each within stopTimeout.
+// handoverTimeout bounds a protected primary's handover when the agent shuts
+// down: the guest's pause (lifecycle.DefaultPauseTicks), the backup's
+// acknowledgement of the log up to it (lifecycle.DefaultHandoverTicks), the claim
+// for the backup (operatorClaimTimeout) and the teardown after it, with a margin.
+// Each step has its own deadline in the lifecycle; this one only stops waiting.
+const handoverTimeout = time.Duration(lifecycle.DefaultPauseTicks+lifecycle.DefaultHandoverTicks)*lifeTick +
+	operatorClaimTimeout + 5*time.Second
+
+// shutdownTimeout is the longest the agent's shutdown takes: the handovers, then
+// the stops of what did not end with them. packaging/ftvmd-agent.service's
+// TimeoutStopSec covers it.
+const shutdownTimeout = handoverTimeout + stopTimeout
+
+// stopAll ends every VM at once when the agent shuts down: a protected primary
+// hands its VM over to its backup within handoverTimeout (so that an agent
+// restart does not take the VM down), every copy still running after that is
+// stopped within stopTimeout.
 func (a *Agent) stopAll() {
 	a.mu.Lock()
 	vms := make([]vmRunner, 0, len(a.vms))
@@ -450,14 +472,21 @@ func (a *Agent) stopAll() {
 		vms = append(vms, v)
 	}
 	a.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
-	defer cancel()
 	var wg sync.WaitGroup
 	for _, v := range vms {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := v.stop(ctx); err != nil {
+			hctx, hcancel := context.WithTimeout(context.Background(), handoverTimeout)
+			err := v.shutdown(hctx)
+			hcancel()
+			if err == nil {
+				return
+			}
+			a.log.Warn("vm did not end in time on shutdown; stopping it", "err", err)
+			sctx, scancel := context.WithTimeout(context.Background(), stopTimeout)
+			defer scancel()
+			if err := v.stop(sctx); err != nil {
 				a.log.Warn("stop vm", "err", err)
 			}
 		}()

@@ -992,6 +992,14 @@ func (b *backup) stop(ctx context.Context) error {
 	return waitStopped(ctx, b.finished, b.log, b.spec.Name)
 }
 
+// shutdown ends the backup because the agent is going away: it stops (the
+// lifecycle's EventShutdown is a stop for a backup); its primary carries on
+// unprotected.
+func (b *backup) shutdown(ctx context.Context) error {
+	_ = b.life.step(lifecycle.Shutdown("agent shutting down"))
+	return b.stop(ctx)
+}
+
 // teardown runs once, from stop.
 func (b *backup) teardown() {
 	b.mu.Lock()

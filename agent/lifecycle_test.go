@@ -629,3 +629,94 @@ func TestVMStatesAreTheLifecycles(t *testing.T) {
 		t.Fatalf("lifecycle states %v, control.VMStates %v", names, want)
 	}
 }
+
+// shutdownPair is a protected primary on hosta and its backup on hostb over a real
+// log channel (channelPair), one MemStore; acks wait ackDelay.
+func shutdownPair(t *testing.T, ackDelay time.Duration) (*lifePrimaryEnv, *backup, *fakeGoLive, *disk.MemStore) {
+	t.Helper()
+	store := storeWith(t)
+	env := lifePrimary(t, store, time.Millisecond)
+	ba := testAgent(t, "hostb", "")
+	ba.store = store
+	b, g := lifeBackup(t, ba, ba.log)
+	b.epoch = 1
+	if err := ba.register("vm1", b); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.life.start(1, "hosta", true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.stop(context.Background()) })
+	channelPair(t, env, b, ackDelay)
+	return env, b, g, store
+}
+
+// The primary's agent shuts down (SIGTERM: systemctl stop or restart) while the VM
+// is protected: instead of stopping the VM on both hosts (a Bye), it hands the VM
+// over to its backup as a planned failover does, then tears down. The backup goes
+// live under the epoch claimed for it.
+func TestAgentShutdownHandsOver(t *testing.T) {
+	env, b, g, store := shutdownPair(t, 100*time.Millisecond)
+	t0 := time.Now()
+	env.p.a.stopAll()
+	t.Logf("agent shutdown took %s", time.Since(t0).Round(time.Millisecond))
+	select {
+	case <-env.p.done():
+	default:
+		t.Fatal("stopAll returned with the primary not torn down")
+	}
+	if st := env.p.life.state(); st.State != lifecycle.HandedOver || st.Epoch != 2 {
+		t.Fatalf("primary %+v, want handed-over under epoch 2", st)
+	}
+	if pauses, conts, kills := env.guest.counts(); pauses != 1 || conts != 0 || kills != 1 || env.out.setModes() != "[halted]" {
+		t.Fatalf("pauses %d conts %d kills %d, modes %s; want 1 0 1, [halted]", pauses, conts, kills, env.out.setModes())
+	}
+	env.out.mu.Lock()
+	acked := env.out.ackedAtHalt
+	env.out.mu.Unlock()
+	if acked < 12+4096 {
+		t.Fatalf("output halted with the log acked to %d, short of the pause at %d", acked, 12+4096)
+	}
+	waitDone(t, b.done(), "backup")
+	if st := b.life.state(); st.State != lifecycle.Live || fmt.Sprint(g.calls()) != "[2]" {
+		t.Fatalf("backup %+v, go-live calls %v; want live, [2]", st, g.calls())
+	}
+	if c, _ := store.Current(context.Background(), "vm1"); c.Epoch != 2 || c.Owner != "hostb" {
+		t.Fatalf("store %+v, want epoch 2 owned by hostb", c)
+	}
+}
+
+// The backup never acknowledges the log up to the pause: the shutting-down primary
+// does not resume and wait again (its agent is leaving); it fails as a primary whose
+// QEMU died does: output halted, the backup told why, and the backup claims the next
+// epoch and goes live. The primary claims nothing.
+func TestAgentShutdownHandoverTimesOut(t *testing.T) {
+	env, b, g, store := shutdownPair(t, time.Hour) // 300 ticks of 1 ms
+	env.p.a.stopAll()
+	if st := env.p.life.state(); st.State != lifecycle.Failed {
+		t.Fatalf("primary %+v, want failed", st)
+	}
+	if _, conts, _ := env.guest.counts(); conts != 0 || env.out.setModes() != "[halted]" {
+		t.Fatalf("conts %d, modes %s; want 0, [halted]", conts, env.out.setModes())
+	}
+	waitDone(t, b.done(), "backup")
+	if st := b.life.state(); st.State != lifecycle.Live || fmt.Sprint(g.calls()) != "[2]" {
+		t.Fatalf("backup %+v, go-live calls %v; want live, [2]", st, g.calls())
+	}
+	if c, _ := store.Current(context.Background(), "vm1"); c.Epoch != 2 || c.Owner != "hostb" {
+		t.Fatalf("store %+v, want epoch 2 owned by hostb (the primary claims nothing)", c)
+	}
+}
+
+// Without shared storage nothing can hand the VM over: the agent's shutdown stops
+// the primary (and its Bye stops the backup), as documented.
+func TestAgentShutdownWithoutSharedStorageStops(t *testing.T) {
+	env := lifePrimary(t, nil, time.Millisecond)
+	env.p.a.stopAll()
+	if st := env.p.life.state(); st.State != lifecycle.Stopped {
+		t.Fatalf("primary %+v, want stopped", st)
+	}
+	if pauses, _, _ := env.guest.counts(); pauses != 0 {
+		t.Fatal("the guest was paused")
+	}
+}

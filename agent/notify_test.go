@@ -27,7 +27,8 @@ func (f *fakeVM) stop(context.Context) error {
 	}
 	return nil
 }
-func (f *fakeVM) done() <-chan struct{} { return f.quit }
+func (f *fakeVM) done() <-chan struct{}              { return f.quit }
+func (f *fakeVM) shutdown(ctx context.Context) error { return f.stop(ctx) }
 
 // TestAgentNotifiesServiceManager: through a real notify socket (a fake service
 // manager), the agent sends READY=1 only when its control socket and peer port

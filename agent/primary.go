@@ -1150,6 +1150,10 @@ func (p *primary) exec(a lifecycle.Action) {
 		}
 	case lifecycle.ActionPauseGuest:
 		p.life.spawn(func(ctx context.Context) {
+			// The lifecycle gives up on the pause after its PauseTicks; this
+			// deadline only ends the wait on a QEMU that does not answer.
+			ctx, cancel := context.WithTimeout(ctx, time.Duration(lifecycle.DefaultPauseTicks)*lifeTick+time.Second)
+			defer cancel()
 			if err := p.guest.Pause(ctx); err != nil {
 				_ = p.life.step(lifecycle.PauseFailed(err))
 				return
@@ -1265,6 +1269,19 @@ func (p *primary) fail(err error) {
 func (p *primary) stop(ctx context.Context) error {
 	_ = p.life.step(lifecycle.Stop(""))
 	p.stopOnce.Do(func() { go p.teardown() }) // the lifecycle asked for it already; in case it was past asking
+	return waitStopped(ctx, p.finished, p.log, p.spec.Name)
+}
+
+// shutdown ends the primary because the agent is going away. The lifecycle
+// decides (lifecycle.EventShutdown): a protected primary with shared storage hands
+// the VM over to its backup and then tears down; any other stops as on stop. It
+// waits until the copy is torn down, or until ctx ends (then the caller stops it).
+func (p *primary) shutdown(ctx context.Context) error {
+	_ = p.life.step(lifecycle.Shutdown("agent shutting down"))
+	if p.life.state().State != lifecycle.HandingOver {
+		return p.stop(ctx) // stopping, or ended already: make sure it tears down
+	}
+	p.log.Warn("agent shutting down: handing the VM over to the backup", "backup", p.backupHost)
 	return waitStopped(ctx, p.finished, p.log, p.spec.Name)
 }
 

@@ -105,6 +105,9 @@ func NewDist(xs []float64) Dist {
 type Session struct {
 	Lab *lab.Lab
 	Out io.Writer
+	// agentArgs are the flags the agents were started with (a restarted agent
+	// gets them again).
+	agentArgs []string
 }
 
 // Open brings up the lab and both agents.
@@ -118,7 +121,7 @@ func Open(ctx context.Context, out io.Writer, agentArgs ...string) (*Session, er
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{Lab: l, Out: out}
+	s := &Session{Lab: l, Out: out, agentArgs: agentArgs}
 	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
 		if err := l.StartAgent(ctx, h, agentArgs...); err != nil {
 			_ = s.Close()

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ftvmd/ftvmd/lab"
@@ -21,6 +22,9 @@ const (
 	KillBackup  = "kill-backup"  // the same on host B
 	Partition   = "partition"    // cut the A-B link; both still reach storage and clients
 	Planned     = "planned"      // `ftvmd failover`: a planned switch to the backup
+	// RestartPrimaryAgent: SIGTERM of host A's agent, then start it again
+	// (systemctl restart): the agent hands the VM over to the backup first.
+	RestartPrimaryAgent = "restart-primary-agent"
 )
 
 // DrillReport is what `ftvmd drill` prints.
@@ -93,9 +97,9 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 	vm, kind := o.VM, o.Kind
 	rep := DrillReport{Env: env, Kind: kind, Bulk: o.Bulk}
 	switch kind {
-	case KillPrimary, KillBackup, Partition, Planned:
+	case KillPrimary, KillBackup, Partition, Planned, RestartPrimaryAgent:
 	default:
-		return rep, fmt.Errorf("unknown drill kind %q (kill-primary, kill-backup, partition, planned)", kind)
+		return rep, fmt.Errorf("unknown drill kind %q (kill-primary, kill-backup, partition, planned, restart-primary-agent)", kind)
 	}
 	var bulkDrive func(context.Context, LoadTarget, time.Duration) (Traffic, error)
 	switch o.Bulk {
@@ -146,6 +150,7 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 	pre, _ := lab.Status(ctx, lab.HostA, vm)
 	rep.HeldAtFault = pre.HeldFrames
 	survivor, loser := lab.HostB, lab.HostA
+	var restarted chan error // RestartPrimaryAgent: the restart's outcome
 	if kind == KillBackup {
 		survivor, loser = lab.HostA, lab.HostB
 	}
@@ -166,6 +171,9 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 				s.logf("%s", strings.TrimSpace(out))
 			}
 		}()
+	case RestartPrimaryAgent:
+		restarted = make(chan error, 1)
+		go func() { restarted <- s.restartAgent(ctx, lab.HostA) }()
 	}
 	if err != nil {
 		return rep, err
@@ -240,6 +248,15 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 		if st, err := lab.Status(ctx, loser, vm); err == nil {
 			rep.LoserState = st.State
 		}
+	} else if kind == RestartPrimaryAgent {
+		// The old primary ended with its agent; the new agent runs nothing.
+		if err := <-restarted; err != nil {
+			return rep, fmt.Errorf("drill %s: %w", kind, err)
+		}
+		rep.LoserState = "gone"
+		if st, err := lab.Status(ctx, loser, vm); err == nil {
+			rep.LoserState = st.State
+		}
 	} else {
 		rep.LoserState = "killed"
 	}
@@ -279,6 +296,22 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// agentStopTimeout is how long a restart waits for an agent to exit after SIGTERM:
+// systemd's TimeoutStopSec in packaging/ftvmd-agent.service (the agent's own
+// shutdown takes at most 70 s: a handover, then a stop).
+const agentStopTimeout = 90 * time.Second
+
+// restartAgent restarts host h's agent as `systemctl restart` does: SIGTERM, wait
+// for it to exit, start it again with the session's flags.
+func (s *Session) restartAgent(ctx context.Context, h lab.Host) error {
+	t0 := time.Now()
+	if err := s.Lab.SignalAgent(h, syscall.SIGTERM, agentStopTimeout); err != nil {
+		return err
+	}
+	s.logf("agent %s exited %s after SIGTERM", h.Name, time.Since(t0).Round(time.Millisecond))
+	return s.Lab.StartAgent(ctx, h, s.agentArgs...)
+}
 
 // KillHost SIGKILLs every process in a lab host's namespace (lab.NSA, lab.NSB), as
 // a power loss would.

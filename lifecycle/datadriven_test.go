@@ -150,7 +150,7 @@ func (e *scriptEnv) handle(cmd string) string {
 		return def
 	}
 	if fields[0] == "new" {
-		// new primary|backup [host=a] [vm=web] [live=N] [retry=N] [handover=N]
+		// new primary|backup [host=a] [vm=web] [live=N] [retry=N] [handover=N] [pause=N]
 		cfg := Config{Host: "a", VM: "web"}
 		switch text("") {
 		case "primary":
@@ -176,6 +176,9 @@ func (e *scriptEnv) handle(cmd string) string {
 			case "handover":
 				n, err = num(v)
 				cfg.HandoverTicks = int(n)
+			case "pause":
+				n, err = num(v)
+				cfg.PauseTicks = int(n)
 			default:
 				return bad("unknown key %q", k)
 			}
@@ -294,6 +297,8 @@ func (e *scriptEnv) handle(cmd string) string {
 		evs = append(evs, GoLiveFailed(errArg("replay stalled before the cut")))
 	case "stop":
 		evs = append(evs, Stop(text("")))
+	case "shutdown":
+		evs = append(evs, Shutdown(text("agent shutting down")))
 	case "teardown-done":
 		evs = append(evs, TeardownDone())
 	case "unprotect":

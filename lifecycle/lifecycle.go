@@ -174,6 +174,13 @@ const (
 	// epoch owned by another host, or by an unknown one (Reason says which): that
 	// epoch's owner may run the VM.
 	EventEpochSuperseded
+	// EventShutdown: the agent is going away (SIGTERM: systemctl stop or
+	// restart; Reason says so). A protected primary with shared storage hands
+	// the VM over to its backup (as a planned failover does) and then tears
+	// down; if the handover cannot finish it fails as a primary whose QEMU died
+	// does, so that the backup takes over from the log it holds. Any other copy
+	// stops, as on EventStop.
+	EventShutdown
 )
 
 var eventNames = map[EventType]string{
@@ -184,7 +191,7 @@ var eventNames = map[EventType]string{
 	EventFault: "Fault", EventStallEntered: "StallEntered", EventStallCleared: "StallCleared",
 	EventGoLiveDone: "GoLiveDone", EventGoLiveFailed: "GoLiveFailed", EventStop: "Stop",
 	EventTeardownDone: "TeardownDone", EventUnprotect: "Unprotect", EventHandover: "Handover",
-	EventAbort: "Abort", EventEpochSuperseded: "EpochSuperseded",
+	EventAbort: "Abort", EventEpochSuperseded: "EpochSuperseded", EventShutdown: "Shutdown",
 }
 
 func (t EventType) String() string {
@@ -245,6 +252,7 @@ func StallCleared() Event                { return Event{Type: EventStallCleared}
 func GoLiveDone() Event                  { return Event{Type: EventGoLiveDone} }
 func GoLiveFailed(err error) Event       { return Event{Type: EventGoLiveFailed, Err: err} }
 func Stop(reason string) Event           { return Event{Type: EventStop, Reason: reason} }
+func Shutdown(reason string) Event       { return Event{Type: EventShutdown, Reason: reason} }
 func TeardownDone() Event                { return Event{Type: EventTeardownDone} }
 func Unprotect(reason string) Event      { return Event{Type: EventUnprotect, Reason: reason} }
 func Handover() Event                    { return Event{Type: EventHandover} }
@@ -420,12 +428,19 @@ type Config struct {
 	// HandoverTicks: how long a planned failover waits for the backup to
 	// acknowledge the log up to the pause (default 300).
 	HandoverTicks int
-	Logger        *slog.Logger // default: discard
+	// PauseTicks: how long a planned failover waits for the guest to pause
+	// (default 50).
+	PauseTicks int
+	Logger     *slog.Logger // default: discard
 }
 
 // DefaultHandoverTicks is Config.HandoverTicks when 0: 30 s at the agent's
 // 100 ms tick.
 const DefaultHandoverTicks = 300
+
+// DefaultPauseTicks is Config.PauseTicks when 0: 5 s at the agent's 100 ms tick
+// (a QMP stop answers in milliseconds; one that does not, answers no more).
+const DefaultPauseTicks = 50
 
 func (c *Config) validate() error {
 	if c.Role != arbiter.RolePrimary && c.Role != arbiter.RoleBackup {
@@ -434,14 +449,17 @@ func (c *Config) validate() error {
 	if c.Host == "" {
 		return fmt.Errorf("%w: empty host", ErrInvalidConfig)
 	}
-	if c.ClaimRetryTicks < 0 || c.HandoverTicks < 0 {
-		return fmt.Errorf("%w: negative ticks (claim retry %d, handover %d)", ErrInvalidConfig, c.ClaimRetryTicks, c.HandoverTicks)
+	if c.ClaimRetryTicks < 0 || c.HandoverTicks < 0 || c.PauseTicks < 0 {
+		return fmt.Errorf("%w: negative ticks (claim retry %d, handover %d, pause %d)", ErrInvalidConfig, c.ClaimRetryTicks, c.HandoverTicks, c.PauseTicks)
 	}
 	if c.LiveEpoch > 0 && c.Role != arbiter.RolePrimary {
 		return fmt.Errorf("%w: a live epoch is for a primary, role is %v", ErrInvalidConfig, c.Role)
 	}
 	if c.HandoverTicks == 0 {
 		c.HandoverTicks = DefaultHandoverTicks
+	}
+	if c.PauseTicks == 0 {
+		c.PauseTicks = DefaultPauseTicks
 	}
 	if c.VM == "" {
 		c.VM = "vm"

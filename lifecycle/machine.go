@@ -40,6 +40,7 @@ type Machine struct {
 	claimFor claimPurpose
 	nextID   uint64
 
+	shutdownReason  string
 	reading         bool  // backup: ReadClaim in flight after a Bye
 	byeErr          error // backup: how the channel ended, for the detail
 	lostPeer        bool  // primary: the backup was lost while an unprotect claimed
@@ -47,7 +48,10 @@ type Machine struct {
 	lostWhy         string // how the peer was lost ("backup stepped down (...)"), for the details after
 
 	stage  handStage
-	waited int // ticks spent waiting for the drain
+	waited int // ticks spent waiting for the pause, then for the drain
+	// shuttingDown: the agent is going away; a handover under way ends in a
+	// teardown whatever its outcome (see EventShutdown).
+	shuttingDown bool
 
 	req      Op // the operator request waiting for its Reply; 0 when none
 	stalled  bool
@@ -123,6 +127,16 @@ func (m *Machine) become(s State, detail string) {
 // Step feeds one event. An error means the event was ignored and the copy is
 // as it was; it never means the copy may run or release output.
 func (m *Machine) Step(ev Event) error {
+	err := m.step(ev)
+	if m.shuttingDown && m.state.Terminal() {
+		// The agent is going away: a handover that ended (handed over, halted)
+		// is followed by the teardown at once.
+		m.teardown()
+	}
+	return err
+}
+
+func (m *Machine) step(ev Event) error {
 	if _, ok := eventNames[ev.Type]; !ok {
 		return fmt.Errorf("%w: %d", ErrUnknownEvent, int(ev.Type))
 	}
@@ -155,16 +169,10 @@ func (m *Machine) Step(ev Event) error {
 		}
 		return nil
 	case EventStop:
-		if !m.ended() {
-			m.answer(fmt.Errorf("vm %s %w", m.cfg.VM, ErrStopped))
-			d := ev.Reason
-			if d == "" {
-				d = m.detail
-			}
-			m.become(Stopping, d)
-		}
-		m.teardown()
+		m.stop(ev.Reason)
 		return nil
+	case EventShutdown:
+		return m.shutdown(ev.Reason)
 	case EventTeardownDone:
 		if !m.state.Terminal() {
 			m.become(Stopped, m.detail)
@@ -194,6 +202,65 @@ func (m *Machine) Step(ev Event) error {
 		return m.stepPrimary(ev)
 	}
 	return m.stepBackup(ev)
+}
+
+// stop ends the copy on request (reason: shown while it stops).
+func (m *Machine) stop(reason string) {
+	if !m.ended() {
+		m.answer(fmt.Errorf("vm %s %w", m.cfg.VM, ErrStopped))
+		if reason == "" {
+			reason = m.detail
+		}
+		m.become(Stopping, reason)
+	}
+	m.teardown()
+}
+
+// shutdown: the agent is going away. A protected primary that has shared
+// storage hands the VM over to its backup instead of stopping: a stop ends the
+// log channel with a Bye, the backup stops too, and the VM would be down on both
+// hosts for a mere agent restart. The handover is the planned failover's (pause,
+// the backup acknowledges the log up to the pause, output halted, the next epoch
+// claimed for the backup, Bye: the backup finds its claim and goes live from the
+// paused state, no reboot), each step with its deadline; then the copy tears
+// down. A handover that cannot finish before its claim fails the copy as a
+// primary whose QEMU died: its output halted, it tells the backup why, and the
+// backup claims the next epoch and goes live from the log it holds. A primary
+// that runs alone (unprotected, degraded, claiming, halted) has no copy that can
+// carry the VM on: it stops, and the VM with it. A backup stops: its primary
+// carries on unprotected.
+func (m *Machine) shutdown(reason string) error {
+	if reason == "" {
+		reason = "agent shutting down"
+	}
+	if m.primary() && !m.ended() {
+		switch {
+		case m.shuttingDown:
+			return nil // a second SIGTERM: the handover goes on
+		case m.state == HandingOver:
+			// The operator's planned failover is under way: it finishes (or fails
+			// over), then the copy tears down.
+			m.shuttingDown, m.shutdownReason = true, reason
+			return nil
+		case m.state == Protected && m.arb != nil && m.peer != "" && m.req == 0:
+			m.shuttingDown = true
+			m.shutdownReason = reason
+			m.stage, m.waited = handPausing, 0
+			m.become(HandingOver, m.handoverDetail("pausing the guest"))
+			m.emit(Action{Type: ActionPauseGuest, Reason: reason})
+			return nil
+		}
+	}
+	m.stop(reason)
+	return nil
+}
+
+// handoverDetail is the status detail of a handover at step what.
+func (m *Machine) handoverDetail(what string) string {
+	if m.shuttingDown && m.req != OpHandover {
+		return fmt.Sprintf("%s: handing the VM over to %s: %s", m.shutdownReason, m.peer, what)
+	}
+	return fmt.Sprintf("planned failover to %s: %s", m.peer, what)
 }
 
 // refuse answers an operator request the state cannot serve.

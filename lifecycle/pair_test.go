@@ -286,6 +286,8 @@ var primaryEvents = []func(a byte, m *Machine) Event{
 	func(byte, *Machine) Event { return Event{Type: EventType(200)} },
 	func(byte, *Machine) Event { return PeerQuit(errors.New("backup stepped down")) },
 	func(byte, *Machine) Event { return EpochSuperseded("a forged later epoch") },
+	func(byte, *Machine) Event { return Shutdown("agent shutting down") },
+	func(byte, *Machine) Event { return PauseFailed(errors.New("qmp stop timed out")) },
 }
 
 var backupEvents = []func(a byte, m *Machine) Event{
@@ -301,6 +303,7 @@ var backupEvents = []func(a byte, m *Machine) Event{
 	func(byte, *Machine) Event { return GoLiveDone() },
 	func(byte, *Machine) Event { return Unprotect("") },
 	func(byte, *Machine) Event { return PeerQuit(errors.New("primary failed")) },
+	func(byte, *Machine) Event { return Shutdown("agent shutting down") },
 	func(a byte, m *Machine) Event { return ClaimWon(m.claimID+1, uint64(a%8)) },
 	func(a byte, m *Machine) Event {
 		if m.reading {
@@ -416,6 +419,40 @@ func TestPairScenarios(t *testing.T) {
 			pr.step(pr.b, PeerLost(errors.New("peer silent"))) // the halted primary goes silent
 			pr.carry(pr.b, doNormal)                           // b's retry of its own claim wins
 		}, want{Halted, GoingLive}},
+		{"the primary's agent shuts down: it hands the VM over, the backup goes live", func(pr *pair) {
+			pr.step(pr.p, Shutdown("agent shutting down"))
+			pr.carry(pr.p, doNormal) // paused
+			pr.carry(pr.p, doNormal) // drained
+			pr.carry(pr.p, doNormal) // output halted
+			pr.carry(pr.p, doNormal) // claim for b
+			pr.carry(pr.p, doNormal) // Bye
+			pr.carry(pr.p, doNormal) // QEMU killed
+			pr.carry(pr.p, doNormal) // torn down
+			pr.carry(pr.b, doNormal) // read claim: it is b's
+		}, want{HandedOver, GoingLive}},
+		{"the primary's agent shuts down and the guest does not pause: it fails, the backup takes over", func(pr *pair) {
+			pr.step(pr.p, Shutdown("agent shutting down"))
+			pr.carry(pr.p, doFail)   // the pause fails
+			pr.carry(pr.p, doNormal) // output halted
+			pr.carry(pr.p, doNormal) // AbortChannel: the backup hears the primary failed
+			pr.carry(pr.b, doNormal) // its claim wins
+		}, want{Failed, GoingLive}},
+		{"the primary's agent shuts down and the backup never acknowledges: it fails, the backup takes over", func(pr *pair) {
+			pr.step(pr.p, Shutdown("agent shutting down"))
+			pr.carry(pr.p, doNormal) // paused
+			pr.carry(pr.p, doFail)   // the drain never comes
+			for range 5 {            // HandoverTicks
+				pr.step(pr.p, Tick())
+			}
+			pr.carry(pr.p, doNormal) // output halted
+			pr.carry(pr.p, doNormal) // AbortChannel
+			pr.carry(pr.b, doNormal) // its claim wins
+		}, want{Failed, GoingLive}},
+		{"the backup's agent shuts down: the primary claims and carries on", func(pr *pair) {
+			pr.step(pr.b, Shutdown("agent shutting down"))
+			pr.step(pr.p, PeerLost(errors.New("peer closed the channel")))
+			pr.carry(pr.p, doNormal)
+		}, want{Unprotected, Stopping}},
 		{"unprotect: the backup finds the primary's claim and stops", func(pr *pair) {
 			pr.step(pr.p, Unprotect("operator request"))
 			pr.carry(pr.p, doNormal) // claim won

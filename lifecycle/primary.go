@@ -38,13 +38,17 @@ func (m *Machine) stepPrimary(ev Event) error {
 		if m.state != HandingOver || m.stage != handPausing {
 			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
 		}
+		if m.shuttingDown {
+			m.shutdownHandoverFailed(fmt.Errorf("pause guest: %v", ev.Err))
+			return nil
+		}
 		m.stage = 0
 		m.become(Protected, "")
 		m.answer(fmt.Errorf("pause guest: %v", ev.Err))
 		return nil
 	case EventGuestPaused: // in HandingOver, pausing (Step filtered the rest)
 		m.stage, m.waited = handDraining, 0
-		m.become(HandingOver, fmt.Sprintf("planned failover to %s: waiting for the backup to acknowledge the log up to the pause", m.peer))
+		m.become(HandingOver, m.handoverDetail("waiting for the backup to acknowledge the log up to the pause"))
 		m.emit(Action{Type: ActionAwaitDrain})
 		return nil
 	case EventDrained:
@@ -54,7 +58,7 @@ func (m *Machine) stepPrimary(ev Event) error {
 		// Every frame the guest sent before the pause has left: from here on the
 		// backup owns the VM, and this copy releases nothing more.
 		m.stage = handClaiming
-		m.become(HandingOver, fmt.Sprintf("planned failover to %s: claiming epoch %d for it", m.peer, m.epoch+1))
+		m.become(HandingOver, m.handoverDetail(fmt.Sprintf("claiming epoch %d for it", m.epoch+1)))
 		m.emit(Action{Type: ActionHaltOutput, Reason: "planned failover"})
 		m.startClaim(claimHandover, m.epoch, m.peer, "planned failover from "+m.cfg.Host)
 		return nil
@@ -127,6 +131,15 @@ func (m *Machine) backupLost(ev Event) error {
 		if m.stage == handClaiming {
 			return nil // expected: the claim decides
 		}
+		if m.shuttingDown {
+			// Nothing can carry the VM on from here: stop, output held. A backup
+			// that is alive behind a cut link claims the next epoch and goes live
+			// from what it acknowledged.
+			m.answer(fmt.Errorf("vm %s: %w during the planned failover: %v", m.cfg.VM, ErrPeerLost, ev.Err))
+			m.stage, m.waited = 0, 0
+			m.stop(fmt.Sprintf("%s: %s during the handover; the VM stops", m.shutdownReason, m.lostWhy))
+			return nil
+		}
 		m.callOffHandover(fmt.Errorf("vm %s: %w during the planned failover: %v", m.cfg.VM, ErrPeerLost, ev.Err))
 		return m.claiming(fmt.Sprintf("%s during a planned failover; claiming epoch %d", m.lostWhy, m.epoch+1))
 	}
@@ -149,6 +162,13 @@ func (m *Machine) primaryTick() error {
 	switch {
 	case m.state == Claiming:
 		return m.arbStep(arbiter.Tick())
+	case m.state == HandingOver && m.stage == handPausing:
+		// A QEMU that does not answer the pause: a pause that completes after
+		// this is undone (EventGuestPaused in another stage resumes the guest).
+		m.waited++
+		if m.waited >= m.cfg.PauseTicks {
+			m.callOffHandover(fmt.Errorf("vm %s: the guest did not pause in time (%d ticks)", m.cfg.VM, m.waited))
+		}
 	case m.state == HandingOver && m.stage == handDraining:
 		m.waited++
 		if m.waited >= m.cfg.HandoverTicks {
@@ -236,8 +256,8 @@ func (m *Machine) handover() error {
 	if m.arb == nil || m.peer == "" {
 		return fmt.Errorf("vm %s: %w", m.cfg.VM, ErrNoSharedStorage)
 	}
-	m.req, m.stage = OpHandover, handPausing
-	m.become(HandingOver, fmt.Sprintf("planned failover to %s: pausing the guest", m.peer))
+	m.req, m.stage, m.waited = OpHandover, handPausing, 0
+	m.become(HandingOver, m.handoverDetail("pausing the guest"))
 	m.emit(Action{Type: ActionPauseGuest})
 	return nil
 }
@@ -245,10 +265,25 @@ func (m *Machine) handover() error {
 // callOffHandover ends a planned failover that has not claimed: the guest runs
 // on, protected as before.
 func (m *Machine) callOffHandover(err error) {
+	if m.shuttingDown {
+		m.shutdownHandoverFailed(err)
+		return
+	}
 	m.stage, m.waited = 0, 0
 	m.emit(Action{Type: ActionResumeGuest, Reason: err.Error()})
 	m.become(Protected, "")
 	m.answer(err)
+}
+
+// shutdownHandoverFailed: the agent is going away and the handover ended before
+// its claim (the guest did not pause, the backup did not acknowledge in time).
+// The copy fails as a primary whose QEMU died: output halted, the backup told why
+// (it claims the next epoch and goes live from the log it acknowledged), torn
+// down. Resuming the guest here would protect nothing: this agent is leaving.
+func (m *Machine) shutdownHandoverFailed(err error) {
+	m.stage, m.waited = 0, 0
+	m.answer(err)
+	m.fail(fmt.Sprintf("%s: the handover to %s failed: %v", m.shutdownReason, m.peer, err))
 }
 
 func (m *Machine) handoverResult(ev Event) error {

@@ -179,7 +179,7 @@ func newDrillCmd() *cobra.Command {
 	var kind string
 	var seed int64
 	c := &cobra.Command{
-		Use:   "drill <vm> --kind kill-primary|kill-backup|partition|planned",
+		Use:   "drill <vm> --kind kill-primary|kill-backup|partition|planned|restart-primary-agent",
 		Short: "Rehearse a failover on the lab under client load and print a report (last line JSON)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -196,7 +196,7 @@ func newDrillCmd() *cobra.Command {
 			})
 		},
 	}
-	c.Flags().StringVar(&kind, "kind", bench.KillPrimary, "kill-primary, kill-backup or partition")
+	c.Flags().StringVar(&kind, "kind", bench.KillPrimary, "kill-primary, kill-backup, partition, planned or restart-primary-agent")
 	c.Flags().Int64Var(&seed, "seed", 0, "random seed for the fault's moment (default: time)")
 	return c
 }
