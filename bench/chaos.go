@@ -38,8 +38,11 @@ import (
 type ChaosOpts struct {
 	Faults int
 	Kinds  []string // kinds to draw from (all when empty); a kind named twice weighs double
-	Seed   int64
-	VM     string
+	// Weights repeats a kind in the deck (WeighKinds): weight 5 draws it five
+	// times per cycle.
+	Weights map[string]int
+	Seed    int64
+	VM      string
 	// Evidence is where the run keeps agent logs, journals, consoles and claims.
 	Evidence  string
 	AgentArgs []string
@@ -123,11 +126,11 @@ func (r *chaosRun) startAgent(ctx context.Context, h lab.Host) error {
 // RunChaos brings up the lab, protects a VM with a disk and runs the faults of the
 // schedule drawn from o.Seed, reporting each. The lab goes down at the end.
 func RunChaos(ctx context.Context, out io.Writer, env Env, o ChaosOpts) (rep ChaosReport, err error) {
-	rep = ChaosReport{Env: env, Seed: o.Seed, Kinds: o.Kinds, FramesSeen: map[string]int{}, LoadAvgStart: loadAvg()}
-	if len(rep.Kinds) == 0 {
-		rep.Kinds = ChaosKindNames()
+	rep = ChaosReport{Env: env, Seed: o.Seed, FramesSeen: map[string]int{}, LoadAvgStart: loadAvg()}
+	if rep.Kinds, err = WeighKinds(o.Kinds, o.Weights); err != nil {
+		return rep, err
 	}
-	sched, err := ChaosSchedule(o.Seed, o.Faults, o.Kinds)
+	sched, err := ChaosSchedule(o.Seed, o.Faults, rep.Kinds)
 	if err != nil {
 		return rep, err
 	}
@@ -515,8 +518,14 @@ func (r *chaosRun) round(ctx context.Context, f ChaosFault) (ChaosFaultReport, e
 		return rep, err
 	}
 	rep.from = ld.started
-	sleepCtx(ctx, f.After)
+	// The fault comes after f.After of load; whether the bulk transfer is moving
+	// is read over the last half second of it.
+	const bulkLook = 500 * time.Millisecond
+	sleepCtx(ctx, f.After-bulkLook)
+	bulkBefore := ld.bulk.moved()
+	sleepCtx(ctx, bulkLook)
 	bulkAtFault := ld.bulk.moved()
+	rep.BulkMoving = bulkAtFault > bulkBefore
 	t0 := time.Now()
 	rep.AtS = t0.Sub(r.start).Seconds()
 	r.logf("fault %d: %s (primary on %s, backup on %s, after %.1f s of load, hold %.1f s)", f.N, f.Kind, r.primary.Name, r.backup.Name, f.After.Seconds(), f.Hold.Seconds())
@@ -841,9 +850,13 @@ func FaultLine(f ChaosFaultReport) string {
 	if len(f.Problems) > 0 {
 		verdict = "PROBLEMS: " + strings.Join(f.Problems, "; ")
 	}
-	return fmt.Sprintf("fault %d %s: outcome %s (expected %s), owner %q, outage %.0f ms, requests %d (lost %d, inconsistent %d), records %d acked (missing %d/%d), bulk %.1f MiB (%.1f after, corrupt %d), double release %d/%d, alive %v; %s",
+	moving := "idle"
+	if f.BulkMoving {
+		moving = "moving"
+	}
+	return fmt.Sprintf("fault %d %s: outcome %s (expected %s), owner %q, outage %.0f ms, requests %d (lost %d, inconsistent %d), records %d acked (missing %d/%d), bulk %s at the fault, %.1f MiB (%.1f after, corrupt %d), double release %d/%d, alive %v; %s",
 		f.N, f.Kind, f.Outcome, f.Expect, f.Owner, f.OutageMS, f.Requests, f.RequestsLost, f.Inconsistent,
-		f.RecordsAcked, f.RecordsMissing, f.RecordsMissingAfter, float64(f.BulkBytes)/(1<<20), float64(f.BulkBytesAfter)/(1<<20),
+		f.RecordsAcked, f.RecordsMissing, f.RecordsMissingAfter, moving, float64(f.BulkBytes)/(1<<20), float64(f.BulkBytesAfter)/(1<<20),
 		f.BulkCorruptBytes, f.DoubleRelease, f.ReleasedSupersede, f.Alive, verdict)
 }
 

@@ -34,6 +34,12 @@ const (
 	OutcomeLost Outcome = "lost"
 )
 
+// Matches says whether an observed outcome is what the guarantees promise.
+func (expect Outcome) Matches(got Outcome) bool { return expect.matches(got) }
+
+// Alive says whether the VM runs after an outcome.
+func (o Outcome) Alive() bool { return o.alive() }
+
 // matches says whether an observed outcome is what the guarantees promise.
 func (expect Outcome) matches(got Outcome) bool {
 	if expect == OutcomeEither {
@@ -110,6 +116,35 @@ func ChaosSchedule(seed int64, n int, kinds []string) ([]ChaosFault, error) {
 	return out, nil
 }
 
+// WeighKinds returns kinds (every kind when empty) with each kind named in weights
+// repeated that many times, the deck ChaosSchedule draws from: a kind of weight w
+// comes w times per cycle of the deck. A weight below 1 or for a kind that is not
+// drawn from is an error.
+func WeighKinds(kinds []string, weights map[string]int) ([]string, error) {
+	if len(kinds) == 0 {
+		kinds = ChaosKindNames()
+	}
+	for k, w := range weights {
+		if !slices.Contains(kinds, k) {
+			return nil, fmt.Errorf("--weight %s=%d: not a kind drawn from (%s)", k, w, strings.Join(kinds, ", "))
+		}
+		if w < 1 {
+			return nil, fmt.Errorf("--weight %s=%d: a weight is at least 1", k, w)
+		}
+	}
+	var out []string
+	for _, k := range kinds {
+		w := weights[k]
+		if w == 0 {
+			w = 1
+		}
+		for range w {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
 // ChaosKindNames lists the fault kinds in the table's order.
 func ChaosKindNames() []string {
 	var names []string
@@ -155,6 +190,9 @@ type ChaosFaultReport struct {
 	BulkBytesAfter   int64  `json:"bulk_bytes_after_fault"`
 	BulkCorruptBytes int64  `json:"bulk_corrupt_bytes"`
 	BulkError        string `json:"bulk_error,omitempty"`
+	// BulkMoving: the bulk transfer moved bytes in the half second before the
+	// fault (the fault hit a transfer under way, not a pause between two).
+	BulkMoving bool `json:"bulk_moving_at_fault"`
 
 	// Output released by both copies: 100 ms slots in which guest frames entered the
 	// lab's network from both hosts, and slots in which a host released frames
@@ -227,6 +265,7 @@ type ChaosKindSummary struct {
 	RecordsMissing   int             `json:"records_missing"`
 	BulkBytes        int64           `json:"bulk_bytes"`
 	BulkCorruptBytes int64           `json:"bulk_corrupt_bytes"`
+	DuringBulk       int             `json:"faults_during_bulk"` // faults that hit a bulk transfer under way
 	DoubleRelease    int             `json:"double_release_slots"`
 	Superseded       int             `json:"released_after_superseded"`
 	Alive            int             `json:"alive_after"`
@@ -257,6 +296,9 @@ func summarizeChaos(faults []ChaosFaultReport) []ChaosKindSummary {
 		s.RecordsMissing += f.RecordsMissing + f.RecordsMissingAfter
 		s.BulkBytes += f.BulkBytes
 		s.BulkCorruptBytes += f.BulkCorruptBytes
+		if f.BulkMoving {
+			s.DuringBulk++
+		}
 		s.DoubleRelease += f.DoubleRelease
 		s.Superseded += f.ReleasedSupersede
 		if f.Alive {

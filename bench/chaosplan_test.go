@@ -263,3 +263,39 @@ func TestReleaseLedger(t *testing.T) {
 		t.Fatalf("superseded slots with no claims: %d", n)
 	}
 }
+
+// The 100-fault run of issue 14: at least half of the faults kill the primary (its
+// host or its QEMU), and every kind still comes.
+func TestWeighKinds(t *testing.T) {
+	kinds, err := WeighKinds(nil, map[string]int{"kill-primary-host": 5, "kill-primary-qemu": 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kinds) != len(ChaosKindNames())+8 {
+		t.Fatalf("deck of %d kinds, want %d", len(kinds), len(ChaosKindNames())+8)
+	}
+	for seed := int64(1); seed <= 50; seed++ {
+		sched, err := ChaosSchedule(seed, 100, kinds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kills, seen := 0, map[string]bool{}
+		for _, f := range sched {
+			seen[f.Kind] = true
+			if f.Kind == "kill-primary-host" || f.Kind == "kill-primary-qemu" {
+				kills++
+			}
+		}
+		if kills < 50 || len(seen) != len(ChaosKindNames()) {
+			t.Fatalf("seed %d: %d kill-primary faults of 100, %d kinds; want >= 50 and every kind", seed, kills, len(seen))
+		}
+	}
+	for _, bad := range []map[string]int{{"kill-primary-host": 0}, {"no-such-kind": 2}} {
+		if _, err := WeighKinds(nil, bad); err == nil {
+			t.Errorf("WeighKinds(%v) accepted", bad)
+		}
+	}
+	if _, err := WeighKinds([]string{"partition"}, map[string]int{"kill-primary-host": 2}); err == nil {
+		t.Error("a weight for a kind not drawn from was accepted")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 func newChaosCmd() *cobra.Command {
 	var o bench.ChaosOpts
 	c := &cobra.Command{
-		Use:   "chaos --faults N [--kinds k1,k2] [--seed S]",
+		Use:   "chaos --faults N [--kinds k1,k2] [--weight kind=N,...] [--seed S]",
 		Short: "Faults of every kind at random moments on the lab, under client load, each checked end to end (last line JSON)",
 		Long: "Brings up the lab, protects a VM with a disk and keeps clients busy (requests on one long connection, new\n" +
 			"connections, durable records, bulk data both ways, every byte checked), then injects N faults drawn from\n" +
@@ -30,7 +31,11 @@ func newChaosCmd() *cobra.Command {
 				o.Seed = time.Now().UnixNano()
 			}
 			// The schedule is checked before the lab comes up.
-			if _, err := bench.ChaosSchedule(o.Seed, o.Faults, o.Kinds); err != nil {
+			kinds, err := bench.WeighKinds(o.Kinds, o.Weights)
+			if err != nil {
+				return err
+			}
+			if _, err := bench.ChaosSchedule(o.Seed, o.Faults, kinds); err != nil {
 				return err
 			}
 			env := bench.NewEnv("ftvmd " + strings.Join(os.Args[1:], " "))
@@ -52,6 +57,7 @@ func newChaosCmd() *cobra.Command {
 	f := c.Flags()
 	f.IntVar(&o.Faults, "faults", 11, "faults to inject")
 	f.StringSliceVar(&o.Kinds, "kinds", nil, "draw from these kinds only (comma-separated; a kind given twice is drawn twice as often; default all)")
+	f.StringToIntVar(&o.Weights, "weight", nil, "kind=N: draw that kind N times per cycle of every kind (e.g. kill-primary-host=5,kill-primary-qemu=5 makes 12 of 21 faults kill a primary)")
 	f.Int64Var(&o.Seed, "seed", 0, "random seed for the order, moments and holds of the faults (default: time)")
 	f.StringVar(&o.VM, "vm", "chaos", "name of the VM")
 	f.StringVar(&o.Evidence, "evidence-dir", "", "where to keep agent logs, journals, consoles, claims and the report (default /var/tmp/ftvmd-chaos/evidence-<time>)")
@@ -73,21 +79,33 @@ func printChaos(w io.Writer, r bench.ChaosReport) {
 	for _, f := range r.Faults {
 		fmt.Fprintln(w, bench.FaultLine(f))
 	}
-	fmt.Fprintf(w, "\n%-22s %6s %-20s %6s %6s %7s %7s %9s %7s %7s %9s %9s\n", "kind", "faults", "outcomes", "req", "rec", "corrupt", "double", "alive", "p50 ms", "p99 ms", "problems", "verdict")
+	fmt.Fprintf(w, "\n%-22s %6s %5s %-20s %6s %6s %7s %7s %9s %7s %7s %9s %9s\n", "kind", "faults", "bulk", "outcomes", "req", "rec", "corrupt", "double", "alive", "p50 ms", "p99 ms", "problems", "verdict")
 	for _, k := range r.PerKind {
 		var outs []string
 		for o, n := range k.Outcomes {
 			outs = append(outs, fmt.Sprintf("%s:%d", o, n))
 		}
+		sort.Strings(outs)
 		verdict := "pass"
 		if !k.Pass {
 			verdict = "FAIL"
 		}
-		fmt.Fprintf(w, "%-22s %6d %-20s %6d %6d %7d %7d %4d/%-4d %7.0f %7.0f %9d %9s\n", k.Kind, k.Faults, strings.Join(outs, ","),
+		fmt.Fprintf(w, "%-22s %6d %5d %-20s %6d %6d %7d %7d %4d/%-4d %7.0f %7.0f %9d %9s\n", k.Kind, k.Faults, k.DuringBulk, strings.Join(outs, ","),
 			k.RequestsLost+k.Inconsistent, k.RecordsMissing, k.BulkCorruptBytes, k.DoubleRelease+k.Superseded,
 			k.Alive, k.Faults, k.OutageMS.P50, k.OutageMS.P99, k.Problems, verdict)
 	}
-	fmt.Fprintf(w, "\nrecords acknowledged %d, missing at the end %d; guest frames seen: %v; double releases outside the faults %d/%d\n",
+	kills, killsBulk := 0, 0
+	for _, f := range r.Faults {
+		if f.Kind == "kill-primary-host" || f.Kind == "kill-primary-qemu" {
+			kills++
+			if f.BulkMoving {
+				killsBulk++
+			}
+		}
+	}
+	fmt.Fprintf(w, "\nkill-primary-host and kill-primary-qemu: %d of %d faults, %d of them during a bulk transfer (bulk: faults whose transfer was moving in the half second before)\n",
+		kills, len(r.Faults), killsBulk)
+	fmt.Fprintf(w, "records acknowledged %d, missing at the end %d; guest frames seen: %v; double releases outside the faults %d/%d\n",
 		r.RecordsAcked, r.RecordsMissingAtEnd, r.FramesSeen, r.DoubleReleaseOutside, r.SupersededOutside)
 	if r.Error != "" {
 		fmt.Fprintf(w, "run stopped early: %s\n", r.Error)
