@@ -201,8 +201,16 @@ func Up(ctx context.Context, repo string, logf func(string, ...any)) (_ *Lab, er
 // Down stops the agents (SIGTERM, then the lab script kills what is left) and removes
 // the namespaces. Logs stay in Root for inspection unless purge.
 func (l *Lab) Down(purge bool) error {
-	l.StopAgent(HostA)
-	l.StopAgent(HostB)
+	// Both at once: an agent stopped alone hands a protected VM over to its
+	// backup first (docs/failover-guarantees.md), a go-live the teardown would
+	// only wait for and then stop. Stopped together, the backup's stop ends the
+	// handover at once.
+	var wg sync.WaitGroup
+	for _, h := range []Host{HostA, HostB} {
+		wg.Add(1)
+		go func() { defer wg.Done(); l.StopAgent(h) }()
+	}
+	wg.Wait()
 	args := []string{filepath.Join(l.Repo, "test/lab/lab.sh"), "down"}
 	if purge {
 		args = append(args, "--purge")
