@@ -14,6 +14,11 @@ func (m *Machine) stepBackup(ev Event) error {
 			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
 		}
 		m.epoch, m.peer = ev.Epoch, ev.Peer
+		if ev.Sync {
+			m.syncing = true
+			m.become(Replaying, "syncing: replaying from the primary's snapshot; not protecting it yet")
+			return nil
+		}
 		if ev.Shared && ev.Epoch > 0 {
 			if err := m.newArbiter(); err != nil {
 				m.fail(fmt.Sprintf("failover arbiter: %v", err))
@@ -30,8 +35,23 @@ func (m *Machine) stepBackup(ev Event) error {
 		// would halt a primary that is healthy, and this copy could not go live.
 		m.fail(m.faultText(ev))
 		return nil
-	case EventUnprotect, EventHandover:
+	case EventUnprotect, EventHandover, EventProtect:
 		return fmt.Errorf("vm %s is a backup on this host: %w", m.cfg.VM, ErrWrongRole)
+	case EventSynced:
+		if m.state != Replaying || !m.syncing {
+			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
+		}
+		m.syncing, m.epoch = false, ev.Epoch
+		if ev.Shared && ev.Epoch > 0 {
+			if err := m.newArbiter(); err != nil {
+				m.fail(fmt.Sprintf("failover arbiter: %v", err))
+				return err
+			}
+		}
+		m.become(Replaying, "")
+		return nil
+	case EventSyncFailed:
+		return fmt.Errorf("lifecycle: %v on a backup: %w", ev.Type, ErrUnexpected)
 	case EventEpochSuperseded:
 		return nil // a backup runs nothing to fence; its claim decides
 	case EventPeerLost:

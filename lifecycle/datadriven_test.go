@@ -214,7 +214,21 @@ func (e *scriptEnv) handle(cmd string) string {
 				return bad("%v", err)
 			}
 		}
-		evs = append(evs, Started(epoch, kv["peer"], len(pos) > 0 && pos[0] == "shared"))
+		ev := Started(epoch, kv["peer"], len(pos) > 0 && pos[0] == "shared")
+		ev.Sync = len(pos) > 0 && pos[len(pos)-1] == "syncing"
+		evs = append(evs, ev)
+	case "protect":
+		// protect [peer=host]
+		evs = append(evs, Protect(kv["peer"]))
+	case "synced":
+		// synced epoch=N [shared]
+		epoch, err := num(kv["epoch"])
+		if err != nil {
+			return bad("epoch: %v", err)
+		}
+		evs = append(evs, Synced(epoch, len(pos) > 0 && pos[0] == "shared"))
+	case "sync-failed":
+		evs = append(evs, SyncFailed(errArg("disk copy: connection reset")))
 	case "peer-lost":
 		evs = append(evs, PeerLost(errArg("peer silent")))
 	case "peer-bye":

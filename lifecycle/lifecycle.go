@@ -86,6 +86,13 @@ const (
 	// Failed: the copy failed locally (the detail says why). Its output is
 	// halted and it is torn down. Terminal.
 	Failed
+	// Syncing: a primary that runs unprotected while a new backup is brought
+	// up from a snapshot of its running state (protect a running VM, or
+	// re-protect after a failover). Output flows until the backup holds the
+	// snapshot and the log since it; then the primary holds output from an
+	// exact log offset and, once the backup acknowledged that offset, is
+	// Protected.
+	Syncing
 )
 
 var stateNames = map[State]string{
@@ -93,6 +100,7 @@ var stateNames = map[State]string{
 	Claiming: "claiming", Unprotecting: "unprotecting", HandingOver: "handing-over",
 	Unprotected: "unprotected", GoingLive: "going-live", Live: "live", HandedOver: "handed-over",
 	Halted: "halted", Stopping: "stopping", Stopped: "stopped", Failed: "failed",
+	Syncing: "syncing",
 }
 
 func (s State) String() string {
@@ -181,6 +189,18 @@ const (
 	// does, so that the backup takes over from the log it holds. Any other copy
 	// stops, as on EventStop.
 	EventShutdown
+	// EventProtect: (primary) protect the VM while it runs, with a new backup
+	// on Peer: an unprotected primary starts Syncing.
+	EventProtect
+	// EventSynced: (primary) the backup holds the snapshot and the log since
+	// it, and acknowledged the offset from which output is held: the primary
+	// is Protected under Epoch (Shared: claims on shared storage fence a
+	// failover). (backup) the primary says so: from now on a lost primary is
+	// claimed.
+	EventSynced
+	// EventSyncFailed: (primary) bringing the backup up failed (Err); the VM
+	// runs on unprotected.
+	EventSyncFailed
 )
 
 var eventNames = map[EventType]string{
@@ -192,6 +212,7 @@ var eventNames = map[EventType]string{
 	EventGoLiveDone: "GoLiveDone", EventGoLiveFailed: "GoLiveFailed", EventStop: "Stop",
 	EventTeardownDone: "TeardownDone", EventUnprotect: "Unprotect", EventHandover: "Handover",
 	EventAbort: "Abort", EventEpochSuperseded: "EpochSuperseded", EventShutdown: "Shutdown",
+	EventProtect: "Protect", EventSynced: "Synced", EventSyncFailed: "SyncFailed",
 }
 
 func (t EventType) String() string {
@@ -207,10 +228,13 @@ func (t EventType) isClaimResult() bool {
 
 // Event is one input to Step. Only the fields its type names are read.
 type Event struct {
-	Type    EventType
-	Epoch   uint64
-	Peer    string
-	Shared  bool
+	Type   EventType
+	Epoch  uint64
+	Peer   string
+	Shared bool
+	// Sync: (Started, backup) the backup starts from a snapshot of a running
+	// VM and is not protecting it until Synced.
+	Sync    bool
 	Bye     bool
 	Quit    bool
 	Claim   uint64 // claim results: the ClaimEpoch action's ID
@@ -224,11 +248,22 @@ type Event struct {
 func Started(epoch uint64, peer string, shared bool) Event {
 	return Event{Type: EventStarted, Epoch: epoch, Peer: peer, Shared: shared}
 }
-func PeerLost(err error) Event { return Event{Type: EventPeerLost, Err: err} }
-func PeerBye(err error) Event  { return Event{Type: EventPeerLost, Bye: true, Err: err} }
-func PeerQuit(err error) Event { return Event{Type: EventPeerLost, Quit: true, Err: err} }
-func PeerBack() Event          { return Event{Type: EventPeerBack} }
-func Tick() Event              { return Event{Type: EventTick} }
+
+// StartedSyncing: a backup set up from a snapshot of a running VM (peer: its
+// primary); it claims nothing until Synced.
+func StartedSyncing(peer string) Event {
+	return Event{Type: EventStarted, Peer: peer, Sync: true}
+}
+func Protect(peer string) Event { return Event{Type: EventProtect, Peer: peer} }
+func Synced(epoch uint64, shared bool) Event {
+	return Event{Type: EventSynced, Epoch: epoch, Shared: shared}
+}
+func SyncFailed(err error) Event { return Event{Type: EventSyncFailed, Err: err} }
+func PeerLost(err error) Event   { return Event{Type: EventPeerLost, Err: err} }
+func PeerBye(err error) Event    { return Event{Type: EventPeerLost, Bye: true, Err: err} }
+func PeerQuit(err error) Event   { return Event{Type: EventPeerLost, Quit: true, Err: err} }
+func PeerBack() Event            { return Event{Type: EventPeerBack} }
+func Tick() Event                { return Event{Type: EventTick} }
 func ClaimWon(id, epoch uint64) Event {
 	return Event{Type: EventClaimWon, Claim: id, Epoch: epoch}
 }
@@ -412,6 +447,9 @@ var (
 	ErrPeerLost = errors.New("backup lost")
 	// ErrStopped: the copy stopped or failed before the request finished.
 	ErrStopped = errors.New("stopped")
+	// ErrNotUnprotected: protecting a running VM needs a primary that runs
+	// unprotected.
+	ErrNotUnprotected = errors.New("not running unprotected")
 )
 
 // Config configures a Machine.

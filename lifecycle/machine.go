@@ -47,6 +47,10 @@ type Machine struct {
 	unprotectReason string
 	lostWhy         string // how the peer was lost ("backup stepped down (...)"), for the details after
 
+	// syncing: (backup) set up from a snapshot of a running VM and not yet
+	// told it protects it (Synced): a lost primary is not claimed.
+	syncing bool
+
 	stage  handStage
 	waited int // ticks spent waiting for the pause, then for the drain
 	// shuttingDown: the agent is going away; a handover under way ends in a
@@ -193,6 +197,8 @@ func (m *Machine) step(ev Event) error {
 		switch ev.Type {
 		case EventUnprotect, EventHandover:
 			return m.refuse()
+		case EventProtect:
+			return fmt.Errorf("vm %s is %v: %w", m.cfg.VM, m.state, ErrNotUnprotected)
 		case EventDrained, EventPauseFailed, EventGoLiveDone, EventGoLiveFailed:
 			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
 		}
@@ -296,7 +302,7 @@ func (m *Machine) stopping(detail string) {
 // lifecycle knows.
 func (m *Machine) channelUp() bool {
 	if m.primary() {
-		return m.peer != "" && (m.state == Protected || m.state == Unprotecting || m.state == HandingOver)
+		return m.peer != "" && (m.state == Protected || m.state == Unprotecting || m.state == HandingOver || m.state == Syncing)
 	}
 	return m.state == Replaying && !m.reading
 }

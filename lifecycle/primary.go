@@ -21,6 +21,27 @@ func (m *Machine) stepPrimary(ev Event) error {
 		return nil
 	case EventUnprotect:
 		return m.unprotect(ev.Reason)
+	case EventProtect:
+		return m.protect(ev.Peer)
+	case EventSynced:
+		if m.state != Syncing {
+			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
+		}
+		m.epoch = ev.Epoch
+		if ev.Shared && ev.Epoch > 0 {
+			if err := m.newArbiter(); err != nil {
+				m.goUnprotected(fmt.Sprintf("protection failed: failover arbiter: %v", err))
+				return err
+			}
+		}
+		m.become(Protected, "")
+		return nil
+	case EventSyncFailed:
+		if m.state != Syncing {
+			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
+		}
+		m.goUnprotected(fmt.Sprintf("protection failed: %v", ev.Err))
+		return nil
 	case EventHandover:
 		return m.handover()
 	case EventPeerLost:
@@ -112,6 +133,11 @@ func (m *Machine) backupLost(ev Event) error {
 		m.lostWhy = fmt.Sprintf("%s (%v)", what, ev.Err)
 	}
 	switch m.state {
+	case Syncing:
+		// Not protected yet: the backup never claims before Synced, so the VM
+		// runs on alone.
+		m.goUnprotected(fmt.Sprintf("protection failed: %s (%v)", what, ev.Err))
+		return nil
 	case Protected:
 		switch {
 		case m.arb != nil:
@@ -200,12 +226,34 @@ func (m *Machine) halt(detail string) {
 	m.emit(Action{Type: ActionKillQEMU, Reason: detail})
 }
 
-func (m *Machine) unprotect(reason string) error {
-	if m.req != 0 || (m.state != Protected && m.state != Degraded) {
-		return m.refuse()
+// protect: bring up a backup on peer for the running VM. Output flows while it
+// syncs; the agent holds it from an exact offset once the backup caught up and
+// steps Synced when the backup acknowledged that offset.
+func (m *Machine) protect(peer string) error {
+	if m.req != 0 || m.state != Unprotected {
+		return fmt.Errorf("vm %s is %v: %w", m.cfg.VM, m.state, ErrNotUnprotected)
 	}
+	if peer == "" {
+		return fmt.Errorf("%w: protect needs the backup's host", ErrInvalidConfig)
+	}
+	m.peer = peer
+	m.arb = nil
+	m.become(Syncing, fmt.Sprintf("syncing a new backup on %s", peer))
+	return nil
+}
+
+func (m *Machine) unprotect(reason string) error {
 	if reason == "" {
 		reason = "operator request"
+	}
+	if m.req == 0 && m.state == Syncing {
+		m.goUnprotected(reason)
+		m.req = OpUnprotect
+		m.answer(nil)
+		return nil
+	}
+	if m.req != 0 || (m.state != Protected && m.state != Degraded) {
+		return m.refuse()
 	}
 	if m.arb == nil {
 		m.goUnprotected(reason)

@@ -45,8 +45,12 @@ type ReceiverConfig struct {
 	// with each console mark the primary sends. A backup that sets it says so in
 	// its handshake; without it a console mark is a protocol violation.
 	OnConsole func(ConsoleMark)
-	Logger    *slog.Logger
-	Now       func() time.Time // default time.Now
+	// OnSynced, when set, is called (on the reader goroutine; it must not block)
+	// with the epoch of a Synced message: the backup of a running VM protects it
+	// from now on. Without it a Synced message is a protocol violation.
+	OnSynced func(epoch uint64)
+	Logger   *slog.Logger
+	Now      func() time.Time // default time.Now
 }
 
 func (c *ReceiverConfig) validate() error {
@@ -316,6 +320,16 @@ func (r *Receiver) handle(m Message) error {
 			return err
 		}
 		r.cfg.OnConsole(cm)
+		return nil
+	case MsgSynced:
+		if r.cfg.OnSynced == nil {
+			return fmt.Errorf("%w: unexpected %s message from the primary", ErrProtocol, m.Type)
+		}
+		e, err := decodeSynced(m.Payload)
+		if err != nil {
+			return err
+		}
+		r.cfg.OnSynced(e)
 		return nil
 	case MsgBye, MsgError:
 		return peerGone(m)

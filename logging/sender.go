@@ -103,6 +103,7 @@ type Sender struct {
 
 	pub  atomic.Pointer[published]
 	cons atomic.Pointer[ConsoleMark] // the latest console mark to send (see Console)
+	sync atomic.Pointer[uint64]      // the epoch to send in a Synced, once (see Synced)
 	wake chan struct{}               // cap 1: published or acked moved
 	acks chan Ack                    // cap 1, latest wins
 	stop chan error                  // cap 1: see Abort
@@ -162,6 +163,15 @@ func (s *Sender) nudge() {
 // unknown message type).
 func (s *Sender) Console(m ConsoleMark) {
 	s.cons.Store(&m)
+	s.nudge()
+}
+
+// Synced has Run tell the backup, after the frames it is sending, that it now
+// protects the VM under epoch (MsgSynced): the backup of a running VM claims a
+// lost primary only from then on. Call it once, and only for a backup that reads
+// Synced messages (it refuses an unknown message type). It never blocks.
+func (s *Sender) Synced(epoch uint64) {
+	s.sync.Store(&epoch)
 	s.nudge()
 }
 
@@ -286,6 +296,15 @@ func (s *Sender) Run(ctx context.Context) (err error) {
 				return explain(errc, fmt.Errorf("sending console mark: %w", err))
 			}
 			lastConsole, lastWrite = m.Bytes, s.cfg.Now()
+		}
+		if e := s.sync.Swap(nil); e != nil {
+			if err := pc.write(appendSynced(buf[:0], *e)); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return explain(errc, fmt.Errorf("sending synced: %w", err))
+			}
+			lastWrite = s.cfg.Now()
 		}
 		var sent bool
 		buf, sent, err = s.sendFrame(pc, buf[:0])

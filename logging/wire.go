@@ -24,6 +24,7 @@ const (
 	MsgBye        MsgType = 6 // orderly shutdown, UTF-8 reason
 	MsgError      MsgType = 7 // refusal or failure, UTF-8 reason
 	MsgConsole    MsgType = 8 // primary -> backup: console mark (see ConsoleMark)
+	MsgSynced     MsgType = 9 // primary -> backup: the backup of a running VM protects it now, under an epoch (u64)
 )
 
 func (t MsgType) String() string {
@@ -44,6 +45,8 @@ func (t MsgType) String() string {
 		return "Error"
 	case MsgConsole:
 		return "Console"
+	case MsgSynced:
+		return "Synced"
 	}
 	return fmt.Sprintf("MsgType(%d)", uint8(t))
 }
@@ -56,6 +59,7 @@ const (
 	AckStallSize    = 56      // AckSize + ReplayStall: for ns, at icount, beyond, episodes (u64 each)
 	HeartbeatSize   = 8       // sent unix-nano u64
 	ConsoleSize     = 12      // console bytes u64, crc32c u32
+	SyncedSize      = 8       // epoch u64
 	MaxFrameData    = 1 << 20 // largest data section of one Frame
 	MaxHelloSize    = 64 << 10
 	MaxReasonSize   = 4 << 10
@@ -84,6 +88,8 @@ func maxPayload(t MsgType) (min, max int, ok bool) {
 		return 0, MaxReasonSize, true
 	case MsgConsole:
 		return ConsoleSize, ConsoleSize, true
+	case MsgSynced:
+		return SyncedSize, SyncedSize, true
 	}
 	return 0, 0, false
 }
@@ -286,6 +292,18 @@ func decodeConsole(p []byte) (ConsoleMark, error) {
 		return ConsoleMark{}, fmt.Errorf("%w: console mark payload %d bytes, want %d", ErrProtocol, len(p), ConsoleSize)
 	}
 	return ConsoleMark{Bytes: clampInt64(binary.BigEndian.Uint64(p)), CRC: binary.BigEndian.Uint32(p[8:])}, nil
+}
+
+func appendSynced(b []byte, epoch uint64) []byte {
+	b = appendHeader(b, MsgSynced, SyncedSize)
+	return binary.BigEndian.AppendUint64(b, epoch)
+}
+
+func decodeSynced(p []byte) (uint64, error) {
+	if len(p) != SyncedSize {
+		return 0, fmt.Errorf("%w: synced payload %d bytes, want %d", ErrProtocol, len(p), SyncedSize)
+	}
+	return binary.BigEndian.Uint64(p), nil
 }
 
 func appendHeartbeat(b []byte, now time.Time) []byte {

@@ -236,7 +236,7 @@ func (c Config) Args() []string {
 	var a []string
 	for _, app := range []func(Config) []string{
 		appendName, appendMachine, appendIcount, appendConsole, appendKernel,
-		appendNIC, appendDisks, appendSnapshotDrive, appendQMP, appendLoadVM, appendPaused,
+		appendNIC, appendSnapshotDrive, appendDisks, appendQMP, appendLoadVM, appendPaused,
 	} {
 		a = append(a, app(c)...)
 	}
@@ -369,7 +369,11 @@ func appendSnapshotDrive(c Config) []string {
 	if c.SnapshotDrive == "" {
 		return nil
 	}
-	// Not attached to the guest: it only holds savevm snapshots.
+	// Not attached to the guest: it only holds savevm snapshots. It comes
+	// before the guest's disks: savevm and loadvm keep the VM state in the
+	// first drive that can hold one, and a snapshot's VM state must be in a
+	// file the guest never writes, so that it can be copied while the VM runs
+	// (protecting a running VM).
 	return []string{"-drive", "file=" + optValue(blockFile(c.SnapshotDrive)) + ",if=none,id=snap0,format=qcow2"}
 }
 

@@ -33,6 +33,20 @@ func WithFeedPoll(interval time.Duration, size func() (int64, error)) FeedOpt {
 	return func(f *Feed) { f.pollEvery, f.pollSize = interval, size }
 }
 
+// WithFeedStart makes the Feed give a replay that loads a snapshot saved
+// while recording (Config.RRSnapshot or LoadVM) the log from the snapshot's
+// position (SnapshotReplayState.LogOffset) rather than from its start. A
+// replay reads the first event's kind when it opens its log, before it loads
+// the snapshot; the snapshot's load then seeks to its position, which a FIFO
+// cannot do, and reads the next kind where the stream stands. So the Feed
+// writes the version, one inert event kind for that first read (EVENT_END,
+// which nothing consumes; the load overwrites the kind read), and then the log
+// from offset.
+func WithFeedStart(offset int64) FeedOpt { return func(f *Feed) { f.startAt = offset } }
+
+// eventEnd is EVENT_END's kind byte (replay-internal.h; qemu-rr-reference.md).
+const eventEnd = 39
+
 // Feed streams a growing rr log to a replaying QEMU through a FIFO: the 4
 // version bytes, then the log body from offset 12 of the source file as it
 // grows. QEMU's seek past the header fails harmlessly on the pipe; feeding
@@ -45,6 +59,7 @@ type Feed struct {
 
 	pollEvery time.Duration
 	pollSize  func() (int64, error)
+	startAt   int64 // WithFeedStart; 0 feeds the whole log
 
 	out    atomic.Pointer[fifoWriter] // the FIFO's write end once a reader opened it
 	upTo   atomic.Int64               // source offset known to be written
@@ -73,10 +88,13 @@ func NewFeed(fifoPath, srcPath string, opts ...FeedOpt) (*Feed, error) {
 	for _, o := range opts {
 		o(f)
 	}
+	if f.startAt != 0 && f.startAt < LogHeaderSize {
+		return nil, fmt.Errorf("feed start %d is inside the log header", f.startAt)
+	}
 	if err := unix.Mkfifo(fifoPath, 0o600); err != nil {
 		return nil, fmt.Errorf("mkfifo %s: %w", fifoPath, err)
 	}
-	f.fed.Store(LogHeaderSize)
+	f.fed.Store(max(f.startAt, LogHeaderSize))
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	go f.run(ctx)
@@ -197,7 +215,11 @@ func (f *Feed) feed(ctx context.Context) error {
 	defer out.Close()
 	f.out.Store(out)
 	defer f.out.Store(nil)
-	if _, err := out.Write(logVersion[:]); err != nil {
+	head := logVersion[:]
+	if f.startAt != 0 {
+		head = append(head[:len(head):len(head)], eventEnd)
+	}
+	if _, err := out.Write(head); err != nil {
 		return fmt.Errorf("write version: %w", err)
 	}
 	var in *os.File

@@ -1,0 +1,151 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSnapshotFeedReplay: protecting a running VM. A recording VM with a disk
+// saves a snapshot while it runs on (its VM state in the snapshot drive, which
+// the guest never writes); the disk as of the snapshot is copied out of the
+// live image (qemu-img convert -U -l) and the snapshot drive copied as a file;
+// a replay loads the snapshot and is fed the log from the snapshot's position
+// (read from the VM state) through a FIFO, as a backup's replay is. It must
+// print what the recording printed after the snapshot, byte for byte, and reach
+// the log's end.
+func TestSnapshotFeedReplay(t *testing.T) {
+	eng := streamEngine(t)
+	if k, _ := guestFiles(t); k == "" {
+		t.Skip("needs the lab guest (build/guest)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	dir := shortDir(t)
+	recDir, repDir := filepath.Join(dir, "p"), filepath.Join(dir, "b")
+	for _, d := range []string{recDir, repDir} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := filepath.Join(dir, "disk.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "64M")
+
+	rec := baseConfig(t, dir, "rec", ModeRecord)
+	rec.Binary, rec.LogStream = eng.Binary, true
+	rec.SnapshotDrive = filepath.Join(dir, "rec-snap.qcow2")
+	rec.Disks = []Disk{{Path: img}}
+	var g *guestNIC
+	rec.NIC, g = newGuestNIC(t, recDir)
+	mr := startMachine(t, rec)
+	waitCounters(ctx, t, rec.ConsoleLog, 3)
+
+	// The pause: stop, savevm, cont (retrying while rr's async queue is busy).
+	const tag = "ftvmd-protect"
+	var pause time.Duration
+	var atSnap int64
+	for tries := 0; ; tries++ {
+		t0 := time.Now()
+		if err := mr.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		atSnap = fileSize(rec.ConsoleLog)
+		out, err := mr.HMP(ctx, "savevm "+tag)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := mr.Cont(ctx); err != nil {
+			t.Fatal(err)
+		}
+		pause = time.Since(t0)
+		if out = strings.TrimSpace(out); out == "" {
+			t.Logf("snapshot saved while recording after %d tries; pause %s", tries+1, pause.Round(time.Millisecond))
+			break
+		} else if !strings.Contains(out, savevmBusy) || tries > 100 {
+			t.Fatalf("savevm while recording: %s", out)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	st, err := ReadSnapshotReplayState(rec.SnapshotDrive, tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("snapshot: log offset %d (log now %d bytes), icount %d, VM state %d bytes", st.LogOffset, fileSize(rec.RRFile), st.Icount, st.VMStateBytes)
+
+	// The backup's base while the guest runs on and writes its disk.
+	bdisk, bsnap := filepath.Join(repDir, "disk.qcow2"), filepath.Join(repDir, "snap.qcow2")
+	run(t, "qemu-img", "convert", "-U", "-f", "qcow2", "-O", "qcow2", "-l", "snapshot.name="+tag, img, bdisk)
+	run(t, "qemu-img", "snapshot", "-c", tag, bdisk)
+	run(t, "cp", rec.SnapshotDrive, bsnap)
+
+	feed, err := NewFeed(filepath.Join(dir, "feed.fifo"), rec.RRFile, WithFeedStart(st.LogOffset),
+		WithFeedPoll(5*time.Millisecond, func() (int64, error) { return fileSize(rec.RRFile), nil }), WithFeedLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { feed.Close() })
+	rep := baseConfig(t, dir, "rep", ModeReplay)
+	rep.Binary = eng.Binary
+	rep.RRFile, rep.RRSnapshot, rep.SnapshotDrive = feed.Path(), tag, bsnap
+	rep.Disks = []Disk{{Path: bdisk}}
+	rep.NIC, _ = newGuestNIC(t, repDir)
+	mp := startMachine(t, rep)
+
+	// The recording runs on with network input and disk writes by the guest
+	// (its counter), then ends its log.
+	tick := time.NewTicker(20 * time.Millisecond)
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); <-tick.C {
+		g.ask()
+	}
+	tick.Stop()
+	if err := mr.Stop(ctx, 5*time.Second); err != nil {
+		t.Fatalf("stop recording: %v", err)
+	}
+	recCon, _ := os.ReadFile(rec.ConsoleLog)
+	want := recCon[atSnap:]
+	select {
+	case <-mp.Exited():
+	case <-time.After(2 * time.Minute):
+		got, _ := os.ReadFile(rep.ConsoleLog)
+		ri, err := mp.QueryReplay(ctx)
+		t.Fatalf("the replay from the snapshot did not reach the log's end: at %+v (%v), fed %d of %d, console %q, want %q",
+			ri, err, feed.FedOffset(), fileSize(rec.RRFile), got, want)
+	}
+	got, _ := os.ReadFile(rep.ConsoleLog)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the replay from the snapshot printed %q, the recording printed %q after it", got, want)
+	}
+	if len(counters(got)) < 3 {
+		t.Fatalf("only %d counter lines after the snapshot", len(counters(got)))
+	}
+	t.Logf("replayed from the snapshot through the FIFO: %d console bytes identical (%d counter lines); pause %s",
+		len(got), len(counters(got)), pause.Round(time.Millisecond))
+}
+
+func run(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// waitCounters waits for the guest's ready line and n counter lines after it.
+func waitCounters(ctx context.Context, t *testing.T, console string, n int) {
+	t.Helper()
+	for {
+		con, _ := os.ReadFile(console)
+		if i := bytes.Index(con, []byte("ftguest ready")); i >= 0 && len(counters(con[i:])) >= n {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("guest not up: console %q", con)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
