@@ -63,7 +63,7 @@ func TestBackupAcksOnlySafeCutPoints(t *testing.T) {
 			t.Fatal(err)
 		}
 		feed := new(notifyRecorder)
-		sink := newLogSink(f, feed)
+		sink := newLogSink(f, feed, replay.HeaderSize, 0)
 		link := logging.NewMemLink()
 		snd := logging.NewSender(link.A(), src, logging.SenderConfig{StartOffset: replay.HeaderSize, MaxFrame: 1 + rng.IntN(300)})
 		rcv := logging.NewReceiver(link.B(), sink, logging.ReceiverConfig{StartOffset: replay.HeaderSize, HeartbeatInterval: 5 * time.Millisecond})

@@ -572,6 +572,25 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 		resp.Events = evs
 		return resp
 	case control.OpProtect, control.OpRun:
+		if req.Op == control.OpProtect && req.Backup != "" {
+			// A VM that runs here unprotected (ftvmd run, a survivor after a
+			// failover) is protected from its running state.
+			if v, found := a.lookup(req.VM); found {
+				p, isPrimary := v.(*primary)
+				select {
+				case <-v.done():
+				default:
+					if !isPrimary {
+						return fail(fmt.Errorf("vm %q runs on %s as %s", req.VM, a.cfg.Host, v.status().Role))
+					}
+					msg, err := p.protectRunning(ctx, withPort(req.Backup))
+					if err != nil {
+						return fail(err)
+					}
+					return ok(msg)
+				}
+			}
+		}
 		spec, err := a.specs.Load(req.VM)
 		if err != nil {
 			return fail(err)
@@ -613,7 +632,7 @@ func (a *Agent) handle(ctx context.Context, req control.Request) control.Respons
 		if err := p.handover(ctx); err != nil {
 			return fail(err)
 		}
-		return ok(fmt.Sprintf("vm %s handed over to %s", req.VM, p.backupHost))
+		return ok(fmt.Sprintf("vm %s handed over to %s", req.VM, p.bkHost()))
 	case control.OpVerify:
 		v, found := a.lookup(req.VM)
 		p, isPrimary := v.(*primary)

@@ -117,7 +117,7 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn, authenticated func())
 		return
 	}
 	reply := func(err error) {
-		r := peerReply{OK: err == nil, Host: a.cfg.Host, ConsoleMarks: err == nil}
+		r := peerReply{OK: err == nil, Host: a.cfg.Host, ConsoleMarks: err == nil, Synced: err == nil}
 		if err != nil {
 			r.Error = err.Error()
 		}
@@ -196,16 +196,23 @@ type backup struct {
 	// handedOff: the replaying QEMU went live in place and belongs to the primary
 	// now, with its tap: the backup's teardown leaves both alone.
 	handedOff atomic.Bool
-	epoch     uint64           // the epoch the primary is protected under (0: no shared storage)
-	img       *disk.ImageInfo  // the primary's image, copied before the log
-	cutPoints *cutPoints       // recent safe cut points; the newest is the feed's limit
-	positions *replayPositions // replayed count -> log offset, for the stall report
-	blocks    *blockIDs        // block completions in the log, for go-live
-	diskPath  string
-	cancel    context.CancelFunc
-	finished  chan struct{}
-	wg        sync.WaitGroup
-	stopOnce  sync.Once
+	epoch     uint64          // the epoch the primary is protected under (0: no shared storage)
+	img       *disk.ImageInfo // the primary's image, copied before the log
+	// snap: the backup starts from a snapshot of the running VM (protect.go) at
+	// log offset start; nil (and start the header's end) for a backup from boot.
+	snap  *snapshotStart
+	start int64
+	// returnAddr is the primary's agent address (peerHello.ReturnAddr): after
+	// going live this copy protects the VM again with it.
+	returnAddr string
+	cutPoints  *cutPoints       // recent safe cut points; the newest is the feed's limit
+	positions  *replayPositions // replayed count -> log offset, for the stall report
+	blocks     *blockIDs        // block completions in the log, for go-live
+	diskPath   string
+	cancel     context.CancelFunc
+	finished   chan struct{}
+	wg         sync.WaitGroup
+	stopOnce   sync.Once
 	// life decides the backup's lifecycle (package lifecycle); the backup carries
 	// out what it asks and feeds it what happens.
 	life *driver
@@ -256,11 +263,13 @@ type logSink struct {
 // feedLimit is the part of qemu.Feed the sink drives: how far the replay may read.
 type feedLimit interface{ Notify(limit int64) }
 
-func newLogSink(f *os.File, feed feedLimit) logSink {
-	s := logSink{f: f, feed: feed, cut: replay.NewCutter(replay.HeaderSize, 0), points: new(cutPoints),
+// newLogSink appends to f the log from offset start, where the instruction count
+// is icount (the header's end and 0 from boot; a snapshot's offset and count).
+func newLogSink(f *os.File, feed feedLimit, start int64, icount uint64) logSink {
+	s := logSink{f: f, feed: feed, cut: replay.NewCutter(start, icount), points: new(cutPoints),
 		positions: newReplayPositions(), blocks: newBlockIDs()}
-	s.points.add(replay.HeaderSize, 0)
-	s.positions.add(replay.HeaderSize, 0)
+	s.points.add(start, icount)
+	s.positions.add(start, icount)
 	s.cut.OnEvent(func(ev replay.Event) {
 		if ev.Kind == replay.KindAsyncBlock {
 			s.blocks.completed(ev.ID, ev.Offset)
@@ -314,6 +323,10 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_
 		dir:      a.vmDir(hello.Spec.Name, "backup"),
 		finished: make(chan struct{}),
 		epoch:    hello.Epoch,
+		start:    hello.StartOffset,
+		snap:     hello.Snapshot,
+
+		returnAddr: hello.ReturnAddr,
 	}
 	if err := b.newLife(); err != nil {
 		return nil, err
@@ -323,8 +336,19 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_
 		return nil, fmt.Errorf("primary's %w", err)
 	}
 	b.dataPath = dp
-	if hello.StartOffset != replay.HeaderSize {
-		return nil, fmt.Errorf("log start offset %d: only protection from boot (offset %d) is supported", hello.StartOffset, replay.HeaderSize)
+	switch {
+	case hello.Snapshot != nil:
+		if err := hello.Snapshot.validate(); err != nil {
+			return nil, err
+		}
+		if hello.StartOffset < replay.HeaderSize {
+			return nil, fmt.Errorf("log start offset %d of a snapshot is inside the log header", hello.StartOffset)
+		}
+		if !a.engine.LogStream {
+			return nil, fmt.Errorf("a backup from a running VM's snapshot needs ftvmd's QEMU build on this host (%s is %s)", a.engine.Binary, a.engine.Name)
+		}
+	case hello.StartOffset != replay.HeaderSize:
+		return nil, fmt.Errorf("log start offset %d: a backup from boot starts at offset %d", hello.StartOffset, replay.HeaderSize)
 	}
 	if err := a.register(b.spec.Name, b); err != nil {
 		return nil, err
@@ -367,7 +391,12 @@ func (b *backup) openLog(context.Context) error {
 	}
 	b.logFile = f
 	b.cleanups.push(f.Close)
-	feed, err := qemu.NewFeed(filepath.Join(b.dir, "log.fifo"), f.Name(), qemu.WithFeedLogger(b.log))
+	opts := []qemu.FeedOpt{qemu.WithFeedLogger(b.log)}
+	if b.snap != nil {
+		// The replay loads the snapshot and reads the log from its offset on.
+		opts = append(opts, qemu.WithFeedStart(b.start))
+	}
+	feed, err := qemu.NewFeed(filepath.Join(b.dir, "log.fifo"), f.Name(), opts...)
 	if err != nil {
 		return err
 	}
@@ -431,8 +460,12 @@ func (b *backup) prepareQEMU(context.Context) error {
 		QMPSocket:  filepath.Join(b.dir, "qmp.sock"),
 		ConsoleLog: filepath.Join(b.dir, "console.log"),
 		Dir:        b.dir,
-		// savevm at go-live needs a qcow2 drive.
+		// savevm at go-live needs a qcow2 drive; a backup from a running VM's
+		// snapshot receives the primary's, holding the snapshot's VM state.
 		SnapshotDrive: filepath.Join(b.dir, "snapshot.qcow2"),
+	}
+	if b.snap != nil {
+		cfg.RRSnapshot = b.snap.Tag
 	}
 	if b.img != nil {
 		b.diskPath = filepath.Join(b.dir, "disk.qcow2")
@@ -486,7 +519,15 @@ func (b *backup) run(conn net.Conn) {
 	b.mu.Lock()
 	b.cancel, b.conn = cancel, conn
 	b.mu.Unlock()
-	sink := newLogSink(b.logFile, b.feed)
+	var icount uint64
+	if b.snap != nil {
+		icount = b.snap.Icount
+	}
+	start := b.start
+	if start == 0 {
+		start = replay.HeaderSize // from boot
+	}
+	sink := newLogSink(b.logFile, b.feed, start, icount)
 	b.cutPoints = sink.points
 	b.positions = sink.positions
 	b.blocks = sink.blocks
@@ -500,7 +541,16 @@ func (b *backup) run(conn net.Conn) {
 			default:
 			}
 		},
-		StartOffset: replay.HeaderSize,
+		StartOffset: start,
+		OnSynced: func(epoch uint64) {
+			// The reader goroutine must not block on the lifecycle's lock.
+			b.wg.Add(1)
+			go func() {
+				defer b.wg.Done()
+				b.log.Info("the primary is protected by this backup now", "epoch", epoch)
+				_ = b.life.step(lifecycle.Synced(epoch, epoch > 0 && b.a.store != nil))
+			}()
+		},
 		// Acks carry the replayed icount, the primary's only view of the backup's
 		// progress: send them often so the measured lag is not ack cadence.
 		HeartbeatInterval: min(b.a.cfg.HeartbeatInterval, ackEvery),
@@ -519,8 +569,14 @@ func (b *backup) run(conn net.Conn) {
 		defer b.wg.Done()
 		logs.run(ctx, b.a.cfg.LogCheckEvery)
 	}()
-	if err := b.life.start(b.epoch, b.peer, b.epoch > 0 && b.a.store != nil); err != nil {
-		b.log.Error("lifecycle start", "err", err)
+	var lerr error
+	if b.snap != nil {
+		lerr = b.life.startSyncing(b.peer)
+	} else {
+		lerr = b.life.start(b.epoch, b.peer, b.epoch > 0 && b.a.store != nil)
+	}
+	if lerr != nil {
+		b.log.Error("lifecycle start", "err", lerr)
 	}
 	if b.img != nil {
 		b.log.Info("receiving disk image", "bytes", b.img.Size)
@@ -534,6 +590,12 @@ func (b *backup) run(conn net.Conn) {
 			return
 		}
 		b.log.Info("disk image received", "bytes", info.Size, "sha256", info.SHA256)
+	}
+	if b.snap != nil {
+		if err := b.receiveSnapshot(ctx, conn); err != nil {
+			_ = b.life.step(lifecycle.Fault(err))
+			return
+		}
 	}
 	b.log.Info("backup replaying", "from", b.peer)
 	detach := b.a.peers.attach(b.peer, b.spec.Name, conn, func() time.Time { return recv.Stats().LastPeerMsgAt })
@@ -794,7 +856,8 @@ func (b *backup) goLiveFromReplay(ctx context.Context, epoch uint64, claim time.
 			liveDisk = dst
 		}
 	}
-	live := &liveStart{epoch: epoch, dataPath: b.dataPath, disk: liveDisk, claim: claim, launch: launch}
+	live := &liveStart{epoch: epoch, dataPath: b.dataPath, disk: liveDisk, claim: claim, launch: launch, icount: cut.icount,
+		lostAt: b.lostAt(claim), reprotect: b.returnAddr}
 	if inPlace {
 		// The live VM keeps the replay's NIC: its sockets (the relay binds the
 		// agent's in place of the backup's drain) or its tap (put on the bridge).
@@ -806,6 +869,12 @@ func (b *backup) goLiveFromReplay(ctx context.Context, epoch uint64, claim time.
 	gctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	return b.a.startPrimary(gctx, b.spec, "", live)
+}
+
+// lostAt is when this backup lost its primary: its claim started claim ago (now
+// if it went live on a planned failover's claim).
+func (b *backup) lostAt(claim time.Duration) time.Time {
+	return time.Now().Add(-claim)
 }
 
 func (b *backup) pollReplay(ctx context.Context) {

@@ -63,6 +63,17 @@ func (c *consoleTail) next() ([]byte, error) {
 	return c.buf[:n], nil
 }
 
+// consoleRotator is the rotator of the primary's console (nil before its log
+// keeper runs).
+func (p *primary) consoleRotator() *logspace.Rotator {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.logs == nil {
+		return nil
+	}
+	return p.logs.console
+}
+
 func (c *consoleTail) close() {
 	if c.f != nil {
 		c.f.Close()
@@ -72,10 +83,15 @@ func (c *consoleTail) close() {
 	}
 }
 
-// sendConsoleMarks is the primary's half of the divergence sentinel: it keeps a
-// running CRC-32C of its QEMU's console and sends it to the backup as it grows.
-func (p *primary) sendConsoleMarks(ctx context.Context, s *logging.Sender, rot *logspace.Rotator) {
+// sendConsoleMarksFrom is the primary's half of the divergence sentinel: it keeps
+// a running CRC-32C of its QEMU's console from byte from on (0 for a backup that
+// replays from boot, the console's size at the snapshot for one that starts from a
+// running VM's snapshot, whose replay's console starts there) and sends it to the
+// backup as it grows.
+func (p *primary) sendConsoleMarksFrom(ctx context.Context, s *logging.Sender, rot *logspace.Rotator, from int64) {
 	tail := newConsoleTail(p.m.Config().ConsoleLog, rot)
+	tail.off = from
+	tail.read.Store(from)
 	defer tail.close()
 	var n int64
 	var crc uint32

@@ -66,7 +66,15 @@ type driver struct {
 }
 
 func newDriver(a *Agent, role arbiter.Role, vm string, liveEpoch uint64, log *slog.Logger, exec func(lifecycle.Action)) (*driver, error) {
-	m, err := lifecycle.New(lifecycle.Config{Role: role, Host: a.cfg.Host, VM: vm, LiveEpoch: liveEpoch, Logger: log})
+	return newDriverWith(a, lifecycle.Config{Role: role, VM: vm, LiveEpoch: liveEpoch}, log, exec)
+}
+
+// newDriverWith is newDriver with the machine's config (its Host and Logger are
+// the agent's).
+func newDriverWith(a *Agent, cfg lifecycle.Config, log *slog.Logger, exec func(lifecycle.Action)) (*driver, error) {
+	cfg.Host, cfg.Logger = a.cfg.Host, log
+	role, vm := cfg.Role, cfg.VM
+	m, err := lifecycle.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -132,9 +140,28 @@ func (d *driver) stepLocked(ev lifecycle.Event) error {
 
 // start steps Started and begins the ticks.
 func (d *driver) start(epoch uint64, peer string, shared bool) error {
+	return d.startWith(lifecycle.Started(epoch, peer, shared))
+}
+
+// startPrimary starts a primary protected by the backup peer (its host name)
+// whose agent is at addr, or alone (peer "").
+func (d *driver) startPrimary(epoch uint64, peer, addr string, shared bool) error {
+	if peer == "" {
+		addr = ""
+	}
+	return d.startWith(lifecycle.StartedWith(epoch, peer, addr, shared))
+}
+
+// startSyncing starts a backup from a running VM's snapshot: it protects
+// nothing until its primary says it is synced.
+func (d *driver) startSyncing(peer string) error {
+	return d.startWith(lifecycle.StartedSyncing(peer))
+}
+
+func (d *driver) startWith(ev lifecycle.Event) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.stepLocked(lifecycle.Started(epoch, peer, shared)); err != nil {
+	if err := d.stepLocked(ev); err != nil {
 		return err
 	}
 	if !d.ticking {

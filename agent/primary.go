@@ -53,6 +53,12 @@ type peerHello struct {
 	// DataPath is the primary's NIC type: the replay must use the same (a log
 	// recorded on a tap does not replay on a datagram NIC). Empty means relay.
 	DataPath DataPath `json:"data_path,omitempty"`
+	// Snapshot: the backup starts from a snapshot of the running VM (protect.go),
+	// at StartOffset of the log, and protects it only once told (MsgSynced).
+	Snapshot *snapshotStart `json:"snapshot,omitempty"`
+	// ReturnAddr is the primary's agent address as seen from the backup: after a
+	// failover the live copy protects itself again with it.
+	ReturnAddr string `json:"return_addr,omitempty"`
 }
 
 type peerReply struct {
@@ -62,6 +68,9 @@ type peerReply struct {
 	// ConsoleMarks: this backup reads console marks (logging.MsgConsole), the
 	// divergence sentinel's input. An older backup leaves it out and gets none.
 	ConsoleMarks bool `json:"console_marks,omitempty"`
+	// Synced: this backup can start from a running VM's snapshot and reads
+	// MsgSynced.
+	Synced bool `json:"synced,omitempty"`
 }
 
 // primary runs the recording QEMU, streams its log and holds its output.
@@ -105,6 +114,7 @@ type primary struct {
 	consoleMarks bool
 
 	cancel   context.CancelFunc
+	vmCtx    context.Context // the VM's goroutines' context (set in startStreams, under mu)
 	finished chan struct{}
 	tailWake chan struct{} // cap 1: a held frame waits for the log
 	wg       sync.WaitGroup
@@ -145,6 +155,15 @@ type primary struct {
 	// what its last read said when it could not decide.
 	epochEvery, epochTimeout time.Duration
 	epochCheck               string
+	// Protecting the running VM (protect.go), under mu: its status, and the
+	// cancel of the sync in progress.
+	sync       *control.SyncStatus
+	syncCancel context.CancelFunc
+	syncFirst  chan error // the operator's protect waits on it for the snapshot (nil: nobody waits)
+	// faultAt: when this copy lost its peer in the last failover it survived
+	// (the backup's channel ended; zero if none); aloneAt: when it ran alone
+	// after it. The window of vulnerability of a re-protection counts from them.
+	faultAt, aloneAt time.Time
 }
 
 // liveStart makes startPrimary continue a VM from a backup's replay (go-live) instead
@@ -158,6 +177,15 @@ type liveStart struct {
 	// inPlace is set when launch makes the replaying QEMU itself the live VM
 	// (qemu.Engine.InPlaceGoLive) rather than starting a new one.
 	inPlace *inPlaceLive
+	// icount is the instruction count where the live VM starts its new log (the
+	// cut's): the primary counts its log's instructions from there, so that its
+	// counts, like a backup's replayed count, are counted from boot.
+	icount uint64
+	// lostAt: when the backup lost its primary (its claim started); reprotect:
+	// the lost primary's agent address, to protect the VM again with once it
+	// answers ("" for none).
+	lostAt    time.Time
+	reprotect string
 }
 
 // inPlaceLive is what a VM that goes live in place keeps of the backup's replay.
@@ -206,6 +234,7 @@ func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backu
 	}
 	if live != nil {
 		p.epoch, p.dataPath = live.epoch, live.dataPath
+		p.faultAt, p.aloneAt = live.lostAt, p.started
 	}
 	if err := p.newLife(); err != nil {
 		return err
@@ -343,7 +372,7 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		return err
 	}
 	p.addCleanup(conn.Close)
-	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch, Disk: img, Engine: p.a.engine.Name, StallReports: true, DataPath: p.dataPath}); err != nil {
+	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch, Disk: img, Engine: p.a.engine.Name, StallReports: true, DataPath: p.dataPath, ReturnAddr: p.a.returnAddr(conn)}); err != nil {
 		return fmt.Errorf("backup %s: %w", p.peer, err)
 	}
 	var reply peerReply
@@ -383,7 +412,12 @@ func (p *primary) connectBackup(ctx context.Context) error {
 // dialBackup opens an authenticated connection to the backup's agent, the dial and
 // the TLS handshake bounded by the agent's dial timeout.
 func (p *primary) dialBackup(ctx context.Context) (net.Conn, error) {
-	host, _, _ := net.SplitHostPort(p.peer)
+	return p.dialAgent(ctx, p.peer)
+}
+
+// dialAgent is dialBackup for the agent at addr.
+func (p *primary) dialAgent(ctx context.Context, addr string) (net.Conn, error) {
+	host, _, _ := net.SplitHostPort(addr)
 	cfg, err := logging.ClientTLS(p.a.cfg.KeysDir, host)
 	if err != nil {
 		return nil, err
@@ -391,9 +425,9 @@ func (p *primary) dialBackup(ctx context.Context) (net.Conn, error) {
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: p.a.cfg.DialTimeout}, Config: cfg}
 	dctx, cancel := context.WithTimeout(ctx, p.a.cfg.DialTimeout)
 	defer cancel()
-	conn, err := d.DialContext(dctx, "tcp", p.peer)
+	conn, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("backup host %s does not answer: %w", p.peer, err)
+		return nil, fmt.Errorf("backup host %s does not answer: %w", addr, err)
 	}
 	return conn, nil
 }
@@ -449,10 +483,12 @@ func (p *primary) qemuConfig(mode qemu.Mode, rrfile string) qemu.Config {
 		NIC:        nicFor(p.dataPath, p.spec.MAC, p.dir, p.tap),
 		QMPSocket:  filepath.Join(p.dir, "qmp.sock"),
 		ConsoleLog: filepath.Join(p.dir, "console.log"),
-		LogStream:  p.a.engine.LogStream,
-		FlushLib:   p.a.cfg.FlushLib,
-		Dir:        p.dir,
-		Disks:      disks(p.diskPath()),
+		// Protecting the VM while it runs saves a snapshot (protect.go).
+		SnapshotDrive: filepath.Join(p.dir, "snapshot.qcow2"),
+		LogStream:     p.a.engine.LogStream,
+		FlushLib:      p.a.cfg.FlushLib,
+		Dir:           p.dir,
+		Disks:         disks(p.diskPath()),
 	}
 }
 
@@ -737,6 +773,9 @@ func (p *primary) openLog(ctx context.Context) error {
 func (p *primary) startStreams(context.Context) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
+	p.mu.Lock()
+	p.vmCtx = ctx
+	p.mu.Unlock()
 	backup := ""
 	if p.conn != nil {
 		p.sender = logging.NewSender(p.conn, p.rr, logging.SenderConfig{
@@ -749,7 +788,7 @@ func (p *primary) startStreams(context.Context) error {
 	}
 	// Before any goroutine can report what happens: the lifecycle starts protected
 	// (with a backup) or unprotected.
-	if err := p.life.start(p.epoch, backup, backup != "" && p.a.store != nil && p.epoch > 0); err != nil {
+	if err := p.life.startPrimary(p.epoch, backup, p.peer, backup != "" && p.a.store != nil && p.epoch > 0); err != nil {
 		return err
 	}
 	p.go1(func() { p.tail(ctx) })
@@ -772,7 +811,7 @@ func (p *primary) startStreams(context.Context) error {
 		s := p.sender
 		p.go1(func() { p.ackLoop(ctx, s) })
 		if p.consoleMarks {
-			p.go1(func() { p.sendConsoleMarks(ctx, s, logs.console) })
+			p.go1(func() { p.sendConsoleMarksFrom(ctx, s, logs.console, 0) })
 		}
 	}
 	// After startSender: the keeper reads what it set (senderDone).
@@ -798,8 +837,11 @@ func (p *primary) startStreams(context.Context) error {
 func (p *primary) startSender(ctx context.Context, s *logging.Sender) {
 	sctx, scancel := context.WithCancel(ctx)
 	senderDone := make(chan struct{})
+	p.mu.Lock()
 	p.stopSender, p.senderDone = scancel, senderDone
-	detach := p.a.peers.attach(p.backupName(), p.spec.Name, p.conn, func() time.Time { return s.Stats().LastPeerMsgAt })
+	conn := p.conn
+	p.mu.Unlock()
+	detach := p.a.peers.attach(p.backupName(), p.spec.Name, conn, func() time.Time { return s.Stats().LastPeerMsgAt })
 	p.go1(func() {
 		defer close(senderDone)
 		err := s.Run(sctx)
@@ -822,10 +864,27 @@ func (p *primary) startSender(ctx context.Context, s *logging.Sender) {
 // backupName is the backup's host name (its certificate's) once it answered, else
 // the address it was dialled at.
 func (p *primary) backupName() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.backupHost != "" {
 		return p.backupHost
 	}
 	return p.peer
+}
+
+// snd is the log channel's sender (nil while the VM is unprotected, or until a
+// protection of the running VM has one).
+func (p *primary) snd() *logging.Sender {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sender
+}
+
+// bkHost is the backup's host name, for the journal.
+func (p *primary) bkHost() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.backupHost
 }
 
 // channelEndReason says why a log channel ended, for the journal.
@@ -867,9 +926,13 @@ const tailEvery = 5 * time.Millisecond
 
 // tail follows the growing rr log, cuts it at event boundaries and publishes them.
 func (p *primary) tail(ctx context.Context) {
-	cut := replay.NewCutter(replay.HeaderSize, 0)
+	var base uint64
+	if p.live != nil {
+		base = p.live.icount
+	}
+	cut := replay.NewCutter(replay.HeaderSize, base)
 	safe := int64(replay.HeaderSize)
-	var safeIcount uint64
+	safeIcount := base
 	cut.OnEvent(func(ev replay.Event) {
 		if safeCut(ev.Kind) {
 			safe, safeIcount = ev.End(), cut.Icount()
@@ -893,9 +956,10 @@ func (p *primary) tail(ctx context.Context) {
 			p.written = off
 			p.boundary, p.icount, p.safePoint, p.safeIcount = b, ic, safe, safeIcount
 			p.lags.add(mark{at: now, off: b, icount: ic})
+			snd := p.sender
 			p.mu.Unlock()
-			if p.sender != nil {
-				p.sender.Publish(b, ic)
+			if snd != nil {
+				snd.Publish(b, ic)
 			}
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
@@ -985,11 +1049,11 @@ func (p *primary) logBackupStall(prev, cur logging.ReplayStall) {
 	case cur.Stalled() && (!prev.Stalled() || cur.Episodes != prev.Episodes):
 		p.log.Warn("backup replay stalled", "icount", cur.AtIcount, "held_beyond", cur.Beyond,
 			"for", cur.For.Round(time.Millisecond), "stalls", cur.Episodes)
-		p.a.record(journal.Event{Kind: journal.KindReplayStall, VM: p.spec.Name, Role: "primary", Peer: p.backupHost,
+		p.a.record(journal.Event{Kind: journal.KindReplayStall, VM: p.spec.Name, Role: "primary", Peer: p.bkHost(),
 			Detail: fmt.Sprintf("backup's replay stalled at icount %d with %d log bytes beyond it (stall %d)", cur.AtIcount, cur.Beyond, cur.Episodes)})
 	case prev.Stalled() && !cur.Stalled():
 		p.log.Info("backup replay progressing again", "stalled_for", prev.For.Round(time.Millisecond), "stalls", cur.Episodes)
-		p.a.record(journal.Event{Kind: journal.KindReplayMoving, VM: p.spec.Name, Role: "primary", Peer: p.backupHost,
+		p.a.record(journal.Event{Kind: journal.KindReplayMoving, VM: p.spec.Name, Role: "primary", Peer: p.bkHost(),
 			DurationMS: ms(prev.For), Detail: fmt.Sprintf("backup's replay moving again (stall %d)", cur.Episodes)})
 	}
 }
@@ -1004,7 +1068,7 @@ func (p *primary) noteEpisodes(throttled, paced bool, now time.Time, lag time.Du
 	quota := p.quota
 	p.mu.Unlock()
 	ev := func(kind string, d time.Duration, detail string) {
-		p.a.record(journal.Event{Time: now, Kind: kind, VM: p.spec.Name, Role: "primary", Peer: p.backupHost, DurationMS: ms(d), Detail: detail})
+		p.a.record(journal.Event{Time: now, Kind: kind, VM: p.spec.Name, Role: "primary", Peer: p.bkHost(), DurationMS: ms(d), Detail: detail})
 	}
 	switch {
 	case thCh && throttled:
@@ -1067,7 +1131,11 @@ func (p *primary) newLife() error {
 	if p.live != nil {
 		liveEpoch = p.live.epoch
 	}
-	d, err := newDriver(p.a, arbiter.RolePrimary, p.spec.Name, liveEpoch, p.log, p.exec)
+	var reprotect string
+	if p.live != nil {
+		reprotect = p.live.reprotect
+	}
+	d, err := newDriverWith(p.a, lifecycle.Config{Role: arbiter.RolePrimary, VM: p.spec.Name, LiveEpoch: liveEpoch, Reprotect: reprotect}, p.log, p.exec)
 	if err != nil {
 		return err
 	}
@@ -1078,13 +1146,17 @@ func (p *primary) newLife() error {
 
 // journalLife records the primary's lifecycle changes in the agent's journal.
 func (p *primary) journalLife(prev, cur lifecycle.Status) {
-	e := journal.Event{VM: p.spec.Name, Role: "primary", Peer: p.backupHost, Epoch: cur.Epoch, Detail: cur.Detail}
+	e := journal.Event{VM: p.spec.Name, Role: "primary", Peer: p.bkHost(), Epoch: cur.Epoch, Detail: cur.Detail}
 	switch cur.State {
 	case lifecycle.Unprotected:
 		if prev.State == lifecycle.Starting {
 			return // started alone: nothing was protected
 		}
 		if prev.State == lifecycle.Claiming {
+			now := time.Now()
+			p.mu.Lock()
+			p.faultAt, p.aloneAt = now.Add(-p.life.sinceClaim()), now
+			p.mu.Unlock()
 			f := e
 			f.Kind, f.DurationMS = journal.KindFailover, ms(p.life.sinceClaim())
 			f.Detail = cur.Detail + ": carrying on alone"
@@ -1096,7 +1168,7 @@ func (p *primary) journalLife(prev, cur lifecycle.Status) {
 	case lifecycle.Failed:
 		e.Kind = journal.KindFailed
 	case lifecycle.HandedOver:
-		e.Kind, e.Detail = journal.KindHandover, "planned failover: handed over to "+p.backupHost
+		e.Kind, e.Detail = journal.KindHandover, "planned failover: handed over to "+p.bkHost()
 	default:
 		return
 	}
@@ -1128,20 +1200,35 @@ func (p *primary) exec(a lifecycle.Action) {
 			p.out.SetMode(outputrule.Halted)
 		}
 	case lifecycle.ActionEndChannel:
-		if p.stopSender != nil {
-			p.stopSender() // Bye: the backup stops, or finds its planned-failover claim
+		p.mu.Lock()
+		stop, syncCancel := p.stopSender, p.syncCancel
+		p.mu.Unlock()
+		if syncCancel != nil {
+			syncCancel() // a protection of the running VM in progress ends
+		}
+		if stop != nil {
+			stop() // Bye: the backup stops, or finds its planned-failover claim
 		}
 	case lifecycle.ActionAbortChannel:
 		// An Error saying why (a Bye would make the backup stop quietly): the backup
 		// reads it as a failed primary, claims the next epoch and goes live from the
 		// log it holds; every frame released here was acknowledged, so it lies before
 		// the backup's cut. This copy never claims.
-		if p.sender != nil {
+		if snd := p.snd(); snd != nil {
 			p.mu.Lock()
 			p.aborted = true
 			p.mu.Unlock()
-			p.sender.Abort(fmt.Errorf("primary failed: %s", a.Reason))
+			snd.Abort(fmt.Errorf("primary failed: %s", a.Reason))
 		}
+	case lifecycle.ActionStartSync:
+		p.startSync(a.Peer, a.Reason)
+	case lifecycle.ActionProbePeer:
+		p.life.spawn(func(ctx context.Context) {
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err := p.probePeer(pctx, a.Peer)
+			cancel()
+			_ = p.life.step(lifecycle.Probed(err))
+		})
 	case lifecycle.ActionKillQEMU:
 		if p.guest != nil {
 			if err := p.guest.Kill(); err != nil {
@@ -1230,7 +1317,7 @@ func (p *primary) awaitDrain(ctx context.Context, gen uint64) {
 		if !current {
 			return
 		}
-		ss := p.sender.Stats()
+		ss := p.snd().Stats()
 		rs := p.out.Stats().Rule
 		if ss.Acked >= paused && rs.HeldFrames+rs.PendingFrames == 0 {
 			_ = p.life.step(lifecycle.Drained())
@@ -1335,6 +1422,10 @@ func (p *primary) status() control.VMStatus {
 	if p.bkStallRep {
 		fillBackupStallStatus(&st, p.bkStall)
 	}
+	if p.sync != nil {
+		s := *p.sync
+		st.Sync = &s
+	}
 	p.logs.fill(&st)
 	return st
 }
@@ -1351,20 +1442,20 @@ func (p *primary) status() control.VMStatus {
 func (p *primary) logPlan() logPlan {
 	state := p.life.state().State
 	p.mu.Lock()
-	written, senderDone := p.written, p.senderDone
+	written, senderDone, snd := p.written, p.senderDone, p.sender
 	p.mu.Unlock()
 	switch state {
 	case lifecycle.Protected, lifecycle.Degraded, lifecycle.Claiming, lifecycle.Unprotecting, lifecycle.HandingOver:
-		if p.sender == nil {
+		if snd == nil {
 			break
 		}
-		return logPlan{keep: logspace.Keep{Needed: p.sender.Stats().Acked, All: p.keepLog},
+		return logPlan{keep: logspace.Keep{Needed: snd.Stats().Acked, All: p.keepLog},
 			keeps:   keptText("until the backup acknowledges it", p.keepLog),
 			canWait: state != lifecycle.HandingOver}
 	case lifecycle.Unprotected:
 		needed := written
-		if p.sender != nil && !closed(senderDone) {
-			needed = min(needed, p.sender.Stats().Sent)
+		if snd != nil && !closed(senderDone) {
+			needed = min(needed, snd.Stats().Sent)
 		}
 		behind := p.a.cfg.UnprotectedLogKeep
 		what := fmt.Sprintf("the last %s (nothing replays it; --unprotected-log-keep)", logspace.FormatSize(max(behind, 0)))

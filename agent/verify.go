@@ -68,7 +68,7 @@ func (p *primary) pauseAtSafePoint(ctx context.Context) (uint64, error) {
 
 func (p *primary) verify(ctx context.Context) (string, error) {
 	st := p.life.state().State
-	if st != lifecycle.Protected || p.sender == nil {
+	if st != lifecycle.Protected || p.snd() == nil {
 		return "", fmt.Errorf("vm %s is %s: verify needs a protected VM", p.spec.Name, st)
 	}
 	if p.diskPath() == "" {

@@ -148,6 +148,47 @@ func (h Histogram) Count() uint64 {
 var VMStates = []string{"starting", "protected", "claiming", "degraded", "unprotecting", "handing-over",
 	"unprotected", "halted", "handed-over", "replaying", "going-live", "live", "failed", "stopping", "stopped"}
 
+// SyncStatus is how a primary brought up a backup from its running state:
+// its phase, the guest's pause for the snapshot, and how long each part took.
+// After a failover it also gives the window of vulnerability: from the fault
+// (the old primary lost) to protected again, in parts.
+type SyncStatus struct {
+	Backup string `json:"backup"`
+	// Phase: snapshot, copying, catching-up, protected, failed.
+	Phase string `json:"phase"`
+	// Percent of the base (disk and VM state) the backup holds while copying.
+	Percent float64 `json:"percent,omitempty"`
+	Error   string  `json:"error,omitempty"`
+	// PauseMS: the guest stood still this long for the snapshot.
+	PauseMS float64 `json:"pause_ms,omitempty"`
+	// BaseBytes: the disk and VM state sent to the backup.
+	BaseBytes int64 `json:"base_bytes,omitempty"`
+	// FromOffset: the log offset the backup replays from (the snapshot's);
+	// HeldFrom: the offset from which the output rule holds output.
+	FromOffset int64 `json:"from_offset,omitempty"`
+	HeldFrom   int64 `json:"held_from,omitempty"`
+	// ConsoleFrom: the console's size at the snapshot; the backup's replay
+	// prints what the primary printed from there on.
+	ConsoleFrom int64     `json:"console_from,omitempty"`
+	StartedAt   time.Time `json:"started_at"`
+	// The parts: snapshot (pause and reading it), copying the base, the backup
+	// catching up with the log written meanwhile.
+	SnapshotMS float64 `json:"snapshot_ms,omitempty"`
+	CopyMS     float64 `json:"copy_ms,omitempty"`
+	CatchUpMS  float64 `json:"catch_up_ms,omitempty"`
+	// ProtectedAt: when the backup acknowledged HeldFrom (zero until then).
+	ProtectedAt time.Time `json:"protected_at,omitempty"`
+	// Automatic re-protection after a failover: when the old primary was lost
+	// (FaultAt), how long this copy waited for a backup host (WaitMS), and the
+	// whole window of vulnerability, fault to protected again (WindowMS).
+	Auto    bool      `json:"auto,omitempty"`
+	FaultAt time.Time `json:"fault_at,omitempty"`
+	// FailoverMS: from the fault to this copy running alone (claim and go-live).
+	FailoverMS float64 `json:"failover_ms,omitempty"`
+	WaitMS     float64 `json:"wait_ms,omitempty"`
+	WindowMS   float64 `json:"window_ms,omitempty"`
+}
+
 // VMStatus is what `ftvmd status` shows for one VM on this host.
 type VMStatus struct {
 	Name      string    `json:"name"`
@@ -186,6 +227,10 @@ type VMStatus struct {
 	// copy, verified by checksum and not sent again.
 	CopyResumed int64   `json:"copy_resumed,omitempty"`
 	CopyRate    float64 `json:"copy_rate_bps,omitempty"`
+	// Sync: the latest protection of this VM while it ran (protect of a running
+	// VM, re-protection after a failover); nil if it was protected from boot or
+	// never.
+	Sync *SyncStatus `json:"sync,omitempty"`
 
 	LogWritten    int64   `json:"log_written"`  // bytes in the local rr log
 	LogSent       int64   `json:"log_sent"`     // primary: offset sent to the backup

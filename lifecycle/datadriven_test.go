@@ -179,6 +179,11 @@ func (e *scriptEnv) handle(cmd string) string {
 			case "pause":
 				n, err = num(v)
 				cfg.PauseTicks = int(n)
+			case "reprotect":
+				cfg.Reprotect = v
+			case "probe":
+				n, err = num(v)
+				cfg.ProbeTicks = int(n)
 			default:
 				return bad("unknown key %q", k)
 			}
@@ -214,7 +219,7 @@ func (e *scriptEnv) handle(cmd string) string {
 				return bad("%v", err)
 			}
 		}
-		ev := Started(epoch, kv["peer"], len(pos) > 0 && pos[0] == "shared")
+		ev := StartedWith(epoch, kv["peer"], kv["addr"], len(pos) > 0 && pos[0] == "shared")
 		ev.Sync = len(pos) > 0 && pos[len(pos)-1] == "syncing"
 		evs = append(evs, ev)
 	case "protect":
@@ -227,6 +232,12 @@ func (e *scriptEnv) handle(cmd string) string {
 			return bad("epoch: %v", err)
 		}
 		evs = append(evs, Synced(epoch, len(pos) > 0 && pos[0] == "shared"))
+	case "probed":
+		var err error
+		if len(pos) > 0 {
+			err = errArg("")
+		}
+		evs = append(evs, Probed(err))
 	case "sync-failed":
 		evs = append(evs, SyncFailed(errArg("disk copy: connection reset")))
 	case "peer-lost":

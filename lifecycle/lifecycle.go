@@ -201,6 +201,9 @@ const (
 	// EventSyncFailed: (primary) bringing the backup up failed (Err); the VM
 	// runs on unprotected.
 	EventSyncFailed
+	// EventProbed: (primary) the result of ProbePeer: the peer's agent answered
+	// (Err nil) or not.
+	EventProbed
 )
 
 var eventNames = map[EventType]string{
@@ -213,6 +216,7 @@ var eventNames = map[EventType]string{
 	EventTeardownDone: "TeardownDone", EventUnprotect: "Unprotect", EventHandover: "Handover",
 	EventAbort: "Abort", EventEpochSuperseded: "EpochSuperseded", EventShutdown: "Shutdown",
 	EventProtect: "Protect", EventSynced: "Synced", EventSyncFailed: "SyncFailed",
+	EventProbed: "Probed",
 }
 
 func (t EventType) String() string {
@@ -234,7 +238,10 @@ type Event struct {
 	Shared bool
 	// Sync: (Started, backup) the backup starts from a snapshot of a running
 	// VM and is not protecting it until Synced.
-	Sync    bool
+	Sync bool
+	// Addr: (Started, primary) the backup's agent address, which a primary that
+	// outlives its backup re-protects with when that agent answers again.
+	Addr    string
 	Bye     bool
 	Quit    bool
 	Claim   uint64 // claim results: the ClaimEpoch action's ID
@@ -259,11 +266,19 @@ func Synced(epoch uint64, shared bool) Event {
 	return Event{Type: EventSynced, Epoch: epoch, Shared: shared}
 }
 func SyncFailed(err error) Event { return Event{Type: EventSyncFailed, Err: err} }
-func PeerLost(err error) Event   { return Event{Type: EventPeerLost, Err: err} }
-func PeerBye(err error) Event    { return Event{Type: EventPeerLost, Bye: true, Err: err} }
-func PeerQuit(err error) Event   { return Event{Type: EventPeerLost, Quit: true, Err: err} }
-func PeerBack() Event            { return Event{Type: EventPeerBack} }
-func Tick() Event                { return Event{Type: EventTick} }
+func Probed(err error) Event     { return Event{Type: EventProbed, Err: err} }
+
+// StartedWith is Started for a primary whose backup's agent is at addr.
+func StartedWith(epoch uint64, peer, addr string, shared bool) Event {
+	ev := Started(epoch, peer, shared)
+	ev.Addr = addr
+	return ev
+}
+func PeerLost(err error) Event { return Event{Type: EventPeerLost, Err: err} }
+func PeerBye(err error) Event  { return Event{Type: EventPeerLost, Bye: true, Err: err} }
+func PeerQuit(err error) Event { return Event{Type: EventPeerLost, Quit: true, Err: err} }
+func PeerBack() Event          { return Event{Type: EventPeerBack} }
+func Tick() Event              { return Event{Type: EventTick} }
 func ClaimWon(id, epoch uint64) Event {
 	return Event{Type: EventClaimWon, Claim: id, Epoch: epoch}
 }
@@ -339,6 +354,13 @@ const (
 	ActionTeardown
 	// ActionReply: the operator's request Op finished; Err is its outcome.
 	ActionReply
+	// ActionStartSync: (primary) bring up a backup on Peer (an agent address)
+	// from the running VM's state (Syncing); step Synced or SyncFailed. Reason
+	// says whether the operator asked or the copy re-protects itself.
+	ActionStartSync
+	// ActionProbePeer: (primary) see whether the agent at Peer answers; step
+	// Probed with the result.
+	ActionProbePeer
 )
 
 var actionNames = map[ActionType]string{
@@ -346,6 +368,7 @@ var actionNames = map[ActionType]string{
 	ActionHaltOutput: "HaltOutput", ActionEndChannel: "EndChannel", ActionAbortChannel: "AbortChannel", ActionPauseGuest: "PauseGuest",
 	ActionAwaitDrain: "AwaitDrain", ActionResumeGuest: "ResumeGuest", ActionKillQEMU: "KillQEMU",
 	ActionGoLive: "GoLive", ActionTeardown: "Teardown", ActionReply: "Reply",
+	ActionStartSync: "StartSync", ActionProbePeer: "ProbePeer",
 }
 
 func (t ActionType) String() string {
@@ -380,6 +403,7 @@ type Action struct {
 	Seen   uint64 // ClaimEpoch: claim the epoch after Seen
 	Owner  string // ClaimEpoch: the claim's owner
 	Epoch  uint64 // GoLive: the epoch the VM runs under
+	Peer   string // StartSync, ProbePeer: the backup's agent address
 	Reason string
 	Op     Op    // Reply; ClaimEpoch: the request the claim serves (0: a failover's)
 	Err    error // Reply: nil when the request succeeded
@@ -391,6 +415,10 @@ func (a Action) String() string {
 		return fmt.Sprintf("ClaimEpoch #%d seen=%d owner=%s", a.Claim, a.Seen, a.Owner)
 	case ActionGoLive:
 		return fmt.Sprintf("GoLive epoch=%d", a.Epoch)
+	case ActionStartSync:
+		return fmt.Sprintf("StartSync %s (%s)", a.Peer, a.Reason)
+	case ActionProbePeer:
+		return fmt.Sprintf("ProbePeer %s", a.Peer)
 	case ActionReply:
 		if a.Err != nil {
 			return fmt.Sprintf("Reply %s: %v", a.Op, a.Err)
@@ -460,6 +488,13 @@ type Config struct {
 	// LiveEpoch: a primary that continues a backup's replay after a failover,
 	// under this epoch (0 otherwise).
 	LiveEpoch uint64
+	// Reprotect: (with LiveEpoch) the agent address of the lost primary's host:
+	// the live copy protects itself again with it once that agent answers.
+	Reprotect string
+	// ProbeTicks: how often a copy waiting to re-protect itself probes its peer
+	// (DefaultProbeTicks when 0); after a failed protection the wait doubles,
+	// up to MaxProbeTicks.
+	ProbeTicks int
 	// ClaimRetryTicks: the arbiter's wait after a failed failover claim
 	// (arbiter default when 0).
 	ClaimRetryTicks int
@@ -480,12 +515,26 @@ const DefaultHandoverTicks = 300
 // (a QMP stop answers in milliseconds; one that does not, answers no more).
 const DefaultPauseTicks = 50
 
+// DefaultProbeTicks is Config.ProbeTicks when 0 (1 s at the agent's tick);
+// MaxProbeTicks bounds the wait after failed protections (1 min): each attempt
+// pauses the guest once for a snapshot.
+const (
+	DefaultProbeTicks = 10
+	MaxProbeTicks     = 600
+)
+
 func (c *Config) validate() error {
 	if c.Role != arbiter.RolePrimary && c.Role != arbiter.RoleBackup {
 		return fmt.Errorf("%w: role %v", ErrInvalidConfig, c.Role)
 	}
 	if c.Host == "" {
 		return fmt.Errorf("%w: empty host", ErrInvalidConfig)
+	}
+	if c.ProbeTicks < 0 {
+		return fmt.Errorf("%w: negative probe ticks %d", ErrInvalidConfig, c.ProbeTicks)
+	}
+	if c.ProbeTicks == 0 {
+		c.ProbeTicks = DefaultProbeTicks
 	}
 	if c.ClaimRetryTicks < 0 || c.HandoverTicks < 0 || c.PauseTicks < 0 {
 		return fmt.Errorf("%w: negative ticks (claim retry %d, handover %d, pause %d)", ErrInvalidConfig, c.ClaimRetryTicks, c.HandoverTicks, c.PauseTicks)

@@ -50,6 +50,14 @@ type Machine struct {
 	// syncing: (backup) set up from a snapshot of a running VM and not yet
 	// told it protects it (Synced): a lost primary is not claimed.
 	syncing bool
+	// Automatic re-protection (primary): the peer's agent address to protect
+	// with once it answers ("" when none), whether a probe is out, ticks since
+	// the last one, and the ticks to wait between probes.
+	autoPeer  string
+	peerAddr  string // the backup's agent address while protected
+	probing   bool
+	sinceProb int
+	probeWait int
 
 	stage  handStage
 	waited int // ticks spent waiting for the pause, then for the drain
@@ -75,6 +83,10 @@ func New(cfg Config) (*Machine, error) {
 		log:   cfg.Logger.With("role", cfg.Role.String(), "host", cfg.Host),
 		state: Starting,
 		epoch: cfg.LiveEpoch,
+		// Re-protection is for a copy that went live after a failover; a
+		// primary that outlives its backup gets it when it wins its claim.
+		autoPeer:  map[bool]string{true: cfg.Reprotect}[cfg.LiveEpoch > 0],
+		probeWait: cfg.ProbeTicks,
 	}, nil
 }
 
@@ -395,6 +407,9 @@ func (m *Machine) arbStep(ev arbiter.Event) error {
 		case arbiter.ActionContinueUnprotected:
 			m.epoch = a.Epoch
 			m.goUnprotected(fmt.Sprintf("%s; won epoch %d", m.lostWhyOr("backup lost"), a.Epoch))
+			// The VM outlived its backup: protect it again with the same host once
+			// its agent answers.
+			m.autoPeer, m.sinceProb, m.probeWait = m.peerAddr, 0, m.cfg.ProbeTicks
 		case arbiter.ActionGoLive:
 			m.epoch = a.Epoch
 			m.goLive(fmt.Sprintf("%s; won epoch %d, going live", m.lostWhyOr("primary lost"), a.Epoch), a.Reason)

@@ -22,7 +22,16 @@ func (m *Machine) stepPrimary(ev Event) error {
 	case EventUnprotect:
 		return m.unprotect(ev.Reason)
 	case EventProtect:
-		return m.protect(ev.Peer)
+		return m.protect(ev.Peer, "operator request")
+	case EventProbed:
+		if m.state != Unprotected || !m.probing {
+			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
+		}
+		m.probing, m.sinceProb = false, 0
+		if ev.Err != nil || m.autoPeer == "" {
+			return nil
+		}
+		return m.protect(m.autoPeer, "re-protection")
 	case EventSynced:
 		if m.state != Syncing {
 			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
@@ -34,13 +43,14 @@ func (m *Machine) stepPrimary(ev Event) error {
 				return err
 			}
 		}
+		m.probeWait = m.cfg.ProbeTicks
 		m.become(Protected, "")
 		return nil
 	case EventSyncFailed:
 		if m.state != Syncing {
 			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
 		}
-		m.goUnprotected(fmt.Sprintf("protection failed: %v", ev.Err))
+		m.syncFailed(fmt.Sprintf("protection failed: %v", ev.Err))
 		return nil
 	case EventHandover:
 		return m.handover()
@@ -98,7 +108,7 @@ func (m *Machine) primaryStarted(ev Event) error {
 	if m.cfg.LiveEpoch == 0 || ev.Epoch != 0 {
 		m.epoch = ev.Epoch
 	}
-	m.peer = ev.Peer
+	m.peer, m.peerAddr = ev.Peer, ev.Addr
 	if ev.Peer == "" {
 		detail := ""
 		if m.cfg.LiveEpoch > 0 {
@@ -136,7 +146,7 @@ func (m *Machine) backupLost(ev Event) error {
 	case Syncing:
 		// Not protected yet: the backup never claims before Synced, so the VM
 		// runs on alone.
-		m.goUnprotected(fmt.Sprintf("protection failed: %s (%v)", what, ev.Err))
+		m.syncFailed(fmt.Sprintf("protection failed: %s (%v)", what, ev.Err))
 		return nil
 	case Protected:
 		switch {
@@ -186,6 +196,12 @@ func (m *Machine) superseded(reason string) error {
 
 func (m *Machine) primaryTick() error {
 	switch {
+	case m.state == Unprotected && m.autoPeer != "" && !m.probing && m.req == 0:
+		m.sinceProb++
+		if m.sinceProb >= m.probeWait {
+			m.probing, m.sinceProb = true, 0
+			m.emit(Action{Type: ActionProbePeer, Peer: m.autoPeer})
+		}
 	case m.state == Claiming:
 		return m.arbStep(arbiter.Tick())
 	case m.state == HandingOver && m.stage == handPausing:
@@ -226,25 +242,46 @@ func (m *Machine) halt(detail string) {
 	m.emit(Action{Type: ActionKillQEMU, Reason: detail})
 }
 
-// protect: bring up a backup on peer for the running VM. Output flows while it
-// syncs; the agent holds it from an exact offset once the backup caught up and
-// steps Synced when the backup acknowledged that offset.
-func (m *Machine) protect(peer string) error {
+// protect: bring up a backup on peer (its agent's address) for the running VM.
+// Output flows while it syncs; the agent holds it from an exact offset once the
+// backup caught up and steps Synced when the backup acknowledged that offset.
+func (m *Machine) protect(peer, why string) error {
 	if m.req != 0 || m.state != Unprotected {
 		return fmt.Errorf("vm %s is %v: %w", m.cfg.VM, m.state, ErrNotUnprotected)
 	}
 	if peer == "" {
 		return fmt.Errorf("%w: protect needs the backup's host", ErrInvalidConfig)
 	}
-	m.peer = peer
+	m.peer, m.peerAddr = peer, peer
 	m.arb = nil
-	m.become(Syncing, fmt.Sprintf("syncing a new backup on %s", peer))
+	m.probing, m.sinceProb = false, 0
+	m.become(Syncing, fmt.Sprintf("syncing a new backup on %s (%s)", peer, why))
+	m.emit(Action{Type: ActionStartSync, Peer: peer, Reason: why})
 	return nil
+}
+
+// syncFailed: the protection of the running VM failed; it runs on alone. A copy
+// that re-protects itself tries again later, waiting twice as long each time:
+// every attempt pauses the guest for a snapshot.
+func (m *Machine) syncFailed(detail string) {
+	m.goUnprotected(detail)
+	if m.autoPeer != "" {
+		m.probeWait = min(2*m.probeWait, MaxProbeTicks)
+	}
 }
 
 func (m *Machine) unprotect(reason string) error {
 	if reason == "" {
 		reason = "operator request"
+	}
+	if m.req == 0 && (m.state == Syncing || m.state == Unprotected) && m.autoPeer != "" {
+		// The operator wants the VM alone: no more re-protection.
+		m.autoPeer, m.probing = "", false
+		if m.state == Unprotected {
+			m.req = OpUnprotect
+			m.answer(nil)
+			return nil
+		}
 	}
 	if m.req == 0 && m.state == Syncing {
 		m.goUnprotected(reason)

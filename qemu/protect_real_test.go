@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftvmd/ftvmd/replay"
 )
 
 // TestSnapshotFeedReplay: protecting a running VM. A recording VM with a disk
@@ -76,6 +78,21 @@ func TestSnapshotFeedReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("snapshot: log offset %d (log now %d bytes), icount %d, VM state %d bytes", st.LogOffset, fileSize(rec.RRFile), st.Icount, st.VMStateBytes)
+	// The log up to the snapshot's offset ends at an event boundary whose
+	// instruction count (counted from boot) is the snapshot's: a backup's cut
+	// points and a primary's lag, counted from there, are then absolute.
+	head, err := os.ReadFile(rec.RRFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := replay.NewCutter(LogHeaderSize, 0)
+	if _, err := cut.Write(head[LogHeaderSize:st.LogOffset]); err != nil {
+		t.Fatal(err)
+	}
+	if cut.Boundary() != st.LogOffset || cut.Icount() != st.Icount {
+		t.Fatalf("the log before the snapshot ends at boundary %d icount %d; the snapshot says offset %d icount %d",
+			cut.Boundary(), cut.Icount(), st.LogOffset, st.Icount)
+	}
 
 	// The backup's base while the guest runs on and writes its disk.
 	bdisk, bsnap := filepath.Join(repDir, "disk.qcow2"), filepath.Join(repDir, "snap.qcow2")
@@ -117,6 +134,17 @@ func TestSnapshotFeedReplay(t *testing.T) {
 			ri, err, feed.FedOffset(), fileSize(rec.RRFile), got, want)
 	}
 	got, _ := os.ReadFile(rep.ConsoleLog)
+	if err := mp.ExitErr(); err != nil {
+		t.Errorf("the replay from the snapshot exited with %v", err)
+	}
+	all, _ := os.ReadFile(rec.RRFile)
+	after := replay.NewCutter(st.LogOffset, st.Icount)
+	if _, err := after.Write(all[st.LogOffset:]); err != nil {
+		t.Fatal(err)
+	}
+	if !after.SawEnd() {
+		t.Errorf("the log from the snapshot has no END event")
+	}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("the replay from the snapshot printed %q, the recording printed %q after it", got, want)
 	}
