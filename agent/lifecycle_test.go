@@ -619,7 +619,7 @@ func TestPlannedFailoverNeedsSharedStorage(t *testing.T) {
 // are exactly the lifecycle's.
 func TestVMStatesAreTheLifecycles(t *testing.T) {
 	var names []string
-	for s := lifecycle.Starting; s <= lifecycle.Failed; s++ {
+	for s := lifecycle.Starting; !strings.HasPrefix(s.String(), "State("); s++ {
 		names = append(names, s.String())
 	}
 	sort.Strings(names)

@@ -380,7 +380,7 @@ type copyState struct {
 }
 
 func (c copyState) live() bool {
-	return c.ok && ((c.st.Role == "primary" && (c.st.State == "protected" || c.st.State == "unprotected")) || c.st.State == "live")
+	return c.ok && ((c.st.Role == "primary" && (c.st.State == "protected" || c.st.State == "unprotected" || c.st.State == "syncing")) || c.st.State == "live")
 }
 
 // transitional: a copy on its way to an outcome (starting, claiming, going live,

@@ -142,11 +142,12 @@ func (h Histogram) Count() uint64 {
 // starting, protected, claiming (its backup lost, claiming the next epoch),
 // degraded (backup lost, no shared storage), unprotecting (claiming the next epoch
 // for `ftvmd unprotect`), handing-over (a planned failover under way), unprotected,
-// halted (lost the epoch), handed-over (planned failover); a backup replaying,
+// syncing (running unprotected while a backup is brought up from its running
+// state), halted (lost the epoch), handed-over (planned failover); a backup replaying,
 // going-live or live (it went live; the live VM is a new primary); either failed,
 // stopping or stopped.
 var VMStates = []string{"starting", "protected", "claiming", "degraded", "unprotecting", "handing-over",
-	"unprotected", "halted", "handed-over", "replaying", "going-live", "live", "failed", "stopping", "stopped"}
+	"unprotected", "halted", "handed-over", "replaying", "going-live", "live", "failed", "stopping", "stopped", "syncing"}
 
 // SyncStatus is how a primary brought up a backup from its running state:
 // its phase, the guest's pause for the snapshot, and how long each part took.

@@ -479,6 +479,9 @@ func printStatus(w io.Writer, resp control.Response) {
 			}
 			fmt.Fprintln(tw)
 		}
+		if y := v.Sync; y != nil {
+			fmt.Fprintf(tw, "protection\t%s\n", syncLine(*y))
+		}
 		if v.Role == "primary" {
 			fmt.Fprintf(tw, "log\twritten %s  sent %s  acked %s  replayed %s\n", size(v.LogWritten), size(v.LogSent), size(v.LogAcked), size(v.LogReplayed))
 			fmt.Fprintf(tw, "icount\tprimary %d  backup %d\n", v.Icount, v.BackupIcount)
@@ -734,4 +737,32 @@ func checkWhole(path string) error {
 		return fmt.Errorf("%s: its first %s were freed once no reader needed them (bounded logs): it cannot be read from its start; keep a VM's whole log with run/protect --keep-log", path, size(n))
 	}
 	return nil
+}
+
+// syncLine describes a protection of a running VM for ftvmd status: its phase,
+// the guest's pause and the parts; after a failover, the window of vulnerability.
+func syncLine(y control.SyncStatus) string {
+	s := fmt.Sprintf("from a running state with %s: %s", y.Backup, y.Phase)
+	switch y.Phase {
+	case "copying":
+		s += fmt.Sprintf(" %.0f %%", y.Percent)
+	case "failed":
+		s += ": " + y.Error
+	}
+	if y.PauseMS > 0 {
+		s += fmt.Sprintf("; pause %.0f ms", y.PauseMS)
+	}
+	if y.CopyMS > 0 {
+		s += fmt.Sprintf(", snapshot %.0f ms, copy %.1f s (%s)", y.SnapshotMS, y.CopyMS/1000, size(y.BaseBytes))
+	}
+	if y.CatchUpMS > 0 {
+		s += fmt.Sprintf(", catch-up %.1f s", y.CatchUpMS/1000)
+	}
+	if y.Auto {
+		s += "; automatic re-protection"
+		if y.WindowMS > 0 {
+			s += fmt.Sprintf(": window of vulnerability %.1f s (failover %.1f s, waiting for a host %.1f s)", y.WindowMS/1000, y.FailoverMS/1000, y.WaitMS/1000)
+		}
+	}
+	return s
 }

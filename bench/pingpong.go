@@ -1,0 +1,138 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ftvmd/ftvmd/control"
+	"github.com/ftvmd/ftvmd/lab"
+)
+
+// PingPongRound is one failover of a ping-pong run and the re-protection after
+// it.
+type PingPongRound struct {
+	Killed   string `json:"killed"`   // the host whose every process was SIGKILLed
+	Survivor string `json:"survivor"` // the host that went live
+	// LiveMS: from the kill to the survivor running alone.
+	LiveMS float64 `json:"live_ms"`
+	// What the survivor measured of its re-protection, no command given: the
+	// window of vulnerability (its peer lost -> protected again) and its parts.
+	WindowMS   float64 `json:"window_ms"`
+	FailoverMS float64 `json:"failover_ms"`
+	WaitMS     float64 `json:"wait_ms"`
+	PauseMS    float64 `json:"pause_ms"`
+	SnapshotMS float64 `json:"snapshot_ms"`
+	CopyMS     float64 `json:"copy_ms"`
+	CatchUpMS  float64 `json:"catch_up_ms"`
+	// AgentBackS: the killed host's agent was started again this long after
+	// the kill (the wait is the operator's, part of WaitMS).
+	AgentBackS float64 `json:"agent_back_s"`
+}
+
+// PingPongReport is a run of failovers back and forth under client load, each
+// followed by automatic re-protection.
+type PingPongReport struct {
+	Env           Env             `json:"env"`
+	Rounds        []PingPongRound `json:"rounds"`
+	Requests      int             `json:"requests_answered"`
+	RequestsLost  int             `json:"requests_lost"`
+	Inconsistent  int             `json:"requests_inconsistent"`
+	ConnSurvived  bool            `json:"tcp_connection_survived"`
+	CounterBefore int             `json:"guest_counter_before"`
+	CounterAfter  int             `json:"guest_counter_after"`
+	GuestRebooted bool            `json:"guest_rebooted"`
+	Owner         string          `json:"owner"`
+	OwnerState    string          `json:"owner_state"`
+}
+
+// PingPongOpts configures RunPingPong.
+type PingPongOpts struct {
+	VM        string
+	Failovers int
+	// AgentDown is how long a killed host stays down before its agent starts
+	// again.
+	AgentDown time.Duration
+}
+
+// RunPingPong protects a guest on host A, then Failovers times: SIGKILLs every
+// process of the host that runs it, waits for the other to go live, starts the
+// killed host's agent again and waits until the survivor is protected again by
+// it with no command. Client requests run on one TCP connection throughout.
+func RunPingPong(ctx context.Context, s *Session, env Env, o PingPongOpts) (PingPongReport, error) {
+	rep := PingPongReport{Env: env}
+	if _, err := s.StartGuest(ctx, o.VM, "", true); err != nil {
+		return rep, err
+	}
+	c, err := lab.NewClient(ctx, time.Minute)
+	if err != nil {
+		return rep, err
+	}
+	defer c.Close()
+	before, err := c.Do("counter", 10*time.Second)
+	if err != nil {
+		return rep, fmt.Errorf("counter: %w", err)
+	}
+	fmt.Sscanf(before, "counter %d", &rep.CounterBefore)
+	load := startLoadMode(ctx, c, false)
+	defer func() {
+		if load != nil {
+			load.stop()
+		}
+	}()
+	primary, backup := lab.HostA, lab.HostB
+	for i := 0; i < o.Failovers; i++ {
+		time.Sleep(2 * time.Second)
+		var r PingPongRound
+		r.Killed, r.Survivor = primary.Name, backup.Name
+		tKill := time.Now()
+		if err := killHost(primary.NS); err != nil {
+			return rep, err
+		}
+		s.logf("ping-pong %d: killed host %s", i+1, primary.Name)
+		st, err := pollStatus(ctx, backup, o.VM, 2*time.Minute, func(st control.VMStatus, _ time.Time) bool {
+			return st.Role == "primary" && (st.State == "unprotected" || st.State == "syncing" || st.State == "protected")
+		})
+		if err != nil {
+			return rep, fmt.Errorf("round %d: %s did not go live: %s %s: %w", i+1, backup.Name, st.State, st.Detail, err)
+		}
+		r.LiveMS = ms(time.Since(tKill))
+		time.Sleep(o.AgentDown)
+		waitNoProcs(primary.NS, 10*time.Second)
+		if err := s.Lab.StartAgent(ctx, primary, s.agentArgs...); err != nil {
+			return rep, fmt.Errorf("round %d: start %s's agent again: %w", i+1, primary.Name, err)
+		}
+		r.AgentBackS = time.Since(tKill).Seconds()
+		st, err = pollStatus(ctx, backup, o.VM, 3*time.Minute, func(st control.VMStatus, _ time.Time) bool {
+			return st.State == "protected" && st.Sync != nil && st.Sync.Phase == "protected" && st.Sync.Auto && st.Sync.ProtectedAt.After(tKill)
+		})
+		if errors.Is(err, errPollTimeout) {
+			return rep, fmt.Errorf("round %d: %s not protected again by %s: %s %s, sync %+v", i+1, backup.Name, primary.Name, st.State, st.Detail, st.Sync)
+		}
+		if err != nil {
+			return rep, err
+		}
+		y := st.Sync
+		r.WindowMS, r.FailoverMS, r.WaitMS, r.PauseMS = y.WindowMS, y.FailoverMS, y.WaitMS, y.PauseMS
+		r.SnapshotMS, r.CopyMS, r.CatchUpMS = y.SnapshotMS, y.CopyMS, y.CatchUpMS
+		s.logf("ping-pong %d: %s live %.1f s after the kill; protected again by %s, no command: window %.1f s (failover %.1f s, waiting for the host %.1f s, snapshot %.0f ms with a %.0f ms pause, copy %.1f s, catch-up %.1f s)",
+			i+1, backup.Name, r.LiveMS/1000, primary.Name, r.WindowMS/1000, r.FailoverMS/1000, r.WaitMS/1000, r.SnapshotMS, r.PauseMS, r.CopyMS/1000, r.CatchUpMS/1000)
+		rep.Rounds = append(rep.Rounds, r)
+		primary, backup = backup, primary
+	}
+	time.Sleep(2 * time.Second)
+	lr := load.stop()
+	load = nil
+	rep.Requests, rep.RequestsLost, rep.Inconsistent = lr.answered, lr.lost, lr.inconsistent
+	rep.ConnSurvived = lr.err == nil
+	if a, err := c.Do("counter", 10*time.Second); err == nil {
+		fmt.Sscanf(a, "counter %d", &rep.CounterAfter)
+	}
+	rep.GuestRebooted = rep.CounterAfter < rep.CounterBefore
+	rep.Owner = primary.Name
+	if st, err := lab.Status(ctx, primary, o.VM); err == nil {
+		rep.OwnerState = st.State
+	}
+	return rep, nil
+}
