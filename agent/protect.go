@@ -288,10 +288,23 @@ func (p *primary) syncBackup(ctx context.Context, backup string, first chan<- er
 	if b > snap.state.LogOffset {
 		snd.Publish(b, ic)
 	}
-	p.go1(func() { p.ackLoop(vmCtx, snd) })
+	// The acks and the console marks of this channel end with it: the VM may be
+	// protected again later, over a new one.
+	chCtx, chCancel := context.WithCancel(vmCtx)
+	p.mu.Lock()
+	senderDone := p.senderDone
+	p.mu.Unlock()
+	p.go1(func() {
+		defer chCancel()
+		select {
+		case <-senderDone:
+		case <-chCtx.Done():
+		}
+	})
+	p.go1(func() { p.ackLoop(chCtx, snd) })
 	if reply.ConsoleMarks {
-		var rot = p.consoleRotator()
-		p.go1(func() { p.sendConsoleMarksFrom(vmCtx, snd, rot, snap.console) })
+		rot := p.consoleRotator()
+		p.go1(func() { p.sendConsoleMarksFrom(chCtx, snd, rot, snap.console) })
 	}
 
 	// Catch up: the backup acknowledges the log as it stood a poll ago.

@@ -188,3 +188,76 @@ func CompareConsoles(ctx context.Context, primary, backup lab.Host, vm string, c
 		time.Sleep(500 * time.Millisecond)
 	}
 }
+
+// ProtectRunsResult is `ftvmd bench protect`: one guest under client load,
+// protected from its running state, unprotected and protected again Runs times.
+type ProtectRunsResult struct {
+	Env          Env             `json:"env"`
+	Runs         []ProtectReport `json:"runs"`
+	PauseMS      Dist            `json:"pause_ms"`
+	ToProtectedS Dist            `json:"to_protected_s"`
+	CopyS        Dist            `json:"copy_s"`
+	CatchUpS     Dist            `json:"catch_up_s"`
+	OutageMS     Dist            `json:"client_outage_ms"`
+	Requests     int             `json:"requests_answered"`
+	RequestsLost int             `json:"requests_lost"`
+	Inconsistent int             `json:"requests_inconsistent"`
+	ConnSurvived bool            `json:"tcp_connection_survived"`
+	LoadAvg      [2]string       `json:"load_avg_start_end"`
+}
+
+// ProtectRuns measures protecting a running VM runs times in one lab: the guest
+// runs unprotected under client load; each run protects it (ftvmd protect on the
+// running VM), waits until protected and a few seconds more, and unprotects it.
+func ProtectRuns(ctx context.Context, s *Session, env Env, vm string, runs int) (ProtectRunsResult, error) {
+	res := ProtectRunsResult{Env: env}
+	res.LoadAvg[0] = loadAvg()
+	if _, err := s.StartGuest(ctx, vm, "", false); err != nil {
+		return res, err
+	}
+	c, err := lab.NewClient(ctx, time.Minute)
+	if err != nil {
+		return res, err
+	}
+	defer c.Close()
+	load := startLoadMode(ctx, c, false)
+	defer func() {
+		if load != nil {
+			load.stop()
+		}
+	}()
+	var pause, prot, cp, cu []float64
+	var starts []time.Time
+	for i := 0; i < runs; i++ {
+		time.Sleep(3 * time.Second)
+		var rep ProtectReport
+		st, err := ProtectRunningVM(ctx, s, lab.HostA, lab.HostB, vm, &rep)
+		if err != nil {
+			return res, fmt.Errorf("run %d: %w", i+1, err)
+		}
+		starts = append(starts, st.Sync.StartedAt)
+		time.Sleep(3 * time.Second)
+		if err := CompareConsoles(ctx, lab.HostA, lab.HostB, vm, st.Sync.ConsoleFrom, &rep); err != nil {
+			return res, fmt.Errorf("run %d: %w", i+1, err)
+		}
+		if _, err := s.Lab.Run(ctx, "a", "unprotect", vm); err != nil {
+			return res, fmt.Errorf("run %d: unprotect: %w", i+1, err)
+		}
+		res.Runs = append(res.Runs, rep)
+		pause, prot = append(pause, rep.PauseMS), append(prot, rep.ToProtectedMS/1000)
+		cp, cu = append(cp, rep.CopyMS/1000), append(cu, rep.CatchUpMS/1000)
+		// The backup sees the channel end and stops; the next run needs its name free.
+		time.Sleep(2 * time.Second)
+	}
+	lr := load.stop()
+	load = nil
+	res.Requests, res.RequestsLost, res.Inconsistent, res.ConnSurvived = lr.answered, lr.lost, lr.inconsistent, lr.err == nil
+	var outages []float64
+	for i, t := range starts {
+		outages = append(outages, ms(lr.maxGapAround(t)))
+		res.Runs[i].OutageMS = outages[i]
+	}
+	res.PauseMS, res.ToProtectedS, res.CopyS, res.CatchUpS, res.OutageMS = NewDist(pause), NewDist(prot), NewDist(cp), NewDist(cu), NewDist(outages)
+	res.LoadAvg[1] = loadAvg()
+	return res, nil
+}

@@ -118,7 +118,17 @@ func newBenchCmd() *cobra.Command {
 	ld.Flags().IntVar(&loadSecs, "seconds", 60, "seconds of traffic per pattern")
 	ld.Flags().StringSliceVar(&loadPatterns, "patterns", nil, "run only these patterns, in this order (comma-separated; default all: get,put,getput,conns,pingflood,busyget)")
 	ld.Flags().StringVar(&evidence, "evidence-dir", "", "keep agent logs, consoles and status of a lab whose run failed here")
-	b.AddCommand(lag, cpu, netc, fo, dk, ld, newSoakCmd(opts))
+	var prRuns int
+	pr := &cobra.Command{
+		Use: "protect", Short: "Protecting a running guest under client load, many times: the guest's pause, time to protected, client outage",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBench(cmd.Context(), opts, func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
+				return bench.ProtectRuns(ctx, s, env, "bprot", prRuns)
+			})
+		},
+	}
+	pr.Flags().IntVar(&prRuns, "runs", 10, "protections of the running guest (each followed by unprotect)")
+	b.AddCommand(lag, cpu, netc, fo, dk, ld, newSoakCmd(opts), pr)
 	return b
 }
 
