@@ -55,6 +55,11 @@ type Machine struct {
 	// the last one, and the ticks to wait between probes.
 	autoPeer  string
 	peerAddr  string // the backup's agent address while protected
+	// peerDown: a probe found autoPeer's agent down since the failover.
+	// Re-protection waits for its agent to come back: one that stayed up saw its
+	// own copy fail (a QEMU crash, a full disk, a diverged replay) or handed the
+	// VM over, and protecting with it again is the operator's call.
+	peerDown  bool
 	probing   bool
 	sinceProb int
 	probeWait int
@@ -409,7 +414,7 @@ func (m *Machine) arbStep(ev arbiter.Event) error {
 			m.goUnprotected(fmt.Sprintf("%s; won epoch %d", m.lostWhyOr("backup lost"), a.Epoch))
 			// The VM outlived its backup: protect it again with the same host once
 			// its agent answers.
-			m.autoPeer, m.sinceProb, m.probeWait = m.peerAddr, 0, m.cfg.ProbeTicks
+			m.autoPeer, m.sinceProb, m.probeWait, m.peerDown = m.peerAddr, 0, m.cfg.ProbeTicks, false
 		case arbiter.ActionGoLive:
 			m.epoch = a.Epoch
 			m.goLive(fmt.Sprintf("%s; won epoch %d, going live", m.lostWhyOr("primary lost"), a.Epoch), a.Reason)

@@ -28,8 +28,12 @@ func (m *Machine) stepPrimary(ev Event) error {
 			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
 		}
 		m.probing, m.sinceProb = false, 0
-		if ev.Err != nil || m.autoPeer == "" {
+		if ev.Err != nil {
+			m.peerDown = true
 			return nil
+		}
+		if m.autoPeer == "" || !m.peerDown {
+			return nil // its agent never went away: see peerDown
 		}
 		return m.protect(m.autoPeer, "re-protection")
 	case EventSynced:
@@ -43,7 +47,7 @@ func (m *Machine) stepPrimary(ev Event) error {
 				return err
 			}
 		}
-		m.probeWait = m.cfg.ProbeTicks
+		m.probeWait, m.peerDown = m.cfg.ProbeTicks, false
 		m.become(Protected, "")
 		return nil
 	case EventSyncFailed:
