@@ -53,8 +53,8 @@ type Machine struct {
 	// Automatic re-protection (primary): the peer's agent address to protect
 	// with once it answers ("" when none), whether a probe is out, ticks since
 	// the last one, and the ticks to wait between probes.
-	autoPeer  string
-	peerAddr  string // the backup's agent address while protected
+	autoPeer string
+	peerAddr string // the backup's agent address while protected
 	// peerDown: a probe found autoPeer's agent down since the failover.
 	// Re-protection waits for its agent to come back: one that stayed up saw its
 	// own copy fail (a QEMU crash, a full disk, a diverged replay) or handed the
