@@ -43,6 +43,10 @@ type ChaosOpts struct {
 	Weights map[string]int
 	Seed    int64
 	VM      string
+	// MaxDuration, when set, ends the run early: no fault starts after it (the
+	// fault under way finishes, the final checks run); the report says how many
+	// of the planned faults ran (Planned, StoppedAt).
+	MaxDuration time.Duration
 	// Evidence is where the run keeps agent logs, journals, consoles and claims.
 	Evidence  string
 	AgentArgs []string
@@ -72,6 +76,10 @@ type ChaosReport struct {
 	LoadAvgEnd   string `json:"loadavg_end"`
 	Evidence     string `json:"evidence,omitempty"`
 	Error        string `json:"error,omitempty"` // why the run stopped early
+	// Planned faults, and why fewer ran when the time limit (ChaosOpts.MaxDuration)
+	// ended the run: not a failed check.
+	Planned   int    `json:"planned_faults"`
+	StoppedAt string `json:"stopped_at_time_limit,omitempty"`
 }
 
 // chaosRun is one run's state.
@@ -184,7 +192,13 @@ func RunChaos(ctx context.Context, out io.Writer, env Env, o ChaosOpts) (rep Cha
 		return rep, err
 	}
 
+	rep.Planned = len(sched)
 	for _, f := range sched {
+		if o.MaxDuration > 0 && time.Since(r.start) >= o.MaxDuration {
+			rep.StoppedAt = fmt.Sprintf("time limit %s reached after %d of %d faults", o.MaxDuration, len(rep.Faults), len(sched))
+			r.logf("%s", rep.StoppedAt)
+			break
+		}
 		fr, ferr := r.round(ctx, f)
 		rep.Faults = append(rep.Faults, fr)
 		if ferr != nil {

@@ -58,6 +58,7 @@ func newChaosCmd() *cobra.Command {
 	f.IntVar(&o.Faults, "faults", 11, "faults to inject")
 	f.StringSliceVar(&o.Kinds, "kinds", nil, "draw from these kinds only (comma-separated; a kind given twice is drawn twice as often; default all)")
 	f.StringToIntVar(&o.Weights, "weight", nil, "kind=N: draw that kind N times per cycle of every kind (e.g. kill-primary-host=5,kill-primary-qemu=5 makes 12 of 21 faults kill a primary)")
+	f.DurationVar(&o.MaxDuration, "max-duration", 0, "start no fault after this long (the run then reports how many of --faults ran; 0: no limit)")
 	f.Int64Var(&o.Seed, "seed", 0, "random seed for the order, moments and holds of the faults (default: time)")
 	f.StringVar(&o.VM, "vm", "chaos", "name of the VM")
 	f.StringVar(&o.Evidence, "evidence-dir", "", "where to keep agent logs, journals, consoles, claims and the report (default /var/tmp/ftvmd-chaos/evidence-<time>)")
@@ -109,6 +110,9 @@ func printChaos(w io.Writer, r bench.ChaosReport) {
 		r.RecordsAcked, r.RecordsMissingAtEnd, r.FramesSeen, r.DoubleReleaseOutside, r.SupersededOutside)
 	if r.Error != "" {
 		fmt.Fprintf(w, "run stopped early: %s\n", r.Error)
+	}
+	if r.StoppedAt != "" {
+		fmt.Fprintf(w, "run ended at its time limit: %s\n", r.StoppedAt)
 	}
 	verdict := "PASS"
 	if !r.Pass {
