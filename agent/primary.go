@@ -433,22 +433,22 @@ func (p *primary) dialAgent(ctx context.Context, addr string) (net.Conn, error) 
 }
 
 func (p *primary) createTap(context.Context) error {
-	if p.live != nil && p.live.inPlace != nil && p.live.inPlace.nic.TapName != "" {
-		// The replay's own tap, on no bridge until now: the guest keeps its NIC.
-		p.tap = p.live.inPlace.nic.TapName
-		if err := netbuf.AttachTap(p.tap, p.a.cfg.Bridge); err != nil {
-			return err
-		}
-		p.addCleanup(func() error { return netbuf.DeleteTap(p.tap) })
-		return nil
-	}
-	p.tap = tapName(p.spec.Name)
 	// The spec's bridge (an imported libvirt domain's) over the agent's default: the
 	// spec travels to the backup, so a go-live there joins the same bridge.
 	bridge := p.spec.Bridge
 	if bridge == "" {
 		bridge = p.a.cfg.Bridge
 	}
+	if p.live != nil && p.live.inPlace != nil && p.live.inPlace.nic.TapName != "" {
+		// The replay's own tap, on no bridge until now: the guest keeps its NIC.
+		p.tap = p.live.inPlace.nic.TapName
+		if err := netbuf.AttachTap(p.tap, bridge); err != nil {
+			return err
+		}
+		p.addCleanup(func() error { return netbuf.DeleteTap(p.tap) })
+		return nil
+	}
+	p.tap = tapName(p.spec.Name)
 	// A tap left by an agent that was killed (a power loss, SIGKILL) would make
 	// CreateTap fail, and with it a later go-live on this host: the name is this
 	// VM's, and this agent runs the VM at most once (register).
