@@ -570,7 +570,11 @@ func Soak(ctx context.Context, s *Session, env Env, o SoakOpts) (SoakResult, err
 	res.LagMS = NewDist(w.lags)
 	res.FilesA, res.FilesB = w.lastA.LogFileBytes, w.lastB.LogFileBytes
 	res.FreedA, res.FreedB = w.lastA.LogFreed, w.lastB.LogFreed
-	if err := s.StopGuest(ctx, o.VM); err != nil {
+	// Stop the guest even when the run was interrupted (ctx cancelled): a guest
+	// left running keeps both agents busy until the lab goes down.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if err := s.StopGuest(sctx, o.VM); err != nil {
 		s.logf("soak: stop %s: %v", o.VM, err)
 	}
 	res.Judge()
