@@ -41,6 +41,11 @@
 //	8 Console     console bytes u64 | crc32c u32 (the primary's console
 //	              output so far: the divergence sentinel's mark; sent only
 //	              to a backup that set ReceiverConfig.OnConsole and said so)
+//	10 NIC        first frame number u64 | primary log size u64 |
+//	              1..512 x (frame length u32 | crc64 u64): digests of
+//	              consecutive frames the primary's guest transmitted, the
+//	              sentinel's NIC half; sent only to a backup that set
+//	              ReceiverConfig.OnNIC and said so
 //
 // The type and the length are checked against the type's limits before
 // any payload is read or allocated; an unknown type, a length outside the

@@ -19,6 +19,7 @@ func FuzzReadMessage(f *testing.F) {
 	f.Add(appendReason(nil, MsgError, "bad \xff utf8"))
 	f.Add(AppendMessage(nil, MsgHello, []byte(`{"vm":"x"}`)))
 	f.Add(appendConsole(nil, ConsoleMark{Bytes: 4096, CRC: 0xdeadbeef}))
+	f.Add(appendNIC(nil, NICDigests{First: 3, At: 4096, Frames: []NICFrame{{Len: 60, Hash: 7}}}))
 	f.Add([]byte{byte(MsgFrame), 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{byte(MsgFrame), 0, 0, 0, 24, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0})
 	f.Add([]byte("GET / HTTP/1.1\r\n"))
@@ -83,6 +84,14 @@ func FuzzReadMessage(f *testing.F) {
 				}
 				if cm.Bytes < math.MaxInt64 && !bytes.Equal(appendConsole(nil, cm), AppendMessage(nil, m.Type, m.Payload)) {
 					t.Fatal("console mark round trip differs")
+				}
+			case MsgNIC:
+				if d, err := DecodeNIC(m.Payload); err == nil {
+					if d.At < math.MaxInt64 && !bytes.Equal(appendNIC(nil, d), AppendMessage(nil, m.Type, m.Payload)) {
+						t.Fatal("NIC digests round trip differs")
+					}
+				} else if !errors.Is(err, ErrProtocol) {
+					t.Fatalf("DecodeNIC error %v is not ErrProtocol", err)
 				}
 			default:
 				t.Fatalf("ReadMessage accepted unknown type %d", m.Type)

@@ -49,8 +49,11 @@ type ReceiverConfig struct {
 	// with the epoch of a Synced message: the backup of a running VM protects it
 	// from now on. Without it a Synced message is a protocol violation.
 	OnSynced func(epoch uint64)
-	Logger   *slog.Logger
-	Now      func() time.Time // default time.Now
+	// OnNIC, likewise, is called with the digests of the frames the primary's guest
+	// transmitted (MsgNIC); without it such a message is a protocol violation.
+	OnNIC  func(NICDigests)
+	Logger *slog.Logger
+	Now    func() time.Time // default time.Now
 }
 
 func (c *ReceiverConfig) validate() error {
@@ -330,6 +333,16 @@ func (r *Receiver) handle(m Message) error {
 			return err
 		}
 		r.cfg.OnSynced(e)
+		return nil
+	case MsgNIC:
+		if r.cfg.OnNIC == nil {
+			return fmt.Errorf("%w: unexpected %s message from the primary", ErrProtocol, m.Type)
+		}
+		d, err := DecodeNIC(m.Payload)
+		if err != nil {
+			return err
+		}
+		r.cfg.OnNIC(d)
 		return nil
 	case MsgBye, MsgError:
 		return peerGone(m)

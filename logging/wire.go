@@ -16,15 +16,16 @@ type MsgType uint8
 
 // Message types. The numbers are part of the wire format.
 const (
-	MsgHello      MsgType = 1 // JSON, opaque to this package
-	MsgHelloReply MsgType = 2 // JSON, opaque to this package
-	MsgFrame      MsgType = 3 // primary -> backup: a piece of the rr log
-	MsgAck        MsgType = 4 // backup -> primary: held offset, replayed icount
-	MsgHeartbeat  MsgType = 5 // primary -> backup when idle
-	MsgBye        MsgType = 6 // orderly shutdown, UTF-8 reason
-	MsgError      MsgType = 7 // refusal or failure, UTF-8 reason
-	MsgConsole    MsgType = 8 // primary -> backup: console mark (see ConsoleMark)
-	MsgSynced     MsgType = 9 // primary -> backup: the backup of a running VM protects it now, under an epoch (u64)
+	MsgHello      MsgType = 1  // JSON, opaque to this package
+	MsgHelloReply MsgType = 2  // JSON, opaque to this package
+	MsgFrame      MsgType = 3  // primary -> backup: a piece of the rr log
+	MsgAck        MsgType = 4  // backup -> primary: held offset, replayed icount
+	MsgHeartbeat  MsgType = 5  // primary -> backup when idle
+	MsgBye        MsgType = 6  // orderly shutdown, UTF-8 reason
+	MsgError      MsgType = 7  // refusal or failure, UTF-8 reason
+	MsgConsole    MsgType = 8  // primary -> backup: console mark (see ConsoleMark)
+	MsgSynced     MsgType = 9  // primary -> backup: the backup of a running VM protects it now, under an epoch (u64)
+	MsgNIC        MsgType = 10 // primary -> backup: transmitted frames' digests (see NICDigests)
 )
 
 func (t MsgType) String() string {
@@ -47,6 +48,8 @@ func (t MsgType) String() string {
 		return "Console"
 	case MsgSynced:
 		return "Synced"
+	case MsgNIC:
+		return "NIC"
 	}
 	return fmt.Sprintf("MsgType(%d)", uint8(t))
 }
@@ -90,6 +93,8 @@ func maxPayload(t MsgType) (min, max int, ok bool) {
 		return ConsoleSize, ConsoleSize, true
 	case MsgSynced:
 		return SyncedSize, SyncedSize, true
+	case MsgNIC:
+		return NICHeaderSize + NICEntrySize, NICHeaderSize + NICEntrySize*MaxNICFrames, true
 	}
 	return 0, 0, false
 }

@@ -188,6 +188,10 @@ func (k *argsCheck) check() {
 		}
 		k.opts("-device", "driver", o("driver", "virtio-net-pci"), o("netdev", "n0"), o("mac", n.MAC), o("tx", "timer"))
 		k.opts("-object", "qom-type", o("qom-type", "filter-replay"), o("id", "r0"), o("netdev", "n0"))
+		if n.TxDump != "" {
+			k.opts("-object", "qom-type", o("qom-type", "filter-dump"), o("id", "d0"), o("netdev", "n0"), o("queue", "rx"),
+				o("maxlen", "69632"), o("file", n.TxDump))
+		}
 	}
 	for i, d := range c.Disks {
 		img, blk := "img"+strconv.Itoa(i), "blk"+strconv.Itoa(i)
@@ -244,6 +248,9 @@ func FuzzArgs(f *testing.F) {
 		}
 		if mode&4 == 0 {
 			c.NIC = &NIC{MAC: mac, SocketPath: sock, LocalPath: local, TapName: tap}
+			if mode&8 != 0 {
+				c.NIC.TxDump = local + ".tx"
+			}
 		}
 		k := &argsCheck{t: t, c: c, args: c.Args()}
 		k.check()

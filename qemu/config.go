@@ -51,6 +51,13 @@ type NIC struct {
 	LocalPath string
 	// TapName is the alternative: a plain tap device (script=no).
 	TapName string
+	// TxDump, when set, is a file (a FIFO: nicdump.Create) that gets a pcap of
+	// every frame the guest transmits, captured before any other filter of the
+	// netdev sees it (filter-dump on the netdev's receive queue, after
+	// filter-replay, so that it comes first on that queue): on a replay, whose
+	// filter-replay swallows them, the only way to see them. The divergence
+	// sentinel compares the primary's with its replay's.
+	TxDump string
 }
 
 // Disk is a guest disk: a qcow2 image wired through blkreplay.
@@ -347,9 +354,16 @@ func appendNIC(c Config) []string {
 			",remote.type=unix,remote.path=" + optValue(n.SocketPath)
 	}
 	// tx=timer: the default tx=bh flushes at an unlogged moment and hangs replay.
-	return []string{"-netdev", netdev,
+	a := []string{"-netdev", netdev,
 		"-device", "virtio-net-pci,netdev=n0,mac=" + optValue(n.MAC) + ",tx=timer",
 		"-object", "filter-replay,id=r0,netdev=n0"}
+	if n.TxDump != "" {
+		// A guest frame meets the netdev's receive-queue filters last added
+		// first; the dump writes no log event and reads only the virtual clock,
+		// so record and replay stay the same. maxlen: QEMU's largest net buffer.
+		a = append(a, "-object", "filter-dump,id=d0,netdev=n0,queue=rx,maxlen=69632,file="+optValue(n.TxDump))
+	}
+	return a
 }
 
 func appendDisks(c Config) []string {

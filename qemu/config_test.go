@@ -36,6 +36,10 @@ func TestAppenders(t *testing.T) {
 		{"nic tap", appendNIC, Config{NIC: &NIC{MAC: "52:54:00:00:00:01", TapName: "ft0"}},
 			"-netdev tap,id=n0,ifname=ft0,script=no,downscript=no " +
 				"-device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,tx=timer -object filter-replay,id=r0,netdev=n0"},
+		{"nic tx dump", appendNIC, Config{NIC: &NIC{MAC: "52:54:00:00:00:01", TapName: "ft0", TxDump: "/r/a,b/nic-tx.pcap"}},
+			"-netdev tap,id=n0,ifname=ft0,script=no,downscript=no " +
+				"-device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,tx=timer -object filter-replay,id=r0,netdev=n0 " +
+				"-object filter-dump,id=d0,netdev=n0,queue=rx,maxlen=69632,file=/r/a,,b/nic-tx.pcap"},
 		{"disks", appendDisks, Config{Disks: []Disk{{Path: "/d/a.qcow2"}, {Path: "/d/b.qcow2"}}},
 			"-drive file=/d/a.qcow2,if=none,id=img0,format=qcow2 -drive driver=blkreplay,if=none,image=img0,id=blk0 -device virtio-blk-pci,drive=blk0 " +
 				"-drive file=/d/b.qcow2,if=none,id=img1,format=qcow2 -drive driver=blkreplay,if=none,image=img1,id=blk1 -device virtio-blk-pci,drive=blk1"},
