@@ -21,6 +21,7 @@ import (
 	"github.com/ftvmd/ftvmd/logging"
 	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/netbuf"
+	"github.com/ftvmd/ftvmd/nicdump"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
 	"github.com/ftvmd/ftvmd/vmspec"
@@ -117,7 +118,10 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn, authenticated func())
 		return
 	}
 	reply := func(err error) {
-		r := peerReply{OK: err == nil, Host: a.cfg.Host, ConsoleMarks: err == nil, Synced: err == nil}
+		r := peerReply{OK: err == nil, Host: a.cfg.Host, ConsoleMarks: err == nil, Synced: err == nil,
+			// Frames are numbered from the QEMU's start: a replay from a running VM's
+			// snapshot starts elsewhere than the primary's count.
+			NICDigests: err == nil && hello.Snapshot == nil}
 		if err != nil {
 			r.Error = err.Error()
 		}
@@ -193,6 +197,9 @@ type backup struct {
 	dataPath DataPath // the primary's NIC type, which the replay must match
 	netTap   string   // the replay's tap on the tap path (on no bridge)
 	emitSeen atomic.Bool
+	// nicCap: the replay's guest's transmitted frames, captured by its QEMU (the
+	// divergence sentinel's NIC half).
+	nicCap *nicdump.Capture
 	// handedOff: the replaying QEMU went live in place and belongs to the primary
 	// now, with its tap: the backup's teardown leaves both alone.
 	handedOff atomic.Bool
@@ -239,6 +246,7 @@ type backup struct {
 	// The divergence sentinel: console bytes checked against the primary's marks,
 	// and what differed (empty while nothing did).
 	consoleChecked int64
+	nic            nicSentinel // the NIC half: frames compared with the primary's digests
 	divergence     string
 	stall          stallState // the replay's current or last stall (see pollReplay)
 	cleanups       cleanupStack
@@ -367,6 +375,7 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_
 		{"check-log-space", func(context.Context) error { return checkLogSpace(b.dir, b.spec.MaxLogDisk) }},
 		{"open-log", b.openLog},
 		{"bind-net", b.bindNet},
+		{"nic-capture", b.openNICCapture},
 		{"prepare-qemu", b.prepareQEMU},
 	}
 	for _, s := range steps {
@@ -448,6 +457,22 @@ func (b *backup) bindNet(context.Context) error {
 	return nil
 }
 
+// openNICCapture creates the FIFO the replaying QEMU dumps its guest's transmitted
+// frames to (the divergence sentinel's NIC half); it must exist before QEMU starts.
+// A replay from a running VM's snapshot gets none: the primary numbers its frames
+// from its QEMU's start and sends it no digests.
+func (b *backup) openNICCapture(context.Context) error {
+	if b.snap != nil {
+		return nil
+	}
+	c, err := openNICCapture(b.dir, &b.cleanups)
+	if err != nil {
+		return err
+	}
+	b.nicCap = c
+	return nil
+}
+
 // prepareQEMU checks and builds the replaying QEMU's config. QEMU itself starts in run:
 // in replay mode it blocks reading its log before it even opens its QMP socket, so it
 // can only finish starting once the primary streams.
@@ -466,6 +491,9 @@ func (b *backup) prepareQEMU(context.Context) error {
 	}
 	if b.snap != nil {
 		cfg.RRSnapshot = b.snap.Tag
+	}
+	if b.nicCap != nil {
+		cfg.NIC.TxDump = b.nicCap.Path()
 	}
 	if b.img != nil {
 		b.diskPath = filepath.Join(b.dir, "disk.qcow2")
@@ -534,6 +562,7 @@ func (b *backup) run(conn net.Conn) {
 	// Console marks from the primary, for the sentinel. The receiver must not block:
 	// a full queue drops the mark (a later one covers the same bytes and more).
 	marks := make(chan logging.ConsoleMark, 64)
+	nicDigests := make(chan logging.NICDigests, nicBatchQueue)
 	recv := logging.NewReceiver(b.conn, sink, logging.ReceiverConfig{
 		OnConsole: func(m logging.ConsoleMark) {
 			select {
@@ -551,6 +580,7 @@ func (b *backup) run(conn net.Conn) {
 				_ = b.life.step(lifecycle.Synced(epoch, epoch > 0 && b.a.store != nil))
 			}()
 		},
+		OnNIC:       b.onNIC(nicDigests),
 		// Acks carry the replayed icount, the primary's only view of the backup's
 		// progress: send them often so the measured lag is not ack cadence.
 		HeartbeatInterval: min(b.a.cfg.HeartbeatInterval, ackEvery),
@@ -620,6 +650,10 @@ func (b *backup) run(conn net.Conn) {
 		b.log.Info("replaying qemu running", "pid", b.m.PID())
 		b.wg.Add(1)
 		go func() { defer b.wg.Done(); b.checkConsole(ctx, marks) }()
+		if b.nicCap != nil {
+			b.wg.Add(1)
+			go func() { defer b.wg.Done(); b.checkNIC(ctx, nicDigests, recvDone) }()
+		}
 		b.pollReplay(ctx)
 	}()
 	err := recv.Run(ctx)
@@ -863,7 +897,10 @@ func (b *backup) goLiveFromReplay(ctx context.Context, epoch uint64, claim time.
 		// agent's in place of the backup's drain) or its tap (put on the bridge).
 		// It keeps writing the disk through its open descriptor, wherever the
 		// file was moved.
-		live.inPlace = &inPlaceLive{nic: b.m.Config().NIC, console: b.m.Config().ConsoleLog}
+		nic := *b.m.Config().NIC
+		// Its capture FIFO closes with this backup (QEMU then stops dumping).
+		nic.TxDump = ""
+		live.inPlace = &inPlaceLive{nic: &nic, console: b.m.Config().ConsoleLog}
 	}
 	b.a.unregister(b.spec.Name, b)
 	gctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -1098,6 +1135,7 @@ func (b *backup) status() control.VMStatus {
 		Name: b.spec.Name, Role: "backup", State: ls.State.String(), Peer: b.peer, Detail: ls.Detail, Epoch: ls.Epoch,
 		StartedAt: b.started, Engine: b.a.engine.Name, EngineWarning: b.a.engine.Warning(), Icount: b.replayed, EmittedFrames: b.emittedFrames(),
 		DataPath: string(b.dataPath), ConsoleChecked: b.consoleChecked, Divergence: b.divergence,
+		NICFrames: b.nic.Replayed, NICChecked: b.nic.Matched, NICSkipped: b.nic.Skipped, NICDropped: b.nic.Dropped,
 	}
 	if b.m != nil {
 		st.PID = b.m.PID()

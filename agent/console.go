@@ -169,8 +169,20 @@ func (b *backup) checkConsole(ctx context.Context, marks <-chan logging.ConsoleM
 	}
 }
 
-// diverged reports a divergence the sentinel found and steps down.
+// diverged reports a console divergence the sentinel found and steps down.
 func (b *backup) diverged(d sentinel.Divergence) {
+	b.reportDivergence(d.String(), "console_from", d.Since, "console_to", d.Mark.Bytes,
+		"replay_crc", fmt.Sprintf("%08x", d.Replay), "primary_crc", fmt.Sprintf("%08x", d.Mark.CRC))
+}
+
+// reportDivergence reports what the sentinel found differ (what, and attrs for the
+// log), with where the replay stood (icount, log offset), and steps down: a replay
+// that executed something the primary did not cannot take over. Only the first
+// report counts.
+func (b *backup) reportDivergence(what string, attrs ...any) {
+	if b.handedOff.Load() {
+		return // the replay is the live VM now: nothing to compare it with
+	}
 	b.mu.Lock()
 	icount := b.replayed
 	b.mu.Unlock()
@@ -183,11 +195,16 @@ func (b *backup) diverged(d sentinel.Divergence) {
 			pos = off
 		}
 	}
-	what := fmt.Sprintf("replay diverged from the recording: %s; replay at icount %d, log offset %d", d, icount, pos)
-	b.log.Warn("replay diverged", "console_from", d.Since, "console_to", d.Mark.Bytes, "replay_crc", fmt.Sprintf("%08x", d.Replay),
-		"primary_crc", fmt.Sprintf("%08x", d.Mark.CRC), "icount", icount, "log_offset", pos)
+	what = fmt.Sprintf("replay diverged from the recording: %s; replay at icount %d, log offset %d", what, icount, pos)
 	b.mu.Lock()
-	b.divergence = what
+	first := b.divergence == ""
+	if first {
+		b.divergence = what
+	}
 	b.mu.Unlock()
+	if !first {
+		return
+	}
+	b.log.Warn("replay diverged", append(attrs, "icount", icount, "log_offset", pos)...)
 	b.stepDown(errors.New(what))
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/ftvmd/ftvmd/logspace"
 	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/netbuf/nfq"
+	"github.com/ftvmd/ftvmd/nicdump"
 	"github.com/ftvmd/ftvmd/outputrule"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
@@ -71,6 +72,10 @@ type peerReply struct {
 	// Synced: this backup can start from a running VM's snapshot and reads
 	// MsgSynced.
 	Synced bool `json:"synced,omitempty"`
+	// NICDigests: this backup reads the digests of the frames the primary's guest
+	// transmits (logging.MsgNIC), the sentinel's NIC half; the primary then has its
+	// QEMU capture them. An older backup leaves it out and gets none.
+	NICDigests bool `json:"nic_digests,omitempty"`
 }
 
 // primary runs the recording QEMU, streams its log and holds its output.
@@ -112,6 +117,10 @@ type primary struct {
 	backupHost string
 	// consoleMarks: the backup reads console marks (peerReply.ConsoleMarks).
 	consoleMarks bool
+	// nicDigests: the backup reads NIC digests (peerReply.NICDigests); nicCap is
+	// the capture of the guest's transmitted frames they are computed from.
+	nicDigests bool
+	nicCap     *nicdump.Capture
 
 	cancel   context.CancelFunc
 	vmCtx    context.Context // the VM's goroutines' context (set in startStreams, under mu)
@@ -393,6 +402,7 @@ func (p *primary) connectBackup(ctx context.Context) error {
 	// next epoch for this name.
 	p.backupHost = reply.Host
 	p.consoleMarks = reply.ConsoleMarks
+	p.nicDigests = reply.NICDigests
 	if img != nil {
 		// The image is quiet: QEMU starts only after the copy.
 		p.log.Info("copying disk to backup", "image", p.spec.Disk, "bytes", img.Size)
@@ -530,6 +540,15 @@ func (p *primary) startQEMU(ctx context.Context) error {
 		if err := p.keepForCheck(cfg); err != nil {
 			return err
 		}
+	}
+	if p.nicDigests && p.live == nil {
+		// After keepForCheck: an offline check replays without a capture.
+		c, err := openNICCapture(p.dir, &p.cleanups)
+		if err != nil {
+			return err
+		}
+		p.nicCap = c
+		cfg.NIC.TxDump = c.Path()
 	}
 	var m *qemu.Machine
 	if p.live != nil {
@@ -812,6 +831,10 @@ func (p *primary) startStreams(context.Context) error {
 		p.go1(func() { p.ackLoop(ctx, s) })
 		if p.consoleMarks {
 			p.go1(func() { p.sendConsoleMarksFrom(ctx, s, logs.console, 0) })
+		}
+		if c := p.nicCap; c != nil {
+			done := p.senderDone
+			p.go1(func() { p.sendNICDigests(ctx, s, c, done) })
 		}
 	}
 	// After startSender: the keeper reads what it set (senderDone).
@@ -1412,6 +1435,7 @@ func (p *primary) status() control.VMStatus {
 	if p.sender != nil {
 		ss := p.sender.Stats()
 		st.LogSent, st.LogAcked, st.BackupBehind = ss.Sent, ss.Acked, ss.Behind
+		st.NICFrames, st.NICDropped = ss.NICFrames, ss.NICDropped
 	}
 	if p.sender != nil {
 		st.LagHist, st.WorkLagHist = p.lagHist.histogram(), p.workHist.histogram()

@@ -210,6 +210,16 @@ type VMStatus struct {
 	// primary's up to ConsoleChecked bytes; Divergence says what differed, where.
 	ConsoleChecked int64  `json:"console_checked,omitempty"`
 	Divergence     string `json:"divergence,omitempty"`
+	// The sentinel's NIC half. Backup: frames its replay's guest transmitted
+	// (NICFrames), found equal to the primary's (NICChecked), not compared
+	// (NICSkipped: the primary sent no digest for them, or one came too late), and
+	// the primary's digest messages dropped on a full queue (NICDropped). Primary:
+	// frames whose digests went to the backup (NICFrames), and those dropped on a
+	// full queue (NICDropped).
+	NICFrames  uint64 `json:"nic_frames,omitempty"`
+	NICChecked uint64 `json:"nic_checked,omitempty"`
+	NICSkipped uint64 `json:"nic_skipped,omitempty"`
+	NICDropped uint64 `json:"nic_dropped,omitempty"`
 	// Engine names the QEMU this copy runs on (qemu.Engine.Name), and what an
 	// operator should know about it (qemu.Engine.Warning).
 	Engine string `json:"engine,omitempty"`

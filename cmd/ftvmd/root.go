@@ -455,6 +455,13 @@ func printStatus(w io.Writer, resp control.Response) {
 		} else if v.ConsoleChecked > 0 {
 			fmt.Fprintf(tw, "sentinel\tconsole matches the primary's for %s\n", size(v.ConsoleChecked))
 		}
+		switch {
+		case v.Divergence != "":
+		case v.Role == "backup" && v.NICFrames > 0:
+			fmt.Fprintf(tw, "sentinel\tNIC: %d frames match the primary's, %d not compared, of %d the replay sent\n", v.NICChecked, v.NICSkipped, v.NICFrames)
+		case v.Role == "primary" && v.NICFrames > 0:
+			fmt.Fprintf(tw, "sentinel\tNIC: digests of %d frames sent to the backup, %d dropped\n", v.NICFrames, v.NICDropped)
+		}
 		fmt.Fprintf(tw, "uptime\t%s\tqemu pid %d\n", time.Since(v.StartedAt).Round(time.Second), v.PID)
 		if v.DataPath != "" {
 			fmt.Fprintf(tw, "data path\t%s\n", v.DataPath)
