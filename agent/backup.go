@@ -580,7 +580,7 @@ func (b *backup) run(conn net.Conn) {
 				_ = b.life.step(lifecycle.Synced(epoch, epoch > 0 && b.a.store != nil))
 			}()
 		},
-		OnNIC:       b.onNIC(nicDigests),
+		OnNIC: b.onNIC(nicDigests),
 		// Acks carry the replayed icount, the primary's only view of the backup's
 		// progress: send them often so the measured lag is not ack cadence.
 		HeartbeatInterval: min(b.a.cfg.HeartbeatInterval, ackEvery),
