@@ -223,6 +223,12 @@ type backupCopier struct {
 }
 
 func startBackupCopier(src, dst string, feed *Feed) (*backupCopier, error) {
+	return startBackupCopierAt(src, dst, feed, LogHeaderSize, 0)
+}
+
+// startBackupCopierAt copies the log from offset start, where the instruction
+// count is icount (a snapshot's), to the same offsets of dst.
+func startBackupCopierAt(src, dst string, feed *Feed, start int64, icount uint64) (*backupCopier, error) {
 	out, err := os.Create(dst)
 	if err != nil {
 		return nil, err
@@ -231,20 +237,24 @@ func startBackupCopier(src, dst string, feed *Feed) (*backupCopier, error) {
 		out.Close()
 		return nil, err
 	}
+	if _, err := out.Seek(start, io.SeekStart); err != nil {
+		out.Close()
+		return nil, err
+	}
 	c := &backupCopier{src: src, dst: dst, feed: feed, stop: make(chan struct{}), done: make(chan error, 1)}
 	go func() { // owned: Finish stops it and waits
 		defer out.Close()
-		c.done <- c.run(out)
+		c.done <- c.run(out, start, icount)
 	}()
 	return c, nil
 }
 
-func (c *backupCopier) run(out *os.File) error {
-	cut := replay.NewCutter(LogHeaderSize, 0)
+func (c *backupCopier) run(out *os.File, start int64, icount uint64) error {
+	cut := replay.NewCutter(start, icount)
 	var (
 		in       *os.File
-		read     = int64(LogHeaderSize) // source bytes given to cut
-		pending  []byte                 // source bytes past cut's boundary
+		read     = start // source bytes given to cut
+		pending  []byte  // source bytes past cut's boundary
 		buf      = make([]byte, 256<<10)
 		tick     = time.NewTicker(time.Millisecond)
 		stopping bool
