@@ -193,14 +193,16 @@ func (k *argsCheck) check() {
 				o("maxlen", "69632"), o("file", n.TxDump))
 		}
 	}
+	// The snapshot drive first: savevm keeps the VM state in the first drive that
+	// can hold one (appendSnapshotDrive).
+	if c.SnapshotDrive != "" {
+		k.drive(c.SnapshotDrive, o("if", "none"), o("id", "snap0"), o("format", "qcow2"))
+	}
 	for i, d := range c.Disks {
 		img, blk := "img"+strconv.Itoa(i), "blk"+strconv.Itoa(i)
 		k.drive(d.Path, o("if", "none"), o("id", img), o("format", "qcow2"))
 		k.opts("-drive", "", o("driver", "blkreplay"), o("if", "none"), o("image", img), o("id", blk))
 		k.opts("-device", "driver", o("driver", "virtio-blk-pci"), o("drive", blk))
-	}
-	if c.SnapshotDrive != "" {
-		k.drive(c.SnapshotDrive, o("if", "none"), o("id", "snap0"), o("format", "qcow2"))
 	}
 	if c.QMPSocket != "" {
 		v := k.value("-qmp")

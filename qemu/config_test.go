@@ -63,12 +63,16 @@ func TestAppenders(t *testing.T) {
 func TestArgsOrder(t *testing.T) {
 	c := Config{
 		Name: "pri", MemoryMB: 128, Mode: ModeRecord, IcountShift: 4, RRFile: "/l/rr.bin",
-		ConsoleLog: "/l/c.log", QMPSocket: "/l/q.sock", SnapshotDrive: "/l/s.qcow2",
+		ConsoleLog: "/l/c.log", QMPSocket: "/l/q.sock", SnapshotDrive: "/l/s.qcow2", Disks: []Disk{{Path: "/l/d.qcow2"}},
 		StartPaused: true, ExtraArgs: []string{"-d", "guest_errors"},
 	}
+	// The snapshot drive before the disk: savevm keeps the VM state in the first
+	// drive that can hold one, and it must not be the guest's disk.
 	want := "-name pri -M pc -accel tcg -cpu qemu64 -smp 1 -m 128 -rtc clock=vm -nographic -nodefaults -no-user-config " +
 		"-icount shift=4,rr=record,rrfile=/l/rr.bin -serial file:/l/c.log " +
-		"-drive file=/l/s.qcow2,if=none,id=snap0,format=qcow2 -qmp unix:/l/q.sock,server=on,wait=off -S -d guest_errors"
+		"-drive file=/l/s.qcow2,if=none,id=snap0,format=qcow2 " +
+		"-drive file=/l/d.qcow2,if=none,id=img0,format=qcow2 -drive driver=blkreplay,if=none,image=img0,id=blk0 -device virtio-blk-pci,drive=blk0 " +
+		"-qmp unix:/l/q.sock,server=on,wait=off -S -d guest_errors"
 	if got := strings.Join(c.Args(), " "); got != want {
 		t.Errorf("got  %q\nwant %q", got, want)
 	}
