@@ -91,7 +91,7 @@ func RunPingPong(ctx context.Context, s *Session, env Env, o PingPongOpts) (Ping
 			return rep, err
 		}
 		s.logf("ping-pong %d: killed host %s", i+1, primary.Name)
-		st, err := pollStatus(ctx, backup, o.VM, 2*time.Minute, func(st control.VMStatus, _ time.Time) bool {
+		st, err := pollTolerant(ctx, backup, o.VM, 2*time.Minute, func(st control.VMStatus) bool {
 			return st.Role == "primary" && (st.State == "unprotected" || st.State == "syncing" || st.State == "protected")
 		})
 		if err != nil {
@@ -104,7 +104,7 @@ func RunPingPong(ctx context.Context, s *Session, env Env, o PingPongOpts) (Ping
 			return rep, fmt.Errorf("round %d: start %s's agent again: %w", i+1, primary.Name, err)
 		}
 		r.AgentBackS = time.Since(tKill).Seconds()
-		st, err = pollStatus(ctx, backup, o.VM, 3*time.Minute, func(st control.VMStatus, _ time.Time) bool {
+		st, err = pollTolerant(ctx, backup, o.VM, 3*time.Minute, func(st control.VMStatus) bool {
 			return st.State == "protected" && st.Sync != nil && st.Sync.Phase == "protected" && st.Sync.Auto && st.Sync.ProtectedAt.After(tKill)
 		})
 		if errors.Is(err, errPollTimeout) {
@@ -135,4 +135,29 @@ func RunPingPong(ctx context.Context, s *Session, env Env, o PingPongOpts) (Ping
 		rep.OwnerState = st.State
 	}
 	return rep, nil
+}
+
+// pollTolerant polls vm's status on h every 100 ms until done or timeout, taking
+// a status that cannot be read (a backup is unregistered for a moment while it
+// goes live) for not done yet.
+func pollTolerant(ctx context.Context, h lab.Host, vm string, timeout time.Duration, done func(control.VMStatus) bool) (control.VMStatus, error) {
+	deadline := time.Now().Add(timeout)
+	var last control.VMStatus
+	for {
+		st, err := lab.Status(ctx, h, vm)
+		if err == nil {
+			last = st
+			if done(st) {
+				return st, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return last, errPollTimeout
+		}
+		select {
+		case <-ctx.Done():
+			return last, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
