@@ -137,6 +137,13 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn, authenticated func())
 		c.Close()
 		return
 	}
+	if hello.Op == "ping" {
+		// A primary waiting to protect its VM again sees whether this agent is
+		// back (re-protection).
+		reply(nil)
+		c.Close()
+		return
+	}
 	if hello.Op == "checksum" {
 		if err := logging.WriteHelloReply(c, a.checksum(hello.Spec.Name)); err != nil {
 			log.Warn("checksum reply", "err", err)

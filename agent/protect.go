@@ -187,14 +187,31 @@ func (p *primary) startSync(peer, reason string) {
 	})
 }
 
-// probePeer sees whether the agent at addr answers (a TLS handshake with a
-// certificate of this cluster's CA), for re-protection.
+// probePeer sees whether the agent at addr answers, for re-protection: a TLS
+// handshake with a certificate of this cluster's CA naming the peer, and a ping
+// on the peer port.
 func (p *primary) probePeer(ctx context.Context, addr string) error {
 	c, err := p.dialAgent(ctx, addr)
 	if err != nil {
 		return err
 	}
-	return c.Close()
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		if err := c.SetDeadline(dl); err != nil {
+			return err
+		}
+	}
+	if err := logging.WriteHello(c, peerHello{Op: "ping", From: p.a.cfg.Host, Spec: p.spec}); err != nil {
+		return fmt.Errorf("ping %s: %w", addr, err)
+	}
+	var reply peerReply
+	if err := logging.ReadHelloReply(c, &reply); err != nil {
+		return fmt.Errorf("ping %s: %w", addr, err)
+	}
+	if !reply.OK {
+		return fmt.Errorf("ping %s: %s", addr, reply.Error)
+	}
+	return nil
 }
 
 // setSync updates the sync status under p.mu.
