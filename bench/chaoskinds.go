@@ -165,24 +165,65 @@ func (r *chaosRun) restartAgent(ctx context.Context, h lab.Host) (func(context.C
 // fillerName is the file that fills a run file system.
 const fillerName = "chaos-filler"
 
-// fillFS leaves dir's file system 64 KiB free (fallocate: no data is written), so
-// the next log writes fail; healing removes the filler.
+// fillEvery is how often a full file system is topped up again.
+const fillEvery = 5 * time.Millisecond
+
+// fillFS fills dir's file system (fallocate: no data is written) and keeps it full
+// until healed: every block freed meanwhile is taken again within fillEvery. A
+// primary's rr log is bounded (the agent punches holes in what the backup has
+// acknowledged), so a file system filled once has room again a moment later, and
+// the log, a few KiB on disk, could go on for ever in what it frees (chaos's CI run,
+// 2026-11-30: no write failed in 10 s). Healing stops the top-ups and removes the
+// filler.
 func fillFS(dir string) (func(context.Context) error, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return nil, fmt.Errorf("statfs %s: %w", dir, err)
-	}
-	room := int64(st.Bavail)*st.Bsize - 64<<10
 	p := filepath.Join(dir, fillerName)
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	if room > 0 {
-		if err := unix.Fallocate(int(f.Fd()), 0, 0, room); err != nil {
-			return nil, fmt.Errorf("fill %s: %w", dir, err)
+	var size int64
+	top := func() error {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err != nil {
+			return fmt.Errorf("statfs %s: %w", dir, err)
 		}
+		// What is free, less what the allocation's own metadata may need: halve
+		// the request until it fits.
+		for room := int64(st.Bavail) * st.Bsize; room >= st.Bsize; room /= 2 {
+			err := unix.Fallocate(int(f.Fd()), 0, size, room)
+			if err == nil {
+				size += room
+				return nil
+			}
+			if !errors.Is(err, unix.ENOSPC) {
+				return fmt.Errorf("fill %s: %w", dir, err)
+			}
+		}
+		return nil
 	}
-	return func(context.Context) error { return os.Remove(p) }, nil
+	if err := top(); err != nil {
+		f.Close()
+		os.Remove(p)
+		return nil, err
+	}
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() { // owned: heal stops it and waits
+		defer close(stopped)
+		t := time.NewTicker(fillEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				_ = top()
+			}
+		}
+	}()
+	return func(context.Context) error {
+		close(stop)
+		<-stopped
+		f.Close()
+		return os.Remove(p)
+	}, nil
 }

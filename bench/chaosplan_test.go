@@ -1,11 +1,17 @@
 package bench
 
 import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestChaosScheduleIsTheSeeds(t *testing.T) {
@@ -297,5 +303,54 @@ func TestWeighKinds(t *testing.T) {
 	}
 	if _, err := WeighKinds([]string{"partition"}, map[string]int{"kill-primary-host": 2}); err == nil {
 		t.Error("a weight for a kind not drawn from was accepted")
+	}
+}
+
+// log-full keeps the file system full while it lasts: space freed after the fill
+// (as a bounded rr log frees what the backup acknowledged) is taken again, so a
+// write that needs a new block fails; healing gives everything back.
+func TestFillFSKeepsItFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a tmpfs)")
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=8m"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	defer unix.Unmount(dir, 0)
+	other := filepath.Join(dir, "log.rr")
+	if err := os.WriteFile(other, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	free := func() int64 {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err != nil {
+			t.Fatal(err)
+		}
+		return int64(st.Bavail) * st.Bsize
+	}
+	heal, err := fillFS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := free(); n != 0 {
+		t.Fatalf("%d bytes free after the fill", n)
+	}
+	// The log frees 1 MiB (holes punched); a moment later it is taken again.
+	if err := os.Remove(other); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * fillEvery)
+	if n := free(); n != 0 {
+		t.Fatalf("%d bytes free %s after space was freed", n, 20*fillEvery)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "more"), make([]byte, 64<<10), 0o600); !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("a write while full: %v, want ENOSPC", err)
+	}
+	if err := heal(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := free(); n < 7<<20 {
+		t.Fatalf("%d bytes free after healing, want the file system back", n)
 	}
 }
