@@ -275,6 +275,11 @@ func (r *chaosRun) account(ctx context.Context, rep *ChaosReport) {
 			}
 		}
 		rep.DoubleReleaseOutside, rep.SupersededOutside = totalDouble-inDouble, totalSup-inSup
+		// The evidence for the double-release check: every slot in which both
+		// hosts' frames were seen, overlapping or one after the other.
+		for _, line := range l.slotsWithSeveral(r.start, end) {
+			r.logf("release watch: %s", line)
+		}
 	})
 	for i := range rep.Faults {
 		rep.Faults[i].judge()

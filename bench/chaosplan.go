@@ -387,23 +387,59 @@ func (l *releaseLedger) frames(host string, from, to time.Time) int {
 	return n
 }
 
-// doubleSlots counts the slots in [from, to) in which more than one host released.
+// doubleSlots counts the slots in [from, to) in which two hosts released at the
+// same time: each one's frames in the slot span a stretch (first to last) that
+// overlaps the other's. A copy whose last frame came before another copy's first,
+// within the same 100 ms, is a handover (a failover that goes live in ~100 ms),
+// not two copies running (the chaos run of 2026-11-30 07:54: A's last acknowledged
+// frames and B's first after going live in place fell in one slot); a copy that
+// released after another host claimed a later epoch is supersededSlots' to find.
 func (l *releaseLedger) doubleSlots(from, to time.Time) int {
-	count := map[int64]int{}
+	bySlot := map[int64][]*slotStat{}
 	for _, m := range l.hosts {
-		for slot := range m {
+		for slot, st := range m {
 			if slot >= slotOf(from) && slot < slotOf(to) {
-				count[slot]++
+				bySlot[slot] = append(bySlot[slot], st)
 			}
 		}
 	}
 	n := 0
-	for _, c := range count {
-		if c > 1 {
-			n++
+	for _, sts := range bySlot {
+	pairs:
+		for i := range sts {
+			for j := i + 1; j < len(sts); j++ {
+				if !sts[i].first.After(sts[j].last) && !sts[j].first.After(sts[i].last) {
+					n++
+					break pairs
+				}
+			}
 		}
 	}
 	return n
+}
+
+// slotsWithSeveral describes the slots in [from, to) in which more than one host
+// released (whether or not their frames overlapped), each host's first and last
+// frame in it: the evidence behind doubleSlots.
+func (l *releaseLedger) slotsWithSeveral(from, to time.Time) []string {
+	by := map[int64][]string{}
+	for h, m := range l.hosts {
+		for slot, st := range m {
+			if slot >= slotOf(from) && slot < slotOf(to) {
+				by[slot] = append(by[slot], fmt.Sprintf("%s %d frames %s-%s", h, st.frames,
+					st.first.UTC().Format("15:04:05.000000"), st.last.UTC().Format("15:04:05.000000")))
+			}
+		}
+	}
+	var out []string
+	for slot, hs := range by {
+		if len(hs) > 1 {
+			slices.Sort(hs)
+			out = append(out, fmt.Sprintf("slot %s: %s", time.Unix(0, slot*int64(releaseSlot)).UTC().Format("15:04:05.0"), strings.Join(hs, ", ")))
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // epochClaim is one won epoch: who and when (the claim file's owner and time).

@@ -246,6 +246,21 @@ func TestReleaseLedger(t *testing.T) {
 	if a, b := l.frames("a", at(0), at(6000)), l.frames("b", at(0), at(6000)); a != 286 || b != 286 {
 		t.Fatalf("frames a %d b %d", a, b)
 	}
+	// A handover inside one slot: C's last frame at 10.04 s, D's first at 10.06 s
+	// (a failover that went live in 20 ms) is not two copies; frames that
+	// interleave in a slot are.
+	h := newReleaseLedger()
+	h.add("c", at(10000))
+	h.add("c", at(10040))
+	h.add("d", at(10060))
+	h.add("d", at(10090))
+	if n := h.doubleSlots(at(0), at(20000)); n != 0 {
+		t.Fatalf("a handover within one slot counts %d double slots", n)
+	}
+	h.add("c", at(10070)) // C again after D's first frame
+	if n := h.doubleSlots(at(0), at(20000)); n != 1 {
+		t.Fatalf("interleaved frames in one slot: %d double slots, want 1", n)
+	}
 	// A is cut off but keeps releasing after B's claim: from 2.9 s on it is
 	// superseded, and from 3 s both release.
 	for ms := 2000; ms < 3500; ms += 50 {
@@ -352,5 +367,18 @@ func TestFillFSKeepsItFull(t *testing.T) {
 	}
 	if n := free(); n < 7<<20 {
 		t.Fatalf("%d bytes free after healing, want the file system back", n)
+	}
+}
+
+// The evidence of the double-release check names each slot both hosts released in.
+func TestSlotsWithSeveral(t *testing.T) {
+	t0 := time.Unix(1000, 0).UTC()
+	l := newReleaseLedger()
+	l.add("a", t0.Add(10*time.Millisecond))
+	l.add("b", t0.Add(60*time.Millisecond))
+	l.add("b", t0.Add(500*time.Millisecond))
+	got := l.slotsWithSeveral(t0, t0.Add(time.Second))
+	if len(got) != 1 || !strings.Contains(got[0], "a 1 frames 00:16:40.010000-00:16:40.010000, b 1 frames 00:16:40.060000") {
+		t.Fatalf("slots %q", got)
 	}
 }
