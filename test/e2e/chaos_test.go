@@ -16,8 +16,9 @@ import (
 // request, record and bulk load, each checked end to end. It fails when any check
 // of any fault fails: an acknowledged request or record lost, a bulk byte corrupted,
 // two copies releasing output, the VM not alive where the guarantees say it lives,
-// a guest reboot, an outcome other than docs/failover-guarantees.md's. ~8-10 minutes
-// on the 2-core lab (most faults end with the VM protected again from boot).
+// a guest reboot, an outcome other than docs/failover-guarantees.md's. 12 minutes on
+// the 2-core lab at load average ~20 (2026-11-30, docs/benchmarks.md "Run 4"): most
+// faults end with the VM protected again from boot, 60-75 s each under that load.
 func TestChaosEveryKind(t *testing.T) {
 	if os.Getenv("FTVMD_E2E") != "1" {
 		t.Skip("end-to-end test: set FTVMD_E2E=1 (test/run-tests.sh does)")
