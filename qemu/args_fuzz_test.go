@@ -200,7 +200,11 @@ func (k *argsCheck) check() {
 	}
 	for i, d := range c.Disks {
 		img, blk := "img"+strconv.Itoa(i), "blk"+strconv.Itoa(i)
-		k.drive(d.Path, o("if", "none"), o("id", img), o("format", "qcow2"))
+		opts := []qemuOpt{o("if", "none"), o("id", img), o("format", "qcow2")}
+		if d.NoFlush {
+			opts = append(opts, o("cache.no-flush", "on"))
+		}
+		k.drive(d.Path, opts...)
 		k.opts("-drive", "", o("driver", "blkreplay"), o("if", "none"), o("image", img), o("id", blk))
 		k.opts("-device", "driver", o("driver", "virtio-blk-pci"), o("drive", blk))
 	}
@@ -246,7 +250,7 @@ func FuzzArgs(f *testing.F) {
 			LoadVM: loadvm, StartPaused: paused,
 		}
 		if diskPath != "" {
-			c.Disks = []Disk{{Path: diskPath}, {Path: diskPath + "2"}}
+			c.Disks = []Disk{{Path: diskPath, NoFlush: mode&8 != 0}, {Path: diskPath + "2"}}
 		}
 		if mode&4 == 0 {
 			c.NIC = &NIC{MAC: mac, SocketPath: sock, LocalPath: local, TapName: tap}

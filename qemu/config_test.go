@@ -43,6 +43,8 @@ func TestAppenders(t *testing.T) {
 		{"disks", appendDisks, Config{Disks: []Disk{{Path: "/d/a.qcow2"}, {Path: "/d/b.qcow2"}}},
 			"-drive file=/d/a.qcow2,if=none,id=img0,format=qcow2 -drive driver=blkreplay,if=none,image=img0,id=blk0 -device virtio-blk-pci,drive=blk0 " +
 				"-drive file=/d/b.qcow2,if=none,id=img1,format=qcow2 -drive driver=blkreplay,if=none,image=img1,id=blk1 -device virtio-blk-pci,drive=blk1"},
+		{"disk without host flushes", appendDisks, Config{Disks: []Disk{{Path: "/w/o.qcow2", NoFlush: true}}},
+			"-drive file=/w/o.qcow2,if=none,id=img0,format=qcow2,cache.no-flush=on -drive driver=blkreplay,if=none,image=img0,id=blk0 -device virtio-blk-pci,drive=blk0"},
 		{"snapshot drive", appendSnapshotDrive, Config{SnapshotDrive: "/d/snap.qcow2"},
 			"-drive file=/d/snap.qcow2,if=none,id=snap0,format=qcow2"},
 		{"qmp", appendQMP, Config{QMPSocket: "/r/qmp.sock"}, "-qmp unix:/r/qmp.sock,server=on,wait=off"},

@@ -38,7 +38,7 @@ const (
 // its boot files, the icount shift, the NIC's MAC and netdev type, the disks'
 // wiring through blkreplay and any extra args stay as recorded; only the paths
 // that name the recording's own files change, the flush library (record only)
-// goes, and -action shutdown=pause makes the replay stop, readable, at the
+// goes, the overlays skip host flushes, and -action shutdown=pause makes the replay stop, readable, at the
 // SHUTDOWN the recorder logged when it exited.
 func ReplayConfig(rec qemu.Config, p ReplayPaths) (qemu.Config, error) {
 	var errs []error
@@ -88,7 +88,10 @@ func ReplayConfig(rec qemu.Config, p ReplayPaths) (qemu.Config, error) {
 	}
 	c.Disks = make([]qemu.Disk, len(rec.Disks))
 	for i := range rec.Disks {
-		c.Disks[i] = qemu.Disk{Path: p.Overlays[i]}
+		// The overlay is scratch: the guest's flushes complete without a host
+		// flush, which the log cannot wait for and a loaded host may take tens
+		// of seconds to finish (the replay would sit at that block completion).
+		c.Disks[i] = qemu.Disk{Path: p.Overlays[i], NoFlush: true}
 	}
 	c.ExtraArgs = append(slices.Clone(rec.ExtraArgs), "-action", "shutdown=pause")
 	return c, nil

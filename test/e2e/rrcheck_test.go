@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -136,7 +137,28 @@ func recordAndCheck(t *testing.T, l *lab.Lab, agentArgs ...string) (rrcheck.Resu
 	t.Logf("pre-record disk copy: %d bytes", st.Size())
 
 	dir := filepath.Join(lab.HostA.Dir, "run", vm+".primary")
+	t.Cleanup(func() { keepRunDir(t, dir) })
 	return checkDir(ctx, t, l, dir), dir
+}
+
+// keepRunDir copies a failed run's recording (manifest, log, console, pre-record
+// disk copy) into FTVMD_E2E_ARTIFACTS, since the next lab purges it: `ftvmd rr
+// check <copy>` then replays it offline as often as a diagnosis needs.
+func keepRunDir(t *testing.T, dir string) {
+	out := os.Getenv("FTVMD_E2E_ARTIFACTS")
+	if out == "" || !t.Failed() {
+		return
+	}
+	dst := filepath.Join(out, strings.ReplaceAll(t.Name(), "/", "_"), "run-"+filepath.Base(dir))
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Logf("keep run dir: %v", err)
+		return
+	}
+	if b, err := exec.Command("cp", "-a", dir, dst).CombinedOutput(); err != nil {
+		t.Logf("keep run dir %s: %v: %s", dir, err, b)
+		return
+	}
+	t.Logf("run dir kept in %s", dst)
 }
 
 // checkDir runs `ftvmd rr check` on a run directory and parses its last output line.
