@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -202,7 +203,13 @@ func Check(ctx context.Context, cfg Config) (res Result, err error) {
 		}
 	}()
 
-	paths := ReplayPaths{Log: rec.Log, Work: work, Binary: eng.Binary}
+	// QEMU runs in the work directory: a log path relative to ours names
+	// nothing there (`ftvmd rr check .` found no log.rr).
+	logPath, err := filepath.Abs(rec.Log)
+	if err != nil {
+		return res, fmt.Errorf("rrcheck: log: %w", err)
+	}
+	paths := ReplayPaths{Log: logPath, Work: work, Binary: eng.Binary}
 	for i, p := range rec.DiskCopies {
 		ov := filepath.Join(work, fmt.Sprintf("disk%d.overlay.qcow2", i))
 		if err := makeOverlay(ctx, cfg.QEMUImg, p, ov); err != nil {
@@ -334,6 +341,7 @@ func follow(ctx context.Context, mach *qemu.Machine, cfg Config, o *Outcome) err
 		}
 		if d := now.Sub(lastMove); d >= cfg.StallTimeout {
 			o.End, o.Stall = EndStalled, d
+			o.HostWaits = lastingHostWaits(ctx, mach.PID())
 			return nil
 		}
 		if cfg.Progress != nil && now.Sub(lastReport) >= time.Second {
@@ -341,6 +349,27 @@ func follow(ctx context.Context, mach *qemu.Machine, cfg Config, o *Outcome) err
 			cfg.Progress(Progress{Elapsed: now.Sub(start), ReplayedIcount: o.ReplayedIcount, RecordedIcount: o.RecordedIcount})
 		}
 	}
+}
+
+// lastingHostWaits is HostWaits on /proc seen twice, 200 ms apart: a thread
+// caught once in a short disk read is no diagnosis of a 20 s stall.
+func lastingHostWaits(ctx context.Context, pid int) []string {
+	first := HostWaits(os.DirFS("/proc"), pid)
+	if len(first) == 0 {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-time.After(200 * time.Millisecond):
+	}
+	var both []string
+	for _, w := range HostWaits(os.DirFS("/proc"), pid) {
+		if slices.Contains(first, w) {
+			both = append(both, w)
+		}
+	}
+	return both
 }
 
 // checkLog refuses a log QEMU could not replay to its end, with the reason.

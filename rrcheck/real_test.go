@@ -271,6 +271,10 @@ func TestRealCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec.Console = bad
+	// Given relative to the working directory (`ftvmd rr check .`), the log
+	// is still found by the QEMU that runs in the work directory.
+	t.Chdir(dir)
+	rec.Log = filepath.Base(rec.Log)
 	work := filepath.Join(dir, "work")
 	res, err = Check(ctx, Config{Recording: rec, CPUs: cpus, WorkDir: work, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
 	if err != nil {

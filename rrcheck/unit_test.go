@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/ftvmd/ftvmd/logspace"
@@ -75,6 +76,9 @@ func TestDecide(t *testing.T) {
 			[]string{"emitted 3 network frames"}},
 		{"stalled", Outcome{End: EndStalled, RecordedIcount: 100, ReplayedIcount: 40, Console: prefix, Stall: 20 * time.Second, Status: "running"}, Stalled,
 			[]string{"no progress for 20s at icount 40 of the log's 100 (40.0%), run state running", "console stops at byte 2"}},
+		{"stalled on the host's disk", Outcome{End: EndStalled, RecordedIcount: 100, ReplayedIcount: 40, Console: prefix, Stall: 20 * time.Second, Status: "running",
+			HostWaits: []string{"thread 7 in fdatasync"}}, Stalled,
+			[]string{"run state running; QEMU was blocked in this host's I/O then (thread 7 in fdatasync): the replay waited on the host's disk, not on the log", "console stops at byte 2"}},
 		{"stalled after diverging", Outcome{End: EndStalled, RecordedIcount: 100, ReplayedIcount: 40, Console: differ, Stall: 20 * time.Second}, Diverged,
 			[]string{"consoles differ", "no progress"}},
 		{"exited with error", Outcome{End: EndExited, RecordedIcount: 100, ReplayedIcount: 40, Console: prefix, ExitErr: "exit status 1", QEMUError: "Missing character write event in the replay log"}, Diverged,
@@ -355,5 +359,38 @@ func TestTailBuffer(t *testing.T) {
 	}
 	if len(tb.b) > 32 {
 		t.Fatalf("kept %d bytes", len(tb.b))
+	}
+}
+
+func TestHostWaits(t *testing.T) {
+	task := func(state, syscall string) map[string]string {
+		return map[string]string{"stat": "7 (qemu-system-x86) " + state + " 1 2 3", "syscall": syscall}
+	}
+	proc := fstest.MapFS{}
+	for tid, f := range map[string]map[string]string{
+		"100": task("S", "7 0x5 0x0"), // the main loop in poll: not the host's disk
+		"101": task("D", "75 0xd 0x0 0x0 0x0 0x0 0x0 0x7ffc 0x7f00"),
+		"102": task("R", "running"),
+		"103": task("D", "17 0xd"),
+		"104": task("D", "999 0x1"),
+		"105": task("D", "running"),
+	} {
+		for name, body := range f {
+			proc["100/task/"+tid+"/"+name] = &fstest.MapFile{Data: []byte(body)}
+		}
+	}
+	// A command name with spaces and parentheses must not shift the state field.
+	proc["100/task/106/stat"] = &fstest.MapFile{Data: []byte("106 (a) D (b) S 1 2")}
+	proc["100/task/106/syscall"] = &fstest.MapFile{Data: []byte("74 0x3")}
+	// A thread that exited between the listing and the read is skipped.
+	proc["100/task/107/syscall"] = &fstest.MapFile{Data: []byte("75 0x3")}
+
+	got := HostWaits(proc, 100)
+	want := []string{"thread 101 in fdatasync", "thread 103 in pread64", "thread 104 in system call 999", "thread 105 in an unknown system call"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("HostWaits\n got %q\nwant %q", got, want)
+	}
+	if w := HostWaits(proc, 200); w != nil {
+		t.Fatalf("a process that is gone: %q", w)
 	}
 }

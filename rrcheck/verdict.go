@@ -2,6 +2,7 @@ package rrcheck
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -59,6 +60,10 @@ type Outcome struct {
 	// state last seen.
 	Stall  time.Duration
 	Status string
+	// HostWaits are QEMU's threads found in uninterruptible sleep when the
+	// stall was declared (HostWaits): the replay was waiting on this host's
+	// disk, not on the log.
+	HostWaits []string
 }
 
 // stoppedFaithfully reports whether a replay that reached the log's end stopped
@@ -110,6 +115,9 @@ func Decide(o Outcome) (Verdict, []string) {
 		msg := fmt.Sprintf("the replay made no progress for %s at %s", o.Stall.Round(time.Second), at)
 		if o.Status != "" {
 			msg += ", run state " + o.Status
+		}
+		if len(o.HostWaits) > 0 {
+			msg += "; QEMU was blocked in this host's I/O then (" + strings.Join(o.HostWaits, ", ") + "): the replay waited on the host's disk, not on the log"
 		}
 		stalled = append([]string{msg}, stalled...)
 	default:
