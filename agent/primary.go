@@ -243,7 +243,7 @@ func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backu
 	}
 	if live != nil {
 		p.epoch, p.dataPath = live.epoch, live.dataPath
-		p.faultAt, p.aloneAt = live.lostAt, p.started
+		p.faultAt = live.lostAt
 	}
 	if err := p.newLife(); err != nil {
 		return err
@@ -794,6 +794,9 @@ func (p *primary) startStreams(context.Context) error {
 	p.cancel = cancel
 	p.mu.Lock()
 	p.vmCtx = ctx
+	if p.live != nil {
+		p.aloneAt = time.Now() // live after the failover: claim and go-live are behind
+	}
 	p.mu.Unlock()
 	backup := ""
 	if p.conn != nil {
