@@ -45,6 +45,11 @@ type PingPongReport struct {
 	GuestRebooted bool            `json:"guest_rebooted"`
 	Owner         string          `json:"owner"`
 	OwnerState    string          `json:"owner_state"`
+	// Over the rounds: the window of vulnerability, the re-protection's pause
+	// and the wait for the host.
+	Window Dist `json:"window_ms"`
+	Pause  Dist `json:"pause_ms"`
+	Wait   Dist `json:"wait_ms"`
 }
 
 // PingPongOpts configures RunPingPong.
@@ -130,6 +135,11 @@ func RunPingPong(ctx context.Context, s *Session, env Env, o PingPongOpts) (Ping
 		fmt.Sscanf(a, "counter %d", &rep.CounterAfter)
 	}
 	rep.GuestRebooted = rep.CounterAfter < rep.CounterBefore
+	var win, pause, wait []float64
+	for _, r := range rep.Rounds {
+		win, pause, wait = append(win, r.WindowMS), append(pause, r.PauseMS), append(wait, r.WaitMS)
+	}
+	rep.Window, rep.Pause, rep.Wait = NewDist(win), NewDist(pause), NewDist(wait)
 	rep.Owner = primary.Name
 	if st, err := lab.Status(ctx, primary, o.VM); err == nil {
 		rep.OwnerState = st.State
