@@ -3,6 +3,9 @@
 //
 //	go run ./docs/src/benchplots -in docs/bench-results -out docs
 //
+// Bar charts (plots) compare summaries; line charts (linePlots, lines.go) follow a
+// long run's samples over time.
+//
 // test/docs.sh runs it. Every value comes from a named field of a named file; a
 // missing file or field is an error, so a changed result format cannot yield a
 // silently empty plot. The output depends only on the input (no timestamps), so
@@ -27,6 +30,18 @@ func main() {
 	out := flag.String("out", "docs", "directory the SVG files are written to")
 	flag.Parse()
 	for _, p := range plots {
+		svg, err := p.render(*in)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "benchplots: %s: %v\n", p.file, err)
+			os.Exit(1)
+		}
+		if err := os.WriteFile(filepath.Join(*out, p.file), []byte(svg), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "benchplots:", err)
+			os.Exit(1)
+		}
+		fmt.Println(filepath.Join(*out, p.file))
+	}
+	for _, p := range linePlots {
 		svg, err := p.render(*in)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "benchplots: %s: %v\n", p.file, err)

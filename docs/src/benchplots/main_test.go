@@ -23,6 +23,50 @@ func TestPlotsUpToDate(t *testing.T) {
 			t.Errorf("docs/%s is stale: run bash test/docs.sh", p.file)
 		}
 	}
+	for _, p := range linePlots {
+		got, err := p.render("../../bench-results")
+		if err != nil {
+			t.Fatalf("%s: %v", p.file, err)
+		}
+		want, err := os.ReadFile(filepath.Join("../..", p.file))
+		if err != nil {
+			t.Fatalf("%s: %v (run bash test/docs.sh)", p.file, err)
+		}
+		if got != string(want) {
+			t.Errorf("docs/%s is stale: run bash test/docs.sh", p.file)
+		}
+	}
+}
+
+// TestLinePlot: a time series is drawn from every sample, a sample without the
+// plotted field is an error naming it.
+func TestLinePlot(t *testing.T) {
+	dir := t.TempDir()
+	p := linePlot{file: "x.svg", title: "t", unit: "MiB", source: "soak.json", samples: "samples", x: "t_s", scale: 1 << 20,
+		lines: []line{{"a", "rss_a"}, {"files / 100", "files"}}, refLine: &ref{label: "limit", field: "limit"}}
+	write := func(s string) {
+		if err := os.WriteFile(filepath.Join(dir, "soak.json"), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"env":{"date":"2026-11-30T07:00:00Z"},"limit":104857600,"samples":[{"t_s":10,"rss_a":20971520,"files":1048576000},{"t_s":20,"rss_a":31457280}]}`)
+	if _, err := p.render(dir); err == nil || !strings.Contains(err.Error(), "files") || !strings.Contains(err.Error(), "samples[1]") {
+		t.Fatalf("err = %v, want it to name samples[1] and files", err)
+	}
+	write(`{"env":{"date":"2026-11-30T07:00:00Z"},"limit":104857600,"samples":[{"t_s":10,"rss_a":20971520,"files":1048576000},{"t_s":20,"rss_a":31457280,"files":2097152000}]}`)
+	svg, err := p.render(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Values in MiB (the files line divided by 100 more); the limit line labelled.
+	for _, want := range []string{"<polyline", "soak.json (2026-11-30)", "limit 100 MiB", "files / 100"} {
+		if !strings.Contains(svg, want) {
+			t.Errorf("svg lacks %q", want)
+		}
+	}
+	if n := strings.Count(svg, "<polyline"); n != 2 {
+		t.Errorf("%d lines drawn, want 2", n)
+	}
 }
 
 // TestMissingFieldFails: a result without a plotted field is an error naming it,
