@@ -50,17 +50,24 @@ func FuzzSenderReceiver(f *testing.F) {
 		rdone := runAsync(func() error { return rcv.Run(ctx) })
 
 		// The backup's log is a prefix of the primary's, and acks never pass it.
-		check := func(when string) {
+		// While the link runs, the sender's stats are read before the sink: the
+		// backup's log only grows, so every ack the sender had seen by then must be
+		// within what the sink holds a moment later (read the other way round, a
+		// goroutine descheduled between the two reads sees an ack for bytes appended
+		// after its read of the sink: a fuzz run at idle priority did). The receiver's
+		// count equals the sink only when nothing moves (quiet).
+		check := func(when string, quiet bool) {
 			t.Helper()
+			st := snd.Stats()
 			held, want := sink.Bytes(), src.Bytes()
 			if len(held) > len(want) || !bytes.Equal(held, want[:len(held)]) {
 				t.Fatalf("%s: the backup holds %d bytes that are not the primary's log (%d bytes)", when, len(held), len(want))
 			}
-			st := snd.Stats()
 			if st.Sent > st.Published || st.Acked > st.Sent || st.Acked > seqStart+int64(len(held)) {
 				t.Fatalf("%s: sender published %d sent %d acked %d, backup holds to %d", when, st.Published, st.Sent, st.Acked, seqStart+len(held))
 			}
-			if r := rcv.Stats(); r.Held != seqStart+int64(len(held)) || r.Acked > r.Held {
+			r := rcv.Stats()
+			if r.Acked > r.Held || (quiet && r.Held != seqStart+int64(len(held))) {
 				t.Fatalf("%s: receiver held %d acked %d, sink ends at %d", when, r.Held, r.Acked, seqStart+len(held))
 			}
 		}
@@ -84,20 +91,20 @@ func FuzzSenderReceiver(f *testing.F) {
 				lastAck = a.Offset
 			default:
 			}
-			check("streaming")
+			check("streaming", false)
 		}
 		if breakAt >= 0 {
 			cancel()
 			waitErr(t, sdone, 10*time.Second, "sender")
 			waitErr(t, rdone, 10*time.Second, "receiver")
-			check("after the link broke")
+			check("after the link broke", true)
 			return
 		}
 		end := src.End()
 		waitFor(t, 20*time.Second, "all published log held and acked", func() bool {
 			return rcv.Held() == end && snd.Stats().Acked == end
 		})
-		check("done")
+		check("done", true)
 		cancel()
 		if err := waitErr(t, sdone, 10*time.Second, "sender"); err != nil {
 			t.Fatalf("sender: %v", err)
@@ -178,7 +185,10 @@ func FuzzReceiver(f *testing.F) {
 			t.Fatal(aerr)
 		}
 		// The stream was cut after its last byte: Run must have stopped with a reason.
-		documented := []error{ErrProtocol, ErrChecksum, ErrGap, ErrStale, ErrPeerClosed, ErrPeerRefused, io.EOF, io.ErrUnexpectedEOF, io.ErrClosedPipe}
+		// ErrPeerSilent: a receiver starved of CPU past its PeerTimeout (a fuzz run
+		// at idle priority was, for 4 s) finds its peer silent before it reads the
+		// end of the stream; what it holds is checked below all the same.
+		documented := []error{ErrProtocol, ErrChecksum, ErrGap, ErrStale, ErrPeerClosed, ErrPeerRefused, ErrPeerSilent, io.EOF, io.ErrUnexpectedEOF, io.ErrClosedPipe}
 		known := false
 		for _, d := range documented {
 			known = known || errors.Is(err, d)
@@ -204,11 +214,17 @@ func FuzzReceiver(f *testing.F) {
 			want = append(want, fr.Data...)
 			off = fr.End()
 		}
-		if got := sink.Bytes(); !bytes.Equal(got, want) {
+		// A receiver that found its peer silent stopped before the end: it holds a
+		// prefix of those frames, never other bytes.
+		got := sink.Bytes()
+		if errors.Is(err, ErrPeerSilent) && len(got) <= len(want) {
+			want = want[:len(got)]
+		}
+		if !bytes.Equal(got, want) {
 			t.Fatalf("backup holds %q, want %q (stopped with %v)", got, want, err)
 		}
-		if rcv.Held() != seqStart+int64(len(want)) {
-			t.Fatalf("Held %d, sink ends at %d", rcv.Held(), seqStart+len(want))
+		if rcv.Held() != seqStart+int64(len(got)) {
+			t.Fatalf("Held %d, sink ends at %d", rcv.Held(), seqStart+len(got))
 		}
 	})
 }
