@@ -276,6 +276,7 @@ func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backu
 		{"start-qemu", p.startQEMU},
 		{"open-log", p.openLog},
 		{"start-streams", p.startStreams},
+		{"adopt-in-place", p.adoptInPlace},
 	}
 	for _, s := range steps {
 		p.log.Debug("start step", "step", s.name)
@@ -558,9 +559,8 @@ func (p *primary) startQEMU(ctx context.Context) error {
 			return err
 		}
 		p.claimDur, p.goLiveDur = p.live.claim, time.Since(t0)
-		if inPlace {
-			p.adoptInPlace(m)
-		}
+		// An in-place QEMU runs live from here: its adoption (adopt-in-place)
+		// waits until the relay carries its frames (start-streams).
 	} else {
 		m, err = qemu.New(cfg, opts...)
 		if err != nil {
@@ -580,10 +580,19 @@ func (p *primary) startQEMU(ctx context.Context) error {
 }
 
 // adoptInPlace takes over a QEMU that went live in place: it moves into this
-// VM's cgroup (out of the backup's, which the backup then removes), and the
-// VM's directory gets a link to the console log it keeps writing in the
-// backup's.
-func (p *primary) adoptInPlace(m *qemu.Machine) {
+// VM's cgroup (out of the backup's, which the backup then removes once this VM
+// has started), and the VM's directory gets a link to the console log it keeps
+// writing in the backup's. It is the last start step, after the relay runs:
+// the guest runs live from the switch on, and moving a process between cgroups
+// can take tens of milliseconds (the kernel waits for an RCU grace period),
+// during which the guest's frames, the announcement first, would wait in the
+// relay's socket and the client's would wait on the tap.
+func (p *primary) adoptInPlace(context.Context) error {
+	if p.live == nil || p.live.inPlace == nil {
+		return nil
+	}
+	m := p.m
+	t0 := time.Now()
 	if p.cg != nil {
 		if err := p.cg.Add(m.PID()); err != nil {
 			// It runs on, unthrottled: nothing throttles an unprotected VM anyway.
@@ -595,6 +604,8 @@ func (p *primary) adoptInPlace(m *qemu.Machine) {
 			p.log.Warn("live in place: link the console log", "err", err)
 		}
 	}
+	p.log.Debug("live in place: adopted", "pid", m.PID(), "took", time.Since(t0))
+	return nil
 }
 
 // keepForCheck writes what an offline replay of this recording needs beside the
