@@ -12,13 +12,15 @@
 # a wrapper script works), FLUSHLIB (preload libftflush.so into the recording QEMU, as
 # the agent does for an engine that does not stream its log). Prints record and replay
 # wall times, whether the consoles are byte-identical, the steady instruction rates
-# (last 20 s) and the recording QEMU's CPU time.
+# (last 20 s), each side's CPU time (user+system, all threads) and context switches
+# per second of wall time (voluntary + involuntary, all threads; /usr/bin/time).
 #
 # NET=1 gives the guest a NIC as the agent does (virtio-net tx=timer + filter-replay),
 # on a tap in a private network namespace, and once the guest is ready runs LOAD there
-# against its service on 10.9.9.9:7000: space-separated "get MB" (guest->client) and
-# "put MB" (client->guest) steps, default "get 400 put 100". Each step's rate under
-# recording is printed (load_mbps). SECONDS must cover boot and the load.
+# against its service on 10.9.9.9:7000: space-separated "get MB" (guest->client),
+# "put MB" (client->guest) and "req N" (N ping/pong round trips) steps, default
+# "get 400 put 100". Each step's rate under recording is printed (load_mbps: Mbit/s
+# for get/put, round trips/s for req). SECONDS must cover boot and the load.
 set -euo pipefail
 name=$1; secs=$2; shift 2
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -55,6 +57,12 @@ out = []
 for op, mb in zip(steps[0::2], steps[1::2]):
     n = int(mb) << 20
     t0 = time.time()
+    if op == "req":
+        for _ in range(int(mb)):
+            f.write(b"ping\n"); f.flush()
+            if f.readline() != b"pong\n": raise SystemExit("bad pong")
+        out.append('"req%s":%.1f' % (mb, int(mb) / (time.time() - t0)))
+        continue
     f.write(("%s %d\n" % (op, n)).encode()); f.flush()
     if op == "get":
         hdr = f.readline().split()
@@ -94,26 +102,28 @@ PY
 rate() { # steady rate over the last 20 s of samples, in M instructions/s
   awk '{t[NR]=$1; i[NR]=$2} END {a=NR-20; if (a<1) a=1; printf "%.0f", (i[NR]-i[a])/(t[NR]-t[a])/1e6}' "$1"
 }
-cpu() { # utime+stime of a process in seconds
-  awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14+$15)/hz}' "/proc/$1/stat"
-}
+# GNU time's figures for a whole process (all its threads): wall, user, system,
+# voluntary and involuntary context switches.
+timed=(/usr/bin/time -f '%e %U %S %w %c')
+tcpu() { tail -n1 "$1" | awk '{printf "%.1f", $2+$3}'; }
+tcs() { tail -n1 "$1" | awk '$1>0 {printf "%.0f", ($4+$5)/$1}'; }
 t0=$(date +%s.%N)
-"${inns[@]}" "${recenv[@]}" taskset -c 0 "${q[@]}" -icount "shift=$shift_,rr=record,rrfile=$name.rr" -serial "file:$name.rec.con" \
+"${inns[@]}" "${recenv[@]}" "${timed[@]}" -o "$name.rec.time" taskset -c 0 "${q[@]}" -icount "shift=$shift_,rr=record,rrfile=$name.rr" -serial "file:$name.rec.con" \
   -qmp "unix:$name.rq,server=on,wait=off" 2>"$name.rec.err" &
 qp=$!; poll "$name.rq" "$name.rec.ic" & pp=$!
 loadres=null
 if [ "${NET:-0}" = 1 ]; then loadres=$(load "$name.rec.con" || echo null); fi
 sleep "$(echo "$secs - ($(date +%s.%N) - $t0)" | bc | sed 's/^-.*/0/')"
 qpid=$(pgrep -f -n "rrfile=$name.rr" || echo "$qp") # the QEMU under ip netns exec / env
-reccpu=$(cpu "$qpid" 2>/dev/null || echo null)
 kill "$qpid"; wait "$qp" || true; wait "$pp" || true
 t1=$(date +%s.%N)
-"${inns[@]}" taskset -c 1 "${q[@]}" -icount "shift=$shift_,rr=replay,rrfile=$name.rr" -serial "file:$name.rep.con" \
+"${inns[@]}" "${timed[@]}" -o "$name.rep.time" taskset -c 1 "${q[@]}" -icount "shift=$shift_,rr=replay,rrfile=$name.rr" -serial "file:$name.rep.con" \
   -qmp "unix:$name.pq,server=on,wait=off" 2>"$name.rep.err" &
 qp=$!; poll "$name.pq" "$name.rep.ic" & pp=$!
 wait "$qp" || true; wait "$pp" || true
 t2=$(date +%s.%N)
 same=no; cmp -s "$name.rec.con" "$name.rep.con" && same=yes
-printf '{"name":"%s","shift":%s,"qemu_args":"%s","record_s":%.1f,"replay_s":%.1f,"console_identical":"%s","record_steady_mips":%s,"replay_steady_mips":%s,"record_cpu_s":%s,"log_bytes":%s,"load_mbps":%s}\n' \
+printf '{"name":"%s","shift":%s,"qemu_args":"%s","record_s":%.1f,"replay_s":%.1f,"console_identical":"%s","record_steady_mips":%s,"replay_steady_mips":%s,"record_cpu_s":%s,"replay_cpu_s":%s,"record_cs_per_s":%s,"replay_cs_per_s":%s,"log_bytes":%s,"load_mbps":%s}\n' \
   "$name" "$shift_" "$*" "$(echo "$t1-$t0" | bc)" "$(echo "$t2-$t1" | bc)" "$same" "$(rate "$name.rec.ic")" "$(rate "$name.rep.ic")" \
-  "$reccpu" "$(stat -c %s "$name.rr")" "$loadres"
+  "$(tcpu "$name.rec.time")" "$(tcpu "$name.rep.time")" "$(tcs "$name.rec.time")" "$(tcs "$name.rep.time")" \
+  "$(stat -c %s "$name.rr")" "$loadres"
