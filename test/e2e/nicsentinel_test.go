@@ -1,0 +1,190 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ftvmd/ftvmd/bench"
+	"github.com/ftvmd/ftvmd/lab"
+)
+
+// TestNICSentinel: the divergence sentinel's NIC half on a real pair. Under a
+// bulk transfer both ways, the frames the replay's guest transmits match the
+// primary's, frame by frame, and are counted as checked; then a real divergence
+// that never reaches the console: the backup's copy of the disk differs in one
+// record, which the guest reads and sends to a client. The primary's guest sends the
+// record, the replay's another answer: the NIC sentinel finds that frame, the backup
+// steps down saying which frame and where, and the primary serves on unprotected.
+func TestNICSentinel(t *testing.T) {
+	l := needLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	const (
+		vm   = "nicsent"
+		slot = 60000 // 29 MiB into the disk: nothing reads it at boot
+		bulk = 30 * time.Second
+	)
+	t0 := time.Now()
+	payload := "nic-sentinel-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	img := imageWithRecord(t, lab.HostA, vm, slot, payload)
+	bound := protectGuest(ctx, t, l, vm, "--disk", img)
+	waitCaughtUp(ctx, t, vm, bound, time.Minute)
+	t.Logf("protected and caught up after %s", time.Since(t0).Round(time.Second))
+
+	// Healthy, under load: every frame the primary's guest sends is compared, none
+	// differs.
+	tr, err := bench.DriveGetPut(ctx, bench.LabTarget(), bulk)
+	if err != nil {
+		t.Fatalf("bulk transfer: %v", err)
+	}
+	t.Logf("bulk %s: %d MB guest->client, %d MB client->guest", bulk, tr.ToClientBytes>>20, tr.ToGuestBytes>>20)
+	p := mustStatus(ctx, t, lab.HostA, vm)
+	if p.NICFrames == 0 {
+		t.Fatalf("the primary sent no NIC digests: %+v", p)
+	}
+	// The replay lags: wait until it has sent as many frames as the primary had.
+	var b = mustStatus(ctx, t, lab.HostB, vm)
+	deadline := time.Now().Add(time.Minute)
+	for b.NICFrames < p.NICFrames {
+		if b.Divergence != "" || b.State != "replaying" {
+			t.Fatalf("a healthy pair under load: backup %s, %s", b.State, b.Divergence)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replay sent %d frames a minute after the primary had sent %d", b.NICFrames, p.NICFrames)
+		}
+		time.Sleep(250 * time.Millisecond)
+		b = mustStatus(ctx, t, lab.HostB, vm)
+	}
+	t.Logf("NIC sentinel under load: primary %d frames digested (%d dropped); replay %d frames, %d match, %d not compared, %d digest messages dropped",
+		p.NICFrames, p.NICDropped, b.NICFrames, b.NICChecked, b.NICSkipped, b.NICDropped)
+	if b.Divergence != "" || b.State != "replaying" {
+		t.Fatalf("false divergence under load: %s %s", b.State, b.Divergence)
+	}
+	if b.NICChecked < p.NICFrames*9/10 {
+		t.Fatalf("only %d of the primary's %d frames compared", b.NICChecked, p.NICFrames)
+	}
+
+	// A real divergence: the backup's disk copy loses the record.
+	corruptBackupDisk(t, vm, payload)
+	c, err := lab.NewClient(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	want := fmt.Sprintf("rec %d %s", slot, payload)
+	if resp, err := c.Do(fmt.Sprintf("recget %d", slot), 30*time.Second); err != nil || resp != want {
+		t.Fatalf("recget from the primary: %q %v, want %q", resp, err, want)
+	}
+	asked := time.Now()
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		b, err = lab.Status(ctx, lab.HostB, vm)
+		if err == nil && b.Divergence != "" && b.State == "failed" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sentinel did not fire within 30 s: %+v %v", b, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("sentinel fired %s after the reply: %s", time.Since(asked).Round(time.Millisecond), b.Divergence)
+	for _, w := range []string{"NIC frame #", "icount", "log offset", "crc64"} {
+		if !strings.Contains(b.Divergence, w) {
+			t.Errorf("the divergence report lacks %q: %s", w, b.Divergence)
+		}
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		p, err = lab.Status(ctx, lab.HostA, vm)
+		if err == nil && p.State == "unprotected" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("primary not unprotected 30 s after the backup stepped down: %+v %v", p, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(p.Detail, "diverged") {
+		t.Errorf("primary detail %q does not say the backup's replay diverged", p.Detail)
+	}
+	if resp, err := c.Do("ping", 10*time.Second); err != nil || resp != "pong" {
+		t.Fatalf("the VM does not serve after its backup stepped down: %q %v", resp, err)
+	}
+	blog, _ := os.ReadFile(lab.AgentLog(lab.HostB))
+	if !strings.Contains(string(blog), `msg="replay diverged" `) || !strings.Contains(string(blog), "primary_crc64=") {
+		t.Errorf("agent B's log has no WARN for the NIC divergence")
+	}
+	t.Logf("test took %s", time.Since(t0).Round(time.Second))
+}
+
+// imageWithRecord makes the VM's disk on h: a 64 MiB qcow2 holding one valid
+// ftguest record (test/guest/ftguest/disk.go) in slot.
+func imageWithRecord(t *testing.T, h lab.Host, vm string, slot int64, payload string) string {
+	t.Helper()
+	rec := make([]byte, 512)
+	copy(rec, "FTRC")
+	binary.LittleEndian.PutUint64(rec[4:], uint64(slot))
+	binary.LittleEndian.PutUint16(rec[12:], uint16(len(payload)))
+	binary.LittleEndian.PutUint32(rec[14:], crc32.ChecksumIEEE([]byte(payload)))
+	copy(rec[32:], payload)
+	raw := filepath.Join(t.TempDir(), "disk.raw")
+	f, err := os.Create(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = f.Truncate(64 << 20)
+	if err == nil {
+		_, err = f.WriteAt(rec, slot*512)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := lab.CreateImage(h, vm, "64M")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, img).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert: %v: %s", err, out)
+	}
+	return img
+}
+
+// corruptBackupDisk changes the record's payload in the backup's copy of the disk,
+// under its replaying QEMU (which reads the data cluster through the page cache).
+func corruptBackupDisk(t *testing.T, vm, payload string) {
+	t.Helper()
+	path := filepath.Join(lab.HostB.Dir, "run", vm+".backup", "disk.qcow2")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(b, []byte(payload))
+	if at < 0 || bytes.Count(b, []byte(payload)) != 1 {
+		t.Fatalf("the record is %d times in the backup's disk copy", bytes.Count(b, []byte(payload)))
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte(strings.ToUpper(payload)), int64(at)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("backup's disk copy: record payload at file offset %d changed", at)
+}
