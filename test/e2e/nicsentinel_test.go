@@ -74,7 +74,7 @@ func TestNICSentinel(t *testing.T) {
 		t.Fatalf("only %d of the primary's %d frames compared", b.NICChecked, p.NICFrames)
 	}
 
-	// A real divergence: the backup's disk copy loses the record.
+	// A real divergence: the backup's disk copy holds another record.
 	corruptBackupDisk(t, vm, payload)
 	c, err := lab.NewClient(ctx, 30*time.Second)
 	if err != nil {
@@ -164,6 +164,7 @@ func imageWithRecord(t *testing.T, h lab.Host, vm string, slot int64, payload st
 
 // corruptBackupDisk changes the record's payload in the backup's copy of the disk,
 // under its replaying QEMU (which reads the data cluster through the page cache).
+// The record header sits 32 bytes before its payload in the same cluster.
 func corruptBackupDisk(t *testing.T, vm, payload string) {
 	t.Helper()
 	path := filepath.Join(lab.HostB.Dir, "run", vm+".backup", "disk.qcow2")
@@ -180,7 +181,15 @@ func corruptBackupDisk(t *testing.T, vm, payload string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if _, err := f.WriteAt([]byte(strings.ToUpper(payload)), int64(at)); err != nil {
+	// Another payload of the same length, its checksum fixed up: the record stays
+	// valid, so the replay's guest takes the same path as the primary's (a branch
+	// that differs moves the replay off its log at once, which shows as a stall)
+	// and only the bytes it sends differ.
+	other := []byte(strings.ToUpper(payload))
+	if _, err := f.WriteAt(other, int64(at)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(binary.LittleEndian.AppendUint32(nil, crc32.ChecksumIEEE(other)), int64(at-32+14)); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Sync(); err != nil {
