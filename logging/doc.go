@@ -41,6 +41,9 @@
 //	8 Console     console bytes u64 | crc32c u32 (the primary's console
 //	              output so far: the divergence sentinel's mark; sent only
 //	              to a backup that set ReceiverConfig.OnConsole and said so)
+//	9 Synced      epoch u64 (the backup of a running VM protects it from
+//	              now on; sent only to a backup that set
+//	              ReceiverConfig.OnSynced and said so)
 //	10 NIC        first frame number u64 | primary log size u64 |
 //	              1..512 x (frame length u32 | crc64 u64): digests of
 //	              consecutive frames the primary's guest transmitted, the
