@@ -254,7 +254,16 @@ func ProtectRuns(ctx context.Context, s *Session, env Env, vm string, runs int) 
 	res.Requests, res.RequestsLost, res.Inconsistent, res.ConnSurvived = lr.answered, lr.lost, lr.inconsistent, lr.err == nil
 	var outages []float64
 	for i, t := range starts {
-		outages = append(outages, ms(lr.maxGapAround(t)))
+		// The longest gap between answers from 1 s before this run's snapshot to
+		// 5 s after (the next run starts later).
+		var longest time.Duration
+		for j := 1; j < len(lr.times); j++ {
+			if lr.times[j].Before(t.Add(-time.Second)) || lr.times[j-1].After(t.Add(5*time.Second)) {
+				continue
+			}
+			longest = max(longest, lr.times[j].Sub(lr.times[j-1]))
+		}
+		outages = append(outages, ms(longest))
 		res.Runs[i].OutageMS = outages[i]
 	}
 	res.PauseMS, res.ToProtectedS, res.CopyS, res.CatchUpS, res.OutageMS = NewDist(pause), NewDist(prot), NewDist(cp), NewDist(cu), NewDist(outages)
