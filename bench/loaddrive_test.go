@@ -263,14 +263,17 @@ func TestSelectLoadPatterns(t *testing.T) {
 // checked, until it is told to stop (it finishes the request under way).
 func TestDriveAlternateAgainstFtguest(t *testing.T) {
 	tgt := startFtguest(t)
+	// Long enough for a get and a put of 8 MiB each under -race on a loaded
+	// machine (300 ms saw only the first get there: Gets 1, Puts 0).
+	const runFor = 2 * time.Second
 	stop := make(chan struct{})
-	time.AfterFunc(300*time.Millisecond, func() { close(stop) })
+	time.AfterFunc(runFor, func() { close(stop) })
 	t0 := time.Now()
 	tr, err := DriveAlternate(context.Background(), tgt, stop)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if el := time.Since(t0); el < 300*time.Millisecond {
+	if el := time.Since(t0); el < runFor {
 		t.Fatalf("stopped after %s, before it was told to", el)
 	}
 	if tr.Gets == 0 || tr.Puts == 0 || tr.Gets-tr.Puts > 1 || tr.Puts > tr.Gets {
