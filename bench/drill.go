@@ -130,16 +130,11 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 	if _, err := start(); err != nil {
 		return rep, err
 	}
-	c, err := lab.NewClient(ctx, time.Minute)
+	c, err := clientWithCounter(ctx, &rep.CounterBefore)
 	if err != nil {
 		return rep, err
 	}
 	defer c.Close()
-	before, err := c.Do("counter", 10*time.Second)
-	if err != nil {
-		return rep, fmt.Errorf("counter: %w", err)
-	}
-	fmt.Sscanf(before, "counter %d", &rep.CounterBefore)
 
 	load := startLoadMode(ctx, c, o.Disk != "")
 	conns := startNewConns(ctx)
@@ -632,4 +627,21 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.n.Add(int64(n))
 	return n, err
+}
+
+// clientWithCounter opens the lab client's connection to the guest and reads the
+// guest's counter into before: the drills, ping-pong and protect compare it with
+// the counter at the end to show the guest never rebooted.
+func clientWithCounter(ctx context.Context, before *int) (*lab.Client, error) {
+	c, err := lab.NewClient(ctx, time.Minute)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do("counter", 10*time.Second)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("counter: %w", err)
+	}
+	fmt.Sscanf(resp, "counter %d", before)
+	return c, nil
 }

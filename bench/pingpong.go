@@ -70,16 +70,11 @@ func RunPingPong(ctx context.Context, s *Session, env Env, o PingPongOpts) (Ping
 	if _, err := s.StartGuest(ctx, o.VM, "", true); err != nil {
 		return rep, err
 	}
-	c, err := lab.NewClient(ctx, time.Minute)
+	c, err := clientWithCounter(ctx, &rep.CounterBefore)
 	if err != nil {
 		return rep, err
 	}
 	defer c.Close()
-	before, err := c.Do("counter", 10*time.Second)
-	if err != nil {
-		return rep, fmt.Errorf("counter: %w", err)
-	}
-	fmt.Sscanf(before, "counter %d", &rep.CounterBefore)
 	load := startLoadMode(ctx, c, false)
 	defer func() {
 		if load != nil {
