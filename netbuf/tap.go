@@ -10,6 +10,7 @@
 package netbuf
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -118,6 +119,19 @@ func CreateTap(name, bridge string) (*net.Interface, error) {
 		}
 		return nil, err
 	}
+	// A bridge whose address was never set takes the lowest address of its
+	// ports, and a kernel-made tap address is random: one below the uplink's
+	// moves the host's own address the moment the tap joins, and moves it back
+	// when the tap goes. Peers that learnt the tap's address then send to one
+	// that no longer exists, and the host answers nobody until their ARP
+	// entries age out (chaos CI, 2026-11-30: a re-protect's dial from the
+	// survivor timed out 5 s after a failover in place). fe: is the highest
+	// unicast, locally administered first byte, so a tap never becomes the
+	// bridge's address (libvirt gives its taps fe: addresses for the same
+	// reason).
+	if err := netlink.LinkSetHardwareAddr(tap, tapMAC()); err != nil {
+		return fail(fmt.Errorf("netbuf: set tap %q address: %w", name, err))
+	}
 	if br != nil {
 		if err := netlink.LinkSetMaster(tap, br); err != nil {
 			return fail(fmt.Errorf("netbuf: attach tap %q to bridge %q: %w", name, bridge, err))
@@ -133,6 +147,14 @@ func CreateTap(name, bridge string) (*net.Interface, error) {
 		return &net.Interface{Index: tap.Index, Name: name, Flags: net.FlagUp}, nil
 	}
 	return ifi, nil
+}
+
+// tapMAC is a random unicast, locally administered address whose first byte
+// is 0xfe, above any other unicast address, so a bridge never adopts it.
+func tapMAC() net.HardwareAddr {
+	mac := net.HardwareAddr{0xfe, 0, 0, 0, 0, 0}
+	_, _ = rand.Read(mac[1:]) // crypto/rand.Read never fails (Go 1.24+)
+	return mac
 }
 
 // AttachTap puts the existing tap name on bridge (a tap made by CreateTap on no

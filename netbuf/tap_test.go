@@ -399,3 +399,88 @@ func TestAttachTap(t *testing.T) {
 		}
 	}
 }
+
+// TestTapNeverBecomesTheBridgeAddress: a bridge whose address was never set
+// takes its lowest port's address. A tap joining or leaving it must not move
+// the host's own address (peers' ARP entries would then point at an address
+// that is gone: chaos CI, 2026-11-30). The uplink here has fc:ff:..., above
+// almost every random address, so a kernel-chosen tap address would win.
+func TestTapNeverBecomesTheBridgeAddress(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	const br, veth = "ftbr4", "ftveth4"
+	uplink := net.HardwareAddr{0xfc, 0xff, 0xff, 0xff, 0xff, 0x01}
+	bridgeAddr := func() net.HardwareAddr {
+		t.Helper()
+		var mac net.HardwareAddr
+		if err := ns.do(func() error {
+			l, err := netlink.LinkByName(br)
+			if err != nil {
+				return err
+			}
+			mac = l.Attrs().HardwareAddr
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return mac
+	}
+	if err := ns.do(func() error {
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: br}}); err != nil {
+			return err
+		}
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: veth, HardwareAddr: uplink}, PeerName: veth + "p"}
+		if err := netlink.LinkAdd(v); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName(veth)
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetHardwareAddr(l, uplink); err != nil {
+			return err
+		}
+		b, err := netlink.LinkByName(br)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetMaster(l, b)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := bridgeAddr(); got.String() != uplink.String() {
+		t.Fatalf("bridge address %s with the uplink alone, want the uplink's %s", got, uplink)
+	}
+	for i := range 8 {
+		name := fmt.Sprintf("fttap4%d", i)
+		var tapAddr net.HardwareAddr
+		if err := ns.do(func() error {
+			ifi, err := CreateTap(name, br)
+			if err == nil {
+				tapAddr = ifi.HardwareAddr
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if len(tapAddr) != 6 || tapAddr[0] != 0xfe {
+			t.Errorf("tap %s address %s, want fe:...", name, tapAddr)
+		}
+		if got := bridgeAddr(); got.String() != uplink.String() {
+			t.Fatalf("tap %s (%s) joined: bridge address moved to %s from the uplink's %s", name, tapAddr, got, uplink)
+		}
+		// A backup's tap is made on no bridge and attached at go-live.
+		late := fmt.Sprintf("fttap5%d", i)
+		if err := ns.do(func() error {
+			if _, err := CreateTap(late, ""); err != nil {
+				return err
+			}
+			return AttachTap(late, br)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got := bridgeAddr(); got.String() != uplink.String() {
+			t.Fatalf("tap %s attached: bridge address moved to %s", late, got)
+		}
+	}
+}
