@@ -329,6 +329,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// After Listen, which refuses while another agent serves this state
+	// directory: that one's VMs are not stale. Before Serve: none of ours runs.
+	a.removeStaleCgroups()
 	serverTLS, err := logging.ServerTLS(a.cfg.KeysDir)
 	if err != nil {
 		ctl.Close()
@@ -728,6 +731,30 @@ func (a *Agent) vmDir(name, role string) string {
 	return filepath.Join(a.cfg.StateDir, "run", name+"."+role)
 }
 
+// newCgroupFor creates (or reuses) the cgroup of this host's copy of a VM: name
+// is the VM's, with "-backup" for a backup's replay.
 func newCgroupFor(a *Agent, name string) (*throttle.Cgroup, error) {
-	return throttle.NewCgroup(a.cfg.CgroupRoot, a.cfg.Host+"-"+name, a.cfg.CPUs)
+	return throttle.NewCgroup(a.cfg.CgroupRoot, cgroupPrefix(a.cfg.Host)+name, a.cfg.CPUs)
+}
+
+// cgroupPrefix starts the name of every cgroup the agent of host makes.
+func cgroupPrefix(host string) string { return host + "-" }
+
+// removeStaleCgroups removes the cgroups of this host's VMs that no process is
+// in. The agent removes a VM's cgroup when the VM stops, but an agent that was
+// killed (SIGKILL, or a host that is a namespace losing every process in a drill)
+// leaves them behind, one or two for every VM it ever ran. Run calls it before
+// it serves anything, so no VM of its own is starting; a QEMU that outlived its
+// agent keeps its cgroup (throttle.RemoveStale leaves a cgroup with a process).
+func (a *Agent) removeStaleCgroups() {
+	if a.cfg.CgroupRoot == "" {
+		return
+	}
+	removed, err := throttle.RemoveStale(a.cfg.CgroupRoot, cgroupPrefix(a.cfg.Host))
+	if len(removed) > 0 {
+		a.log.Info("removed cgroups left by an earlier run", "cgroups", removed)
+	}
+	if err != nil {
+		a.log.Warn("stale cgroups", "err", err)
+	}
 }

@@ -108,6 +108,8 @@ func testAgent(t *testing.T, host, keysDir string) *Agent {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Socket = filepath.Join(cfg.StateDir, "ftvmd.sock")
 	cfg.Logger = testLogger(t)
+	// Unit tests stay off the host's cgroups; a test that means them sets it.
+	cfg.CgroupRoot = ""
 	return &Agent{
 		cfg:   cfg,
 		log:   cfg.Logger.With("host", host),

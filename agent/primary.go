@@ -477,10 +477,11 @@ func (p *primary) createCgroup(context.Context) error {
 	if p.a.cfg.CgroupRoot == "" {
 		return nil
 	}
-	cg, err := throttle.NewCgroup(p.a.cfg.CgroupRoot, p.a.cfg.Host+"-"+p.spec.Name, p.a.cfg.CPUs)
+	cg, err := newCgroupFor(p.a, p.spec.Name)
 	if err != nil {
 		return err
 	}
+	p.log.Debug("cgroup", "dirs", cg.Dirs())
 	p.cg = cg
 	p.addCleanup(cg.Remove)
 	return nil

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // Cgroup is one QEMU's cgroup: a cpuset (its own cores, as separate hosts would have)
@@ -99,13 +101,18 @@ func newV2(root, name, cpus string, period int) (*Cgroup, error) {
 	return g, g.SetQuota(1)
 }
 
+// Dirs lists the cgroup's directories: one on v2, the cpu and (when pinned)
+// the cpuset directory on v1.
+func (g *Cgroup) Dirs() []string {
+	if g.cpusDir == "" || g.cpusDir == g.cpuDir {
+		return []string{g.cpuDir}
+	}
+	return []string{g.cpuDir, g.cpusDir}
+}
+
 // Add moves a process (all its threads) into the cgroup.
 func (g *Cgroup) Add(pid int) error {
-	dirs := []string{g.cpuDir}
-	if g.cpusDir != "" && g.cpusDir != g.cpuDir {
-		dirs = append(dirs, g.cpusDir)
-	}
-	for _, d := range dirs {
+	for _, d := range g.Dirs() {
 		if err := writeFile(filepath.Join(d, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
 			return err
 		}
@@ -129,18 +136,117 @@ func (g *Cgroup) SetQuota(fraction float64) error {
 	return writeFile(filepath.Join(g.cpuDir, "cpu.cfs_quota_us"), v)
 }
 
-// Remove deletes the cgroup directories (they must be empty of processes).
+// Remove deletes the cgroup directories (they must be empty of processes). A
+// process that was just killed may still hold its cgroup for a moment (a stop
+// that gave up waiting for QEMU after its SIGKILL): Remove waits up to
+// removeBusyWait for it to go, so the cgroup is not left behind.
 func (g *Cgroup) Remove() error {
 	var errs []error
-	for _, d := range []string{g.cpuDir, g.cpusDir} {
-		if d == "" {
-			continue
-		}
-		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+	for _, d := range g.Dirs() {
+		if err := removeWhenFree(d, removeBusyWait); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeBusyWait bounds how long Remove waits for a cgroup's last process to go.
+var removeBusyWait = 2 * time.Second
+
+// rmdir removes one cgroup directory. cgroupfs removes a directory that lists
+// only control files; a test stands in for it in a temporary directory.
+var rmdir = os.Remove
+
+// removeWhenFree removes dir, retrying while the kernel says it is busy (EBUSY:
+// a process is still in it) for up to wait. A dir already gone is no error.
+func removeWhenFree(dir string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := rmdir(dir)
+		switch {
+		case err == nil || errors.Is(err, os.ErrNotExist):
+			return nil
+		case !errors.Is(err, syscall.EBUSY) || !time.Now().Before(deadline):
+			return fmt.Errorf("remove cgroup: %w", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// RemoveStale removes the cgroups ftvmd/<prefix>* under root that hold no
+// process, in every hierarchy NewCgroup uses, and returns the directories it
+// removed. An agent names its VMs' cgroups "<host>-<vm>" (and "-backup"); one
+// that is killed (SIGKILL, the power loss of a host that is a namespace) never
+// removes them, and each VM it ever ran would leave two directories behind.
+// Called with "<host>-" before the agent runs any VM, it removes those. A
+// cgroup with a process in it (a QEMU that outlived its agent) or with child
+// cgroups (not one of ours) stays; so does everything when root has no ftvmd
+// tree. The error joins what could not be read or removed.
+func RemoveStale(root, prefix string) ([]string, error) {
+	if prefix == "" {
+		return nil, errors.New("remove stale cgroups: empty prefix would match every VM's cgroup")
+	}
+	parents := []string{filepath.Join(root, "cpu", "ftvmd"), filepath.Join(root, "cpuset", "ftvmd")}
+	if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err == nil {
+		parents = []string{filepath.Join(root, "ftvmd")}
+	}
+	var removed []string
+	var errs []error
+	for _, parent := range parents {
+		entries, err := os.ReadDir(parent)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("remove stale cgroups: %w", err))
+			continue
+		}
+		for _, e := range entries {
+			if !e.IsDir() || !strings.HasPrefix(e.Name(), prefix) {
+				continue
+			}
+			dir := filepath.Join(parent, e.Name())
+			free, err := unused(dir)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("remove stale cgroups: %w", err))
+				continue
+			}
+			if !free {
+				continue
+			}
+			// No wait: a process that joins now is a VM being started, and
+			// its cgroup is not stale.
+			if err := removeWhenFree(dir, 0); err != nil {
+				if !errors.Is(err, syscall.EBUSY) {
+					errs = append(errs, err)
+				}
+				continue
+			}
+			removed = append(removed, dir)
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+// unused says whether the cgroup dir has no process and no child cgroup.
+func unused(dir string) (bool, error) {
+	procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return false, err
+	}
+	if strings.TrimSpace(string(procs)) != "" {
+		return false, nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func quotaUS(fraction float64, period int) int {
