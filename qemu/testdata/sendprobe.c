@@ -17,9 +17,24 @@
  *                         microseconds and notes when each new logical length
  *                         was first seen. When the file grows past such a
  *                         length that was seen 1 ms or more before, it writes
- *                         "stale_ep <first seen, unix ns> <age us>\n": log bytes
- *                         stayed out of the file that long. When QEMU closes
- *                         the log: "stale <samples> <samples with bytes out>\n".
+ *                         "stale_ep <first seen, unix ns> <age us> <held us>
+ *                         <waited us>\n": log bytes stayed out of the file for
+ *                         <age> by the sampler's clock, at least <held> (first
+ *                         seen to the last sample that still found them out:
+ *                         a sampler that was kept off the CPU does not make
+ *                         it longer), and the flush thread spent <waited> of
+ *                         it (up to the sample that found them in the file)
+ *                         runnable but off the CPU: a busy host's doing, not
+ *                         the engine's. When QEMU closes the log: "stale
+ *                         <samples> <samples with bytes out> <flushes by the
+ *                         flush thread>\n".
+ *
+ * The flush thread is the first thread QEMU creates after it opened the log
+ * (the log-stream engine's replay_enable() starts it right away; a stock QEMU
+ * has none, and the thread this picks flushes nothing). Its time off the CPU
+ * is its run_delay in /proc/self/task/<tid>/schedstat, which counts a wait
+ * once it ends: read after it flushed, it covers every wait before the flush.
+ * Until the thread first runs it has waited since it was created.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -29,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,11 +53,22 @@ typedef FILE *(*fopen_fn)(const char *, const char *);
 typedef int (*fclose_fn)(FILE *);
 typedef ssize_t (*sendto_fn)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
 typedef ssize_t (*send_fn)(int, const void *, size_t, int);
+typedef int (*fflush_fn)(FILE *);
+typedef int (*pthread_create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 
 static fopen_fn real_fopen, real_fopen64;
 static fclose_fn real_fclose;
 static sendto_fn real_sendto;
 static send_fn real_send;
+static fflush_fn real_fflush;
+static pthread_create_fn real_pthread_create;
+
+/* The flush thread (atomics: set from QEMU's threads without mu, since a
+ * flush holds the stream's lock, which the sampler takes under mu). */
+static int flush_armed;            /* the next thread created is the flush thread */
+static long long flush_created_ns; /* CLOCK_MONOTONIC; 0: not created yet */
+static pid_t flush_tid;            /* 0 until it runs */
+static long long flush_count;      /* fflush calls of the log by it */
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static FILE *rr_file;
@@ -53,9 +80,11 @@ static long long samples, stale_samples;
 #define SEEN_MAX 65536
 static struct seen {
 	long pos;
-	long long mono_ns, unix_ns;
+	long long mono_ns, unix_ns, waited_ns;
 } seen[SEEN_MAX];
 static int seen_head, seen_len;
+/* Guarded by mu: when the previous sample was taken. */
+static long long prev_mono_ns;
 
 #define RESOLVE(var, name)                                 \
 	do {                                                   \
@@ -89,24 +118,55 @@ static void report(const char *line, int n)
 		(void)!write(probe_fd, line, (size_t)n);
 }
 
+/* flush_waited is how long the flush thread has been runnable but off the
+ * CPU, up to t (see the top). */
+static long long flush_waited(long long t)
+{
+	static long long last; /* the thread's last reading: it may have exited */
+	pid_t tid = __atomic_load_n(&flush_tid, __ATOMIC_ACQUIRE);
+	long long created = __atomic_load_n(&flush_created_ns, __ATOMIC_ACQUIRE);
+	char path[64], buf[128];
+	unsigned long long run_ns, delay_ns;
+	ssize_t n;
+	int fd;
+
+	if (!tid)
+		return created ? t - created : 0;
+	snprintf(path, sizeof(path), "/proc/self/task/%d/schedstat", (int)tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return last;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n > 0) {
+		buf[n] = 0;
+		if (sscanf(buf, "%llu %llu", &run_ns, &delay_ns) == 2)
+			last = (long long)delay_ns;
+	}
+	return last;
+}
+
 /* flushed drops the lengths the file has reached and reports the oldest if
  * it waited 1 ms or more. Called with mu held. */
 static void flushed(long long size, long long t)
 {
-	long long oldest_mono = 0, oldest_unix = 0;
+	long long oldest_mono = 0, oldest_unix = 0, oldest_waited = 0;
 
 	while (seen_len > 0 && seen[seen_head].pos <= size) {
 		if (!oldest_mono) {
 			oldest_mono = seen[seen_head].mono_ns;
 			oldest_unix = seen[seen_head].unix_ns;
+			oldest_waited = seen[seen_head].waited_ns;
 		}
 		seen_head = (seen_head + 1) % SEEN_MAX;
 		seen_len--;
 	}
 	if (oldest_mono && t - oldest_mono >= 1000000) {
-		char buf[96];
+		char buf[160];
+		long long held = prev_mono_ns > oldest_mono ? prev_mono_ns - oldest_mono : 0;
 
-		report(buf, snprintf(buf, sizeof(buf), "stale_ep %lld %lld\n", oldest_unix, (t - oldest_mono) / 1000));
+		report(buf, snprintf(buf, sizeof(buf), "stale_ep %lld %lld %lld %lld\n", oldest_unix, (t - oldest_mono) / 1000,
+				     held / 1000, (flush_waited(t) - oldest_waited) / 1000));
 	}
 }
 
@@ -147,9 +207,11 @@ static void *stale_thread(void *arg)
 					seen[i].pos = pos;
 					seen[i].mono_ns = t;
 					seen[i].unix_ns = clock_ns(CLOCK_REALTIME);
+					seen[i].waited_ns = flush_waited(t);
 					seen_len++;
 				}
 			}
+			prev_mono_ns = t;
 		}
 		pthread_mutex_unlock(&mu);
 	}
@@ -162,16 +224,66 @@ static FILE *capture(const char *path, const char *mode, FILE *f)
 
 	if (f && path && want && strcmp(want, path) == 0 && mode && strchr(mode, 'w')) {
 		pthread_mutex_lock(&mu);
-		rr_file = f;
+		__atomic_store_n(&rr_file, f, __ATOMIC_RELEASE);
 		pthread_mutex_unlock(&mu);
 		if (stale_every_us > 0) {
 			pthread_t t;
 
-			pthread_create(&t, NULL, stale_thread, NULL);
+			RESOLVE(real_pthread_create, "pthread_create");
+			real_pthread_create(&t, NULL, stale_thread, NULL); /* not QEMU's: not the flush thread */
 			pthread_detach(t);
+			__atomic_store_n(&flush_armed, 1, __ATOMIC_RELEASE);
 		}
 	}
 	return f;
+}
+
+struct start {
+	void *(*fn)(void *);
+	void *arg;
+};
+
+static void *flush_thread_start(void *p)
+{
+	struct start s = *(struct start *)p;
+
+	free(p);
+	__atomic_store_n(&flush_tid, gettid(), __ATOMIC_RELEASE);
+	return s.fn(s.arg);
+}
+
+int pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg)
+{
+	int expect = 1;
+	struct start *s;
+	int err;
+
+	RESOLVE(real_pthread_create, "pthread_create");
+	if (!__atomic_compare_exchange_n(&flush_armed, &expect, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return real_pthread_create(t, attr, fn, arg);
+	s = malloc(sizeof(*s));
+	if (!s)
+		return real_pthread_create(t, attr, fn, arg);
+	s->fn = fn;
+	s->arg = arg;
+	__atomic_store_n(&flush_created_ns, clock_ns(CLOCK_MONOTONIC), __ATOMIC_RELEASE);
+	err = real_pthread_create(t, attr, flush_thread_start, s);
+	if (err) {
+		__atomic_store_n(&flush_created_ns, 0, __ATOMIC_RELEASE);
+		free(s);
+	}
+	return err;
+}
+
+/* fflush counts the flush thread's flushes of the log: proof that the thread
+ * picked is the one that flushes. No mu here: the caller may hold the
+ * stream's lock. */
+int fflush(FILE *f)
+{
+	RESOLVE(real_fflush, "fflush");
+	if (f && f == __atomic_load_n(&rr_file, __ATOMIC_ACQUIRE) && gettid() == __atomic_load_n(&flush_tid, __ATOMIC_ACQUIRE))
+		__atomic_add_fetch(&flush_count, 1, __ATOMIC_RELAXED);
+	return real_fflush(f);
 }
 
 FILE *fopen(const char *path, const char *mode)
@@ -191,7 +303,7 @@ int fclose(FILE *f)
 	RESOLVE(real_fclose, "fclose");
 	pthread_mutex_lock(&mu);
 	if (f && f == rr_file) {
-		rr_file = NULL;
+		__atomic_store_n(&rr_file, NULL, __ATOMIC_RELEASE);
 		if (stale_every_us > 0) {
 			char buf[96];
 
@@ -199,7 +311,8 @@ int fclose(FILE *f)
 
 			if (fstat(fileno(f), &st) == 0)
 				flushed((long long)st.st_size, clock_ns(CLOCK_MONOTONIC));
-			report(buf, snprintf(buf, sizeof(buf), "stale %lld %lld\n", samples, stale_samples));
+			report(buf, snprintf(buf, sizeof(buf), "stale %lld %lld %lld\n", samples, stale_samples,
+					     __atomic_load_n(&flush_count, __ATOMIC_RELAXED)));
 		}
 	}
 	pthread_mutex_unlock(&mu);
