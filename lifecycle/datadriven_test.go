@@ -1,17 +1,15 @@
 package lifecycle
 
 import (
-	"bufio"
 	"errors"
 	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/ftvmd/ftvmd/arbiter"
+	"github.com/ftvmd/ftvmd/internal/script"
 )
 
 // Test scripts live in testdata/*.txt, one fault path or more per file. Each
@@ -22,115 +20,13 @@ import (
 var rewrite = flag.Bool("rewrite", false, "rewrite testdata transcripts with the actual output")
 
 func TestDataDriven(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no testdata")
-	}
-	for _, file := range files {
-		t.Run(filepath.Base(file), func(t *testing.T) { runScript(t, file) })
-	}
-}
-
-type scriptBlock struct {
-	comments []string
-	cmd      string
-	line     int
-	want     string
-}
-
-func parseScript(path string) ([]scriptBlock, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var blocks []scriptBlock
-	var cur *scriptBlock
-	var pending []string
-	inOutput := false
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		switch {
-		case inOutput && line == "":
-			inOutput = false
-			blocks = append(blocks, *cur)
-			cur = nil
-		case inOutput:
-			cur.want += line + "\n"
-		case line == "----":
-			if cur == nil {
-				return nil, fmt.Errorf("%s:%d: ---- without a command", path, n)
-			}
-			inOutput = true
-		case cur != nil:
-			return nil, fmt.Errorf("%s:%d: expected ---- after command %q", path, n, cur.cmd)
-		case strings.HasPrefix(line, "#") || strings.TrimSpace(line) == "":
-			pending = append(pending, line)
-		default:
-			cur = &scriptBlock{comments: pending, cmd: line, line: n}
-			pending = nil
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	if cur != nil {
-		if !inOutput {
-			return nil, fmt.Errorf("%s: command %q without ----", path, cur.cmd)
-		}
-		blocks = append(blocks, *cur)
-	}
-	return blocks, nil
-}
-
-func runScript(t *testing.T, path string) {
-	blocks, err := parseScript(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := &scriptEnv{}
-	var out strings.Builder
-	for i := range blocks {
-		b := &blocks[i]
-		got := env.handle(b.cmd)
-		if *rewrite {
-			for _, c := range b.comments {
-				out.WriteString(c + "\n")
-			}
-			fmt.Fprintf(&out, "%s\n----\n%s\n", b.cmd, got)
-			continue
-		}
-		if got != b.want {
-			t.Errorf("%s:%d: %s\ngot:\n%swant:\n%s", path, b.line, b.cmd, got, b.want)
-		}
-	}
-	if *rewrite {
-		if err := os.WriteFile(path, []byte(strings.TrimRight(out.String(), "\n")+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	script.RunDir(t, *rewrite, func() func(string) string { return (&scriptEnv{}).handle })
 }
 
 // scriptEnv drives one Machine.
 type scriptEnv struct {
 	m         *Machine
 	lastClaim uint64 // ID of the newest ClaimEpoch action
-}
-
-func parseArgs(args []string) (pos []string, kv map[string]string) {
-	kv = map[string]string{}
-	for _, a := range args {
-		if k, v, ok := strings.Cut(a, "="); ok {
-			kv[k] = v
-		} else {
-			pos = append(pos, a)
-		}
-	}
-	return pos, kv
 }
 
 // handle runs one command and returns its transcript:
@@ -140,7 +36,7 @@ func parseArgs(args []string) (pos []string, kv map[string]string) {
 //	error: <Step's error>
 func (e *scriptEnv) handle(cmd string) string {
 	fields := strings.Fields(cmd)
-	pos, kv := parseArgs(fields[1:])
+	pos, kv := script.Args(fields[1:])
 	bad := func(format string, a ...any) string { return fmt.Sprintf("bad command: "+format+"\n", a...) }
 	num := func(s string) (uint64, error) { return strconv.ParseUint(s, 10, 64) }
 	text := func(def string) string {

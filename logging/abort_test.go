@@ -1,7 +1,6 @@
 package logging
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -11,13 +10,8 @@ import (
 // A backup that fails locally aborts its receiver: the primary's sender learns why
 // (ErrPeerRefused carrying the reason), not a Bye, and not a silent drop.
 func TestReceiverAbortTellsThePrimary(t *testing.T) {
-	link := NewMemLink()
-	snd := NewSender(link.A(), NewMemLog(12), SenderConfig{StartOffset: 12, Logger: testLogger(t)})
-	rcv := NewReceiver(link.B(), NewMemLog(12), ReceiverConfig{StartOffset: 12, Logger: testLogger(t)})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	sdone := runAsync(func() error { return snd.Run(ctx) })
-	rdone := runAsync(func() error { return rcv.Run(ctx) })
+	p := runEmptyPair(t, 12, ReceiverConfig{})
+	rcv, sdone, rdone := p.rcv, p.sdone, p.rdone
 	time.Sleep(20 * time.Millisecond)
 	rcv.Abort(errors.New("replaying qemu exited: signal: killed"))
 	rcv.Abort(errors.New("a second reason is ignored"))
@@ -34,13 +28,8 @@ func TestReceiverAbortTellsThePrimary(t *testing.T) {
 // A primary that fails aborts its sender: the backup learns why with an Error (not a
 // Bye, which means "stop quietly").
 func TestSenderAbortTellsTheBackup(t *testing.T) {
-	link := NewMemLink()
-	snd := NewSender(link.A(), NewMemLog(12), SenderConfig{StartOffset: 12, Logger: testLogger(t)})
-	rcv := NewReceiver(link.B(), NewMemLog(12), ReceiverConfig{StartOffset: 12, Logger: testLogger(t)})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	sdone := runAsync(func() error { return snd.Run(ctx) })
-	rdone := runAsync(func() error { return rcv.Run(ctx) })
+	p := runEmptyPair(t, 12, ReceiverConfig{})
+	snd, sdone, rdone := p.snd, p.sdone, p.rdone
 	time.Sleep(20 * time.Millisecond)
 	snd.Abort(errors.New("qemu exited: signal: killed"))
 	serr := waitErr(t, sdone, 5*time.Second, "sender")

@@ -1,7 +1,6 @@
 package logging
 
 import (
-	"context"
 	"sync"
 	"testing"
 	"time"
@@ -39,17 +38,9 @@ func TestReceiverAcksOnlyUpToSinkLimit(t *testing.T) {
 	const base, step, frame = 12, 1000, 700 // frames end mostly between limits
 	src := NewMemLog(base)
 	sink := &cutSink{MemLog: NewMemLog(base), base: base, step: step, limits: map[int64]bool{base: true}}
-	link := NewMemLink()
-	snd := NewSender(link.A(), src, SenderConfig{StartOffset: base, MaxFrame: frame, Logger: testLogger(t)})
-	rcv := NewReceiver(link.B(), sink, ReceiverConfig{StartOffset: base, HeartbeatInterval: 5 * time.Millisecond, Logger: testLogger(t)})
-	ctx, cancel := context.WithCancel(context.Background())
-	sdone := runAsync(func() error { return snd.Run(ctx) })
-	rdone := runAsync(func() error { return rcv.Run(ctx) })
-	defer func() {
-		cancel()
-		waitErr(t, sdone, 5*time.Second, "sender")
-		waitErr(t, rdone, 5*time.Second, "receiver")
-	}()
+	p := runMemPair(t, src, SenderConfig{StartOffset: base, MaxFrame: frame}, sink, ReceiverConfig{StartOffset: base, HeartbeatInterval: 5 * time.Millisecond})
+	defer p.stop(t)
+	snd, rcv := p.snd, p.rcv
 
 	data := make([]byte, 20*step+345)
 	for i := range data {
@@ -99,17 +90,9 @@ func TestDelayedAcksRespectSinkLimit(t *testing.T) {
 	const base, step = 12, 1000
 	src := NewMemLog(base)
 	sink := &cutSink{MemLog: NewMemLog(base), base: base, step: step, limits: map[int64]bool{base: true}}
-	link := NewMemLink()
-	snd := NewSender(link.A(), src, SenderConfig{StartOffset: base, MaxFrame: 700, Logger: testLogger(t)})
-	rcv := NewReceiver(link.B(), sink, ReceiverConfig{StartOffset: base, AckDelay: 20 * time.Millisecond, Logger: testLogger(t)})
-	ctx, cancel := context.WithCancel(context.Background())
-	sdone := runAsync(func() error { return snd.Run(ctx) })
-	rdone := runAsync(func() error { return rcv.Run(ctx) })
-	defer func() {
-		cancel()
-		waitErr(t, sdone, 5*time.Second, "sender")
-		waitErr(t, rdone, 5*time.Second, "receiver")
-	}()
+	p := runMemPair(t, src, SenderConfig{StartOffset: base, MaxFrame: 700}, sink, ReceiverConfig{StartOffset: base, AckDelay: 20 * time.Millisecond})
+	defer p.stop(t)
+	snd := p.snd
 	data := make([]byte, 5*step+10)
 	_ = src.Append(base, data)
 	snd.Publish(base+int64(len(data)), 1)

@@ -154,14 +154,10 @@ func TestPeerSilent(t *testing.T) {
 	})
 	t.Run("receiver-partition", func(t *testing.T) {
 		// Real sender and receiver; the primary's packets are lost.
-		l := NewMemLink()
-		snd := NewSender(l.A(), NewMemLog(12), SenderConfig{StartOffset: 12, PeerTimeout: 5 * time.Second, Logger: testLogger(t)})
-		rcv := NewReceiver(l.B(), NewMemLog(12), ReceiverConfig{StartOffset: 12, PeerTimeout: timeout, Logger: testLogger(t)})
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
 		t0 := time.Now()
-		sdone := runAsync(func() error { return snd.Run(ctx) })
-		rdone := runAsync(func() error { return rcv.Run(ctx) })
+		p := runMemPair(t, NewMemLog(12), SenderConfig{StartOffset: 12, PeerTimeout: 5 * time.Second},
+			NewMemLog(12), ReceiverConfig{StartOffset: 12, PeerTimeout: timeout})
+		l, snd, rcv, sdone, rdone := p.link, p.snd, p.rcv, p.sdone, p.rdone
 		waitFor(t, 5*time.Second, "first ack", func() bool { return !snd.Stats().LastAckAt.IsZero() })
 		waitFor(t, 5*time.Second, "a heartbeat at the backup", func() bool { return rcv.Stats().LastPeerMsgAt.After(t0) })
 		l.Drop(SideA, true)
@@ -179,11 +175,8 @@ func TestPeerSilent(t *testing.T) {
 		}
 	})
 	t.Run("disconnect", func(t *testing.T) {
-		l := NewMemLink()
-		snd := NewSender(l.A(), NewMemLog(12), SenderConfig{StartOffset: 12, Logger: testLogger(t)})
-		rcv := NewReceiver(l.B(), NewMemLog(12), ReceiverConfig{StartOffset: 12, Logger: testLogger(t)})
-		sdone := runAsync(func() error { return snd.Run(context.Background()) })
-		rdone := runAsync(func() error { return rcv.Run(context.Background()) })
+		p := runEmptyPair(t, 12, ReceiverConfig{})
+		l, snd, sdone, rdone := p.link, p.snd, p.sdone, p.rdone
 		waitFor(t, 5*time.Second, "first ack", func() bool { return !snd.Stats().LastAckAt.IsZero() })
 		l.Disconnect()
 		for _, ch := range []<-chan error{sdone, rdone} {

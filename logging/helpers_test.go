@@ -3,6 +3,7 @@ package logging
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -125,4 +126,63 @@ func tlsDial(t *testing.T, scfg, ccfg *tls.Config) (srv, cli net.Conn, serr, cer
 		cli = cc
 	}
 	return r.c, cli, r.err, cerr
+}
+
+// memPair is a Sender and a Receiver running against each other over one
+// MemLink, the setup of most protocol tests.
+type memPair struct {
+	link         *MemLink
+	snd          *Sender
+	rcv          *Receiver
+	sdone, rdone <-chan error // what each Run returned
+	cancel       context.CancelFunc
+}
+
+// runMemPair starts a Sender reading src and a Receiver writing sink over a
+// fresh MemLink; both run until stop or the test's end. A config without a
+// Logger gets the test's.
+func runMemPair(t *testing.T, src Source, sc SenderConfig, sink Sink, rc ReceiverConfig) *memPair {
+	t.Helper()
+	if sc.Logger == nil {
+		sc.Logger = testLogger(t)
+	}
+	if rc.Logger == nil {
+		rc.Logger = testLogger(t)
+	}
+	p := &memPair{link: NewMemLink()}
+	p.snd, p.rcv = NewSender(p.link.A(), src, sc), NewReceiver(p.link.B(), sink, rc)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	p.cancel = cancel
+	p.sdone = runAsync(func() error { return p.snd.Run(ctx) })
+	p.rdone = runAsync(func() error { return p.rcv.Run(ctx) })
+	return p
+}
+
+// runEmptyPair is runMemPair on two empty MemLogs that start at start.
+func runEmptyPair(t *testing.T, start int64, rc ReceiverConfig) *memPair {
+	t.Helper()
+	rc.StartOffset = start
+	return runMemPair(t, NewMemLog(start), SenderConfig{StartOffset: start}, NewMemLog(start), rc)
+}
+
+// stop ends both sides and waits for them (5 s each).
+func (p *memPair) stop(t *testing.T) {
+	t.Helper()
+	p.cancel()
+	waitErr(t, p.sdone, 5*time.Second, "sender")
+	waitErr(t, p.rdone, 5*time.Second, "receiver")
+}
+
+// checkRefusedWithoutHandler: a receiver with no handler for what send makes
+// the sender send ends with ErrProtocol (a primary sends it only to a backup
+// that said it reads it), and the sender ends too.
+func checkRefusedWithoutHandler(t *testing.T, handler string, send func(*Sender)) {
+	t.Helper()
+	p := runEmptyPair(t, 12, ReceiverConfig{})
+	send(p.snd)
+	if err := waitErr(t, p.rdone, 5*time.Second, "receiver"); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("receiver without %s: %v, want %v", handler, err, ErrProtocol)
+	}
+	waitErr(t, p.sdone, 5*time.Second, "sender")
 }

@@ -2,7 +2,6 @@ package logging
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"sync"
 	"testing"
@@ -13,15 +12,10 @@ import (
 // message's First (long batches split at MaxNICFrames); one that does not read them
 // refuses them as a protocol violation.
 func TestNICDigests(t *testing.T) {
-	link := NewMemLink()
-	snd := NewSender(link.A(), NewMemLog(12), SenderConfig{StartOffset: 12, Logger: testLogger(t)})
 	var mu sync.Mutex
 	var got []NICDigests
-	rcv := NewReceiver(link.B(), NewMemLog(12), ReceiverConfig{StartOffset: 12, Logger: testLogger(t),
-		OnNIC: func(d NICDigests) { mu.Lock(); got = append(got, d); mu.Unlock() }})
-	ctx, cancel := context.WithCancel(context.Background())
-	sdone := runAsync(func() error { return snd.Run(ctx) })
-	rdone := runAsync(func() error { return rcv.Run(ctx) })
+	p := runEmptyPair(t, 12, ReceiverConfig{OnNIC: func(d NICDigests) { mu.Lock(); got = append(got, d); mu.Unlock() }})
+	snd := p.snd
 	want := make([]NICFrame, MaxNICFrames+10)
 	for i := range want {
 		want[i] = NICFrame{Len: uint32(60 + i), Hash: uint64(i) * 0x9e3779b97f4a7c15}
@@ -52,22 +46,9 @@ func TestNICDigests(t *testing.T) {
 	if st := snd.Stats(); st.NICFrames != uint64(len(want)) || st.NICDropped != 0 {
 		t.Fatalf("sender stats %+v", st)
 	}
-	cancel()
-	waitErr(t, sdone, 5*time.Second, "sender")
-	waitErr(t, rdone, 5*time.Second, "receiver")
+	p.stop(t)
 
-	link = NewMemLink()
-	snd = NewSender(link.A(), NewMemLog(12), SenderConfig{StartOffset: 12, Logger: testLogger(t)})
-	rcv = NewReceiver(link.B(), NewMemLog(12), ReceiverConfig{StartOffset: 12, Logger: testLogger(t)})
-	ctx, cancel = context.WithCancel(context.Background())
-	defer cancel()
-	sdone = runAsync(func() error { return snd.Run(ctx) })
-	rdone = runAsync(func() error { return rcv.Run(ctx) })
-	snd.NIC(NICDigests{First: 0, Frames: want[:1]})
-	if err := waitErr(t, rdone, 5*time.Second, "receiver"); !errors.Is(err, ErrProtocol) {
-		t.Fatalf("receiver without OnNIC: %v, want %v", err, ErrProtocol)
-	}
-	waitErr(t, sdone, 5*time.Second, "sender")
+	checkRefusedWithoutHandler(t, "OnNIC", func(s *Sender) { s.NIC(NICDigests{First: 0, Frames: want[:1]}) })
 }
 
 // A full queue drops new digests, counts them and never blocks.

@@ -1,7 +1,6 @@
 package logging
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -22,15 +21,11 @@ func TestReplayedReportedAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	l := NewMemLink()
-	snd := NewSender(l.A(), f, SenderConfig{StartOffset: start, HeartbeatInterval: time.Hour,
-		PeerTimeout: 4 * time.Hour, Logger: testLogger(t).With("side", "primary")})
-	rcv := NewReceiver(l.B(), NewMemLog(start), ReceiverConfig{StartOffset: start,
-		HeartbeatInterval: time.Hour, PeerTimeout: 4 * time.Hour, Logger: testLogger(t).With("side", "backup")})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	sdone := runAsync(func() error { return snd.Run(ctx) })
-	rdone := runAsync(func() error { return rcv.Run(ctx) })
+	p := runMemPair(t, f, SenderConfig{StartOffset: start, HeartbeatInterval: time.Hour,
+		PeerTimeout: 4 * time.Hour, Logger: testLogger(t).With("side", "primary")},
+		NewMemLog(start), ReceiverConfig{StartOffset: start,
+			HeartbeatInterval: time.Hour, PeerTimeout: 4 * time.Hour, Logger: testLogger(t).With("side", "backup")})
+	snd, rcv, sdone, rdone := p.snd, p.rcv, p.sdone, p.rdone
 	snd.Publish(start+100, 300)
 
 	timeout := time.After(20 * time.Second)
@@ -53,7 +48,5 @@ func TestReplayedReportedAtOnce(t *testing.T) {
 			}
 		}
 	}
-	cancel()
-	_ = waitErr(t, sdone, 5*time.Second, "sender")
-	_ = waitErr(t, rdone, 5*time.Second, "receiver")
+	p.stop(t)
 }

@@ -109,15 +109,11 @@ func TestStallReports(t *testing.T) {
 	defer src.Close()
 
 	t.Run("reported", func(t *testing.T) {
-		l := NewMemLink()
-		snd := NewSender(l.A(), src, SenderConfig{StartOffset: start, HeartbeatInterval: time.Hour,
-			PeerTimeout: 4 * time.Hour, Logger: testLogger(t).With("side", "primary")})
-		rcv := NewReceiver(l.B(), NewMemLog(start), ReceiverConfig{StartOffset: start, StallReports: true,
-			HeartbeatInterval: time.Hour, PeerTimeout: 4 * time.Hour, Logger: testLogger(t).With("side", "backup")})
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		sdone := runAsync(func() error { return snd.Run(ctx) })
-		rdone := runAsync(func() error { return rcv.Run(ctx) })
+		p := runMemPair(t, src, SenderConfig{StartOffset: start, HeartbeatInterval: time.Hour,
+			PeerTimeout: 4 * time.Hour, Logger: testLogger(t).With("side", "primary")},
+			NewMemLog(start), ReceiverConfig{StartOffset: start, StallReports: true,
+				HeartbeatInterval: time.Hour, PeerTimeout: 4 * time.Hour, Logger: testLogger(t).With("side", "backup")})
+		snd, rcv, sdone, rdone := p.snd, p.rcv, p.sdone, p.rdone
 		snd.Publish(start+100, 300)
 
 		timeout := time.After(20 * time.Second)
@@ -156,9 +152,7 @@ func TestStallReports(t *testing.T) {
 		if a.Stall.Episodes != 1 {
 			t.Fatalf("recovery reported as %+v: the episode count was lost", a.Stall)
 		}
-		cancel()
-		_ = waitErr(t, sdone, 5*time.Second, "sender")
-		_ = waitErr(t, rdone, 5*time.Second, "receiver")
+		p.stop(t)
 	})
 
 	t.Run("not-asked", func(t *testing.T) {

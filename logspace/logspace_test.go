@@ -24,6 +24,38 @@ func needPunch(t *testing.T, dir string) {
 	}
 }
 
+// punchablePath is a file name in a fresh temp directory that can punch holes
+// (else the test skips).
+func punchablePath(t *testing.T, name string) string {
+	t.Helper()
+	dir := t.TempDir()
+	needPunch(t, dir)
+	return filepath.Join(dir, name)
+}
+
+// openWriter opens path to write (os.O_CREATE|os.O_WRONLY and flag) until the
+// test ends.
+func openWriter(t *testing.T, path string, flag int) *os.File {
+	t.Helper()
+	w, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|flag, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return w
+}
+
+// patternFile writes n bytes of pattern to a file name in a fresh temp
+// directory and returns its path.
+func patternFile(t *testing.T, name string, n int) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, pattern(0, n), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func pattern(off int64, n int) []byte {
 	b := make([]byte, n)
 	for i := range b {
@@ -38,14 +70,8 @@ func pattern(off int64, n int) []byte {
 // takes no space, the size is the writer's, and allocation stays near what is
 // not freed.
 func TestFreerWhileAppending(t *testing.T) {
-	dir := t.TempDir()
-	needPunch(t, dir)
-	path := filepath.Join(dir, "log.rr")
-	w, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	path := punchablePath(t, "log.rr")
+	w := openWriter(t, path, os.O_APPEND)
 	fr, err := NewFreer(path)
 	if err != nil {
 		t.Fatal(err)
@@ -134,11 +160,7 @@ func TestFreerWhileAppending(t *testing.T) {
 // TestFreerNeverPastUpTo: only whole blocks strictly below upTo are freed, and
 // freeing never goes back.
 func TestFreerNeverPastUpTo(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "f")
-	if err := os.WriteFile(path, pattern(0, 40000), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := patternFile(t, "f", 40000)
 	var calls [][2]int64
 	fr, err := newFreer(path, func(_ int, off, n int64) error {
 		calls = append(calls, [2]int64{off, n})
@@ -165,10 +187,7 @@ func TestFreerNeverPastUpTo(t *testing.T) {
 
 // TestFreerUnsupported: a file system that refuses is reported once and for good.
 func TestFreerUnsupported(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(path, pattern(0, 40000), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := patternFile(t, "f", 40000)
 	calls := 0
 	fr, err := newFreer(path, func(int, int64, int64) error { calls++; return unix.EOPNOTSUPP })
 	if err != nil {
@@ -228,14 +247,8 @@ func TestFreedPrefixOfPlainFile(t *testing.T) {
 // holds after its freed prefix are every byte in order, the file's data stays near
 // its bound, and only Keep copies are kept.
 func TestRotateWhileWriting(t *testing.T) {
-	dir := t.TempDir()
-	needPunch(t, dir)
-	path := filepath.Join(dir, "console.log")
-	w, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	path := punchablePath(t, "console.log")
+	w := openWriter(t, path, os.O_TRUNC)
 	rot := &Rotator{Path: path, MaxBytes: 16 << 10, Keep: 100}
 	var all []byte
 	for i := 0; len(all) < 1<<20; i++ {
@@ -267,12 +280,8 @@ func TestRotateWhileWriting(t *testing.T) {
 		t.Fatalf("the file's size %d, %d written: the writer's offsets must stay (%v)", u.Size, len(all), err)
 	}
 	// Keep bounds the copies.
-	path = filepath.Join(dir, "other.log")
-	w, err = os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	path = filepath.Join(filepath.Dir(path), "other.log")
+	w = openWriter(t, path, os.O_TRUNC)
 	small := &Rotator{Path: path, MaxBytes: 16 << 10, Keep: 2}
 	for i := 0; i < 10; i++ {
 		if _, err := w.Write(bytes.Repeat([]byte("y"), 20<<10)); err != nil {
@@ -317,14 +326,8 @@ func TestRotateUnsupported(t *testing.T) {
 // far it has read (SetConsumed) while the file is written and rotated reads every
 // byte once, in order: a rotation never frees what it has not read.
 func TestRotateFollowsReader(t *testing.T) {
-	dir := t.TempDir()
-	needPunch(t, dir)
-	path := filepath.Join(dir, "console.log")
-	w, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	path := punchablePath(t, "console.log")
+	w := openWriter(t, path, os.O_TRUNC)
 	r, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)

@@ -1,15 +1,14 @@
 package outputrule
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftvmd/ftvmd/internal/script"
 )
 
 // Test scripts live in testdata/*.txt. Each block is one command line, then a
@@ -19,99 +18,7 @@ import (
 var rewrite = flag.Bool("rewrite", false, "rewrite testdata transcripts with the actual output")
 
 func TestDataDriven(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no testdata")
-	}
-	for _, file := range files {
-		t.Run(filepath.Base(file), func(t *testing.T) { runScript(t, file) })
-	}
-}
-
-type scriptBlock struct {
-	comments []string
-	cmd      string
-	line     int
-	want     string
-}
-
-func parseScript(path string) ([]scriptBlock, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var blocks []scriptBlock
-	var cur *scriptBlock
-	inOutput := false
-	sc := bufio.NewScanner(f)
-	n := 0
-	var pending []string
-	for sc.Scan() {
-		n++
-		line := sc.Text()
-		switch {
-		case inOutput && line == "":
-			inOutput = false
-			blocks = append(blocks, *cur)
-			cur = nil
-		case inOutput:
-			cur.want += line + "\n"
-		case line == "----":
-			if cur == nil {
-				return nil, fmt.Errorf("%s:%d: ---- without a command", path, n)
-			}
-			inOutput = true
-		case cur != nil:
-			return nil, fmt.Errorf("%s:%d: expected ---- after command %q", path, n, cur.cmd)
-		case strings.HasPrefix(line, "#") || strings.TrimSpace(line) == "":
-			pending = append(pending, line)
-		default:
-			cur = &scriptBlock{comments: pending, cmd: line, line: n}
-			pending = nil
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	if cur != nil {
-		if !inOutput {
-			return nil, fmt.Errorf("%s:%d: command %q without ----", path, cur.line, cur.cmd)
-		}
-		blocks = append(blocks, *cur)
-	}
-	return blocks, nil
-}
-
-func runScript(t *testing.T, path string) {
-	blocks, err := parseScript(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := newScriptEnv()
-	var out strings.Builder
-	for i := range blocks {
-		b := &blocks[i]
-		got := env.handle(b.cmd)
-		if *rewrite {
-			for _, c := range b.comments {
-				out.WriteString(c + "\n")
-			}
-			fmt.Fprintf(&out, "%s\n----\n%s\n", b.cmd, got)
-			continue
-		}
-		if got != b.want {
-			t.Errorf("%s:%d: %s\ngot:\n%swant:\n%s", path, b.line, b.cmd, got, b.want)
-		}
-	}
-	if *rewrite {
-		if err := os.WriteFile(path, []byte(strings.TrimRight(out.String(), "\n")+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	script.RunDir(t, *rewrite, func() func(string) string { return (newScriptEnv()).handle })
 }
 
 // scriptEnv drives one Rule. Time is a fake clock in milliseconds.
@@ -133,24 +40,12 @@ func (e *scriptEnv) ms(t time.Time) string {
 	return fmt.Sprintf("%dms", t.Sub(e.epoch).Milliseconds())
 }
 
-func parseKV(args []string) (pos []string, kv map[string]string) {
-	kv = map[string]string{}
-	for _, a := range args {
-		if k, v, ok := strings.Cut(a, "="); ok {
-			kv[k] = v
-		} else {
-			pos = append(pos, a)
-		}
-	}
-	return pos, kv
-}
-
 func atoi64(s string) (int64, error) { return strconv.ParseInt(s, 10, 64) }
 
 // handle runs one command and returns its transcript (never empty).
 func (e *scriptEnv) handle(cmd string) string {
 	fields := strings.Fields(cmd)
-	pos, kv := parseKV(fields[1:])
+	pos, kv := script.Args(fields[1:])
 	var b strings.Builder
 	errf := func(format string, a ...any) string { return fmt.Sprintf("bad command: "+format+"\n", a...) }
 	switch fields[0] {
