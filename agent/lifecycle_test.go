@@ -520,29 +520,28 @@ func channelPair(t *testing.T, env *lifePrimaryEnv, b *backup, ackDelay time.Dur
 // for the backup's acks, halts its output, claims epoch 2 for hostb and says Bye;
 // the backup reads the claim and goes live under it.
 func TestPlannedFailover(t *testing.T) {
-	store := storeWith(t)
-	env := lifePrimary(t, store, 5*time.Millisecond)
-	ba := testAgent(t, "hostb", "")
-	ba.store = store
-	b, g := lifeBackup(t, ba, ba.log)
-	b.epoch = 1
-	if err := ba.register("vm1", b); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.life.start(1, "hosta", true); err != nil {
-		t.Fatal(err)
-	}
 	// Acks come late: the primary must wait for them before it halts its output.
-	channelPair(t, env, b, 200*time.Millisecond)
+	env, b, g, store := protectedPair(t, 5*time.Millisecond, 200*time.Millisecond)
 
 	if err := env.p.handover(context.Background()); err != nil {
 		t.Fatalf("handover: %v", err)
 	}
+	checkHandedOver(t, env, b, g, store)
+	if n := env.byes.Load(); n != 1 {
+		t.Fatalf("byes %d, want 1", n)
+	}
+}
+
+// checkHandedOver: the primary handed the VM over under epoch 2 (the guest paused
+// once and killed, the output halted once the log up to the pause was acked) and
+// the backup took it over.
+func checkHandedOver(t *testing.T, env *lifePrimaryEnv, b *backup, g *fakeGoLive, store *disk.MemStore) {
+	t.Helper()
 	if st := env.p.life.state(); st.State != lifecycle.HandedOver || st.Epoch != 2 {
 		t.Fatalf("primary %+v, want handed-over under epoch 2", st)
 	}
-	if pauses, conts, kills := env.guest.counts(); pauses != 1 || conts != 0 || kills != 1 || env.out.setModes() != "[halted]" || env.byes.Load() != 1 {
-		t.Fatalf("pauses %d conts %d kills %d, modes %s, byes %d; want 1 0 1, [halted], 1", pauses, conts, kills, env.out.setModes(), env.byes.Load())
+	if pauses, conts, kills := env.guest.counts(); pauses != 1 || conts != 0 || kills != 1 || env.out.setModes() != "[halted]" {
+		t.Fatalf("pauses %d conts %d kills %d, modes %s; want 1 0 1, [halted]", pauses, conts, kills, env.out.setModes())
 	}
 	env.out.mu.Lock()
 	acked := env.out.ackedAtHalt
@@ -550,12 +549,22 @@ func TestPlannedFailover(t *testing.T) {
 	if acked < 12+4096 {
 		t.Fatalf("output halted with the log acked to %d, short of the pause at %d", acked, 12+4096)
 	}
+	checkBackupTookOver(t, b, g, store, "")
+}
+
+// checkBackupTookOver: the backup went live once, under epoch 2, which the store
+// says hostb owns (why, if not empty, says what else that shows).
+func checkBackupTookOver(t *testing.T, b *backup, g *fakeGoLive, store *disk.MemStore, why string) {
+	t.Helper()
 	waitDone(t, b.done(), "backup")
 	if st := b.life.state(); st.State != lifecycle.Live || fmt.Sprint(g.calls()) != "[2]" {
 		t.Fatalf("backup %+v, go-live calls %v; want live, [2]", st, g.calls())
 	}
 	if c, _ := store.Current(context.Background(), "vm1"); c.Epoch != 2 || c.Owner != "hostb" {
-		t.Fatalf("store %+v, want epoch 2 owned by hostb", c)
+		if why != "" {
+			why = " (" + why + ")"
+		}
+		t.Fatalf("store %+v, want epoch 2 owned by hostb%s", c, why)
 	}
 }
 
@@ -630,12 +639,13 @@ func TestVMStatesAreTheLifecycles(t *testing.T) {
 	}
 }
 
-// shutdownPair is a protected primary on hosta and its backup on hostb over a real
-// log channel (channelPair), one MemStore; acks wait ackDelay.
-func shutdownPair(t *testing.T, ackDelay time.Duration) (*lifePrimaryEnv, *backup, *fakeGoLive, *disk.MemStore) {
+// protectedPair is a protected primary on hosta (its lifecycle ticking every
+// tick) and its backup on hostb over a real log channel (channelPair), one
+// MemStore; acks wait ackDelay.
+func protectedPair(t *testing.T, tick, ackDelay time.Duration) (*lifePrimaryEnv, *backup, *fakeGoLive, *disk.MemStore) {
 	t.Helper()
 	store := storeWith(t)
-	env := lifePrimary(t, store, time.Millisecond)
+	env := lifePrimary(t, store, tick)
 	ba := testAgent(t, "hostb", "")
 	ba.store = store
 	b, g := lifeBackup(t, ba, ba.log)
@@ -656,7 +666,7 @@ func shutdownPair(t *testing.T, ackDelay time.Duration) (*lifePrimaryEnv, *backu
 // over to its backup as a planned failover does, then tears down. The backup goes
 // live under the epoch claimed for it.
 func TestAgentShutdownHandsOver(t *testing.T) {
-	env, b, g, store := shutdownPair(t, 100*time.Millisecond)
+	env, b, g, store := protectedPair(t, time.Millisecond, 100*time.Millisecond)
 	t0 := time.Now()
 	env.p.a.stopAll()
 	t.Logf("agent shutdown took %s", time.Since(t0).Round(time.Millisecond))
@@ -665,25 +675,7 @@ func TestAgentShutdownHandsOver(t *testing.T) {
 	default:
 		t.Fatal("stopAll returned with the primary not torn down")
 	}
-	if st := env.p.life.state(); st.State != lifecycle.HandedOver || st.Epoch != 2 {
-		t.Fatalf("primary %+v, want handed-over under epoch 2", st)
-	}
-	if pauses, conts, kills := env.guest.counts(); pauses != 1 || conts != 0 || kills != 1 || env.out.setModes() != "[halted]" {
-		t.Fatalf("pauses %d conts %d kills %d, modes %s; want 1 0 1, [halted]", pauses, conts, kills, env.out.setModes())
-	}
-	env.out.mu.Lock()
-	acked := env.out.ackedAtHalt
-	env.out.mu.Unlock()
-	if acked < 12+4096 {
-		t.Fatalf("output halted with the log acked to %d, short of the pause at %d", acked, 12+4096)
-	}
-	waitDone(t, b.done(), "backup")
-	if st := b.life.state(); st.State != lifecycle.Live || fmt.Sprint(g.calls()) != "[2]" {
-		t.Fatalf("backup %+v, go-live calls %v; want live, [2]", st, g.calls())
-	}
-	if c, _ := store.Current(context.Background(), "vm1"); c.Epoch != 2 || c.Owner != "hostb" {
-		t.Fatalf("store %+v, want epoch 2 owned by hostb", c)
-	}
+	checkHandedOver(t, env, b, g, store)
 }
 
 // The backup never acknowledges the log up to the pause: the shutting-down primary
@@ -691,7 +683,7 @@ func TestAgentShutdownHandsOver(t *testing.T) {
 // QEMU died does: output halted, the backup told why, and the backup claims the next
 // epoch and goes live. The primary claims nothing.
 func TestAgentShutdownHandoverTimesOut(t *testing.T) {
-	env, b, g, store := shutdownPair(t, time.Hour) // 300 ticks of 1 ms
+	env, b, g, store := protectedPair(t, time.Millisecond, time.Hour) // 300 ticks of 1 ms
 	env.p.a.stopAll()
 	if st := env.p.life.state(); st.State != lifecycle.Failed {
 		t.Fatalf("primary %+v, want failed", st)
@@ -699,13 +691,7 @@ func TestAgentShutdownHandoverTimesOut(t *testing.T) {
 	if _, conts, _ := env.guest.counts(); conts != 0 || env.out.setModes() != "[halted]" {
 		t.Fatalf("conts %d, modes %s; want 0, [halted]", conts, env.out.setModes())
 	}
-	waitDone(t, b.done(), "backup")
-	if st := b.life.state(); st.State != lifecycle.Live || fmt.Sprint(g.calls()) != "[2]" {
-		t.Fatalf("backup %+v, go-live calls %v; want live, [2]", st, g.calls())
-	}
-	if c, _ := store.Current(context.Background(), "vm1"); c.Epoch != 2 || c.Owner != "hostb" {
-		t.Fatalf("store %+v, want epoch 2 owned by hostb (the primary claims nothing)", c)
-	}
+	checkBackupTookOver(t, b, g, store, "the primary claims nothing")
 }
 
 // Without shared storage nothing can hand the VM over: the agent's shutdown stops

@@ -73,26 +73,7 @@ func TestStopHonoursItsDeadline(t *testing.T) {
 	p.cancel = cancel
 	stuck := make(chan struct{})
 	p.go1(func() { <-ctx.Done(); <-stuck }) // a goroutine that ignores its cancel
-
-	sctx, scancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer scancel()
-	stopped := make(chan error, 1)
-	go func() { stopped <- p.stop(sctx) }()
-	select {
-	case err := <-stopped:
-		if !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("stop: %v, want %v", err, context.DeadlineExceeded)
-		}
-	case <-time.After(2 * time.Second):
-		close(stuck)
-		t.Fatal("stop did not return within 2s; its deadline was 200ms")
-	}
-	close(stuck)
-	select {
-	case <-p.done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("teardown did not finish once unblocked")
-	}
+	checkStopDeadline(t, p, stuck)
 	// A second stop after the teardown returns at once.
 	if err := p.stop(context.Background()); err != nil {
 		t.Fatal(err)
@@ -122,11 +103,18 @@ func TestBackupStopHonoursItsDeadline(t *testing.T) {
 	stuck := make(chan struct{})
 	b.wg.Add(1)
 	go func() { defer b.wg.Done(); <-ctx.Done(); <-stuck }()
+	checkStopDeadline(t, b, stuck)
+}
 
+// checkStopDeadline: a stop of v, whose teardown waits until stuck is closed,
+// returns when its 200 ms deadline ends, with the deadline's error; the
+// teardown finishes once stuck is closed.
+func checkStopDeadline(t *testing.T, v vmRunner, stuck chan struct{}) {
+	t.Helper()
 	sctx, scancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer scancel()
 	stopped := make(chan error, 1)
-	go func() { stopped <- b.stop(sctx) }()
+	go func() { stopped <- v.stop(sctx) }()
 	select {
 	case err := <-stopped:
 		if !errors.Is(err, context.DeadlineExceeded) {
@@ -138,7 +126,7 @@ func TestBackupStopHonoursItsDeadline(t *testing.T) {
 	}
 	close(stuck)
 	select {
-	case <-b.done():
+	case <-v.done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("teardown did not finish once unblocked")
 	}
