@@ -77,16 +77,7 @@ func startInPlaceRun(ctx context.Context, t *testing.T, eng Engine, dir string, 
 	r.rep.SnapshotDrive = filepath.Join(dir, "snap.qcow2") // for the snapshots of the new log
 	r.rep.NIC, r.nic = newGuestNIC(t, backDir)
 
-	copier, err := startBackupCopier(rec.RRFile, r.backupLog, feed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	finished := false
-	t.Cleanup(func() {
-		if !finished {
-			_, _ = copier.Finish()
-		}
-	})
+	copier := startTestCopier(t, rec.RRFile, r.backupLog, feed, LogHeaderSize, 0)
 
 	start := time.Now()
 	mr := startMachine(t, rec)
@@ -116,11 +107,27 @@ func startInPlaceRun(ctx context.Context, t *testing.T, eng Engine, dir string, 
 		t.Fatal(err)
 	}
 	<-mr.Exited()
-	finished = true
 	if r.acked, err = copier.Finish(); err != nil {
 		t.Fatalf("backup copier: %v", err)
 	}
 	return r
+}
+
+// inPlaceTest is where every go-live-in-place test starts: the engine, the lab
+// guest and startInPlaceRun, with the replay replayDelay late, under a
+// 6-minute deadline. It skips in -short mode and without the engine or guest.
+func inPlaceTest(t *testing.T, replayDelay time.Duration) (context.Context, Engine, *inPlaceRun) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots the guest and replays it twice (a minute or two)")
+	}
+	eng := inPlaceEngine(t)
+	if k, _ := guestFiles(t); k == "" {
+		t.Skip("needs the lab guest in build/guest (test/guest/build.sh)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	t.Cleanup(cancel)
+	return ctx, eng, startInPlaceRun(ctx, t, eng, shortDir(t), replayDelay)
 }
 
 // TestGoLiveInPlace: GoLive with InPlace makes the replaying QEMU itself the
@@ -129,18 +136,8 @@ func startInPlaceRun(ctx context.Context, t *testing.T, eng Engine, dir string, 
 // NIC sockets, and record a new log that replays from a snapshot saved while
 // it records.
 func TestGoLiveInPlace(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots the guest and replays it twice (a minute or two)")
-	}
-	eng := inPlaceEngine(t)
-	if k, _ := guestFiles(t); k == "" {
-		t.Skip("needs the lab guest in build/guest (test/guest/build.sh)")
-	}
-	dir := shortDir(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	r := startInPlaceRun(ctx, t, eng, dir, 0)
-	mp, pid := r.mp, r.mp.PID()
+	ctx, eng, r := inPlaceTest(t, 0)
+	dir, mp, pid := r.dir, r.mp, r.mp.PID()
 
 	liveLog := filepath.Join(dir, "live.rr")
 	m, rep, err := GoLive(ctx, GoLiveConfig{
@@ -176,18 +173,8 @@ func TestGoLiveInPlace(t *testing.T) {
 // stopped at the end of the replayed log, switched while stopped (the run state
 // stays), saved, and continued.
 func TestGoLiveInPlaceSnapshotAtSwitch(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots the guest and replays it twice (a minute or two)")
-	}
-	eng := inPlaceEngine(t)
-	if k, _ := guestFiles(t); k == "" {
-		t.Skip("needs the lab guest in build/guest (test/guest/build.sh)")
-	}
-	dir := shortDir(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	r := startInPlaceRun(ctx, t, eng, dir, 0)
-	m := r.mp
+	ctx, eng, r := inPlaceTest(t, 0)
+	dir, m := r.dir, r.mp
 
 	cut, target, err := findCut(r.backupLog, replay.Mark{Offset: LogHeaderSize}, r.acked, r.feed.FedOffset())
 	if err != nil {
@@ -237,18 +224,9 @@ func TestGoLiveInPlaceSnapshotAtSwitch(t *testing.T) {
 // going live with the replay started 15 s late) until the switch carried the
 // clock on from the log.
 func TestGoLiveInPlaceLateReplay(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots the guest and replays it twice (a minute or two)")
-	}
-	eng := inPlaceEngine(t)
-	if k, _ := guestFiles(t); k == "" {
-		t.Skip("needs the lab guest in build/guest (test/guest/build.sh)")
-	}
-	dir := shortDir(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
 	const late = 10 * time.Second
-	r := startInPlaceRun(ctx, t, eng, dir, late)
+	ctx, _, r := inPlaceTest(t, late)
+	dir := r.dir
 	_, rep, err := GoLive(ctx, GoLiveConfig{
 		Replay: r.mp, Feed: r.feed, LogPath: r.backupLog, AckedOffset: r.acked,
 		Record: Config{RRFile: filepath.Join(dir, "live.rr")}, InPlace: true, Logger: testLogger(t),

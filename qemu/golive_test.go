@@ -220,6 +220,23 @@ type backupCopier struct {
 	feed     *Feed
 	stop     chan struct{}
 	done     chan error
+
+	finish sync.Once // Finish's result, for every call
+	size   int64
+	err    error
+}
+
+// startTestCopier starts a backupCopier from offset start, where the
+// instruction count is icount, and finishes it when the test ends unless the
+// test did.
+func startTestCopier(t *testing.T, src, dst string, feed *Feed, start int64, icount uint64) *backupCopier {
+	t.Helper()
+	c, err := startBackupCopierAt(src, dst, feed, start, icount)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = c.Finish() })
+	return c
 }
 
 func startBackupCopier(src, dst string, feed *Feed) (*backupCopier, error) {
@@ -316,11 +333,13 @@ func (c *backupCopier) run(out *os.File, start int64, icount uint64) error {
 
 // Finish does the last pass and returns the backup log's size.
 func (c *backupCopier) Finish() (int64, error) {
-	close(c.stop)
-	if err := <-c.done; err != nil {
-		return 0, err
-	}
-	return fileSize(c.dst), nil
+	c.finish.Do(func() {
+		close(c.stop)
+		if c.err = <-c.done; c.err == nil {
+			c.size = fileSize(c.dst)
+		}
+	})
+	return c.size, c.err
 }
 
 var counterRE = regexp.MustCompile(`ftguest counter (\d+) uptime ([0-9.]+)`)

@@ -228,16 +228,7 @@ func TestSnapshotFeedGoLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { feed.Close() })
-	copier, err := startBackupCopierAt(r.rec.RRFile, backupLog, feed, r.st.LogOffset, r.st.Icount)
-	if err != nil {
-		t.Fatal(err)
-	}
-	finished := false
-	t.Cleanup(func() {
-		if !finished {
-			_, _ = copier.Finish()
-		}
-	})
+	copier := startTestCopier(t, r.rec.RRFile, backupLog, feed, r.st.LogOffset, r.st.Icount)
 	rep := baseConfig(t, dir, "rep", ModeReplay)
 	rep.Binary = eng.Binary
 	rep.RRFile, rep.RRSnapshot, rep.SnapshotDrive = feed.Path(), snapTag, r.bsnap
@@ -266,7 +257,6 @@ func TestSnapshotFeedGoLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-r.mr.Exited()
-	finished = true
 	acked, err := copier.Finish()
 	if err != nil {
 		t.Fatalf("backup copier: %v", err)
