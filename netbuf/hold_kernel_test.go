@@ -74,6 +74,33 @@ func sawFrame(t *testing.T, tap *os.File, marker string, d time.Duration) bool {
 	}
 }
 
+// bridgedTaps makes bridge br (with hostIP) and two taps on it, in (the
+// guest's side) and out, opens both, and turns on bridge netfilter, as the
+// kernel hold needs. Run it inside a test's network namespace.
+func bridgedTaps(br, in, out string) (inTap, outTap *os.File, err error) {
+	if err := addBridge(br, hostIP); err != nil {
+		return nil, nil, err
+	}
+	for _, n := range []string{in, out} {
+		if _, err := CreateTap(n, br); err != nil {
+			return nil, nil, err
+		}
+	}
+	if inTap, err = OpenTap(in); err != nil {
+		return nil, nil, err
+	}
+	if outTap, err = OpenTap(out); err != nil {
+		inTap.Close()
+		return nil, nil, err
+	}
+	if err := EnableBridgeNetfilter(); err != nil {
+		inTap.Close()
+		outTap.Close()
+		return nil, nil, err
+	}
+	return inTap, outTap, nil
+}
+
 // TestHoldInKernel holds real frames in the kernel: a tap's IPv4 and IPv6
 // frames wait in the NFQUEUE until the ack passes their stamp, ARP passes,
 // and switching to unprotected removes the rules.
@@ -85,22 +112,8 @@ func TestHoldInKernel(t *testing.T) {
 	var conn *nfq.Conn
 	var rules *QueueRules
 	err := ns.do(func() error {
-		if err := addBridge(br, hostIP); err != nil {
-			return err
-		}
-		for _, n := range []string{in, out} {
-			if _, err := CreateTap(n, br); err != nil {
-				return err
-			}
-		}
 		var err error
-		if inTap, err = OpenTap(in); err != nil {
-			return err
-		}
-		if outTap, err = OpenTap(out); err != nil {
-			return err
-		}
-		if err := EnableBridgeNetfilter(); err != nil {
+		if inTap, outTap, err = bridgedTaps(br, in, out); err != nil {
 			return err
 		}
 		if conn, err = nfq.Open(queue, nfq.Config{}); err != nil {
@@ -200,22 +213,8 @@ func TestQueueWithoutReaderDrops(t *testing.T) {
 	const br, in, out, queue = "ftbr0", "ftin0", "ftout0", 9
 	var inTap, outTap *os.File
 	err := ns.do(func() error {
-		if err := addBridge(br, hostIP); err != nil {
-			return err
-		}
-		for _, n := range []string{in, out} {
-			if _, err := CreateTap(n, br); err != nil {
-				return err
-			}
-		}
 		var err error
-		if inTap, err = OpenTap(in); err != nil {
-			return err
-		}
-		if outTap, err = OpenTap(out); err != nil {
-			return err
-		}
-		if err := EnableBridgeNetfilter(); err != nil {
+		if inTap, outTap, err = bridgedTaps(br, in, out); err != nil {
 			return err
 		}
 		_, err = InstallQueueRules(in, queue)
