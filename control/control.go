@@ -256,7 +256,10 @@ type VMStatus struct {
 	LogBandwidth  float64 `json:"log_bandwidth_bps"` // bytes/s over the last few seconds
 	BackupBehind  bool    `json:"backup_behind,omitempty"`
 	ThrottleQuota float64 `json:"throttle_quota"` // CPU fraction allowed to the primary's QEMU; 1 = free
-	ThrottledSec  float64 `json:"throttled_sec"`
+	// ThrottleAtFloor: the quota is at the throttle's floor, as slow as the primary goes;
+	// with the lag over the bound, the backup cannot keep pace even so.
+	ThrottleAtFloor bool    `json:"throttle_at_floor,omitempty"`
+	ThrottledSec    float64 `json:"throttled_sec"`
 
 	// LogOnDisk is the space this copy's rr log file takes on disk (allocated
 	// blocks): with bounded logs, about what a reader still needs, while the

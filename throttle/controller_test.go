@@ -119,3 +119,41 @@ func TestQuotaFloor(t *testing.T) {
 		t.Fatal("quota below the kernel minimum")
 	}
 }
+
+// A starved backup: its replay gets so little CPU that it runs at 5% of the
+// primary's unthrottled speed (the lab's 2 shared cores at load 20). At the old
+// floor (0.1 of a CPU) its lag grows without end; at the default floor the
+// controller holds it near the bound, and says it sits at the floor.
+func TestControllerBoundsLagOfStarvedBackup(t *testing.T) {
+	run := func(floor float64) (maxLag time.Duration, atFloor bool) {
+		c := NewController(100 * time.Millisecond)
+		c.MinQuota = floor
+		const step = 20 * time.Millisecond
+		const backupSpeed = 0.05
+		var primary, backup float64
+		now := time.Unix(0, 0)
+		for i := 0; i < 3000; i++ { // 60 s
+			q := c.Quota()
+			primary += q * step.Seconds()
+			backup = min(backup+backupSpeed*step.Seconds(), primary)
+			lag := time.Duration((primary - backup) / backupSpeed * float64(time.Second))
+			now = now.Add(step)
+			if i%5 == 0 {
+				c.Observe(Sample{Lag: lag}, now)
+				if lag > c.Bound && c.AtFloor() {
+					atFloor = true
+				}
+			}
+			if i > 1000 && lag > maxLag {
+				maxLag = lag
+			}
+		}
+		return maxLag, atFloor
+	}
+	if lag, atFloor := run(0.1); lag < 10*time.Second || !atFloor {
+		t.Fatalf("simulation broken: at a 0.1 floor the lag reached only %v (at floor %v)", lag, atFloor)
+	}
+	if lag, _ := run(DefaultMinQuota); lag > 250*time.Millisecond {
+		t.Fatalf("at the default floor %.2f the starved backup's lag reached %v, bound 100ms", DefaultMinQuota, lag)
+	}
+}

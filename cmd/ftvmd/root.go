@@ -500,6 +500,9 @@ func printStatus(w io.Writer, resp control.Response) {
 			throttle := "off"
 			if v.ThrottleQuota < 1 {
 				throttle = fmt.Sprintf("ON: %.0f%% of a CPU", v.ThrottleQuota*100)
+				if v.ThrottleAtFloor && v.LagMS > float64(v.LagBoundMS) {
+					throttle += " (its floor, and the backup still falls behind: the backup's host is short of CPU for the replay)"
+				}
 			}
 			fmt.Fprintf(tw, "throttle\t%s  (throttled %.1f s in all)\n", throttle, v.ThrottledSec)
 			fmt.Fprintf(tw, "net pacing\t%s\n", pacingLine(v))

@@ -229,3 +229,34 @@ func TestCompletion(t *testing.T) {
 		t.Fatalf("completing a VM name: %q", out)
 	}
 }
+
+// TestStatusThrottleAtFloor: a primary throttled to its floor while the lag is
+// still over the bound says the backup's host is short of CPU; a throttle that
+// is merely on does not.
+func TestStatusThrottleAtFloor(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		floor   bool
+		lag     float64
+		wantMsg bool
+	}{
+		{"at the floor, behind", true, 900, true},
+		{"at the floor, within the bound", true, 40, false},
+		{"throttled above the floor", false, 900, false},
+	} {
+		st := sampleStatus()
+		st.VMs[0].ThrottleQuota, st.VMs[0].ThrottleAtFloor = 0.02, tc.floor
+		st.VMs[0].LagMS, st.VMs[0].LagBoundMS = tc.lag, 100
+		sock := fakeAgent(t, func(context.Context, control.Request) control.Response { return st })
+		txt, err := runCLI(context.Background(), t, sock, "status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(txt, "ON: 2% of a CPU") {
+			t.Errorf("%s: no throttle line:\n%s", tc.name, txt)
+		}
+		if got := strings.Contains(txt, "short of CPU for the replay"); got != tc.wantMsg {
+			t.Errorf("%s: floor warning shown %v, want %v:\n%s", tc.name, got, tc.wantMsg, txt)
+		}
+	}
+}
