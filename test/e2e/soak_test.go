@@ -11,21 +11,21 @@ import (
 )
 
 // TestSoakShort is `ftvmd bench soak` cut to CI's size: a busy protected guest
-// under a bulk client->guest stream and a request loop for soakFor (90 s), sampled every
+// under a bulk client->guest stream and a request loop for soakFor (3 minutes, as issue 15 asks of CI), sampled every
 // 5 s. The agents keep a tiny retention (the backup keeps the whole log only
 // until it passes 16 MiB, a few seconds into the stream), and the VM's logs may
 // take 32 MiB on each host (the backup's retention, 16 MiB, fits; paced to the lag bound a busy
-// guest takes about 1 MiB/s: 109 MiB in 90 s on a quiet lab, so a larger limit
+// guest took about 1 MiB/s: 109 MiB in 90 s on a quiet lab, so a larger limit
 // would not be passed twice over). Every target of the benchmark must be met: logs on
 // disk flat over the second half and under the limit, the agents' and QEMUs'
 // RSS flat, lag p99 within the bound, no request lost or wrong, the stream's
-// every put checked. Takes about 3 minutes (lab up, boot, soakFor, stop).
+// every put checked. Takes about 4.5 minutes (lab up, boot, soakFor, stop).
 func TestSoakShort(t *testing.T) {
 	if testing.Short() {
 		t.Skip("soak")
 	}
-	const soakFor = 90 * time.Second
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	const soakFor = 3 * time.Minute
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	t0 := time.Now()
 	s := drillLab(ctx, t, append(agentArgs(), "--log-retention=16MiB")...)
