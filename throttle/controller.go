@@ -17,10 +17,8 @@ import "time"
 // should run at full speed while the lag budget lasts. In between it holds.
 type Controller struct {
 	Bound time.Duration // lag bound: above it, throttle
-	// MinQuota is the floor, so the guest never stops entirely. It is low (see
-	// DefaultMinQuota) because the lag bound is the promise: a backup that gets
-	// too little CPU to keep pace with a primary at the floor falls behind
-	// without end, and every second of lag is a second of replay at failover.
+	// MinQuota is the floor, so the guest never stops entirely (see
+	// DefaultMinQuota for why it is not lower).
 	MinQuota float64
 	quota    float64
 	// Throttled time accounting, for the cost report.
@@ -35,14 +33,15 @@ type Sample struct {
 	PrimaryRate, BackupRate float64
 }
 
-// DefaultMinQuota is the controller's floor: 2% of a CPU. It was 0.1, and on a
-// loaded host (the lab's 2 shared cores at load 6-15, a 20-minute soak on
-// 2026-11-30) the replaying QEMU got less CPU than it needs to keep pace with a
-// primary at 10% (replay needs more CPU than record for the same guest work,
-// docs/engine.md): the lag reached p99 636 ms against a 100 ms bound, and 40 s
-// and growing at load 21-27. The kernel's minimum quota is 1 ms per period
-// (quotaUS), 1% of the 100 ms period.
-const DefaultMinQuota = 0.02
+// DefaultMinQuota is the controller's floor: 10% of a CPU. A lower floor was
+// tried and made the lag worse, not better (TestSoakShort, 2026-11-30 10:37 UTC,
+// load 8-15: at 0.02 the lag p99 was 8.4 s, max 10 s, against 636 ms at 0.1 in a
+// 20-minute soak at load 6-15): the backup replays an instruction batch only once
+// the event that ends it is in the log, so a primary slowed to a crawl also slows
+// the log the backup waits for, the age lag grows, and the controller slows the
+// primary further. The floor stays where that loop is weak; a backup that falls
+// behind a primary at the floor is shown in status (AtFloor) instead.
+const DefaultMinQuota = 0.1
 
 // NewController returns an unthrottled controller for the given bound.
 func NewController(bound time.Duration) *Controller {
