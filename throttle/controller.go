@@ -36,11 +36,13 @@ type Sample struct {
 // DefaultMinQuota is the controller's floor: 10% of a CPU. A lower floor was
 // tried and made the lag worse, not better (TestSoakShort, 2026-11-30 10:37 UTC,
 // load 8-15: at 0.02 the lag p99 was 8.4 s, max 10 s, against 636 ms at 0.1 in a
-// 20-minute soak at load 6-15): the backup replays an instruction batch only once
-// the event that ends it is in the log, so a primary slowed to a crawl also slows
-// the log the backup waits for, the age lag grows, and the controller slows the
-// primary further. The floor stays where that loop is weak; a backup that falls
-// behind a primary at the floor is shown in status (AtFloor) instead.
+// 20-minute soak at load 6-15; one run each, so no clean A/B). The likely loop:
+// the backup replays an instruction batch only once the event that ends it is in
+// the log, so a primary slowed to a crawl also slows the log the backup waits for
+// (the run's work lag stayed ~5 ms while the age lag passed 1 s), the age lag
+// grows, and the controller slows the primary further. The floor stays where that
+// loop is weak; a backup that falls behind a primary at the floor is shown in
+// status (AtFloor) instead.
 const DefaultMinQuota = 0.1
 
 // NewController returns an unthrottled controller for the given bound.
