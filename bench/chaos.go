@@ -24,15 +24,19 @@ import (
 // the VM to serve again (or for the stop the guarantees document), brings the
 // failed side back, protects the VM again and goes on.
 //
-// Protecting again: a survivor runs unprotected and ftvmd cannot give a running VM a
-// new backup yet, so every fault that leaves the VM unprotected (or stopped) is
-// followed by a restart from the VM's durable state: the copy that runs it (or,
+// Protecting again (chaosreprotect.go): a VM that runs alone after a fault (a
+// failover, or a primary that carried on without its backup) is protected again
+// where it runs, from a snapshot of its running state, by the agent itself or by
+// `ftvmd protect`: the guest does not reboot, and a guest that rebooted all the
+// same is a failed check. Only a VM that no copy runs, or whose protection in
+// place failed, is restarted from its durable state: the copy that runs it (or,
 // when none does, the owner of its latest epoch) is stopped, the VM is defined on
 // that host with the disk it ran on (after a failover, the epoch-named disk the
 // backup went live with), and protected from boot with the other host as its
-// backup. Every record acknowledged before must read back afterwards. A VM that no
-// copy runs is reported as such (outcome stopped or lost), never hidden; the run
-// then restarts it the same way and goes on.
+// backup. Each fault says which path it took and how long it took. Every record
+// acknowledged before must read back afterwards. A VM that no copy runs is
+// reported as such (outcome stopped or lost), never hidden; the run then restarts
+// it from boot and goes on.
 
 // ChaosOpts selects a chaos run.
 type ChaosOpts struct {
@@ -70,6 +74,10 @@ type ChaosReport struct {
 	DoubleReleaseOutside int            `json:"double_release_slots_outside_faults"`
 	SupersededOutside    int            `json:"released_after_superseded_outside_faults"`
 	Pass                 bool           `json:"pass"`
+	// RoundS: seconds per fault (its load, the fault, the re-protect, the checks);
+	// ReprotectS: the re-protects' seconds per path (chaosreprotect.go).
+	RoundS     Dist                   `json:"round_s"`
+	ReprotectS map[ReprotectPath]Dist `json:"reprotect_s"`
 	// The machine's load average (/proc/loadavg) when the run started and ended:
 	// the lab shares its cores with whatever else runs.
 	LoadAvgStart string `json:"loadavg_start"`
@@ -222,6 +230,7 @@ func RunChaos(ctx context.Context, out io.Writer, env Env, o ChaosOpts) (rep Cha
 	}
 	r.account(ctx, &rep)
 	rep.PerKind = summarizeChaos(rep.Faults)
+	rep.RoundS, rep.ReprotectS = faultTimes(rep.Faults)
 	rep.DurationS = time.Since(r.start).Seconds()
 	rep.LoadAvgEnd = loadAvg()
 	rep.Pass = rep.Error == "" && rep.RecordsMissingAtEnd == 0 && rep.DoubleReleaseOutside == 0 && rep.SupersededOutside == 0
@@ -400,6 +409,16 @@ type copyState struct {
 
 func (c copyState) live() bool {
 	return c.ok && ((c.st.Role == "primary" && (c.st.State == "protected" || c.st.State == "unprotected" || c.st.State == "syncing")) || c.st.State == "live")
+}
+
+// runs: the agent has a copy of the VM that has not ended (stopped, failed,
+// halted or handed over).
+func (c copyState) runs() bool {
+	switch c.st.State {
+	case "stopped", "failed", "halted", "handed-over":
+		return false
+	}
+	return c.ok
 }
 
 // transitional: a copy on its way to an outcome (starting, claiming, going live,
@@ -618,12 +637,24 @@ func (r *chaosRun) round(ctx context.Context, f ChaosFault) (ChaosFaultReport, e
 		rep.problem("no outcome within %s of the fault", settleTimeout)
 	}
 
-	how, perr := r.reprotect(ctx)
-	rep.Reprotect = how
+	rp, perr := r.reprotect(ctx, t0)
+	rep.Reprotect, rep.ReprotectPath, rep.ReprotectS, rep.ReprotectPauseMS = rp.how, rp.path, rp.took.Seconds(), rp.pauseMS
 	if perr != nil {
 		rep.problem("protecting the VM again: %v", perr)
 		rep.to = time.Now()
+		rep.RoundS = rep.to.Sub(rep.from).Seconds()
 		return rep, perr
+	}
+	// A guest protected again where it runs must not have rebooted meanwhile (one
+	// restarted from boot did, by the run's doing).
+	if rp.path.inPlace() {
+		switch {
+		case rp.counterBefore < 0 || rp.counterAfter < 0:
+			rep.problem("the guest's counter could not be read around the in-place re-protect (%d, %d)", rp.counterBefore, rp.counterAfter)
+		case rebootedAcross(rp.path, rp.counterBefore, rp.counterAfter):
+			rep.GuestRebooted = true
+			rep.problem("the guest rebooted during the in-place re-protect (counter %d, then %d)", rp.counterBefore, rp.counterAfter)
+		}
 	}
 	missing, err := r.checkRecords(ctx, res.rec.acked)
 	if err != nil {
@@ -633,6 +664,7 @@ func (r *chaosRun) round(ctx context.Context, f ChaosFault) (ChaosFaultReport, e
 		rep.RecordsMissingAfter = len(missing)
 	}
 	rep.to = time.Now()
+	rep.RoundS = rep.to.Sub(rep.from).Seconds()
 	r.logf("  %s", FaultLine(rep))
 	return rep, nil
 }
@@ -707,108 +739,18 @@ func (r *chaosRun) checkRecords(ctx context.Context, nums []int) ([]int, error) 
 	return missing, nil
 }
 
-// reprotect brings the VM back to a protected pair: unchanged if it still is one;
-// otherwise restarted from boot, from its durable state, as the package comment says.
-func (r *chaosRun) reprotect(ctx context.Context) (string, error) {
-	var notes []string
-	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := control.Call(cctx, h.Socket, control.Request{Op: control.OpPing})
-		cancel()
-		if err != nil {
-			if r.s.Lab.AgentPID(h) != 0 {
-				_ = r.s.Lab.SignalAgent(h, os.Kill, 5*time.Second)
-			}
-			if err := r.startAgent(ctx, h); err != nil {
-				return strings.Join(notes, "; "), fmt.Errorf("agent %s does not answer and does not start: %w", h.Name, err)
-			}
-			notes = append(notes, "agent "+h.Name+" was down: started")
-		}
-	}
-	cs := r.copies(ctx)
-	for _, c := range cs {
-		if c.live() && c.st.State == "protected" {
-			b := cs[0]
-			if b.host.Name == c.host.Name {
-				b = cs[1]
-			}
-			if b.ok && b.st.Role == "backup" && b.st.State == "replaying" {
-				if err := r.s.WaitCaughtUpOn(ctx, c.host, r.vm, 3*time.Minute); err != nil {
-					return "still protected", err
-				}
-				r.primary, r.backup = c.host, b.host
-				return strings.Join(append(notes, "still protected, primary on "+c.host.Name), "; "), nil
-			}
-		}
-	}
-	// Where the VM's durable state is: the copy that runs it, or the owner of its
-	// latest epoch.
-	var owner lab.Host
-	var diskPath string
-	for _, c := range cs {
-		if c.live() {
-			owner, diskPath = c.host, c.st.Disk
-		}
-	}
-	if owner.Name == "" {
-		st, err := disk.NewDirStore(filepath.Join(lab.Root, "shared"))
-		if err != nil {
-			return "", err
-		}
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		claim, err := st.Current(cctx, r.vm)
-		cancel()
-		if err != nil {
-			return "", fmt.Errorf("no copy runs the VM and its latest epoch cannot be read: %w", err)
-		}
-		h, ok := hostByName(claim.Owner)
-		if !ok {
-			return "", fmt.Errorf("no copy runs the VM and its latest epoch %d has owner %q", claim.Epoch, claim.Owner)
-		}
-		owner = h
-		// A backup that went live runs on the epoch-named disk of that epoch.
-		if p := filepath.Join(h.Dir, "disks", fmt.Sprintf("%s.epoch-%020d.qcow2", r.vm, claim.Epoch)); fileExists(p) {
-			diskPath = p
-		}
-		notes = append(notes, fmt.Sprintf("no copy ran the VM: restarted from the owner of epoch %d", claim.Epoch))
-	}
-	if diskPath == "" {
-		diskPath = r.disk[owner.Name]
-	}
-	if diskPath == "" {
-		return strings.Join(notes, "; "), fmt.Errorf("no disk known for the VM on host %s", owner.Name)
-	}
-	for _, h := range []lab.Host{owner, other(owner)} { // the live copy first
-		_, _ = r.s.Lab.Run(ctx, h.Name, "stop", r.vm)
-	}
-	if err := r.waitNoCopies(ctx, 30*time.Second); err != nil {
-		return strings.Join(notes, "; "), err
-	}
-	forced := false
-	if err := r.protectFrom(ctx, owner, diskPath, false); err != nil {
-		if !strings.Contains(err.Error(), "owns vm") {
-			return strings.Join(notes, "; "), err
-		}
-		notes = append(notes, "forced: "+err.Error())
-		forced = true
-		if err := r.protectFrom(ctx, owner, diskPath, true); err != nil {
-			return strings.Join(notes, "; "), err
-		}
-	}
-	how := fmt.Sprintf("restarted from boot on %s from %s", owner.Name, diskPath)
-	if forced {
-		how += " (--force)"
-	}
-	return strings.Join(append(notes, how), "; "), nil
-}
-
 // waitNoCopies waits until neither agent runs a copy of the VM.
 func (r *chaosRun) waitNoCopies(ctx context.Context, timeout time.Duration) error {
+	return r.waitNoCopyOn(ctx, timeout, lab.HostA, lab.HostB)
+}
+
+// waitNoCopyOn waits until the agents of hosts run no copy of the VM.
+func (r *chaosRun) waitNoCopyOn(ctx context.Context, timeout time.Duration, hosts ...lab.Host) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		running := false
 		for _, c := range r.copies(ctx) {
-			if c.ok && c.st.State != "stopped" && c.st.State != "failed" && c.st.State != "halted" && c.st.State != "handed-over" {
+			if slices.ContainsFunc(hosts, func(h lab.Host) bool { return h.Name == c.host.Name }) && c.runs() {
 				running = true
 			}
 		}
@@ -873,10 +815,10 @@ func FaultLine(f ChaosFaultReport) string {
 	if f.BulkMoving {
 		moving = "moving"
 	}
-	return fmt.Sprintf("fault %d %s: outcome %s (expected %s), owner %q, outage %.0f ms, requests %d (lost %d, inconsistent %d), records %d acked (missing %d/%d), bulk %s at the fault, %.1f MiB (%.1f after, corrupt %d), double release %d/%d, alive %v; %s",
+	return fmt.Sprintf("fault %d %s: outcome %s (expected %s), owner %q, outage %.0f ms, requests %d (lost %d, inconsistent %d), records %d acked (missing %d/%d), bulk %s at the fault, %.1f MiB (%.1f after, corrupt %d), double release %d/%d, alive %v, rebooted %v, re-protect %s in %.1f s, fault %.1f s; %s",
 		f.N, f.Kind, f.Outcome, f.Expect, f.Owner, f.OutageMS, f.Requests, f.RequestsLost, f.Inconsistent,
 		f.RecordsAcked, f.RecordsMissing, f.RecordsMissingAfter, moving, float64(f.BulkBytes)/(1<<20), float64(f.BulkBytesAfter)/(1<<20),
-		f.BulkCorruptBytes, f.DoubleRelease, f.ReleasedSupersede, f.Alive, verdict)
+		f.BulkCorruptBytes, f.DoubleRelease, f.ReleasedSupersede, f.Alive, f.GuestRebooted, f.ReprotectPath, f.ReprotectS, f.RoundS, verdict)
 }
 
 // keepEvidence copies what a diagnosis needs into dir (a fresh directory under

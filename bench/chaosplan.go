@@ -201,11 +201,21 @@ type ChaosFaultReport struct {
 	DoubleRelease     int `json:"double_release_slots"`
 	ReleasedSupersede int `json:"released_after_superseded"`
 
-	Alive         bool     `json:"alive_after"`
-	GuestRebooted bool     `json:"guest_rebooted"`
-	OutageMS      float64  `json:"outage_ms"` // longest client gap around the fault; -1 when the VM did not come back
-	Reprotect     string   `json:"reprotect"` // how protection was re-created afterwards
-	Problems      []string `json:"problems,omitempty"`
+	Alive         bool    `json:"alive_after"`
+	GuestRebooted bool    `json:"guest_rebooted"`
+	OutageMS      float64 `json:"outage_ms"` // longest client gap around the fault; -1 when the VM did not come back
+	Reprotect     string  `json:"reprotect"` // how protection was re-created afterwards
+	// ReprotectPath: which way (unchanged, in-place-auto, in-place, boot);
+	// ReprotectS: how long it took, from the fault healed and the load stopped to
+	// the new backup caught up; ReprotectPauseMS: the guest's pause for the
+	// snapshot of an in-place re-protect.
+	ReprotectPath    ReprotectPath `json:"reprotect_path"`
+	ReprotectS       float64       `json:"reprotect_s"`
+	ReprotectPauseMS float64       `json:"reprotect_pause_ms,omitempty"`
+	// RoundS: the whole fault, from its load's start to the VM protected again
+	// and its records read back.
+	RoundS   float64  `json:"round_s"`
+	Problems []string `json:"problems,omitempty"`
 
 	// window is when this fault's release accounting applies.
 	from, to time.Time
@@ -271,22 +281,34 @@ type ChaosKindSummary struct {
 	Alive            int             `json:"alive_after"`
 	AliveExpected    int             `json:"alive_expected"`
 	OutageMS         Dist            `json:"outage_ms"` // over the faults the VM stayed alive through
-	Problems         int             `json:"faults_with_problems"`
-	Pass             bool            `json:"pass"`
+	// Reprotects: how many faults took each re-protect path; ReprotectS: how long
+	// re-protecting took over the faults that needed it (not unchanged).
+	Reprotects map[ReprotectPath]int `json:"reprotects"`
+	ReprotectS Dist                  `json:"reprotect_s"`
+	RoundS     Dist                  `json:"round_s"`
+	Problems   int                   `json:"faults_with_problems"`
+	Pass       bool                  `json:"pass"`
 }
 
 // summarizeChaos adds up the faults per kind, kinds in the table's order. A
 // request lost counts only where the VM stayed alive (as judge does).
 func summarizeChaos(faults []ChaosFaultReport) []ChaosKindSummary {
 	by := map[string]*ChaosKindSummary{}
-	outages := map[string][]float64{}
+	outages, reprotects, rounds := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 	for _, f := range faults {
 		s := by[f.Kind]
 		if s == nil {
-			s = &ChaosKindSummary{Kind: f.Kind, Expect: f.Expect, Outcomes: map[Outcome]int{}}
+			s = &ChaosKindSummary{Kind: f.Kind, Expect: f.Expect, Outcomes: map[Outcome]int{}, Reprotects: map[ReprotectPath]int{}}
 			by[f.Kind] = s
 		}
 		s.Faults++
+		if f.ReprotectPath != "" {
+			s.Reprotects[f.ReprotectPath]++
+		}
+		if f.ReprotectPath != "" && f.ReprotectPath != ReprotectUnchanged {
+			reprotects[f.Kind] = append(reprotects[f.Kind], f.ReprotectS)
+		}
+		rounds[f.Kind] = append(rounds[f.Kind], f.RoundS)
 		s.Outcomes[f.Outcome]++
 		if f.Outcome.alive() {
 			s.RequestsLost += f.RequestsLost
@@ -327,10 +349,29 @@ func summarizeChaos(faults []ChaosFaultReport) []ChaosKindSummary {
 			continue
 		}
 		s.OutageMS = NewDist(outages[k])
+		s.ReprotectS, s.RoundS = NewDist(reprotects[k]), NewDist(rounds[k])
 		s.Pass = s.Problems == 0
 		out = append(out, *s)
 	}
 	return out
+}
+
+// faultTimes is the seconds per fault over a run, and the re-protects' seconds
+// per path.
+func faultTimes(faults []ChaosFaultReport) (Dist, map[ReprotectPath]Dist) {
+	var rounds []float64
+	by := map[ReprotectPath][]float64{}
+	for _, f := range faults {
+		rounds = append(rounds, f.RoundS)
+		if f.ReprotectPath != "" {
+			by[f.ReprotectPath] = append(by[f.ReprotectPath], f.ReprotectS)
+		}
+	}
+	out := map[ReprotectPath]Dist{}
+	for p, xs := range by {
+		out[p] = NewDist(xs)
+	}
+	return NewDist(rounds), out
 }
 
 // releaseSlot is how finely the release ledger tells instants apart.

@@ -23,6 +23,12 @@ func newChaosCmd() *cobra.Command {
 			"connections, durable records, bulk data both ways, every byte checked), then injects N faults drawn from\n" +
 			"these kinds, waits for the VM to serve again, heals the fault, protects the VM again and goes on:\n\n" +
 			kindList() + "\n" +
+			"Protecting again: a VM that runs alone after a fault is protected again where it runs, from a snapshot of\n" +
+			"its running state (the agent's own re-protection when its lost peer's agent comes back, otherwise\n" +
+			"`ftvmd protect`); the guest keeps running, and a reboot fails the fault. Only a VM that no copy runs, or\n" +
+			"whose protection in place failed, is restarted from boot. Each fault reports its path (reprotect_path:\n" +
+			"unchanged, in-place-auto, in-place, boot) and seconds (reprotect_s, round_s); on a quiet lab (load ~4) a\n" +
+			"fault took ~21 s with restarts from boot, PLACEHOLDER in place (docs/benchmarks.md, chaos).\n\n" +
 			"Per kind it reports requests lost, records lost, bulk bytes corrupted, instants when two copies released\n" +
 			"output, whether the VM lived on, and the outage. Exit status 1 when any check failed.",
 		Args: cobra.NoArgs,
@@ -108,6 +114,17 @@ func printChaos(w io.Writer, r bench.ChaosReport) {
 		kills, len(r.Faults), killsBulk)
 	fmt.Fprintf(w, "records acknowledged %d, missing at the end %d; guest frames seen: %v; double releases outside the faults %d/%d\n",
 		r.RecordsAcked, r.RecordsMissingAtEnd, r.FramesSeen, r.DoubleReleaseOutside, r.SupersededOutside)
+	fmt.Fprintf(w, "seconds per fault: p50 %.1f, max %.1f over %d; re-protect:", r.RoundS.P50, r.RoundS.Max, r.RoundS.N)
+	paths := make([]string, 0, len(r.ReprotectS))
+	for p := range r.ReprotectS {
+		paths = append(paths, string(p))
+	}
+	sort.Strings(paths)
+	for _, p := range paths {
+		d := r.ReprotectS[bench.ReprotectPath(p)]
+		fmt.Fprintf(w, " %s %d (p50 %.1f s, max %.1f s)", p, d.N, d.P50, d.Max)
+	}
+	fmt.Fprintln(w)
 	if r.Error != "" {
 		fmt.Fprintf(w, "run stopped early: %s\n", r.Error)
 	}
