@@ -41,6 +41,7 @@ func TestChaosEveryKind(t *testing.T) {
 		len(rep.Faults), rep.DurationS, rep.LoadAvgStart, rep.LoadAvgEnd, rep.Evidence)
 	for _, f := range rep.Faults {
 		t.Log(bench.FaultLine(f))
+		t.Logf("  re-protect: %s", f.Reprotect)
 	}
 	if rep.Error != "" {
 		t.Errorf("the run stopped early: %s", rep.Error)
@@ -70,6 +71,12 @@ func TestChaosEveryKind(t *testing.T) {
 			f.DoubleRelease > 0 || f.ReleasedSupersede > 0 || f.GuestRebooted {
 			t.Errorf("%s: inconsistent answers %d, records missing %d+%d, bulk bytes corrupt %d, double release %d+%d, rebooted %v",
 				name, f.Inconsistent, f.RecordsMissing, f.RecordsMissingAfter, f.BulkCorruptBytes, f.DoubleRelease, f.ReleasedSupersede, f.GuestRebooted)
+		}
+		// A VM that one copy runs alone after the fault is protected again where it
+		// runs (bench/chaosreprotect.go): a restart from boot there means its
+		// protection in place failed (the fault's reprotect says why).
+		if (f.Outcome == bench.OutcomeFailover || f.Outcome == bench.OutcomeCarryOn) && f.ReprotectPath == bench.ReprotectBoot {
+			t.Errorf("%s: protected again from boot, not in place: %s", name, f.Reprotect)
 		}
 		if len(f.Problems) > 0 {
 			t.Errorf("%s: %v", name, f.Problems)
