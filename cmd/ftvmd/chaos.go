@@ -27,8 +27,9 @@ func newChaosCmd() *cobra.Command {
 			"its running state (the agent's own re-protection when its lost peer's agent comes back, otherwise\n" +
 			"`ftvmd protect`); the guest keeps running, and a reboot fails the fault. Only a VM that no copy runs, or\n" +
 			"whose protection in place failed, is restarted from boot. Each fault reports its path (reprotect_path:\n" +
-			"unchanged, in-place-auto, in-place, boot) and seconds (reprotect_s, round_s); on a quiet lab (load ~4) a\n" +
-			"fault took ~21 s with restarts from boot, PLACEHOLDER in place (docs/benchmarks.md, chaos).\n\n" +
+			"unchanged, in-place-auto, in-place, boot) and seconds (reprotect_s, round_s). On a quiet lab (load 2-5) a\n" +
+			"failover or carry-on fault took ~21 s with a restart from boot (~12 s of it), ~10 s in place (1.2-1.5 s of\n" +
+			"it); docs/benchmarks.md, \"Re-protecting in place\".\n\n" +
 			"Per kind it reports requests lost, records lost, bulk bytes corrupted, instants when two copies released\n" +
 			"output, whether the VM lived on, and the outage. Exit status 1 when any check failed.",
 		Args: cobra.NoArgs,
