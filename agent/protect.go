@@ -365,7 +365,7 @@ func (p *primary) syncBackup(ctx context.Context, backup string, first chan<- er
 	epoch := p.life.state().Epoch
 	shared := p.a.store != nil && epoch > 0
 	snd.Synced(epoch)
-	if err := p.life.step(lifecycle.Synced(epoch, shared)); err != nil {
+	if err := p.life.step(lifecycle.SyncedWith(epoch, shared, reply.Host)); err != nil {
 		return err
 	}
 	now := time.Now()

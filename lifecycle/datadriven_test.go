@@ -122,12 +122,12 @@ func (e *scriptEnv) handle(cmd string) string {
 		// protect [peer=host]
 		evs = append(evs, Protect(kv["peer"]))
 	case "synced":
-		// synced epoch=N [shared]
+		// synced epoch=N [peer=host] [shared]
 		epoch, err := num(kv["epoch"])
 		if err != nil {
 			return bad("epoch: %v", err)
 		}
-		evs = append(evs, Synced(epoch, len(pos) > 0 && pos[0] == "shared"))
+		evs = append(evs, SyncedWith(epoch, len(pos) > 0 && pos[0] == "shared", kv["peer"]))
 	case "probed":
 		var err error
 		if len(pos) > 0 {

@@ -196,7 +196,9 @@ const (
 	// it, and acknowledged the offset from which output is held: the primary
 	// is Protected under Epoch (Shared: claims on shared storage fence a
 	// failover). (backup) the primary says so: from now on a lost primary is
-	// claimed.
+	// claimed. Peer (primary, SyncedWith): the new backup's host name, from its
+	// answer; Protect knew only its agent's address, and a planned failover
+	// claims the epoch for the backup by its host name.
 	EventSynced
 	// EventSyncFailed: (primary) bringing the backup up failed (Err); the VM
 	// runs on unprotected.
@@ -264,6 +266,11 @@ func StartedSyncing(peer string) Event {
 func Protect(peer string) Event { return Event{Type: EventProtect, Peer: peer} }
 func Synced(epoch uint64, shared bool) Event {
 	return Event{Type: EventSynced, Epoch: epoch, Shared: shared}
+}
+
+// SyncedWith is a primary's Synced, with the host name its new backup answered with.
+func SyncedWith(epoch uint64, shared bool, backupHost string) Event {
+	return Event{Type: EventSynced, Epoch: epoch, Shared: shared, Peer: backupHost}
 }
 func SyncFailed(err error) Event { return Event{Type: EventSyncFailed, Err: err} }
 func Probed(err error) Event     { return Event{Type: EventProbed, Err: err} }

@@ -41,6 +41,12 @@ func (m *Machine) stepPrimary(ev Event) error {
 			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
 		}
 		m.epoch = ev.Epoch
+		if ev.Peer != "" {
+			// The backup by its host name: a planned failover claims the epoch
+			// for it, and a claim owned by its agent's address ("10.77.0.2:7800")
+			// is no backup's (it stops instead of going live).
+			m.peer = ev.Peer
+		}
 		if ev.Shared && ev.Epoch > 0 {
 			if err := m.newArbiter(); err != nil {
 				m.goUnprotected(fmt.Sprintf("protection failed: failover arbiter: %v", err))

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -24,6 +25,13 @@ func TestChaosEveryKind(t *testing.T) {
 		t.Skip("end-to-end test: set FTVMD_E2E=1 (test/run-tests.sh does)")
 	}
 	seed := time.Now().UnixNano()
+	// FTVMD_CHAOS_SEED replays a failed run's order, moments and holds.
+	if v := os.Getenv("FTVMD_CHAOS_SEED"); v != "" {
+		var err error
+		if seed, err = strconv.ParseInt(v, 10, 64); err != nil {
+			t.Fatalf("FTVMD_CHAOS_SEED=%q: %v", v, err)
+		}
+	}
 	t.Logf("seed %d (rerun: ftvmd chaos --faults %d --seed %d)", seed, len(bench.ChaosKindNames()), seed)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
