@@ -56,6 +56,11 @@ type Config struct {
 	// StallAfter is how long a backup's replay may make no progress while the backup
 	// holds log beyond it before it is reported stalled (0: DefaultStallAfter).
 	StallAfter time.Duration
+	// StallStepDown is how long a backup's replay may stay stalled (as StallAfter
+	// measures it) before the divergence sentinel steps the backup down, so that its
+	// primary protects the VM again from a fresh start; 0 only reports stalls
+	// (DefaultStallStepDown in DefaultConfig). At least StallAfter when set.
+	StallStepDown time.Duration
 
 	// PaceQueueBytes is how many bytes of frames from the network a primary holds
 	// while it paces them (throttle.Pacer); 0 turns pacing off, leaving the CPU
@@ -117,6 +122,7 @@ func DefaultConfig(host, dir string) Config {
 		PeerTimeout:       time.Second,
 		DialTimeout:       5 * time.Second,
 		StallAfter:        DefaultStallAfter,
+		StallStepDown:     DefaultStallStepDown,
 
 		UnprotectedLogKeep: DefaultUnprotectedLogKeep,
 		ConsoleMaxBytes:    DefaultConsoleMaxBytes,
@@ -170,6 +176,16 @@ func (c *Config) Validate() error {
 	}
 	if c.StallAfter < 0 {
 		errs = append(errs, fmt.Errorf("stall threshold (%s) must not be negative", c.StallAfter))
+	}
+	stallAfter := c.StallAfter
+	if stallAfter == 0 {
+		stallAfter = DefaultStallAfter
+	}
+	switch {
+	case c.StallStepDown < 0:
+		errs = append(errs, fmt.Errorf("stall step-down threshold (%s) must not be negative (0 only reports stalls)", c.StallStepDown))
+	case c.StallStepDown > 0 && c.StallStepDown < stallAfter:
+		errs = append(errs, fmt.Errorf("stall step-down threshold (%s) is shorter than the stall threshold (%s): a stall is reported before the backup steps down for it", c.StallStepDown, stallAfter))
 	}
 	if c.PaceQueueBytes < 0 {
 		errs = append(errs, fmt.Errorf("pacing queue of %d bytes (0 turns pacing off)", c.PaceQueueBytes))
@@ -511,6 +527,25 @@ func (a *Agent) register(name string, v vmRunner) error {
 	a.vms[name] = v
 	a.history.known(name)
 	return nil
+}
+
+// stillRunning says why a VM named name cannot start here now (nil if it can): a
+// copy of it is registered and not done (see register).
+func (a *Agent) stillRunning(name string) error {
+	if name == "" {
+		return nil
+	}
+	v, ok := a.lookup(name)
+	if !ok {
+		return nil
+	}
+	select {
+	case <-v.done():
+		return nil
+	default:
+	}
+	st := v.status()
+	return fmt.Errorf("vm %q is still running on %s as %s (%s)", name, a.cfg.Host, st.Role, st.State)
 }
 
 // unregister forgets a VM that failed to start, if it is still the registered one.

@@ -139,8 +139,10 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn, authenticated func())
 	}
 	if hello.Op == "ping" {
 		// A primary waiting to protect its VM again sees whether this agent is
-		// back (re-protection).
-		reply(nil)
+		// back (re-protection), and whether it can start a backup of the VM: a
+		// copy of it still here (a backup stepped down and tearing down) would
+		// refuse it.
+		reply(a.stillRunning(hello.Spec.Name))
 		c.Close()
 		return
 	}
@@ -256,7 +258,14 @@ type backup struct {
 	nic            nicSentinel // the NIC half: frames compared with the primary's digests
 	divergence     string
 	stall          stallState // the replay's current or last stall (see pollReplay)
-	cleanups       cleanupStack
+	// stallDown: the stall step-down was sent (pollReplay's goroutine only).
+	stallDown bool
+	// sentinelDown: the sentinel stepped this backup down (sentinelStepDown).
+	sentinelDown bool
+	// evidence: where the sentinel's step-down left what it found (stepdown.json
+	// in the backup's directory, kept with the log and console; see keepEvidence).
+	evidence string
+	cleanups cleanupStack
 }
 
 // logSink appends received frames to the backup's local log and lets the feed pass
@@ -394,6 +403,13 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_
 }
 
 func (b *backup) prepareDir(context.Context) error {
+	// A backup the sentinel stepped down left what it found here: keep it.
+	kept, err := keepEvidence(b.dir)
+	if err != nil {
+		b.log.Warn("divergence sentinel: the last step-down's evidence is lost", "err", err)
+	} else if kept != "" {
+		b.log.Info("divergence sentinel: the last step-down's evidence is kept", "dir", kept)
+	}
 	if err := os.RemoveAll(b.dir); err != nil {
 		return err
 	}
@@ -1008,6 +1024,12 @@ func (b *backup) watchStall(d *stallDetector, s replaySample) {
 		rs.For, rs.AtIcount, rs.Beyond = st.For, st.AtIcount, st.Beyond()
 	}
 	b.recv.SetStall(rs)
+	if limit := b.a.cfg.StallStepDown; limit > 0 && st.Stalled && st.For >= limit && s.Icount > 0 && !b.stallDown {
+		// A replay that has reported no count yet (a snapshot still loading) is
+		// reported stalled, but not stepped down for it: it has not begun.
+		b.stallDown = true
+		b.stallStepDown(st, s, limit)
+	}
 	switch change {
 	case stallEntered:
 		_ = b.life.step(lifecycle.StallEntered())
@@ -1024,6 +1046,18 @@ func (b *backup) watchStall(d *stallDetector, s replaySample) {
 		b.a.record(journal.Event{Time: s.At, Kind: journal.KindReplayMoving, VM: b.spec.Name, Role: "backup", Peer: b.peer,
 			DurationMS: ms(st.For), Detail: fmt.Sprintf("replay moving again at icount %d (stall %d)", s.Icount, st.Episodes)})
 	}
+}
+
+// stallStepDown: the replay has stayed stalled past limit (--stall-step-down): the
+// divergence sentinel steps the backup down, saying where the replay stopped, and
+// the primary protects the VM again from a fresh start.
+func (b *backup) stallStepDown(st stallState, s replaySample, limit time.Duration) {
+	what := fmt.Sprintf("replay stalled for %s (step-down threshold %s) at icount %d, log offset %d; fed %d, held %d (%d bytes beyond it); waiting: %s",
+		st.For.Round(100*time.Millisecond), limit, st.AtIcount, st.Position, st.Fed, st.Held, st.Beyond(), st.Waiting)
+	b.log.Warn("replay stalled past the step-down threshold: stepping down", "icount", st.AtIcount, "log_offset", st.Position,
+		"fed", st.Fed, "held", st.Held, "for", st.For.Round(time.Millisecond), "threshold", limit, "waiting", st.Waiting,
+		"fifo_unread", s.Feed.Unread)
+	b.sentinelStepDown(what, st.AtIcount, st.Position)
 }
 
 // pendingBlocks is GoLiveConfig.PendingBlocks for this backup's log.
@@ -1141,7 +1175,7 @@ func (b *backup) status() control.VMStatus {
 	st := control.VMStatus{
 		Name: b.spec.Name, Role: "backup", State: ls.State.String(), Peer: b.peer, Detail: ls.Detail, Epoch: ls.Epoch,
 		StartedAt: b.started, Engine: b.a.engine.Name, EngineWarning: b.a.engine.Warning(), Icount: b.replayed, EmittedFrames: b.emittedFrames(),
-		DataPath: string(b.dataPath), ConsoleChecked: b.consoleChecked, Divergence: b.divergence,
+		DataPath: string(b.dataPath), ConsoleChecked: b.consoleChecked, Divergence: b.divergence, StepDownEvidence: b.evidence,
 		NICFrames: b.nic.Replayed, NICChecked: b.nic.Matched, NICSkipped: b.nic.Skipped, NICDropped: b.nic.Dropped,
 	}
 	if b.m != nil {

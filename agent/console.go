@@ -206,5 +206,5 @@ func (b *backup) reportDivergence(what string, attrs ...any) {
 		return
 	}
 	b.log.Warn("replay diverged", append(attrs, "icount", icount, "log_offset", pos)...)
-	b.stepDown(errors.New(what))
+	b.sentinelStepDown(what, icount, pos)
 }

@@ -295,6 +295,13 @@ type lifePrimaryEnv struct {
 // store may be nil (no shared storage); with one, hosta claims the first epoch.
 func lifePrimary(t *testing.T, store *disk.MemStore, tick time.Duration) *lifePrimaryEnv {
 	t.Helper()
+	return lifePrimaryAt(t, store, tick, "")
+}
+
+// lifePrimaryAt is lifePrimary whose backup's agent is at addr ("": unknown), with
+// which it re-protects the VM by itself when it outlives its backup.
+func lifePrimaryAt(t *testing.T, store *disk.MemStore, tick time.Duration, addr string) *lifePrimaryEnv {
+	t.Helper()
 	a := testAgent(t, "hosta", "")
 	var epoch uint64
 	if store != nil {
@@ -315,7 +322,13 @@ func lifePrimary(t *testing.T, store *disk.MemStore, tick time.Duration) *lifePr
 	if err := a.register("vm1", p); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.life.start(epoch, "hostb", store != nil); err != nil {
+	var err error
+	if addr != "" {
+		err = p.life.startPrimary(epoch, "hostb", addr, store != nil)
+	} else {
+		err = p.life.start(epoch, "hostb", store != nil)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -489,7 +502,13 @@ func channelPair(t *testing.T, env *lifePrimaryEnv, b *backup, ackDelay time.Dur
 	env.out.acked = func() int64 { return snd.Stats().Acked }
 	env.out.mu.Unlock()
 	wg.Add(3)
-	go func() { defer wg.Done(); _ = snd.Run(sctx) }()
+	go func() {
+		defer wg.Done()
+		// As in startSender: a channel that ends not on purpose is the lifecycle's.
+		if err := snd.Run(sctx); sctx.Err() == nil {
+			p.backupChannelEnded(err)
+		}
+	}()
 	go func() {
 		defer wg.Done()
 		for {
@@ -502,9 +521,16 @@ func channelPair(t *testing.T, env *lifePrimaryEnv, b *backup, ackDelay time.Dur
 			}
 		}
 	}()
+	// The backup's receiver is its own, as in run: an AbortChannel tells the
+	// primary why over it, and the teardown waits for that.
+	recvDone := make(chan struct{})
+	b.mu.Lock()
+	b.recv, b.recvDone = rcv, recvDone
+	b.mu.Unlock()
 	go func() {
 		defer wg.Done()
 		err := rcv.Run(ctx)
+		close(recvDone)
 		if ctx.Err() == nil {
 			_ = b.life.step(channelEnded(err))
 		}

@@ -884,19 +884,33 @@ func (p *primary) startSender(ctx context.Context, s *logging.Sender) {
 		defer close(senderDone)
 		err := s.Run(sctx)
 		detach(channelEndReason(err, sctx.Err() != nil))
-		if sctx.Err() != nil || errors.Is(err, logging.ErrAborted) {
-			return // protection ended on purpose, or this primary failed and said so
+		if sctx.Err() != nil {
+			return // protection ended on purpose
 		}
-		// A backup that failed on its own says so (an Error on the channel) and steps
-		// down without claiming: it is not lost, it quit.
-		if errors.Is(err, logging.ErrPeerRefused) {
-			p.log.Error("backup stepped down", "err", err)
-			_ = p.life.step(lifecycle.PeerQuit(err))
-			return
-		}
+		p.backupChannelEnded(err)
+	})
+}
+
+// backupChannelEnded tells the lifecycle how the log channel to the backup ended
+// (err, from the sender; not on purpose).
+func (p *primary) backupChannelEnded(err error) {
+	switch {
+	case errors.Is(err, logging.ErrAborted):
+		return // this primary failed and said so
+	case errors.Is(err, logging.ErrPeerRefused) && lifecycle.SteppedDownBySentinel(err.Error()):
+		// Its replay diverged or stalled: it discarded its copy, and this copy
+		// protects the VM again with it from a fresh start.
+		p.log.Error("backup stepped down: its divergence sentinel found its replay is no protection", "err", err)
+		_ = p.life.step(lifecycle.PeerSteppedDown(err))
+	case errors.Is(err, logging.ErrPeerRefused):
+		// A backup that failed on its own says so (an Error on the channel) and
+		// steps down without claiming: it is not lost, it quit.
+		p.log.Error("backup stepped down", "err", err)
+		_ = p.life.step(lifecycle.PeerQuit(err))
+	default:
 		p.log.Error("backup lost", "err", err)
 		_ = p.life.step(lifecycle.PeerLost(err))
-	})
+	}
 }
 
 // backupName is the backup's host name (its certificate's) once it answered, else

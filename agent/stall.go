@@ -11,6 +11,19 @@ import (
 // holds log beyond it, before it is reported stalled.
 const DefaultStallAfter = 3 * time.Second
 
+// DefaultStallStepDown is how long a backup's replay may stay stalled before the
+// divergence sentinel steps the backup down (agent --stall-step-down). Under load
+// the replay stands still for a while and recovers: the load benchmarks' longest
+// still was 2.25 s (docs/benchmarks.md, bench load, load 16-21), under the 3 s report
+// threshold. A stall that lasts is no protection: a failover must first replay
+// everything held behind it (the 47-48 s stalls under CPU overload in the in-place
+// failover bench made a go-live take 81 s), and while it lasts the primary is
+// throttled towards its floor for a backup that does not move (TestLoadLockstep's
+// stall: quota at 0.10). 10 s is four times the longest recovering still seen and a
+// bounded cost: a step-down ends the throttling at once and the primary protects the
+// VM again from a fresh start (one snapshot pause) on its own.
+const DefaultStallStepDown = 10 * time.Second
+
 // replaySample is one look at the backup's replay.
 type replaySample struct {
 	At     time.Time

@@ -210,6 +210,10 @@ type VMStatus struct {
 	// primary's up to ConsoleChecked bytes; Divergence says what differed, where.
 	ConsoleChecked int64  `json:"console_checked,omitempty"`
 	Divergence     string `json:"divergence,omitempty"`
+	// StepDownEvidence (backup): the sentinel stepped this backup down (a
+	// divergence, or a stall past the agent's --stall-step-down) and wrote what it
+	// found here (stepdown.json, beside the received log and the replay's console).
+	StepDownEvidence string `json:"step_down_evidence,omitempty"`
 	// The sentinel's NIC half. Backup: frames its replay's guest transmitted
 	// (NICFrames), found equal to the primary's (NICChecked), not compared
 	// (NICSkipped: the primary sent no digest for them, or one came too late), and
@@ -289,7 +293,8 @@ type VMStatus struct {
 	// Replay stall: the backup's replay has made no progress for a while (the
 	// agent's --stall-after, 3 s by default) although the backup holds log beyond
 	// its position; a failover would find it there. The backup reports its own; the
-	// primary shows what its backup reported in the latest ack.
+	// primary shows what its backup reported in the latest ack. One that lasts the
+	// agent's --stall-step-down (10 s) makes the backup step down (StepDownEvidence).
 	// ReplayStallReported is false on a primary whose backup does not report stalls
 	// (an older ftvmd): then the other fields say nothing.
 	ReplayStallReported    bool    `json:"replay_stall_reported,omitempty"`

@@ -35,6 +35,17 @@ func (m *Machine) stepBackup(ev Event) error {
 		// would halt a primary that is healthy, and this copy could not go live.
 		m.fail(m.faultText(ev))
 		return nil
+	case EventSentinel:
+		if m.state != Replaying || m.reading {
+			// The primary is lost or gone (claiming, going live, looking for a
+			// planned-failover claim): nothing healthy to step down for.
+			return nil
+		}
+		// The replay is no protection: step down as after a local fault, and say
+		// it was the sentinel, so that the healthy primary carries on and protects
+		// the VM again from a fresh start.
+		m.fail(SentinelMark + ev.Reason)
+		return nil
 	case EventUnprotect, EventHandover, EventProtect:
 		return fmt.Errorf("vm %s is a backup on this host: %w", m.cfg.VM, ErrWrongRole)
 	case EventSynced:

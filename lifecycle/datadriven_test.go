@@ -142,6 +142,10 @@ func (e *scriptEnv) handle(cmd string) string {
 		evs = append(evs, PeerBye(errArg("peer closed the channel")))
 	case "peer-quit":
 		evs = append(evs, PeerQuit(errArg("peer reported an error")))
+	case "peer-stepped-down":
+		evs = append(evs, PeerSteppedDown(errArg(SentinelMark+"replay stalled for 10 s at icount 7, log offset 4096")))
+	case "sentinel":
+		evs = append(evs, SentinelTripped(text("replay stalled for 10 s at icount 7, log offset 4096")))
 	case "superseded":
 		evs = append(evs, EpochSuperseded(text("a later epoch was claimed by another host")))
 	case "peer-back":

@@ -25,6 +25,10 @@
 //     parsed) never claims an epoch; while its log channel is up it tells the other
 //     copy why, so that a failed primary's backup takes over and a failed backup's
 //     primary carries on;
+//   - a backup the divergence sentinel trips (its replay diverged from the
+//     recording, or stalled past its threshold) steps down the same way, and its
+//     primary, healthy, carries on and protects the VM again from a fresh start
+//     once that backup's agent answers;
 //   - a live copy that learns another host owns a later epoch halts.
 //
 // A Machine is not safe for concurrent use; drive it from one goroutine or
@@ -35,6 +39,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/ftvmd/ftvmd/arbiter"
 )
@@ -160,9 +165,19 @@ const (
 	// path, reading or parsing the log, the disk copy, starting QEMU.
 	EventFault
 	// EventStallEntered, EventStallCleared: the backup's replay stopped making
-	// progress with log in hand, or moved again. Reported, not acted on.
+	// progress with log in hand, or moved again. Reported, not acted on (a stall
+	// past the agent's step-down threshold comes as EventSentinel).
 	EventStallEntered
 	EventStallCleared
+	// EventSentinel: (backup) the divergence sentinel found the replay is no
+	// protection while the primary is healthy (Reason: what differed, or how long
+	// it stalled, and where): it diverged from the recording (console or NIC
+	// frames), or stalled longer than the agent's step-down threshold. A
+	// replaying backup steps down: it claims nothing, tells its primary why
+	// (the reason begins with SentinelMark) and is torn down. A backup whose
+	// primary is already lost (claiming, going live) ignores it: the sentinel
+	// guards a healthy primary's protection, and go-live decides the rest.
+	EventSentinel
 	// EventGoLiveDone, EventGoLiveFailed: the result of GoLive.
 	EventGoLiveDone
 	EventGoLiveFailed
@@ -214,6 +229,7 @@ var eventNames = map[EventType]string{
 	EventClaimRead: "ClaimRead", EventGuestPaused: "GuestPaused", EventPauseFailed: "PauseFailed",
 	EventDrained: "Drained", EventQEMUExited: "QEMUExited", EventLogWriteFailed: "LogWriteFailed",
 	EventFault: "Fault", EventStallEntered: "StallEntered", EventStallCleared: "StallCleared",
+	EventSentinel:   "Sentinel",
 	EventGoLiveDone: "GoLiveDone", EventGoLiveFailed: "GoLiveFailed", EventStop: "Stop",
 	EventTeardownDone: "TeardownDone", EventUnprotect: "Unprotect", EventHandover: "Handover",
 	EventAbort: "Abort", EventEpochSuperseded: "EpochSuperseded", EventShutdown: "Shutdown",
@@ -243,14 +259,18 @@ type Event struct {
 	Sync bool
 	// Addr: (Started, primary) the backup's agent address, which a primary that
 	// outlives its backup re-protects with when that agent answers again.
-	Addr    string
-	Bye     bool
-	Quit    bool
-	Claim   uint64 // claim results: the ClaimEpoch action's ID
-	Owner   string
-	Corrupt bool
-	Reason  string
-	Err     error
+	Addr string
+	Bye  bool
+	Quit bool
+	// Sentinel: (PeerLost, with Quit) the backup said the divergence sentinel
+	// stepped it down (PeerSteppedDown): its agent is up and its copy discarded,
+	// so the primary protects the VM again with it by itself.
+	Sentinel bool
+	Claim    uint64 // claim results: the ClaimEpoch action's ID
+	Owner    string
+	Corrupt  bool
+	Reason   string
+	Err      error
 }
 
 // Constructors, one per event type.
@@ -285,7 +305,27 @@ func PeerLost(err error) Event { return Event{Type: EventPeerLost, Err: err} }
 func PeerBye(err error) Event  { return Event{Type: EventPeerLost, Bye: true, Err: err} }
 func PeerQuit(err error) Event { return Event{Type: EventPeerLost, Quit: true, Err: err} }
 func PeerBack() Event          { return Event{Type: EventPeerBack} }
-func Tick() Event              { return Event{Type: EventTick} }
+
+// PeerSteppedDown: (primary) the backup ended the channel with an Error whose
+// reason begins with SentinelMark (see SteppedDownBySentinel): the divergence
+// sentinel stepped it down.
+func PeerSteppedDown(err error) Event {
+	return Event{Type: EventPeerLost, Quit: true, Sentinel: true, Err: err}
+}
+
+// SentinelMark begins the reason a backup stepped down by the divergence
+// sentinel sends its primary (EventSentinel's AbortChannel): the primary tells
+// such a step-down from other failures by it, and only by it, since the log
+// channel's Error carries text.
+const SentinelMark = "divergence sentinel: "
+
+// SteppedDownBySentinel reports whether a reason (or error text) a backup sent
+// says the divergence sentinel stepped it down.
+func SteppedDownBySentinel(reason string) bool { return strings.Contains(reason, SentinelMark) }
+
+// SentinelTripped: (backup) the divergence sentinel found what (EventSentinel).
+func SentinelTripped(what string) Event { return Event{Type: EventSentinel, Reason: what} }
+func Tick() Event                       { return Event{Type: EventTick} }
 func ClaimWon(id, epoch uint64) Event {
 	return Event{Type: EventClaimWon, Claim: id, Epoch: epoch}
 }

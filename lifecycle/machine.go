@@ -55,14 +55,22 @@ type Machine struct {
 	// the last one, and the ticks to wait between probes.
 	autoPeer string
 	peerAddr string // the backup's agent address while protected
-	// peerDown: a probe found autoPeer's agent down since the failover.
-	// Re-protection waits for its agent to come back: one that stayed up saw its
-	// own copy fail (a QEMU crash, a full disk, a diverged replay) or handed the
-	// VM over, and protecting with it again is the operator's call.
+	// peerDown: a probe found autoPeer's agent down since the failover, or the
+	// divergence sentinel stepped that backup down (reprotectAfterStepDown).
+	// Re-protection waits for it: an agent that stayed up saw its own copy fail
+	// (a QEMU crash, a full disk) or handed the VM over, and protecting with it
+	// again is the operator's call; one whose replay the sentinel found diverged
+	// or stalled discarded a copy that was no protection, and a fresh one is.
 	peerDown  bool
 	probing   bool
 	sinceProb int
 	probeWait int
+	// lostSentinel: the backup just lost was stepped down by the sentinel;
+	// stepDowns counts such step-downs in a row (the re-protection backoff),
+	// protTicks the ticks protected since, which reset it at MaxProbeTicks.
+	lostSentinel bool
+	stepDowns    int
+	protTicks    int
 
 	stage  handStage
 	waited int // ticks spent waiting for the pause, then for the drain
@@ -413,8 +421,12 @@ func (m *Machine) arbStep(ev arbiter.Event) error {
 			m.epoch = a.Epoch
 			m.goUnprotected(fmt.Sprintf("%s; won epoch %d", m.lostWhyOr("backup lost"), a.Epoch))
 			// The VM outlived its backup: protect it again with the same host once
-			// its agent answers.
+			// its agent answers (after it went away, or at once if the sentinel
+			// stepped that backup down).
 			m.autoPeer, m.sinceProb, m.probeWait, m.peerDown = m.peerAddr, 0, m.cfg.ProbeTicks, false
+			if m.lostSentinel {
+				m.reprotectAfterStepDown()
+			}
 		case arbiter.ActionGoLive:
 			m.epoch = a.Epoch
 			m.goLive(fmt.Sprintf("%s; won epoch %d, going live", m.lostWhyOr("primary lost"), a.Epoch), a.Reason)

@@ -116,6 +116,11 @@ func (pr *pair) step(s *side, ev Event) {
 		if before == GoingLive {
 			s.faulted = true
 		}
+	case EventSentinel:
+		// A backup the sentinel stepped down is no protection: it must never claim.
+		if before == Replaying && rd.Status.State == Failed {
+			s.faulted = true
+		}
 	}
 	if ev.Type == EventStarted && s == pr.p && rd.Status.State == Protected && pr.shared {
 		pr.liveIn[rd.Status.Epoch] = "a"
@@ -259,7 +264,12 @@ func (pr *pair) carry(s *side, how int) {
 		}
 	case ActionAbortChannel:
 		if o := pr.other(s); !o.m.State().Terminal() {
-			pr.step(o, PeerQuit(fmt.Errorf("peer reported an error: %s", a.Reason)))
+			err := fmt.Errorf("peer reported an error: %s", a.Reason)
+			if SteppedDownBySentinel(a.Reason) {
+				pr.step(o, PeerSteppedDown(err))
+			} else {
+				pr.step(o, PeerQuit(err))
+			}
 		}
 	case ActionKillQEMU:
 		pr.step(s, QEMUExited(errors.New("signal: killed")))
@@ -285,6 +295,9 @@ var primaryEvents = []func(a byte, m *Machine) Event{
 	func(a byte, m *Machine) Event { return ClaimLost(m.claimID+1, uint64(a%8), "b") },
 	func(byte, *Machine) Event { return Event{Type: EventType(200)} },
 	func(byte, *Machine) Event { return PeerQuit(errors.New("backup stepped down")) },
+	func(byte, *Machine) Event { return PeerSteppedDown(errors.New(SentinelMark + "replay diverged")) },
+	func(byte, *Machine) Event { return Probed(nil) },
+	func(byte, *Machine) Event { return SentinelTripped("on the wrong role") },
 	func(byte, *Machine) Event { return EpochSuperseded("a forged later epoch") },
 	func(byte, *Machine) Event { return Shutdown("agent shutting down") },
 	func(byte, *Machine) Event { return PauseFailed(errors.New("qmp stop timed out")) },
@@ -303,6 +316,7 @@ var backupEvents = []func(a byte, m *Machine) Event{
 	func(byte, *Machine) Event { return GoLiveDone() },
 	func(byte, *Machine) Event { return Unprotect("") },
 	func(byte, *Machine) Event { return PeerQuit(errors.New("primary failed")) },
+	func(byte, *Machine) Event { return SentinelTripped("replay stalled for 10 s at icount 7") },
 	func(byte, *Machine) Event { return Shutdown("agent shutting down") },
 	func(a byte, m *Machine) Event { return ClaimWon(m.claimID+1, uint64(a%8)) },
 	func(a byte, m *Machine) Event {
@@ -465,6 +479,18 @@ func TestPairScenarios(t *testing.T) {
 			pr.step(pr.b, PeerLost(errors.New("connection reset")))
 			pr.step(pr.p, PeerLost(errors.New("connection reset")))
 			pr.carry(pr.p, doNormal)
+		}, want{Unprotected, Failed}},
+		{"the sentinel steps the backup down: it tells the primary, which claims and carries on", func(pr *pair) {
+			pr.step(pr.b, SentinelTripped("replay stalled for 10 s at icount 7, log offset 4096"))
+			pr.carry(pr.b, doNormal) // AbortChannel: the primary hears it was the sentinel
+			pr.carry(pr.p, doNormal) // the primary's claim wins
+			pr.carry(pr.b, doNormal) // torn down
+			for range 50 {           // ticks: the stepped-down backup never claims
+				pr.step(pr.p, Tick())
+				pr.step(pr.b, Tick())
+				pr.carry(pr.p, doNormal)
+				pr.carry(pr.b, doNormal)
+			}
 		}, want{Unprotected, Failed}},
 		{"the primary's QEMU dies: it tells the backup, which takes over", func(pr *pair) {
 			pr.step(pr.p, QEMUExited(errors.New("signal: killed")))

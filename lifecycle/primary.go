@@ -53,7 +53,7 @@ func (m *Machine) stepPrimary(ev Event) error {
 				return err
 			}
 		}
-		m.probeWait, m.peerDown = m.cfg.ProbeTicks, false
+		m.probeWait, m.peerDown, m.lostSentinel, m.protTicks = m.cfg.ProbeTicks, false, false, 0
 		m.become(Protected, "")
 		return nil
 	case EventSyncFailed:
@@ -110,6 +110,8 @@ func (m *Machine) stepPrimary(ev Event) error {
 		return nil
 	case EventGoLiveDone, EventGoLiveFailed:
 		return fmt.Errorf("lifecycle: %v on a primary: %w", ev.Type, ErrUnexpected)
+	case EventSentinel:
+		return fmt.Errorf("lifecycle: %v on a primary: %w", ev.Type, ErrWrongRole)
 	}
 	return nil
 }
@@ -151,6 +153,10 @@ func (m *Machine) backupLost(ev Event) error {
 	switch m.state {
 	case Protected, Unprotecting, HandingOver:
 		m.lostWhy = fmt.Sprintf("%s (%v)", what, ev.Err)
+		m.lostSentinel = ev.Sentinel
+		if ev.Sentinel {
+			m.stepDowns++
+		}
 	}
 	switch m.state {
 	case Syncing:
@@ -164,6 +170,9 @@ func (m *Machine) backupLost(ev Event) error {
 			return m.claiming(fmt.Sprintf("%s; claiming epoch %d", m.lostWhy, m.epoch+1))
 		case ev.Quit:
 			m.goUnprotected(m.lostWhy)
+			if ev.Sentinel {
+				m.reprotectAfterStepDown()
+			}
 		default:
 			m.become(Degraded, fmt.Sprintf("log channel to backup lost: %v; output held until 'ftvmd unprotect'", ev.Err))
 		}
@@ -204,8 +213,34 @@ func (m *Machine) superseded(reason string) error {
 	return nil
 }
 
+// reprotectAfterStepDown: the backup was stepped down by the divergence
+// sentinel and this copy runs on alone. That backup's agent is up and discarded
+// its copy on purpose, so the VM is protected again with it from a fresh start
+// (a snapshot of the running VM) once a probe finds it answering, not only after
+// it went away (see peerDown). Each step-down in a row doubles the wait first:
+// a replay that keeps diverging or stalling costs a guest pause per attempt.
+func (m *Machine) reprotectAfterStepDown() {
+	if m.peerAddr == "" {
+		return // a backup whose agent address is unknown: the operator protects again
+	}
+	m.autoPeer, m.peerDown, m.probing, m.sinceProb = m.peerAddr, true, false, 0
+	m.probeWait = m.cfg.ProbeTicks
+	for i := 0; i < m.stepDowns && m.probeWait < MaxProbeTicks; i++ {
+		m.probeWait *= 2
+	}
+	m.probeWait = min(m.probeWait, MaxProbeTicks)
+	m.lostSentinel = false
+}
+
 func (m *Machine) primaryTick() error {
 	switch {
+	case m.state == Protected && m.stepDowns > 0:
+		// Protected long enough since the last step-down: the next one starts
+		// the backoff afresh.
+		m.protTicks++
+		if m.protTicks >= MaxProbeTicks {
+			m.stepDowns, m.protTicks = 0, 0
+		}
 	case m.state == Unprotected && m.autoPeer != "" && !m.probing && m.req == 0:
 		m.sinceProb++
 		if m.sinceProb >= m.probeWait {

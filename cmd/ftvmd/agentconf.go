@@ -33,7 +33,7 @@ const packagedFlushLib = "/usr/lib/ftvmd/libftflush.so"
 type agentOpts struct {
 	config                                                                                          string
 	host, dir, listen, socket, flush, qemuBin, cpus, bridge, cgroupRoot, logLevel, shared, dataPath string
-	hb, timeout, ackDelay, stallAfter                                                               time.Duration
+	hb, timeout, ackDelay, stallAfter, stallStepDown                                                time.Duration
 	checkInv, testKnobs                                                                             bool
 	paceQueue, consoleKeep                                                                          int
 	logRetention, unprotectedKeep, consoleMax                                                       string
@@ -59,6 +59,7 @@ func (o *agentOpts) register(f *pflag.FlagSet) {
 	f.DurationVar(&o.hb, "heartbeat", 50*time.Millisecond, "heartbeat interval on the log channel")
 	f.DurationVar(&o.timeout, "peer-timeout", time.Second, "silence after which the peer counts as lost")
 	f.DurationVar(&o.stallAfter, "stall-after", agent.DefaultStallAfter, "a backup replay that makes no progress this long while it holds log beyond it is reported stalled")
+	f.DurationVar(&o.stallStepDown, "stall-step-down", agent.DefaultStallStepDown, "a backup whose replay stays stalled this long steps down and its primary protects the VM again from a fresh start (0: only report stalls; at least --stall-after)")
 	f.DurationVar(&o.ackDelay, "test-ack-delay", 0, "TEST ONLY: delay every ack the backup sends")
 	f.BoolVar(&o.checkInv, "check-invariant", false, "verify the output rule on every released frame")
 	f.StringVar(&o.dataPath, "data-path", envOr("FTVMD_DATA_PATH", string(agent.DataPathRelay)),
@@ -156,7 +157,7 @@ func (o *agentOpts) build() (agent.Config, error) {
 	cfg.SharedDir = o.shared
 	cfg.DataPath = dp
 	cfg.HeartbeatInterval, cfg.PeerTimeout = o.hb, o.timeout
-	cfg.StallAfter = o.stallAfter
+	cfg.StallAfter, cfg.StallStepDown = o.stallAfter, o.stallStepDown
 	cfg.TestAckDelay, cfg.CheckInvariant, cfg.TestKnobs = o.ackDelay, o.checkInv, o.testKnobs
 	cfg.PaceQueueBytes = o.paceQueue
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))

@@ -455,6 +455,9 @@ func printStatus(w io.Writer, resp control.Response) {
 		} else if v.ConsoleChecked > 0 {
 			fmt.Fprintf(tw, "sentinel\tconsole matches the primary's for %s\n", size(v.ConsoleChecked))
 		}
+		if v.StepDownEvidence != "" {
+			fmt.Fprintf(tw, "evidence\t%s (the sentinel's step-down: what it found, where; the log and console beside it)\n", v.StepDownEvidence)
+		}
 		switch {
 		case v.Divergence != "":
 		case v.Role == "backup" && v.NICFrames > 0:
