@@ -71,8 +71,14 @@ func protectGuest(ctx context.Context, t *testing.T, l *lab.Lab, vm string, defi
 // protectGuestFlags is protectGuest with protectFlags added to `ftvmd protect`.
 func protectGuestFlags(ctx context.Context, t *testing.T, l *lab.Lab, vm string, protectFlags []string, defineFlags ...string) time.Duration {
 	t.Helper()
+	return protectGuestAgents(ctx, t, l, vm, nil, protectFlags, defineFlags...)
+}
+
+// protectGuestAgents is protectGuestFlags with agentExtra added to both agents' flags.
+func protectGuestAgents(ctx context.Context, t *testing.T, l *lab.Lab, vm string, agentExtra, protectFlags []string, defineFlags ...string) time.Duration {
+	t.Helper()
 	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
-		if err := l.StartAgent(ctx, h, agentArgs()...); err != nil {
+		if err := l.StartAgent(ctx, h, append(agentArgs(), agentExtra...)...); err != nil {
 			t.Fatal(err)
 		}
 	}

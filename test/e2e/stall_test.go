@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,7 +28,9 @@ func TestReplayStallReported(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	const vm = "guest1"
-	bound := protectGuest(ctx, t, l, vm)
+	// Report only: a stall that outlasts --stall-step-down makes the backup step
+	// down (TestReplayStallStepsDown), and this one may last a while on a loaded lab.
+	bound := protectGuestAgents(ctx, t, l, vm, []string{"--stall-step-down", "0"}, nil)
 	if err := lab.WaitConsole(ctx, lab.Console(lab.HostB, vm, "backup"), "ftguest ready", 4*time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -159,4 +165,204 @@ func TestReplayStallReported(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestReplayStallStepsDown stops the backup's replaying QEMU (SIGSTOP) and keeps it
+// stopped past the agents' --stall-step-down (short here): the backup must step
+// down without claiming (status failed, detail naming the sentinel, the stall and
+// where: icount, log offset), its QEMU must go, the primary must carry on serving
+// the guest's client unprotected and say why, and then protect the VM again by
+// itself from a fresh start (protect-running): protected, a new backup replaying and
+// caught up, the same guest (its request count went on), the stepped-down backup's
+// evidence kept on host B.
+func TestReplayStallStepsDown(t *testing.T) {
+	l := needLab(t)
+	t0 := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	const vm = "stalldown"
+	const stepDown = 6 * time.Second // the lab's --stall-after is the default, 3 s
+	bound := protectGuestAgents(ctx, t, l, vm, []string{"--stall-step-down", stepDown.String()}, nil)
+	if err := lab.WaitConsole(ctx, lab.Console(lab.HostB, vm, "backup"), "ftguest ready", 4*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(ctx, t, vm, bound, 2*time.Minute)
+	booted := time.Now()
+
+	c, err := lab.NewClient(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	seq := func(what string) int {
+		t.Helper()
+		// "seq <n> <payload>" answers "ok <n> <the guest's request count> <payload>".
+		resp, err := c.Do("seq 1 stalldown", 10*time.Second)
+		if err != nil {
+			t.Fatalf("the guest's client, %s: %v", what, err)
+		}
+		f := strings.Fields(resp)
+		if len(f) != 4 || f[0] != "ok" {
+			t.Fatalf("seq answered %q", resp)
+		}
+		n, err := strconv.Atoi(f[2])
+		if err != nil {
+			t.Fatalf("seq answered %q", resp)
+		}
+		return n
+	}
+	seq0 := seq("before the stall")
+
+	b, err := lab.Status(ctx, lab.HostB, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qemu := b.PID
+	if b.State != "replaying" || qemu <= 0 {
+		t.Fatalf("backup before the stall: %+v", b)
+	}
+	if err := syscall.Kill(qemu, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	// Teardown kills the stopped QEMU (SIGKILL needs no SIGCONT); should the test
+	// fail first, let it run again.
+	defer func() {
+		if err := syscall.Kill(qemu, syscall.SIGCONT); err != nil && !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("resume the replaying qemu: %v", err)
+		}
+	}()
+	t.Logf("replaying qemu (pid %d) stopped", qemu)
+
+	// The backup steps down once the stall has lasted the threshold: not before,
+	// and soon after (the stall clock starts with the first log beyond the stop).
+	// Meanwhile the guest serves its client, and the primary never halts.
+	var p control.VMStatus
+	sawUnprotected := false
+	for {
+		if time.Since(stopped) > stepDown+30*time.Second {
+			t.Fatalf("no step-down %s after the replay was stopped (threshold %s): backup %s (%s)", time.Since(stopped).Round(time.Second), stepDown, b.State, b.Detail)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if b, err = lab.Status(ctx, lab.HostB, vm); err != nil {
+			t.Fatalf("backup status: %v", err)
+		}
+		if p, err = lab.Status(ctx, lab.HostA, vm); err != nil {
+			t.Fatalf("primary status: %v", err)
+		}
+		switch p.State {
+		case "protected", "claiming", "syncing":
+		case "unprotected":
+			sawUnprotected = true
+		default:
+			t.Fatalf("primary %s (%s) while its backup stalled", p.State, p.Detail)
+		}
+		if b.State == "failed" {
+			break
+		}
+		if b.State != "replaying" {
+			t.Fatalf("backup %s (%s)", b.State, b.Detail)
+		}
+	}
+	took := time.Since(stopped)
+	t.Logf("backup stepped down %.1f s after the stop: %s", took.Seconds(), b.Detail)
+	if took < stepDown {
+		t.Fatalf("stepped down %s after the stop, before the %s threshold", took, stepDown)
+	}
+	for _, w := range []string{"stepped down: divergence sentinel: replay stalled", "icount ", "log offset "} {
+		if !strings.Contains(b.Detail, w) {
+			t.Errorf("backup detail %q does not say %q", b.Detail, w)
+		}
+	}
+	if !b.ReplayStalled || b.ReplayStalledSec < stepDown.Seconds() || b.StepDownEvidence == "" {
+		t.Errorf("stepped-down backup's status: stalled %v for %.1f s, evidence %q", b.ReplayStalled, b.ReplayStalledSec, b.StepDownEvidence)
+	}
+	stalledAt := b.ReplayStalledAtIcount
+	seq("after the step-down")
+
+	// Its QEMU goes (one live copy: the primary's).
+	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(qemu, 0) == nil; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the stepped-down backup's qemu (pid %d) still runs 30 s on", qemu)
+		}
+	}
+
+	if wantDataPath() != "relay" {
+		// Protecting a running VM needs the relay data path (canProtectRunning).
+		t.Logf("data path %s: no re-protection from a running state; test took %s", wantDataPath(), time.Since(t0).Round(time.Second))
+		return
+	}
+	// The primary protects the VM again by itself: a new backup from a snapshot.
+	var nb control.VMStatus
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		if p, err = lab.Status(ctx, lab.HostA, vm); err != nil {
+			t.Fatalf("primary status: %v", err)
+		}
+		switch p.State {
+		case "unprotected":
+			sawUnprotected = true
+			if !strings.Contains(p.Detail, "backup stepped down") || !strings.Contains(p.Detail, "divergence sentinel") {
+				t.Fatalf("unprotected primary's detail %q does not say why", p.Detail)
+			}
+		case "claiming", "syncing", "protected":
+		default:
+			t.Fatalf("primary %s (%s) after its backup stepped down", p.State, p.Detail)
+		}
+		nb, err = lab.Status(ctx, lab.HostB, vm)
+		if p.State == "protected" && err == nil && nb.State == "replaying" && nb.PID != qemu {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not protected again 3 min after the step-down: primary %s (%s), backup %+v %v", p.State, p.Detail, nb, err)
+		}
+	}
+	again := time.Since(stopped)
+	if p.Sync == nil || !p.Sync.Auto {
+		t.Errorf("the primary's protection is not its own re-protection: %+v", p.Sync)
+	}
+	waitCaughtUp(ctx, t, vm, bound, 2*time.Minute)
+	if nb, err = lab.Status(ctx, lab.HostB, vm); err != nil || nb.State != "replaying" || nb.ReplayStalled || nb.ReplayStalls != 0 {
+		t.Fatalf("new backup: %+v %v", nb, err)
+	}
+	if n := seq("protected again"); n <= seq0 {
+		t.Fatalf("the guest's request count went from %d to %d: not the same guest", seq0, n)
+	}
+
+	// What the sentinel found is kept on host B for a look.
+	kept := filepath.Join(lab.HostB.Dir, "run", vm+".backup.stepped-down")
+	ev, err := os.ReadFile(filepath.Join(kept, "stepdown.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found struct {
+		Reason    string `json:"reason"`
+		Icount    uint64 `json:"icount"`
+		LogOffset int64  `json:"log_offset"`
+	}
+	if err := json.Unmarshal(ev, &found); err != nil {
+		t.Fatal(err)
+	}
+	if found.Icount != stalledAt || found.LogOffset <= 0 || !strings.Contains(found.Reason, "replay stalled") {
+		t.Errorf("evidence %s: want the stall at icount %d", ev, stalledAt)
+	}
+	if _, err := os.Stat(filepath.Join(kept, "log.rr")); err != nil {
+		t.Errorf("the stepped-down backup's log was not kept: %v", err)
+	}
+	for h, want := range map[lab.Host]string{
+		lab.HostA: "backup stepped down: its divergence sentinel found its replay is no protection",
+		lab.HostB: "replay stalled past the step-down threshold: stepping down",
+	} {
+		log, err := os.ReadFile(lab.AgentLog(h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(string(log), want); n != 1 {
+			t.Errorf("agent %s logged %q %d times, want once", h.Name, want, n)
+		}
+	}
+	if !sawUnprotected {
+		t.Logf("note: the primary's unprotected spell fell between two status reads")
+	}
+	t.Logf("stepped down %.1f s after the stop, protected again %.1f s after it; %s after boot; test took %s",
+		took.Seconds(), again.Seconds(), time.Since(booted).Round(time.Second), time.Since(t0).Round(time.Second))
 }
