@@ -25,8 +25,9 @@ func TestEngines(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 
-	// Mixed engines: the backup host refuses the primary's log.
-	if err := l.StartAgent(ctx, lab.HostA); err != nil {
+	// Mixed engines: the backup host refuses the primary's log. Host A runs the
+	// build under test (ftvmd's, or FTVMD_E2E_QEMU's).
+	if err := l.StartAgent(ctx, lab.HostA, agentArgs()...); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.StartAgent(ctx, lab.HostB, "--qemu", distributionQEMU); err != nil {

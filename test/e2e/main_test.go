@@ -121,7 +121,8 @@ func checkDataPath(ctx context.Context, t *testing.T, h lab.Host, vm string) {
 	}
 }
 
-// agentArgs are extra `ftvmd agent` flags for the agents protectGuest starts and the drills pass to drillLab:
+// agentArgs are extra `ftvmd agent` flags for the agents protectGuest starts, the drills pass to drillLab,
+// TestRRCheck records on and TestEngines runs on host A:
 // FTVMD_E2E_QEMU runs the guests on another QEMU build (one not installed yet).
 func agentArgs() []string {
 	if q := os.Getenv("FTVMD_E2E_QEMU"); q != "" {

@@ -25,7 +25,7 @@ const streamFor = 20 * time.Second
 // offline replay of the whole recording must be deterministic.
 func TestRRCheck(t *testing.T) {
 	l := needLab(t)
-	res, _ := recordAndCheck(t, l)
+	res, _ := recordAndCheck(t, l, agentArgs()...)
 	if res.Verdict != rrcheck.Deterministic {
 		t.Fatalf("verdict %s: %q", res.Verdict, res.Reasons)
 	}
