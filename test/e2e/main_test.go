@@ -153,5 +153,18 @@ func dumpLogs(t *testing.T) {
 			b, _ := os.ReadFile(m)
 			_ = os.WriteFile(filepath.Join(dst, h.Name+"-"+filepath.Base(filepath.Dir(m))+"-console.log"), b, 0o644)
 		}
+		// QEMU's own stderr (<run dir>/<vm>.log): an aborted QEMU says why only
+		// there, and the next lab purges the run directories.
+		matches, _ = filepath.Glob(filepath.Join(h.Dir, "run", "*", "*.log"))
+		for _, m := range matches {
+			if filepath.Base(m) == "console.log" {
+				continue
+			}
+			b, _ := os.ReadFile(m)
+			if tail := b[max(0, len(b)-2000):]; len(tail) > 0 {
+				t.Logf("%s on host %s (tail):\n%s", m, h.Name, tail)
+			}
+			_ = os.WriteFile(filepath.Join(dst, h.Name+"-"+filepath.Base(filepath.Dir(m))+"-qemu-"+filepath.Base(m)), b, 0o644)
+		}
 	}
 }
