@@ -168,3 +168,42 @@ func dumpLogs(t *testing.T) {
 		}
 	}
 }
+
+// waitSteppedDownPrimary waits until host a's primary of vm has run on
+// unprotected after its backup stepped down, and returns the detail it gave.
+// The primary protects the VM again by itself about 2 s later (its re-protection
+// after a sentinel step-down), so the unprotected state may have passed between
+// two polls on a loaded lab: the agent's own lifecycle line in its log says it
+// too. The line must name the vm, be logged at since or later (the log outlives
+// a test), and contain every string of want.
+func waitSteppedDownPrimary(ctx context.Context, t *testing.T, vm string, since time.Time, want ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		p, err := lab.Status(ctx, lab.HostA, vm)
+		if err == nil && p.State == "unprotected" {
+			return p.Detail
+		}
+		if b, rerr := os.ReadFile(lab.AgentLog(lab.HostA)); rerr == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				if !strings.Contains(line, "msg=lifecycle") || !strings.Contains(line, "vm="+vm+" ") ||
+					!strings.Contains(line, "to=unprotected") {
+					continue
+				}
+				ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+				at, perr := time.Parse(time.RFC3339Nano, ts)
+				ok := perr == nil && !at.Before(since.Add(-time.Millisecond))
+				for _, w := range want {
+					ok = ok && strings.Contains(line, w)
+				}
+				if ok {
+					return line
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("primary not unprotected 30 s after the backup stepped down: %+v %v", p, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

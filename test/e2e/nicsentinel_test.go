@@ -105,19 +105,8 @@ func TestNICSentinel(t *testing.T) {
 			t.Errorf("the divergence report lacks %q: %s", w, b.Divergence)
 		}
 	}
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		p, err = lab.Status(ctx, lab.HostA, vm)
-		if err == nil && p.State == "unprotected" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("primary not unprotected 30 s after the backup stepped down: %+v %v", p, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if !strings.Contains(p.Detail, "diverged") {
-		t.Errorf("primary detail %q does not say the backup's replay diverged", p.Detail)
+	if detail := waitSteppedDownPrimary(ctx, t, vm, t0, "diverged"); !strings.Contains(detail, "diverged") {
+		t.Errorf("primary detail %q does not say the backup's replay diverged", detail)
 	}
 	if resp, err := c.Do("ping", 10*time.Second); err != nil || resp != "pong" {
 		t.Fatalf("the VM does not serve after its backup stepped down: %q %v", resp, err)

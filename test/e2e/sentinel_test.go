@@ -84,20 +84,9 @@ func TestDivergenceSentinel(t *testing.T) {
 
 	// The primary carries on unprotected and says why; nothing was claimed by the
 	// backup (the primary won the next epoch itself).
-	var p control.VMStatus
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		p, err = lab.Status(ctx, lab.HostA, vm)
-		if err == nil && p.State == "unprotected" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("primary not unprotected 30 s after the backup stepped down: %+v %v", p, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if !strings.Contains(p.Detail, "backup stepped down") || !strings.Contains(p.Detail, "diverged") {
-		t.Errorf("primary detail %q does not say the backup's replay diverged", p.Detail)
+	detail := waitSteppedDownPrimary(ctx, t, vm, t0, "backup stepped down", "diverged")
+	if !strings.Contains(detail, "backup stepped down") || !strings.Contains(detail, "diverged") {
+		t.Errorf("primary detail %q does not say the backup's replay diverged", detail)
 	}
 	c, err := lab.NewClient(ctx, 30*time.Second)
 	if err != nil {
