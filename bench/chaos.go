@@ -108,7 +108,8 @@ type chaosRun struct {
 	// nextRec numbers the next durable record; acked are all records acknowledged.
 	nextRec int
 	acked   []int
-	// twoLive counts status polls in which both hosts ran a live copy.
+	// twoLive counts status polls in which both hosts ran a copy releasing output
+	// alone (splitBrain).
 	twoLive int
 }
 
@@ -411,6 +412,29 @@ func (c copyState) live() bool {
 	return c.ok && ((c.st.Role == "primary" && (c.st.State == "protected" || c.st.State == "unprotected" || c.st.State == "syncing")) || c.st.State == "live")
 }
 
+// releasesAlone: a live copy that releases the guest's output on no one's say: a
+// primary alone (unprotected, or syncing a new backup) or a copy that went live. A
+// protected primary releases only what its backup acknowledged, and a backup stops
+// acknowledging once it claims; so a protected primary still unaware that its backup
+// went live (a partition: each side sees the other silent at its own moment) can
+// release only frames the new live copy's replay produced too, before its cut.
+func (c copyState) releasesAlone() bool {
+	return c.live() && !(c.st.Role == "primary" && c.st.State == "protected")
+}
+
+// splitBrain: the copies include two that say they run the VM live and neither is
+// a protected primary gated by the other's acknowledgements: the split brain the
+// epoch claim exists to prevent (the wire watch tells whether both released).
+func splitBrain(cs []copyState) bool {
+	n := 0
+	for _, c := range cs {
+		if c.releasesAlone() {
+			n++
+		}
+	}
+	return n > 1
+}
+
 // runs: the agent has a copy of the VM that has not ended (stopped, failed,
 // halted or handed over).
 func (c copyState) runs() bool {
@@ -463,10 +487,12 @@ func (r *chaosRun) waitSettled(ctx context.Context, ld *chaosLoad, serveFrom, un
 				nLive++
 			}
 		}
-		if nLive > 1 {
-			// Both agents say they run the VM live: the split brain the epoch
-			// claim exists to prevent (the wire watch tells whether both released).
+		if splitBrain(cs) {
 			r.twoLive++
+		}
+		if nLive > 1 {
+			// Two copies say they run the VM live (a protected primary that has not
+			// yet seen its backup go live, at least): not settled yet.
 			busy = true
 		}
 		for _, c := range cs {

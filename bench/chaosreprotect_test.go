@@ -156,3 +156,31 @@ func TestFaultTimesAndReprotectSummary(t *testing.T) {
 		t.Fatalf("fault line %q", line)
 	}
 }
+
+// TestSplitBrain: two copies releasing output on their own are a split brain; a
+// protected primary beside the copy that went live is not (it releases only what
+// that copy acknowledged before it claimed), nor is the pair itself.
+func TestSplitBrain(t *testing.T) {
+	c := func(h lab.Host, role, state string) copyState {
+		return copyState{host: h, ok: true, st: control.VMStatus{Role: role, State: state}}
+	}
+	a, b := lab.HostA, lab.HostB
+	for _, tc := range []struct {
+		name string
+		cs   []copyState
+		want bool
+	}{
+		{"the pair", []copyState{c(a, "primary", "protected"), c(b, "backup", "replaying")}, false},
+		{"stale protected primary beside the new live copy", []copyState{c(a, "primary", "protected"), c(b, "primary", "unprotected")}, false},
+		{"stale protected primary beside a backup going live", []copyState{c(a, "primary", "protected"), c(b, "backup", "live")}, false},
+		{"two unprotected primaries", []copyState{c(a, "primary", "unprotected"), c(b, "primary", "unprotected")}, true},
+		{"unprotected primary and a backup live", []copyState{c(a, "primary", "unprotected"), c(b, "backup", "live")}, true},
+		{"syncing primary and a live copy", []copyState{c(a, "primary", "syncing"), c(b, "primary", "unprotected")}, true},
+		{"one copy halted", []copyState{c(a, "primary", "halted"), c(b, "primary", "unprotected")}, false},
+		{"an agent that did not answer", []copyState{{host: a}, c(b, "primary", "unprotected")}, false},
+	} {
+		if got := splitBrain(tc.cs); got != tc.want {
+			t.Errorf("%s: splitBrain %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
