@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ftvmd/ftvmd/bench"
+	"github.com/ftvmd/ftvmd/control"
 	"github.com/ftvmd/ftvmd/lab"
 )
 
@@ -166,6 +167,23 @@ func dumpLogs(t *testing.T) {
 			}
 			_ = os.WriteFile(filepath.Join(dst, h.Name+"-"+filepath.Base(filepath.Dir(m))+"-qemu-"+filepath.Base(m)), b, 0o644)
 		}
+	}
+}
+
+// waitBackupDiverged waits up to 30 s until host b's backup of vm has failed with
+// a divergence report (its sentinel stepped it down) and returns its status.
+func waitBackupDiverged(ctx context.Context, t *testing.T, vm string) control.VMStatus {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, err := lab.Status(ctx, lab.HostB, vm)
+		if err == nil && b.Divergence != "" && b.State == "failed" {
+			return b
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sentinel did not fire within 30 s: %+v %v", b, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

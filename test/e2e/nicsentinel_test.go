@@ -88,17 +88,7 @@ func TestNICSentinel(t *testing.T) {
 		t.Fatalf("recget from the primary: %q %v, want %q", resp, err, want)
 	}
 	asked := time.Now()
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		b, err = lab.Status(ctx, lab.HostB, vm)
-		if err == nil && b.Divergence != "" && b.State == "failed" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the sentinel did not fire within 30 s: %+v %v", b, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	b = waitBackupDiverged(ctx, t, vm)
 	t.Logf("sentinel fired %s after the reply: %s", time.Since(asked).Round(time.Millisecond), b.Divergence)
 	for _, w := range []string{"NIC frame #", "icount", "log offset", "crc64"} {
 		if !strings.Contains(b.Divergence, w) {

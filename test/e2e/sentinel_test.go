@@ -65,18 +65,7 @@ func TestDivergenceSentinel(t *testing.T) {
 		t.Fatal(err)
 	}
 	forced := time.Now()
-	var b control.VMStatus
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		b, err = lab.Status(ctx, lab.HostB, vm)
-		if err == nil && b.Divergence != "" && b.State == "failed" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the sentinel did not fire within 30 s: %+v %v", b, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	b := waitBackupDiverged(ctx, t, vm)
 	t.Logf("sentinel fired %s after the flip: %s", time.Since(forced).Round(time.Millisecond), b.Divergence)
 	if !strings.Contains(b.Divergence, "icount") || !strings.Contains(b.Divergence, "log offset") {
 		t.Errorf("the divergence report does not say where: %s", b.Divergence)
