@@ -1455,7 +1455,7 @@ func (p *primary) status() control.VMStatus {
 		FailoverClaimMS: ms(p.claimDur), FailoverGoLiveMS: ms(p.goLiveDur),
 		Disk: p.diskPath(), CopyDone: p.copied.Done, CopyTotal: p.copied.Total, CopyResumed: p.copied.Resumed, CopyRate: p.copied.Rate, LogWritten: p.written, Icount: p.icount, BackupIcount: p.bkIcount,
 		LogReplayed: p.replayed, LagBytes: p.lagBytes, LagMS: p.lagMS, WorkLagMS: p.workLagMS, LagBoundMS: p.spec.LagBoundMS,
-		LogBandwidth: p.bw.rate(), ThrottleQuota: p.quota, ThrottleAtFloor: p.quota < 1 && p.ctrl.AtFloor(), ThrottledSec: p.ctrl.ThrottledFor().Seconds(),
+		LogBandwidth: p.bw.rate(), ThrottleQuota: p.quota, ThrottleAtFloor: p.ctrl.AtFloor(), ThrottledSec: p.ctrl.ThrottledFor().Seconds(),
 		LogOnDisk: onDisk(filepath.Join(p.dir, "log.rr")), PacingEnabled: p.pace != nil,
 	}
 	if p.m != nil {
