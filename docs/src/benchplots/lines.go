@@ -31,19 +31,19 @@ type line struct {
 var linePlots = []linePlot{
 	{
 		file: "bench-soak-disk.svg", title: "Soak: logs on disk while the log files grow", unit: "MiB",
-		source: "soak-2026-11-30.json", samples: "samples", x: "t_s", scale: 1 << 20,
+		source: "soak-1h-2026-11-30-s9.json", samples: "samples", x: "t_s", scale: 1 << 20,
 		lines: []line{{"host A (primary), on disk", "log_disk_a_max"}, {"host B (backup), on disk", "log_disk_b_max"}, {"host A, log files' size / 100", "log_files_a"}},
 		note:  "ftvmd bench soak: most on disk at any poll of each 10 s; the files' size divided by 100",
 	},
 	{
 		file: "bench-soak-rss.svg", title: "Soak: resident memory of the agents and QEMUs", unit: "MiB",
-		source: "soak-2026-11-30.json", samples: "samples", x: "t_s", scale: 1 << 20,
+		source: "soak-1h-2026-11-30-s9.json", samples: "samples", x: "t_s", scale: 1 << 20,
 		lines: []line{{"agent A", "rss_agent_a"}, {"agent B", "rss_agent_b"}, {"QEMU A (recording)", "rss_qemu_a"}, {"QEMU B (replaying)", "rss_qemu_b"}},
 		note:  "ftvmd bench soak: VmRSS every 10 s",
 	},
 	{
 		file: "bench-soak-lag.svg", title: "Soak: backup lag, p99 of each 10 s", unit: "ms",
-		source: "soak-2026-11-30.json", samples: "samples", x: "t_s", scale: 1,
+		source: "soak-1h-2026-11-30-s9.json", samples: "samples", x: "t_s", scale: 1,
 		lines:   []line{{"lag p99", "lag_p99_ms"}, {"lag max", "lag_max_ms"}},
 		refLine: &ref{label: "lag bound", field: "lag_bound_ms"},
 		note:    "ftvmd bench soak: the primary's lag polled every 0.5 s",
