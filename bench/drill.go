@@ -67,6 +67,9 @@ type DrillReport struct {
 	BulkBytes     int64  `json:"bulk_bytes,omitempty"`
 	BulkBytesPost int64  `json:"bulk_bytes_after_fault,omitempty"`
 	BulkError     string `json:"bulk_error,omitempty"`
+	// ProtectPauseMS is the guest's pause when DrillOpts.ProtectRunning protected it
+	// from its running state before the fault.
+	ProtectPauseMS float64 `json:"protect_pause_ms,omitempty"`
 }
 
 // Bulk transfers a drill can run through the fault.
@@ -98,6 +101,10 @@ type DrillOpts struct {
 	// the lab guest, so the drill does not define it. Disk then only says the spec
 	// has that disk (the client writes records to it).
 	Defined bool
+	// ProtectRunning starts the VM unprotected (ftvmd run) and protects it from its
+	// running state (ftvmd protect of the running VM) before the load and the fault,
+	// so the drill hands over or fails over a VM whose backup started from a snapshot.
+	ProtectRunning bool
 }
 
 // RunDrillOpts is RunDrill with options.
@@ -123,12 +130,23 @@ func RunDrillOpts(ctx context.Context, s *Session, env Env, o DrillOpts, rng *ra
 	if o.Disk != "" {
 		extra = []string{"--disk", o.Disk}
 	}
-	start := func() (time.Duration, error) { return s.StartGuest(ctx, vm, "", true, extra...) }
+	protectAtBoot := !o.ProtectRunning
+	start := func() (time.Duration, error) { return s.StartGuest(ctx, vm, "", protectAtBoot, extra...) }
 	if o.Defined {
-		start = func() (time.Duration, error) { return s.StartDefined(ctx, vm, true) }
+		start = func() (time.Duration, error) { return s.StartDefined(ctx, vm, protectAtBoot) }
 	}
 	if _, err := start(); err != nil {
 		return rep, err
+	}
+	if o.ProtectRunning {
+		var pr ProtectReport
+		if _, err := ProtectRunningVM(ctx, s, lab.HostA, lab.HostB, vm, &pr); err != nil {
+			return rep, err
+		}
+		rep.ProtectPauseMS = pr.PauseMS
+		if err := s.WaitCaughtUp(ctx, vm, 3*time.Minute); err != nil {
+			return rep, err
+		}
 	}
 	c, err := clientWithCounter(ctx, &rep.CounterBefore)
 	if err != nil {
