@@ -52,17 +52,36 @@ type NetResult struct {
 	ToGuestRatio      float64 `json:"client_to_guest_ratio"`
 	ToClientRatio     float64 `json:"guest_to_client_ratio"`
 	InvariantFailures uint64  `json:"invariant_failures"`
+	// Iperf3: Debian's iperf3 both ways on the same guests after bench net's own
+	// phases (`--iperf-seconds`; absent when 0).
+	Iperf3 *IperfResult `json:"iperf3,omitempty"`
 }
 
 // Net runs the network benchmark with the guest's lag bound at lagBoundMS (the
 // throttle's set point follows it, so it decides how often round trips meet a
-// throttled primary).
-func Net(ctx context.Context, s *Session, env Env, requests, mb, lagBoundMS int) (NetResult, error) {
+// throttled primary). With iperfSeconds > 0, each mode ends with iperf3 for that
+// many seconds each way (a protected guest's backup first catching up).
+func Net(ctx context.Context, s *Session, env Env, requests, mb, lagBoundMS, iperfSeconds int) (NetResult, error) {
 	res := NetResult{Env: env, Requests: requests, BulkMB: mb, LagBoundMS: lagBoundMS}
+	if iperfSeconds < 0 {
+		return res, fmt.Errorf("bench net: iperf seconds %d: must be 0 (off) or more", iperfSeconds)
+	}
+	if iperfSeconds > 0 {
+		if err := CheckIperfHost(); err != nil {
+			return res, err
+		}
+		res.Iperf3 = &IperfResult{Seconds: iperfSeconds}
+	}
 	for _, protected := range []bool{false, true} {
 		vm := "benchnet"
 		if _, err := s.StartGuest(ctx, vm, "", protected, "--lag-bound-ms", fmt.Sprint(lagBoundMS)); err != nil {
 			return res, err
+		}
+		if iperfSeconds > 0 {
+			// Before the long phases, not after them: an old guest image fails now.
+			if err := checkIperfGuest(lab.Console(lab.HostA, vm, "primary")); err != nil {
+				return res, err
+			}
 		}
 		if protected {
 			if err := s.WaitSettled(ctx, vm, 3*time.Minute); err != nil {
@@ -77,6 +96,8 @@ func Net(ctx context.Context, s *Session, env Env, requests, mb, lagBoundMS int)
 			}
 			return res, err
 		}
+		// The invariant and the added delay are bench net's own phases' (read
+		// before iperf3 adds its traffic to the counters).
 		st, err := lab.Status(ctx, lab.HostA, vm)
 		if err != nil {
 			return res, err
@@ -88,6 +109,11 @@ func Net(ctx context.Context, s *Session, env Env, requests, mb, lagBoundMS int)
 		} else {
 			res.Unprotected = side
 		}
+		if iperfSeconds > 0 {
+			if err := iperfMode(ctx, s, vm, protected, res.Iperf3); err != nil {
+				return res, err
+			}
+		}
 		if err := s.StopGuest(ctx, vm); err != nil {
 			return res, err
 		}
@@ -96,7 +122,37 @@ func Net(ctx context.Context, s *Session, env Env, requests, mb, lagBoundMS int)
 	res.AddedP99ms = res.Protected.RTTms.P99 - res.Unprotected.RTTms.P99
 	res.ToGuestRatio = res.Protected.ToGuestMBs / res.Unprotected.ToGuestMBs
 	res.ToClientRatio = res.Protected.ToClientMBs / res.Unprotected.ToClientMBs
+	if r := res.Iperf3; r != nil {
+		r.ToGuestRatio = r.Protected.ToGuest.MbitS / r.Unprotected.ToGuest.MbitS
+		r.ToClientRatio = r.Protected.ToClient.MbitS / r.Unprotected.ToClient.MbitS
+	}
 	return res, nil
+}
+
+// iperfMode runs the iperf3 phase on vm and files it in r. A protected guest's
+// backup gets up to a few minutes to catch up after bench net's bulk phases
+// first; one that does not is measured all the same, its lag at the start
+// recorded beside the figures.
+func iperfMode(ctx context.Context, s *Session, vm string, protected bool, r *IperfResult) error {
+	if protected {
+		if err := s.WaitCaughtUp(ctx, vm, 3*time.Minute); err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("bench net: %w", context.Cause(ctx))
+			}
+			s.logf("iperf3 phase starts with the backup behind: %v", err)
+		}
+	}
+	side, err := iperfPhase(ctx, s, vm, protected, r.Seconds)
+	if err != nil {
+		return fmt.Errorf("bench net, iperf3 phase (protected: %v): %w", protected, err)
+	}
+	r.Version = side.ToGuest.iperf3Version
+	if protected {
+		r.Protected = side
+	} else {
+		r.Unprotected = side
+	}
+	return nil
 }
 
 func logBytes(ctx context.Context, vm string) int64 {

@@ -35,6 +35,8 @@ const (
 	GuestMAC      = "52:54:00:12:34:56"
 	Root          = "/var/lib/ftvmd-lab"
 	PeerPort      = 7800
+	// IperfPort is where the guest's iperf3 server listens (test/guest/build.sh).
+	IperfPort = 5201
 	// CgroupRoot is where the lab binds /sys/fs/cgroup for agents in namespaces.
 	CgroupRoot = "/run/ftvmd-lab-cgroup"
 	// LockPath is locked (flock) by whoever has the lab up, from Up to Down. The

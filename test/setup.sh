@@ -16,9 +16,11 @@ log() { printf '==> %s\n' "$*"; }
 # computed Depends (packaging/mkdeb); prometheus: promtool checks the agent's
 # metrics, and the end-to-end tests run its server against the lab's agents; bindfs:
 # `ftvmd chaos` gives each host its own view of the shared storage (a FUSE mount it
-# can hang or cut); e2fsprogs: the small file systems chaos puts the run directories on.
+# can hang or cut); e2fsprogs: the small file systems chaos puts the run directories on;
+# iperf3: the lab guest carries it and `ftvmd bench net` runs its client (its package's
+# offer to run a server as a service is declined below).
 pkgs=(qemu-system-x86 qemu-utils busybox-static cpio kmod gzip iproute2 gcc libc6-dev netcat-openbsd procps
-  systemd dpkg-dev strace prometheus bindfs e2fsprogs)
+  systemd dpkg-dev strace prometheus bindfs e2fsprogs iperf3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -26,6 +28,7 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   apt-get update -qq
+  echo 'iperf3 iperf3/start_daemon boolean false' | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The tests run Prometheus' binaries themselves: the packaged server that
   # installing starts (where systemd runs) is not needed.

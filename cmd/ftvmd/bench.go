@@ -51,15 +51,31 @@ func newBenchCmd() *cobra.Command {
 	cpu.Flags().IntVar(&mb, "mb", 100, "MiB to md5 in the guest per command")
 	cpu.Flags().IntVar(&runs, "runs", 3, "runs each way")
 	cpu.Flags().DurationVar(&minRun, "min-run", 30*time.Second, "shortest unprotected run (md5 repeated to fill it)")
-	var requests, bulk, netLagBound int
+	var requests, bulk, netLagBound, iperfSecs int
 	netc := &cobra.Command{
 		Use: "net", Short: "Request/response latency and bulk TCP throughput both ways, unprotected vs protected, in one run",
+		Long: "Request/response round trips and a bulk transfer each way with the lab guest's own service,\n" +
+			"unprotected and then protected on the same engine. Each mode then runs Debian's iperf3 (one\n" +
+			"TCP stream, --iperf-seconds each way: client to guest, then -R) from the lab's client host\n" +
+			"against the iperf3 server the guest starts at boot: a standard tool's figures beside bench\n" +
+			"net's own. It needs iperf3 on this host and in the guest image (test/guest/build.sh);\n" +
+			"--iperf-seconds 0 skips it.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if iperfSecs < 0 {
+				return fmt.Errorf("--iperf-seconds %d: must be 0 (off) or more", iperfSecs)
+			}
+			if iperfSecs > 0 {
+				// Before the lab comes up: a missing client fails at once.
+				if err := bench.CheckIperfHost(); err != nil {
+					return err
+				}
+			}
 			return runBench(cmd.Context(), opts, func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
-				return bench.Net(ctx, s, env, requests, bulk, netLagBound)
+				return bench.Net(ctx, s, env, requests, bulk, netLagBound, iperfSecs)
 			})
 		},
 	}
+	netc.Flags().IntVar(&iperfSecs, "iperf-seconds", 20, "seconds of iperf3 each way in each mode after bench net's own phases (0: off)")
 	netc.Flags().IntVar(&requests, "requests", 1000, "request/response round trips")
 	netc.Flags().IntVar(&bulk, "mb", 200, "MiB per bulk transfer")
 	netc.Flags().IntVar(&netLagBound, "lag-bound-ms", vmspec.DefaultLagBoundMS, "the guest's lag bound: a looser bound throttles the primary less often")

@@ -4,7 +4,9 @@
 #   test/guest/build.sh [OUTDIR]        (default OUTDIR: <repo>/build/guest)
 #
 # Inputs: Debian's current cloud kernel (the package linux-image-cloud-amd64 depends on),
-# busybox-static, that kernel's virtio modules, and the ftguest service (./ftguest).
+# busybox-static, that kernel's virtio modules, the ftguest service (./ftguest), and
+# Debian's iperf3 with the shared libraries and dynamic loader ldd finds for it (the
+# standard throughput tool `ftvmd bench net --iperf-seconds` runs against the guest).
 # OUTDIR/inputs.sha256 records a hash of all inputs; when it is unchanged the script prints
 # "guest image up to date" and exits at once. The output is reproducible: the same inputs
 # give byte-identical vmlinuz and initrd.img (fixed mtimes, sorted cpio, gzip -n, Go built
@@ -39,10 +41,17 @@ need=()
 command -v cpio >/dev/null || need+=(cpio)
 command -v modinfo >/dev/null || need+=(kmod)
 command -v gzip >/dev/null || need+=(gzip)
+# Debian's iperf3 (not some other build on PATH): the guest runs the host's copy.
+iperf3_bin=/usr/bin/iperf3
+iperf3_new=no
+dpkg-query -W -f='${Status}' iperf3 2>/dev/null | grep -q 'install ok installed' || { need+=(iperf3); iperf3_new=yes; }
 command -v dpkg-deb >/dev/null || die "dpkg-deb missing: this script needs a Debian host"
 if [ ${#need[@]} -gt 0 ]; then
   apt_update
   log "installing ${need[*]}"
+  # iperf3's package offers to run a server as a service: not on this host (the
+  # guest runs its own), whatever debconf's default.
+  [ "$iperf3_new" = no ] || echo 'iperf3 iperf3/start_daemon boolean false' | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # busybox must be the static one: it runs alone in the initrd.
@@ -51,6 +60,18 @@ if ldd /bin/busybox >/dev/null 2>&1; then
   log "installing busybox-static (/bin/busybox is not static)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
 fi
+
+# iperf3's dynamic loader and shared libraries as ldd resolves them here, by the paths the
+# loader looks them up by (it has no ld.so.cache in the guest: it searches its default
+# directories, where Debian puts them). Sorted, so the hash and the cpio are stable.
+[ -x "$iperf3_bin" ] || die "$iperf3_bin missing after installing iperf3"
+iperf3_ver=$(dpkg-query -W -f='${Version}' iperf3)
+ldd_out=$(ldd "$iperf3_bin") || die "ldd $iperf3_bin failed"
+! grep -q 'not found' <<<"$ldd_out" || die "ldd $iperf3_bin: a library is missing: $ldd_out"
+mapfile -t iperf3_libs < <(awk '$2 == "=>" && $3 ~ /^\// {print $3}' <<<"$ldd_out" | sort -u)
+iperf3_loader=$(awk '$1 ~ /^\// && $2 != "=>" {print $1; exit}' <<<"$ldd_out")
+[ -n "$iperf3_loader" ] && [ ${#iperf3_libs[@]} -gt 0 ] \
+  || die "cannot read iperf3's loader and libraries from ldd: $ldd_out"
 
 # --- 2. which kernel -------------------------------------------------------------------
 # The concrete package the metapackage depends on, e.g. linux-image-6.1.0-56-cloud-amd64.
@@ -71,6 +92,10 @@ inputs_hash() {
     echo "kernel $kpkg $kver $ksha"
     echo "modules ${modules[*]}"
     echo "busybox $(sha256sum </bin/busybox)"
+    echo "iperf3 $iperf3_ver"
+    for f in "$iperf3_bin" "$iperf3_loader" "${iperf3_libs[@]}"; do
+      echo "$f $(sha256sum <"$f")"
+    done
     echo "go $(go env GOVERSION) $(go env GOARCH)"
     echo "build.sh $(sha256sum <"$here/build.sh")"
     (cd "$repo" && find test/guest/ftguest -name '*.go' ! -name '*_test.go' -print0 | sort -z \
@@ -143,6 +168,11 @@ done
 (cd "$repo" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 GOFLAGS= \
   go build -trimpath -buildvcs=false -ldflags=-buildid= -o "$root/bin/ftguest" ./test/guest/ftguest)
 echo "$kname" >"$root/etc/kernel-release"
+# iperf3 where init finds it; its loader and libraries at the paths ldd gave (cp would
+# copy the symlinks' targets with the host's umask; install sets the modes itself).
+install -m 755 "$iperf3_bin" "$root/bin/iperf3"
+install -D -m 755 "$iperf3_loader" "$root$iperf3_loader"
+for f in "${iperf3_libs[@]}"; do install -D -m 644 "$f" "$root$f"; done
 
 cat >"$root/init" <<'EOF'
 #!/bin/busybox sh
@@ -187,6 +217,15 @@ fi
 if [ -b "$disk" ]; then
   sectors=$(cat "/sys/class/block/${disk##*/}/size" 2>/dev/null || echo 0)
   echo "disk: $disk $((sectors * 512))"
+fi
+
+# Debian's iperf3 server on :5201, for `ftvmd bench net --iperf-seconds`: the standard
+# tool an outside tester runs. Its per-second reports go nowhere (the console is slow
+# under TCG); its errors stay on the console. Started before ftguest, so this line is
+# on the console by the time "ftguest ready" is.
+if [ -x /bin/iperf3 ]; then
+  iperf3 -s -p 5201 >/dev/null &
+  echo "ftguest init: iperf3 -s on :5201"
 fi
 
 # The service prints "ftguest ready" once it listens on :7000.

@@ -6,7 +6,8 @@
 # 1. builds the image (cached) with build.sh;
 # 2. boots it under plain TCG with no network: waits for "ftguest ready" and counters;
 # 3. brings the lab up, boots the guest in ftlab-a on a tap in ftlab-a's br0 and asks it
-#    "seq 1 hi" from ftlab-c, expecting "ok 1 1 hi";
+#    "seq 1 hi" from ftlab-c, expecting "ok 1 1 hi", and runs iperf3 against the guest's
+#    iperf3 server for a second each way;
 # 4. same again under record/replay recording (-icount shift=4,rr=record, tx=timer,
 #    filter-replay), which is how ftvmd runs the primary.
 # Everything it starts is stopped; the lab is taken down again if this script brought it up.
@@ -127,6 +128,12 @@ grep -q "eth0 $FTLAB_IP_GUEST" "$serial" || fail "guest did not configure eth0"
 ask 'seq 1 hi' 'ok 1 1 hi'
 ask 'ping' 'pong'
 ask 'seq 2 again' 'ok 2 2 again'
+grep -q '^ftguest init: iperf3 -s on :5201' "$serial" || fail "the guest did not start iperf3's server"
+for dir in '' -R; do
+  out=$(ip netns exec "$FTLAB_NS_C" iperf3 -c "$FTLAB_IP_GUEST" -p 5201 -t 1 --connect-timeout 10000 $dir 2>&1) \
+    || fail "iperf3 -c $FTLAB_IP_GUEST -t 1 $dir: $out"
+  log "  iperf3 $dir: $(grep -E 'receiver$' <<<"$out" | awk '{print $7, $8}')"
+done
 stop_qemu
 
 # --- 3. record/replay recording ----------------------------------------------------------
