@@ -156,3 +156,20 @@ func TestCheckIperfGuest(t *testing.T) {
 		t.Error("missing console: no error")
 	}
 }
+
+func TestIperfRatio(t *testing.T) {
+	up, p := IperfRun{MbitS: 200}, IperfRun{MbitS: 50}
+	if got := iperfRatio(up, p); got != 0.25 {
+		t.Errorf("ratio %v, want 0.25", got)
+	}
+	// A failed run gives no ratio (and none that JSON cannot carry, like NaN).
+	for name, c := range map[string][2]IperfRun{
+		"protected failed":   {up, {Error: "iperf3: control socket has closed unexpectedly"}},
+		"unprotected failed": {{Error: "x"}, p},
+		"nothing moved":      {{}, p},
+	} {
+		if got := iperfRatio(c[0], c[1]); got != 0 {
+			t.Errorf("%s: ratio %v, want 0", name, got)
+		}
+	}
+}

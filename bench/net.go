@@ -123,8 +123,8 @@ func Net(ctx context.Context, s *Session, env Env, requests, mb, lagBoundMS, ipe
 	res.ToGuestRatio = res.Protected.ToGuestMBs / res.Unprotected.ToGuestMBs
 	res.ToClientRatio = res.Protected.ToClientMBs / res.Unprotected.ToClientMBs
 	if r := res.Iperf3; r != nil {
-		r.ToGuestRatio = r.Protected.ToGuest.MbitS / r.Unprotected.ToGuest.MbitS
-		r.ToClientRatio = r.Protected.ToClient.MbitS / r.Unprotected.ToClient.MbitS
+		r.ToGuestRatio = iperfRatio(r.Unprotected.ToGuest, r.Protected.ToGuest)
+		r.ToClientRatio = iperfRatio(r.Unprotected.ToClient, r.Protected.ToClient)
 	}
 	return res, nil
 }
