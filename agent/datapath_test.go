@@ -2,8 +2,11 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 
+	"github.com/ftvmd/ftvmd/netbuf"
 	"github.com/ftvmd/ftvmd/outputrule"
 )
 
@@ -41,10 +44,13 @@ func TestNICForDataPath(t *testing.T) {
 }
 
 func TestUnheldPath(t *testing.T) {
-	var u unheldPath
+	u := unheldPath{why: "bind queue 7: operation not permitted"}
 	u.SetMode(outputrule.Protected)
 	if m := u.Stats().Rule.Mode; m != outputrule.Unprotected {
 		t.Fatalf("mode %v", m)
+	}
+	if err := u.Protect(); !errors.Is(err, netbuf.ErrNotHeld) || !strings.Contains(err.Error(), "bind queue 7") {
+		t.Fatalf("Protect: %v, want ErrNotHeld saying why", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

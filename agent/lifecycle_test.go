@@ -272,6 +272,15 @@ func (o *ruleOut) SetMode(m outputrule.Mode) {
 	o.rule.SetMode(m, time.Now())
 	o.modes = append(o.modes, m)
 }
+func (o *ruleOut) Protect() error {
+	o.SetMode(outputrule.Protected)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if m := o.rule.Mode(); m != outputrule.Protected {
+		return fmt.Errorf("output is %v", m)
+	}
+	return nil
+}
 func (o *ruleOut) Stats() netbuf.RelayStats {
 	o.mu.Lock()
 	defer o.mu.Unlock()

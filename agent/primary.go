@@ -701,39 +701,49 @@ func (p *primary) startRelay(cfg qemu.Config) error {
 	return nil
 }
 
-// holdInKernel holds the guest's frames in an NFQUEUE while the VM is protected.
-// QEMU then writes its frames to the tap itself and reads the network's frames from
-// it: the agent sees only the ids of held frames. Unprotected, nothing is held and
-// the agent is not on the path at all.
+// holdInKernel makes the guest's frames wait in an NFQUEUE while the VM is
+// protected. QEMU then writes its frames to the tap itself and reads the network's
+// frames from it: the agent sees only the ids of held frames. Unprotected, the queue
+// is bound but no rule feeds it, so the agent is not on the path at all; protecting
+// the running VM installs the rules (Hold.Protect, at the offset output is held
+// from) and losing the backup removes them again (the Hold's Bypass).
 func (p *primary) holdInKernel() error {
-	if p.peer == "" {
-		p.out = unheldPath{}
-		return nil
-	}
-	if err := netbuf.EnableBridgeNetfilter(); err != nil {
-		return err
-	}
 	link, err := net.InterfaceByName(p.tap)
 	if err != nil {
 		return fmt.Errorf("tap %s: %w", p.tap, err)
 	}
 	// Queue numbers are per network namespace, like interface indexes.
 	queue := uint16(link.Index)
+	protected := p.peer != ""
 	conn, err := nfq.Open(queue, nfq.Config{})
 	if err != nil {
-		return err
+		if protected {
+			return err
+		}
+		// It ran like this before the tap path could protect a running VM: it
+		// still runs, unprotected for good.
+		why := fmt.Sprintf("tap %s: bind queue %d: %v", p.tap, queue, err)
+		p.log.Warn("guest output cannot be held: the vm cannot be protected while it runs", "tap", p.tap, "queue", queue, "err", err)
+		p.out = unheldPath{why: why}
+		return nil
 	}
 	p.addCleanup(conn.Close)
-	rules, err := netbuf.InstallQueueRules(p.tap, queue)
-	if err != nil {
-		return err
+	rules := &tapRules{tap: p.tap, queue: queue}
+	p.addCleanup(rules.remove) // before the queue closes: a queued frame always has a reader
+	mode := outputrule.Unprotected
+	if protected {
+		if err := rules.engage(); err != nil {
+			return err
+		}
+		mode = outputrule.Protected
 	}
-	p.addCleanup(rules.Remove)
 	hold, err := netbuf.NewHold(netbuf.HoldConfig{
 		Queue:          conn,
 		Stamp:          p.stamp,
-		Rule:           outputrule.New(netbuf.HoldRuleConfig(nfq.DefaultMaxLen), outputrule.Protected),
-		Bypass:         rules.Remove,
+		Rule:           outputrule.New(netbuf.HoldRuleConfig(nfq.DefaultMaxLen), mode),
+		Bypass:         rules.remove,
+		Engage:         rules.engage,
+		Bypassed:       !protected,
 		CheckInvariant: p.a.cfg.CheckInvariant,
 		Logger:         p.log,
 	})
@@ -741,7 +751,7 @@ func (p *primary) holdInKernel() error {
 		return err
 	}
 	p.out = hold
-	p.log.Info("guest output held in the kernel", "tap", p.tap, "queue", queue)
+	p.log.Info("guest output held in the kernel", "tap", p.tap, "queue", queue, "mode", mode)
 	return nil
 }
 

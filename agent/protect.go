@@ -16,7 +16,6 @@ import (
 	"github.com/ftvmd/ftvmd/journal"
 	"github.com/ftvmd/ftvmd/lifecycle"
 	"github.com/ftvmd/ftvmd/logging"
-	"github.com/ftvmd/ftvmd/outputrule"
 	"github.com/ftvmd/ftvmd/qemu"
 )
 
@@ -126,8 +125,6 @@ func (p *primary) protectRunning(ctx context.Context, backup string) (string, er
 // canProtectRunning says why this primary cannot be protected while it runs.
 func (p *primary) canProtectRunning() error {
 	switch {
-	case p.dataPath != DataPathRelay:
-		return fmt.Errorf("protect %s while it runs: only the relay data path can start holding output (this VM uses %s)", p.spec.Name, p.dataPath)
 	case !p.a.engine.LogStream:
 		return fmt.Errorf("protect %s while it runs: needs ftvmd's QEMU build (%s is %s)", p.spec.Name, p.a.engine.Binary, p.a.engine.Name)
 	case p.m == nil || p.m.Config().SnapshotDrive == "":
@@ -137,6 +134,10 @@ func (p *primary) canProtectRunning() error {
 	defer p.mu.Unlock()
 	if p.vmCtx == nil {
 		return fmt.Errorf("vm %s is still starting", p.spec.Name)
+	}
+	// The output path is set before the VM's context (startQEMU, startStreams).
+	if u, ok := p.out.(unheldPath); ok {
+		return fmt.Errorf("protect %s while it runs: its output cannot be held: %s", p.spec.Name, u.why)
 	}
 	return nil
 }
@@ -344,9 +345,12 @@ func (p *primary) syncBackup(ctx context.Context, backup string, first chan<- er
 		case <-time.After(catchUpPoll):
 		}
 	}
-	// Hold output from here: every frame released so far was stamped with at
-	// most the log's size now.
-	p.out.SetMode(outputrule.Protected)
+	// Hold output from here: every frame released so far left before Protect
+	// returned (relay: stamped with at most the log's size then; tap: written to
+	// the tap before its frames entered the queue), so at most the log's size now.
+	if err := p.out.Protect(); err != nil {
+		return fmt.Errorf("hold output from the log's end: %w", err)
+	}
 	held, err := p.stamp()
 	if err != nil {
 		return fmt.Errorf("rr log: %w", err)

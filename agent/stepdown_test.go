@@ -34,6 +34,10 @@ func (f *fakeOut) SetMode(m outputrule.Mode) {
 	f.modes = append(f.modes, m)
 	f.mu.Unlock()
 }
+func (f *fakeOut) Protect() error {
+	f.SetMode(outputrule.Protected)
+	return nil
+}
 func (f *fakeOut) Stats() netbuf.RelayStats { return netbuf.RelayStats{} }
 func (f *fakeOut) last() outputrule.Mode {
 	f.mu.Lock()

@@ -29,6 +29,9 @@ type PingPongRound struct {
 	// AgentBackS: the killed host's agent was started again this long after
 	// the kill (the wait is the operator's, part of WaitMS).
 	AgentBackS float64 `json:"agent_back_s"`
+	// ConsoleFrom: the survivor's console size at its re-protection's snapshot
+	// (the new backup's console replays from there).
+	ConsoleFrom int64 `json:"console_from"`
 }
 
 // PingPongReport is a run of failovers back and forth under client load, each
@@ -84,38 +87,10 @@ func RunPingPong(ctx context.Context, s *Session, env Env, o PingPongOpts) (Ping
 	primary, backup := lab.HostA, lab.HostB
 	for i := 0; i < o.Failovers; i++ {
 		time.Sleep(2 * time.Second)
-		var r PingPongRound
-		r.Killed, r.Survivor = primary.Name, backup.Name
-		tKill := time.Now()
-		if err := killHost(primary.NS); err != nil {
-			return rep, err
-		}
-		s.logf("ping-pong %d: killed host %s", i+1, primary.Name)
-		st, err := pollTolerant(ctx, backup, o.VM, 2*time.Minute, func(st control.VMStatus) bool {
-			return st.Role == "primary" && (st.State == "unprotected" || st.State == "syncing" || st.State == "protected")
-		})
+		r, err := FailOverAndReprotect(ctx, s, primary, backup, o.VM, o.AgentDown)
 		if err != nil {
-			return rep, fmt.Errorf("round %d: %s did not go live: %s %s: %w", i+1, backup.Name, st.State, st.Detail, err)
+			return rep, fmt.Errorf("round %d: %w", i+1, err)
 		}
-		r.LiveMS = ms(time.Since(tKill))
-		time.Sleep(o.AgentDown)
-		waitNoProcs(primary.NS, 10*time.Second)
-		if err := s.Lab.StartAgent(ctx, primary, s.agentArgs...); err != nil {
-			return rep, fmt.Errorf("round %d: start %s's agent again: %w", i+1, primary.Name, err)
-		}
-		r.AgentBackS = time.Since(tKill).Seconds()
-		st, err = pollTolerant(ctx, backup, o.VM, 3*time.Minute, func(st control.VMStatus) bool {
-			return st.State == "protected" && st.Sync != nil && st.Sync.Phase == "protected" && st.Sync.Auto && st.Sync.ProtectedAt.After(tKill)
-		})
-		if errors.Is(err, errPollTimeout) {
-			return rep, fmt.Errorf("round %d: %s not protected again by %s: %s %s, sync %+v", i+1, backup.Name, primary.Name, st.State, st.Detail, st.Sync)
-		}
-		if err != nil {
-			return rep, err
-		}
-		y := st.Sync
-		r.WindowMS, r.FailoverMS, r.WaitMS, r.PauseMS = y.WindowMS, y.FailoverMS, y.WaitMS, y.PauseMS
-		r.SnapshotMS, r.CopyMS, r.CatchUpMS = y.SnapshotMS, y.CopyMS, y.CatchUpMS
 		s.logf("ping-pong %d: %s live %.1f s after the kill; protected again by %s, no command: window %.1f s (failover %.1f s, waiting for the host %.1f s, snapshot %.0f ms with a %.0f ms pause, copy %.1f s, catch-up %.1f s)",
 			i+1, backup.Name, r.LiveMS/1000, primary.Name, r.WindowMS/1000, r.FailoverMS/1000, r.WaitMS/1000, r.SnapshotMS, r.PauseMS, r.CopyMS/1000, r.CatchUpMS/1000)
 		rep.Rounds = append(rep.Rounds, r)
@@ -140,6 +115,45 @@ func RunPingPong(ctx context.Context, s *Session, env Env, o PingPongOpts) (Ping
 		rep.OwnerState = st.State
 	}
 	return rep, nil
+}
+
+// FailOverAndReprotect is one round of a ping-pong: it SIGKILLs every process of
+// primary (the host running vm, protected with a backup on backup), waits for
+// backup to go live, starts primary's agent again agentDown later, and waits until
+// backup protected the VM again with it by itself (no command).
+func FailOverAndReprotect(ctx context.Context, s *Session, primary, backup lab.Host, vm string, agentDown time.Duration) (PingPongRound, error) {
+	r := PingPongRound{Killed: primary.Name, Survivor: backup.Name}
+	tKill := time.Now()
+	if err := killHost(primary.NS); err != nil {
+		return r, err
+	}
+	s.logf("killed host %s", primary.Name)
+	st, err := pollTolerant(ctx, backup, vm, 2*time.Minute, func(st control.VMStatus) bool {
+		return st.Role == "primary" && (st.State == "unprotected" || st.State == "syncing" || st.State == "protected")
+	})
+	if err != nil {
+		return r, fmt.Errorf("%s did not go live: %s %s: %w", backup.Name, st.State, st.Detail, err)
+	}
+	r.LiveMS = ms(time.Since(tKill))
+	time.Sleep(agentDown)
+	waitNoProcs(primary.NS, 10*time.Second)
+	if err := s.Lab.StartAgent(ctx, primary, s.agentArgs...); err != nil {
+		return r, fmt.Errorf("start %s's agent again: %w", primary.Name, err)
+	}
+	r.AgentBackS = time.Since(tKill).Seconds()
+	st, err = pollTolerant(ctx, backup, vm, 3*time.Minute, func(st control.VMStatus) bool {
+		return st.State == "protected" && st.Sync != nil && st.Sync.Phase == "protected" && st.Sync.Auto && st.Sync.ProtectedAt.After(tKill)
+	})
+	if errors.Is(err, errPollTimeout) {
+		return r, fmt.Errorf("%s not protected again by %s: %s %s, sync %+v", backup.Name, primary.Name, st.State, st.Detail, st.Sync)
+	}
+	if err != nil {
+		return r, err
+	}
+	y := st.Sync
+	r.WindowMS, r.FailoverMS, r.WaitMS, r.PauseMS = y.WindowMS, y.FailoverMS, y.WaitMS, y.PauseMS
+	r.SnapshotMS, r.CopyMS, r.CatchUpMS, r.ConsoleFrom = y.SnapshotMS, y.CopyMS, y.CatchUpMS, y.ConsoleFrom
+	return r, nil
 }
 
 // pollTolerant polls vm's status on h every 100 ms until done or timeout, taking

@@ -37,8 +37,9 @@ type ProtectReport struct {
 	Inconsistent int     `json:"requests_inconsistent"`
 	ConnSurvived bool    `json:"tcp_connection_survived"`
 	// ConsoleCompared: bytes of the backup's console found equal to the
-	// primary's from the snapshot on; SentinelChecked: what the backup's
-	// divergence sentinel checked.
+	// primary's from the snapshot on (with failovers, summed over each
+	// re-protection's too); SentinelChecked: what the backup's divergence
+	// sentinel checked.
 	ConsoleCompared int64  `json:"console_compared"`
 	SentinelChecked int64  `json:"sentinel_checked"`
 	Divergence      string `json:"divergence,omitempty"`
@@ -47,6 +48,15 @@ type ProtectReport struct {
 	AddedDelayP50MS float64 `json:"added_delay_p50_ms"`
 	CounterBefore   int     `json:"guest_counter_before"`
 	CounterAfter    int     `json:"guest_counter_after"`
+	// DataPath: the primary's (relay or tap). InvariantFails: frames the
+	// primary found breaking the output rule as it released them (agents run
+	// with --check-invariant on the lab), over the protection and, with
+	// failovers, over each survivor's re-protection.
+	DataPath       string `json:"data_path"`
+	InvariantFails uint64 `json:"invariant_failures"`
+	// Rounds: the failovers after the protection (ProtectOpts.Failovers), each
+	// followed by the survivor's own re-protection.
+	Rounds []PingPongRound `json:"failovers,omitempty"`
 }
 
 // ProtectOpts configures RunProtect.
@@ -59,6 +69,11 @@ type ProtectOpts struct {
 	Running bool
 	// After is how long the load goes on once the VM is protected.
 	After time.Duration
+	// Failovers: after the protection (and the consoles' comparison), this
+	// many ping-pong rounds under the same load (FailOverAndReprotect): the
+	// host running the VM is killed, the other goes live and protects it again
+	// by itself once the killed host's agent is back (1 s later).
+	Failovers int
 }
 
 // RunProtect runs a guest unprotected on host A under client load (sequence
@@ -97,6 +112,48 @@ func RunProtect(ctx context.Context, s *Session, env Env, o ProtectOpts) (Protec
 		after = 5 * time.Second
 	}
 	time.Sleep(after)
+	if o.Failovers > 0 {
+		// The consoles of this protection, before a failover moves the VM.
+		if err := judgeProtected(ctx, lab.HostA, lab.HostB, o.VM, st, &rep); err != nil {
+			return rep, err
+		}
+		// Each copy that runs the VM counts its own invariant failures: read
+		// each one's just before its host is killed, and the last one's at the end.
+		fails := func(h lab.Host) uint64 {
+			pst, err := lab.Status(ctx, h, o.VM)
+			if err != nil {
+				s.logf("status of %s on %s: %v", o.VM, h.Name, err)
+				return 0
+			}
+			return pst.InvariantFails
+		}
+		var sum uint64
+		primary, backup := lab.HostA, lab.HostB
+		for i := 0; i < o.Failovers; i++ {
+			time.Sleep(2 * time.Second)
+			sum += fails(primary)
+			r, err := FailOverAndReprotect(ctx, s, primary, backup, o.VM, time.Second)
+			rep.Rounds = append(rep.Rounds, r)
+			if err != nil {
+				return rep, fmt.Errorf("failover %d: %w", i+1, err)
+			}
+			// The survivor's new backup replays from its snapshot: the same
+			// console from there on.
+			var cmp ProtectReport
+			if err := CompareConsoles(ctx, backup, primary, o.VM, r.ConsoleFrom, &cmp); err != nil {
+				return rep, fmt.Errorf("failover %d: %w", i+1, err)
+			}
+			rep.ConsoleCompared += cmp.ConsoleCompared
+			if cmp.Divergence != "" && rep.Divergence == "" {
+				rep.Divergence = cmp.Divergence
+			}
+			s.logf("failover %d: %s live %.1f s after the kill; protected again by %s, no command: window %.1f s; console identical for %d bytes from its snapshot",
+				i+1, backup.Name, r.LiveMS/1000, primary.Name, r.WindowMS/1000, cmp.ConsoleCompared)
+			primary, backup = backup, primary
+		}
+		time.Sleep(2 * time.Second)
+		rep.InvariantFails = sum + fails(primary)
+	}
 	lr := load.stop()
 	load = nil
 	rep.Requests, rep.RequestsLost, rep.Inconsistent = lr.answered, lr.lost, lr.inconsistent
@@ -105,13 +162,23 @@ func RunProtect(ctx context.Context, s *Session, env Env, o ProtectOpts) (Protec
 	if a, err := c.Do("counter", 10*time.Second); err == nil {
 		fmt.Sscanf(a, "counter %d", &rep.CounterAfter)
 	}
-	if pst, err := lab.Status(ctx, lab.HostA, o.VM); err == nil {
-		rep.AddedDelayP50MS = pst.AddedDelayP50MS
+	if o.Failovers > 0 {
+		return rep, nil
 	}
-	if err := CompareConsoles(ctx, lab.HostA, lab.HostB, o.VM, st.Sync.ConsoleFrom, &rep); err != nil {
+	if err := judgeProtected(ctx, lab.HostA, lab.HostB, o.VM, st, &rep); err != nil {
 		return rep, err
 	}
 	return rep, nil
+}
+
+// judgeProtected reads what the primary's output rule did once protected (the
+// added delay, invariant failures, its data path) and compares the consoles from
+// the snapshot on.
+func judgeProtected(ctx context.Context, primary, backup lab.Host, vm string, st control.VMStatus, rep *ProtectReport) error {
+	if pst, err := lab.Status(ctx, primary, vm); err == nil {
+		rep.AddedDelayP50MS, rep.DataPath, rep.InvariantFails = pst.AddedDelayP50MS, pst.DataPath, pst.InvariantFails
+	}
+	return CompareConsoles(ctx, primary, backup, vm, st.Sync.ConsoleFrom, rep)
 }
 
 // ProtectRunningVM protects vm, running unprotected on primary, with a backup on

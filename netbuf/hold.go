@@ -39,6 +39,13 @@ type HoldConfig struct {
 	// stops frames from being queued at all (removes the queue rules), so an
 	// unprotected VM's frames no longer cross into the agent.
 	Bypass func() error
+	// Engage, if set, undoes Bypass: it makes frames enter the queue again
+	// (installs the queue rules). Protect calls it when frames bypass the
+	// queue, so that a VM that runs unprotected can be protected again.
+	Engage func() error
+	// Bypassed says frames bypass the queue from the start (the rules are not
+	// installed: the VM runs unprotected); Rule must then be Unprotected.
+	Bypassed bool
 	// CheckInvariant runs outputrule.CheckRelease on every frame before its
 	// release; a violating frame is dropped, counted and logged.
 	CheckInvariant bool
@@ -58,6 +65,10 @@ func (c *HoldConfig) validate() error {
 		return fmt.Errorf("%w: Queue is nil", ErrConfig)
 	case c.Stamp == nil:
 		return fmt.Errorf("%w: Stamp is nil", ErrConfig)
+	case c.Bypassed && (c.Rule == nil || c.Rule.Mode() != outputrule.Unprotected):
+		// Frames that bypass the queue cannot be held: the rule would hold
+		// nothing of what leaves.
+		return fmt.Errorf("%w: Bypassed needs an Unprotected rule", ErrConfig)
 	}
 	if c.Rule == nil {
 		c.Rule = outputrule.New(HoldRuleConfig(nfq.DefaultMaxLen), outputrule.Protected)
@@ -80,6 +91,10 @@ type Hold struct {
 	cfg HoldConfig
 	log *slog.Logger
 
+	// engMu orders the changes of whether frames are queued (Bypass, Engage)
+	// with the mode changes they go with: a Protect and an Unprotected never
+	// interleave. Taken before mu.
+	engMu sync.Mutex
 	// mu guards rule, and is held across every verdict that releases frames:
 	// once SetMode(Halted) returns, no release verdict is sent.
 	mu       sync.Mutex
@@ -99,7 +114,7 @@ func NewHold(cfg HoldConfig) (*Hold, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Hold{cfg: cfg, log: cfg.Logger, rule: cfg.Rule, kick: make(chan struct{}, 1)}, nil
+	return &Hold{cfg: cfg, log: cfg.Logger, rule: cfg.Rule, bypassed: cfg.Bypassed, kick: make(chan struct{}, 1)}, nil
 }
 
 // Ack records the backup's ack of the log up to off.
@@ -125,8 +140,19 @@ func (h *Hold) Sent(off int64) {
 
 // SetMode switches the output rule's mode. Halted drops every frame the
 // kernel holds and every later one; Unprotected releases them and calls
-// Bypass so that later frames are not queued.
+// Bypass so that later frames are not queued. Protected is Protect, whose
+// error is logged: call Protect to hear it.
 func (h *Hold) SetMode(m outputrule.Mode) {
+	if m == outputrule.Protected {
+		if err := h.Protect(); err != nil {
+			h.log.Error("netbuf: output not held", "err", err)
+		}
+		return
+	}
+	if m == outputrule.Unprotected {
+		h.engMu.Lock()
+		defer h.engMu.Unlock()
+	}
 	h.mu.Lock()
 	h.rule.SetMode(m, h.cfg.Now())
 	mode := h.rule.Mode()
@@ -147,6 +173,58 @@ func (h *Hold) SetMode(m outputrule.Mode) {
 			h.log.Warn("netbuf: frames still queued while unprotected", "err", err)
 		}
 	}
+}
+
+// ErrNotHeld: Protect could not make the guest's frames wait in the queue.
+var ErrNotHeld = errors.New("netbuf: cannot hold the guest's frames")
+
+// Protect makes the Hold hold output from now on: the rule turns Protected
+// and, if frames bypass the queue (the Hold started Bypassed, or Bypass ran
+// when it turned Unprotected), Engage makes them enter it again. Once Protect
+// returns nil, every frame that reaches the queue's hook is held until the ack
+// passes its stamp, and every frame that passed the hook unheld did so before
+// Protect returned: a log size read after it covers all of those (QEMU
+// flushes the log before it writes a frame). On an error nothing changed:
+// frames bypass the queue and the rule stays Unprotected. A Halted Hold is
+// never protected again.
+func (h *Hold) Protect() error {
+	h.engMu.Lock()
+	defer h.engMu.Unlock()
+	h.mu.Lock()
+	prev, bypassed := h.rule.Mode(), h.bypassed
+	if prev == outputrule.Halted {
+		h.mu.Unlock()
+		return fmt.Errorf("%w: output is halted", ErrNotHeld)
+	}
+	if bypassed && h.cfg.Engage == nil {
+		h.mu.Unlock()
+		return fmt.Errorf("%w: frames bypass the queue and nothing can engage it", ErrNotHeld)
+	}
+	// Protected before the frames can enter the queue: none that enters it is
+	// released unacknowledged.
+	h.rule.SetMode(outputrule.Protected, h.cfg.Now())
+	h.mu.Unlock()
+	if bypassed {
+		if err := h.cfg.Engage(); err != nil {
+			h.mu.Lock()
+			h.rule.SetMode(prev, h.cfg.Now())
+			h.mu.Unlock()
+			notify(h.kick)
+			return fmt.Errorf("%w: %w", ErrNotHeld, err)
+		}
+		h.mu.Lock()
+		h.bypassed = false
+		h.mu.Unlock()
+	}
+	h.mu.Lock()
+	mode := h.rule.Mode()
+	h.mu.Unlock()
+	if mode != outputrule.Protected {
+		// Halted meanwhile: what enters the queue is dropped, never released.
+		return fmt.Errorf("%w: output was halted", ErrNotHeld)
+	}
+	h.log.Info("netbuf: output mode", "mode", mode, "engaged", bypassed)
+	return nil
 }
 
 // verdictLocked sends one verdict (with h.mu held) and counts a failure.

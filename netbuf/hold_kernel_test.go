@@ -232,3 +232,119 @@ func TestQueueWithoutReaderDrops(t *testing.T) {
 		t.Fatal("a frame passed a queue nobody reads")
 	}
 }
+
+// TestHoldInKernelEngage is the kernel side of protecting a running VM on the
+// tap path: a Hold that starts bypassed (no rules) lets frames cross unqueued;
+// Protect installs the rules and from then on every IP frame waits for the ack;
+// Unprotected releases and removes them; Protect again holds again.
+func TestHoldInKernelEngage(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	const br, in, out, queue = "ftbr0", "ftin0", "ftout0", 11
+	var inTap, outTap *os.File
+	var conn *nfq.Conn
+	err := ns.do(func() error {
+		var err error
+		if inTap, outTap, err = bridgedTaps(br, in, out); err != nil {
+			return err
+		}
+		conn, err = nfq.Open(queue, nfq.Config{})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inTap.Close(); outTap.Close(); conn.Close() })
+	var rules *QueueRules // touched only in ns (Engage and Bypass run there)
+	var logSize atomic.Int64
+	h, err := NewHold(HoldConfig{
+		Queue:    conn,
+		Stamp:    func() (int64, error) { return logSize.Load(), nil },
+		Rule:     outputrule.New(HoldRuleConfig(nfq.DefaultMaxLen), outputrule.Unprotected),
+		Bypassed: true,
+		Engage: func() error {
+			return ns.do(func() error {
+				r, err := InstallQueueRules(in, queue)
+				rules = r
+				return err
+			})
+		},
+		Bypass:         func() error { return ns.do(func() error { return rules.Remove() }) },
+		CheckInvariant: true,
+		Logger:         slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	write := func(f []byte) {
+		t.Helper()
+		if _, err := inTap.Write(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queued := func() uint64 { return h.Stats().GuestFrames }
+
+	// Unprotected and bypassed: frames cross and never enter the queue.
+	write(ipv4Frame("free-before"))
+	if !sawFrame(t, outTap, "free-before", 5*time.Second) {
+		t.Fatal("an unprotected frame did not cross")
+	}
+	if queued() != 0 {
+		t.Fatal("a frame was queued before Protect")
+	}
+
+	// Protect: held from here on, released by the ack of the new channel.
+	if err := h.Protect(); err != nil {
+		t.Fatal(err)
+	}
+	h.Sent(1000)
+	logSize.Store(100)
+	write(ipv4Frame("held-v4"))
+	write(ipv6Frame("held-v6"))
+	waitFor(t, "frames queued", func() bool { return queued() == 2 })
+	if sawFrame(t, outTap, "held-", 100*time.Millisecond) {
+		t.Fatal("a frame sent after Protect crossed before any ack")
+	}
+	h.Ack(100)
+	if !sawFrame(t, outTap, "held-v4", 5*time.Second) || !sawFrame(t, outTap, "held-v6", 5*time.Second) {
+		t.Fatal("the acked frames were not released")
+	}
+
+	// The backup is lost: unprotected, the rules go.
+	h.SetMode(outputrule.Unprotected)
+	write(ipv4Frame("free-after"))
+	if !sawFrame(t, outTap, "free-after", 5*time.Second) {
+		t.Fatal("an unprotected frame did not cross after the bypass")
+	}
+	if queued() != 2 {
+		t.Fatal("a frame was queued after the bypass")
+	}
+
+	// Protected again (a re-protection): held again until the new channel's ack.
+	if err := h.Protect(); err != nil {
+		t.Fatal(err)
+	}
+	h.Sent(500)
+	logSize.Store(400)
+	write(ipv4Frame("held-again"))
+	waitFor(t, "frame queued", func() bool { return queued() == 3 })
+	if sawFrame(t, outTap, "held-again", 100*time.Millisecond) {
+		t.Fatal("a frame crossed before the re-protection's ack")
+	}
+	h.Ack(400)
+	if !sawFrame(t, outTap, "held-again", 5*time.Second) {
+		t.Fatal("the acked frame was not released")
+	}
+	if st := h.Stats(); st.TapFrames != 3 || st.Invariant != 0 || st.TapWriteErrors != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}

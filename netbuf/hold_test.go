@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -254,5 +255,229 @@ func TestHoldConfigErrors(t *testing.T) {
 	}
 	if err := h.Run(ctx); !errors.Is(err, ErrAlreadyRunning) {
 		t.Fatalf("second Run: %v", err)
+	}
+}
+
+// engageHarness is a Hold that starts bypassed (an unprotected VM: no rules feed
+// the queue) with fake Engage and Bypass that track whether frames are queued.
+type engageHarness struct {
+	*holdHarness
+	mu        sync.Mutex
+	installed bool
+	engages   int
+	bypasses  int
+	engageErr error
+	// inBypass, if set, runs in Bypass before the rules go (the test holds it).
+	inBypass func()
+}
+
+func newEngageHarness(t *testing.T) *engageHarness {
+	t.Helper()
+	eh := &engageHarness{holdHarness: &holdHarness{t: t, q: newFakeQueue()}}
+	h, err := NewHold(HoldConfig{
+		Queue:    eh.q,
+		Stamp:    func() (int64, error) { return eh.log.Load(), nil },
+		Rule:     outputrule.New(HoldRuleConfig(64), outputrule.Unprotected),
+		Bypassed: true,
+		Engage: func() error {
+			eh.mu.Lock()
+			defer eh.mu.Unlock()
+			if eh.engageErr != nil {
+				return eh.engageErr
+			}
+			eh.installed = true
+			eh.engages++
+			return nil
+		},
+		Bypass: func() error {
+			eh.mu.Lock()
+			wait := eh.inBypass
+			eh.mu.Unlock()
+			if wait != nil {
+				wait()
+			}
+			eh.mu.Lock()
+			defer eh.mu.Unlock()
+			eh.installed = false
+			eh.bypasses++
+			return nil
+		},
+		CheckInvariant: true,
+		Logger:         slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelError + 1})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eh.h = h
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return eh
+}
+
+func (eh *engageHarness) counts() (installed bool, engages, bypasses int) {
+	eh.mu.Lock()
+	defer eh.mu.Unlock()
+	return eh.installed, eh.engages, eh.bypasses
+}
+
+// A Hold of an unprotected VM starts with its frames bypassing the queue;
+// Protect installs the rules and holds what then enters it until acked; losing
+// the backup releases and bypasses again; the next Protect engages again.
+func TestHoldProtectEngagesABypassedQueue(t *testing.T) {
+	eh := newEngageHarness(t)
+	if in, n, _ := eh.counts(); in || n != 0 {
+		t.Fatal("a bypassed hold installed its rules before Protect")
+	}
+	if err := eh.h.Protect(); err != nil {
+		t.Fatal(err)
+	}
+	if in, n, _ := eh.counts(); !in || n != 1 {
+		t.Fatalf("after Protect: installed %v, engaged %d times", in, n)
+	}
+	if m := eh.h.Stats().Rule.Mode; m != outputrule.Protected {
+		t.Fatalf("mode %v after Protect", m)
+	}
+	// The new log's channel: sent and acked count from the new protection.
+	eh.h.Sent(1000)
+	eh.queue(300, 1)
+	eh.queue(400, 2)
+	time.Sleep(20 * time.Millisecond)
+	if a, _, _ := eh.q.state(); len(a) != 0 {
+		t.Fatalf("released %v before any ack", a)
+	}
+	eh.h.Ack(300)
+	eh.waitAccepted(1)
+	// Protect again while protected changes nothing.
+	if err := eh.h.Protect(); err != nil {
+		t.Fatal(err)
+	}
+	if _, n, _ := eh.counts(); n != 1 {
+		t.Fatalf("engaged %d times, want 1", n)
+	}
+	eh.h.SetMode(outputrule.Unprotected)
+	eh.waitAccepted(1, 2)
+	if in, _, b := eh.counts(); in || b != 1 {
+		t.Fatalf("after Unprotected: installed %v, bypassed %d times", in, b)
+	}
+	// Protected again (a re-protection): engaged again, held again.
+	if err := eh.h.Protect(); err != nil {
+		t.Fatal(err)
+	}
+	if in, n, _ := eh.counts(); !in || n != 2 {
+		t.Fatalf("second Protect: installed %v, engaged %d times", in, n)
+	}
+	eh.h.Sent(2000)
+	eh.queue(50, 3)
+	time.Sleep(20 * time.Millisecond)
+	if a, _, _ := eh.q.state(); len(a) != 2 {
+		t.Fatalf("released %v: frame 3 left before the new channel's ack", a)
+	}
+	eh.h.Ack(50)
+	eh.waitAccepted(1, 2, 3)
+	if st := eh.h.Stats(); st.Invariant != 0 {
+		t.Fatalf("invariant failures %d", st.Invariant)
+	}
+}
+
+// A Protect whose Engage fails says so and leaves the Hold unprotected (its
+// frames are not queued, so a Protected rule would claim to hold what leaves);
+// a later one succeeds.
+func TestHoldProtectEngageFails(t *testing.T) {
+	eh := newEngageHarness(t)
+	eh.mu.Lock()
+	eh.engageErr = errors.New("nf_tables: operation not supported")
+	eh.mu.Unlock()
+	err := eh.h.Protect()
+	if !errors.Is(err, ErrNotHeld) || !strings.Contains(err.Error(), "operation not supported") {
+		t.Fatalf("Protect: %v, want ErrNotHeld with the cause", err)
+	}
+	if m := eh.h.Stats().Rule.Mode; m != outputrule.Unprotected {
+		t.Fatalf("mode %v after a failed Protect", m)
+	}
+	eh.mu.Lock()
+	eh.engageErr = nil
+	eh.mu.Unlock()
+	if err := eh.h.Protect(); err != nil {
+		t.Fatal(err)
+	}
+	if in, _, _ := eh.counts(); !in {
+		t.Fatal("not engaged on the second Protect")
+	}
+}
+
+// A halted Hold is never protected again, and one halted while its Protect
+// engaged the queue reports it.
+func TestHoldProtectAfterHalt(t *testing.T) {
+	eh := newEngageHarness(t)
+	eh.h.SetMode(outputrule.Halted)
+	if err := eh.h.Protect(); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("Protect after halt: %v", err)
+	}
+	if in, n, _ := eh.counts(); in || n != 0 {
+		t.Fatal("a halted hold engaged its rules")
+	}
+	// A bypassed Hold without Engage cannot hold.
+	h, err := NewHold(HoldConfig{Queue: newFakeQueue(), Stamp: func() (int64, error) { return 0, nil },
+		Rule: outputrule.New(HoldRuleConfig(4), outputrule.Unprotected), Bypassed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Protect(); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("Protect without Engage: %v", err)
+	}
+	if m := h.Stats().Rule.Mode; m != outputrule.Unprotected {
+		t.Fatalf("mode %v", m)
+	}
+}
+
+// A Protect that comes while an Unprotected is removing the rules waits for it,
+// and then engages them again: the rules end up installed exactly when the rule
+// is Protected. Without engMu the Bypass would land after the Protect's Engage and
+// leave a Protected rule whose frames bypass the queue.
+func TestHoldProtectWaitsForBypass(t *testing.T) {
+	eh := newEngageHarness(t)
+	if err := eh.h.Protect(); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	eh.mu.Lock()
+	eh.inBypass = func() { close(entered); <-release }
+	eh.mu.Unlock()
+	unprotected := make(chan struct{})
+	go func() { eh.h.SetMode(outputrule.Unprotected); close(unprotected) }()
+	<-entered // the Unprotected is removing the rules
+	protected := make(chan error, 1)
+	go func() { protected <- eh.h.Protect() }()
+	select {
+	case err := <-protected:
+		t.Fatalf("Protect returned (%v) while the rules were being removed", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	<-unprotected
+	if err := <-protected; err != nil {
+		t.Fatal(err)
+	}
+	in, n, b := eh.counts()
+	if m := eh.h.Stats().Rule.Mode; m != outputrule.Protected || !in || n != 2 || b != 1 {
+		t.Fatalf("mode %v, rules installed %v (engaged %d, bypassed %d times): want protected with the rules in", m, in, n, b)
+	}
+}
+
+func TestHoldBypassedNeedsUnprotectedRule(t *testing.T) {
+	_, err := NewHold(HoldConfig{Queue: newFakeQueue(), Stamp: func() (int64, error) { return 0, nil },
+		Rule: outputrule.New(HoldRuleConfig(4), outputrule.Protected), Bypassed: true})
+	if !errors.Is(err, ErrConfig) {
+		t.Fatalf("Bypassed with a Protected rule: %v", err)
+	}
+	if _, err := NewHold(HoldConfig{Queue: newFakeQueue(), Stamp: func() (int64, error) { return 0, nil }, Bypassed: true}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("Bypassed with the default (Protected) rule: %v", err)
 	}
 }

@@ -317,6 +317,20 @@ func (r *Relay) SetMode(m outputrule.Mode) {
 	notify(r.room)
 }
 
+// Protect holds output from now on (SetMode Protected): every frame the
+// relay reads after it returns is held until the ack passes its stamp. It
+// fails only on a Halted relay, which never releases anything again.
+func (r *Relay) Protect() error {
+	r.SetMode(outputrule.Protected)
+	r.mu.Lock()
+	mode := r.rule.Mode()
+	r.mu.Unlock()
+	if mode != outputrule.Protected {
+		return fmt.Errorf("%w: output is %v", ErrNotHeld, mode)
+	}
+	return nil
+}
+
 // Stats returns a snapshot of the counters.
 func (r *Relay) Stats() RelayStats {
 	r.mu.Lock()

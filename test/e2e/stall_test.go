@@ -287,11 +287,6 @@ func TestReplayStallStepsDown(t *testing.T) {
 		}
 	}
 
-	if wantDataPath() != "relay" {
-		// Protecting a running VM needs the relay data path (canProtectRunning).
-		t.Logf("data path %s: no re-protection from a running state; test took %s", wantDataPath(), time.Since(t0).Round(time.Second))
-		return
-	}
 	// The primary protects the VM again by itself: a new backup from a snapshot.
 	var nb control.VMStatus
 	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
