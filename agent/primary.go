@@ -715,6 +715,15 @@ func (p *primary) holdInKernel() error {
 	// Queue numbers are per network namespace, like interface indexes.
 	queue := uint16(link.Index)
 	protected := p.peer != ""
+	if !protected {
+		// Tables a killed agent left for this tap's name (a primary or a
+		// re-protected survivor that ran here) send its frames to a queue nobody
+		// reads: every IP frame would be dropped. A protected VM's install
+		// replaces them.
+		if err := netbuf.RemoveQueueRules(p.tap); err != nil {
+			p.log.Warn("stale hold tables of the tap may drop its frames", "tap", p.tap, "err", err)
+		}
+	}
 	conn, err := nfq.Open(queue, nfq.Config{})
 	if err != nil {
 		if protected {

@@ -38,7 +38,8 @@ func holdTables() ([]string, error) {
 }
 
 // On the tap path an unprotected VM (ftvmd run, a survivor after a failover) gets
-// a kernel hold whose queue no rule feeds: its frames cross without the agent.
+// a kernel hold whose queue no rule feeds (stale tables of its tap's name are
+// removed): its frames cross without the agent.
 // Protecting it while it runs installs the rules (Protect), losing the backup
 // removes them, a re-protection installs them again, and the VM's teardown
 // removes them.
@@ -49,6 +50,11 @@ func TestTapHoldOfAnUnprotectedVM(t *testing.T) {
 		}
 		const tap = "ft-vm1"
 		if _, err := netbuf.CreateTap(tap, "br0"); err != nil {
+			return err
+		}
+		// Tables a killed agent left for this tap's name (queue 999 has no
+		// reader: they would drop the unprotected VM's frames).
+		if _, err := netbuf.InstallQueueRules(tap, 999); err != nil {
 			return err
 		}
 		p := &primary{

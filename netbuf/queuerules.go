@@ -99,6 +99,31 @@ func InstallQueueRules(tap string, queue uint16) (*QueueRules, error) {
 	return r, nil
 }
 
+// RemoveQueueRules deletes the tables InstallQueueRules adds for tap, if there are
+// any: an agent that was killed leaves them behind, and they would drop every IP
+// frame of a VM that later runs unprotected on a tap of the same name (their queue
+// has no reader). Absent tables are fine.
+func RemoveQueueRules(tap string) error {
+	if err := checkIfName(tap); err != nil {
+		return err
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("netbuf: remove the hold tables of tap %q: %w", tap, err)
+	}
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		t := &nftables.Table{Family: fam, Name: queueTableName(tap)}
+		// Adding an existing table is a no-op, and deleting a missing one would
+		// fail the batch: add, then delete, in one transaction.
+		c.AddTable(t)
+		c.DelTable(t)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("netbuf: remove the hold tables of tap %q: %w", tap, err)
+	}
+	return nil
+}
+
 // queueRuleExprs is "-m physdev --physdev-in tap -j NFQUEUE --queue-num queue"
 // as nftables compat expressions, with a counter for diagnosis.
 func queueRuleExprs(tap string, queue uint16) []expr.Any {
