@@ -173,3 +173,23 @@ func TestIperfRatio(t *testing.T) {
 		}
 	}
 }
+
+// A run the guest's server cut short: recorded offline against the lab guest
+// under -icount shift=4 with a 20 s -R run on a tap without offloads; the guest's
+// clock ran ahead of real time and its server's end-of-test guard fired 16 s in.
+func TestParseIperf3CutShort(t *testing.T) {
+	run, err := ParseIperf3(readSample(t, "iperf3-guest-to-client-cut.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if run.Direction != IperfToClient || !strings.Contains(run.Error, "control socket has closed unexpectedly") {
+		t.Errorf("direction %q, error %q", run.Direction, run.Error)
+	}
+	// 16 one-second intervals, 1201209720 bytes received in all.
+	if !near(run.ClientSeconds, 16.000081956386566) {
+		t.Errorf("client seconds %v", run.ClientSeconds)
+	}
+	if want := 1201209720 * 8 / 1e6 / run.ClientSeconds; !near(run.MbitS, want) {
+		t.Errorf("mbit_s %v, want %v", run.MbitS, want)
+	}
+}
