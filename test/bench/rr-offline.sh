@@ -18,9 +18,11 @@
 # NET=1 gives the guest a NIC as the agent does (virtio-net tx=timer + filter-replay),
 # on a tap in a private network namespace, and once the guest is ready runs LOAD there
 # against its service on 10.9.9.9:7000: space-separated "get MB" (guest->client),
-# "put MB" (client->guest) and "req N" (N ping/pong round trips) steps, default
+# "put MB" (client->guest), "req N" (N ping/pong round trips) and "md5 N" (N
+# `md5 100` commands back to back, the task of `ftvmd bench cpu`) steps, default
 # "get 400 put 100". Each step's rate under recording is printed (load_mbps: Mbit/s
-# for get/put, round trips/s for req). SECONDS must cover boot and the load.
+# for get/put, round trips/s for req, seconds for md5). SECONDS must cover boot and
+# the load.
 set -euo pipefail
 name=$1; secs=$2; shift 2
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -57,6 +59,12 @@ out = []
 for op, mb in zip(steps[0::2], steps[1::2]):
     n = int(mb) << 20
     t0 = time.time()
+    if op == "md5": # N md5 commands of 100 MiB (a CPU-bound task, as bench cpu's)
+        for _ in range(int(mb)):
+            f.write(b"md5 100\n"); f.flush()
+            if not f.readline().startswith(b"md5 "): raise SystemExit("bad md5")
+        out.append('"md5x%s_s":%.1f' % (mb, time.time() - t0))
+        continue
     if op == "req":
         for _ in range(int(mb)):
             f.write(b"ping\n"); f.flush()
