@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,8 +19,11 @@ type CPUResult struct {
 	Runs int `json:"runs"`
 	// Reps is how many `md5 MB` commands one run sends back to back: enough for
 	// an unprotected run to last MinSeconds, measured once before the first run.
-	Reps        int       `json:"md5_per_run"`
-	MinSeconds  float64   `json:"min_run_s"`
+	Reps       int     `json:"md5_per_run"`
+	MinSeconds float64 `json:"min_run_s"`
+	// IcountShift is the guest's --icount-shift when the run set one (0: vm
+	// define's default).
+	IcountShift int       `json:"icount_shift,omitempty"`
 	Unprotected []float64 `json:"unprotected_s"`
 	Protected   []float64 `json:"protected_s"`
 	Ratio       float64   `json:"speed_ratio_protected_vs_unprotected"` // >1 is faster
@@ -49,14 +53,22 @@ func md5Reps(once, minSeconds float64) int {
 
 // CPU times `md5 <mb>` in the guest, repeated so that one unprotected run lasts
 // at least minSeconds, runs times each way: unprotected first, then protected.
-func CPU(ctx context.Context, s *Session, env Env, mb, runs int, minSeconds float64) (CPUResult, error) {
-	res := CPUResult{Env: env, MB: mb, Runs: runs, MinSeconds: minSeconds}
+//
+// icountShift, when not 0, defines the guest with that --icount-shift: the
+// guest time one instruction stands for, which sets how many timer events, and
+// so log events, the same work brings.
+func CPU(ctx context.Context, s *Session, env Env, mb, runs int, minSeconds float64, icountShift int) (CPUResult, error) {
+	res := CPUResult{Env: env, MB: mb, Runs: runs, MinSeconds: minSeconds, IcountShift: icountShift}
 	if mb <= 0 || runs <= 0 {
 		return res, fmt.Errorf("bench cpu: --mb and --runs must be positive (got %d, %d)", mb, runs)
 	}
+	var define []string
+	if icountShift != 0 {
+		define = []string{"--icount-shift", strconv.Itoa(icountShift)}
+	}
 	for _, protected := range []bool{false, true} {
 		vm := "benchcpu"
-		if _, err := s.StartGuest(ctx, vm, "", protected); err != nil {
+		if _, err := s.StartGuest(ctx, vm, "", protected, define...); err != nil {
 			return res, err
 		}
 		if protected {

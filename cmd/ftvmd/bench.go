@@ -37,6 +37,7 @@ func newBenchCmd() *cobra.Command {
 	lag.Flags().BoolVar(&busy, "busy", false, "run a CPU-bound loop in the guest")
 	var mb, runs int
 	var minRun time.Duration
+	var cpuShift int
 	cpu := &cobra.Command{
 		Use: "cpu", Short: "A CPU-bound task in the guest, unprotected vs protected, in one run",
 		Long: "Times md5 of --mb MiB in the guest, repeated back to back so that one unprotected run\n" +
@@ -44,13 +45,14 @@ func newBenchCmd() *cobra.Command {
 			"used both ways), --runs times unprotected and then protected on the same engine.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBench(cmd.Context(), opts, func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
-				return bench.CPU(ctx, s, env, mb, runs, minRun.Seconds())
+				return bench.CPU(ctx, s, env, mb, runs, minRun.Seconds(), cpuShift)
 			})
 		},
 	}
 	cpu.Flags().IntVar(&mb, "mb", 100, "MiB to md5 in the guest per command")
 	cpu.Flags().IntVar(&runs, "runs", 3, "runs each way")
 	cpu.Flags().DurationVar(&minRun, "min-run", 30*time.Second, "shortest unprotected run (md5 repeated to fill it)")
+	cpu.Flags().IntVar(&cpuShift, "icount-shift", 0, "the guest's --icount-shift (0: vm define's default)")
 	var requests, bulk, netLagBound, iperfSecs int
 	netc := &cobra.Command{
 		Use: "net", Short: "Request/response latency and bulk TCP throughput both ways, unprotected vs protected, in one run",
