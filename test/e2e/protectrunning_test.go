@@ -17,9 +17,9 @@ import (
 // backup's console is the primary's, byte for byte (compared here and by the
 // backup's divergence sentinel).
 //
-// The guest runs unprotected for 20 s under load before protect, not a minute:
-// what protect copies (the disk and the VM state at the snapshot) and replays
-// does not depend on how long the guest ran, and the e2e suite's budget is tight.
+// The guest runs unprotected for a minute under load before protect, as issue 15
+// asks: long enough for its memory, timers and TCP state to be those of a running
+// VM, not a fresh boot.
 func TestProtectRunning(t *testing.T) {
 	if os.Getenv("FTVMD_E2E") != "1" {
 		t.Skip("end-to-end test: set FTVMD_E2E=1 (test/run-tests.sh does)")
@@ -28,7 +28,7 @@ func TestProtectRunning(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	s := drillLab(ctx, t, agentArgs()...)
-	rep, err := bench.RunProtect(ctx, s, bench.NewEnv("e2e"), bench.ProtectOpts{VM: "prun", Unprotected: 20 * time.Second})
+	rep, err := bench.RunProtect(ctx, s, bench.NewEnv("e2e"), bench.ProtectOpts{VM: "prun", Unprotected: 60 * time.Second})
 	t.Logf("%+v", rep)
 	if err != nil {
 		t.Fatal(err)
