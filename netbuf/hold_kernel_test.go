@@ -2,7 +2,6 @@ package netbuf
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"log/slog"
@@ -143,15 +142,7 @@ func TestHoldInKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	runHold(t, h)
 	h.Sent(1000)
 	send := func(f []byte, stamp int64) {
 		t.Helper()
@@ -276,15 +267,7 @@ func TestHoldInKernelEngage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	runHold(t, h)
 	write := func(f []byte) {
 		t.Helper()
 		if _, err := inTap.Write(f); err != nil {

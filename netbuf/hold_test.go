@@ -119,15 +119,7 @@ func newHoldHarness(t testing.TB, mode outputrule.Mode) *holdHarness {
 		t.Fatal(err)
 	}
 	hh.h = h
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	runHold(t, h)
 	return hh
 }
 
@@ -309,15 +301,7 @@ func newEngageHarness(t *testing.T) *engageHarness {
 		t.Fatal(err)
 	}
 	eh.h = h
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	runHold(t, h)
 	return eh
 }
 
@@ -480,4 +464,18 @@ func TestHoldBypassedNeedsUnprotectedRule(t *testing.T) {
 	if _, err := NewHold(HoldConfig{Queue: newFakeQueue(), Stamp: func() (int64, error) { return 0, nil }, Bypassed: true}); !errors.Is(err, ErrConfig) {
 		t.Fatalf("Bypassed with the default (Protected) rule: %v", err)
 	}
+}
+
+// runHold runs h until the test ends, and fails the test if Run returns an error.
+func runHold(t testing.TB, h *Hold) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
 }
