@@ -43,18 +43,7 @@ func TestHandoverAfterProtectRunning(t *testing.T) {
 			if rep.ProtectPauseMS <= 0 {
 				t.Error("the VM was not protected from its running state (no pause measured)")
 			}
-			if rep.RequestsLost != 0 || rep.Inconsistent != 0 {
-				t.Errorf("requests lost %d, inconsistent %d", rep.RequestsLost, rep.Inconsistent)
-			}
-			if !rep.ConnSurvived {
-				t.Error("the client's TCP connection did not survive")
-			}
-			if rep.GuestRebooted || rep.CounterAfter <= rep.CounterBefore {
-				t.Errorf("guest counter %d -> %d: the guest rebooted or lost its memory", rep.CounterBefore, rep.CounterAfter)
-			}
-			if rep.Owner != "b" || rep.OwnerState != "unprotected" {
-				t.Errorf("the VM runs on %s as %q, want live (unprotected) on b", rep.Owner, rep.OwnerState)
-			}
+			checkLiveOnB(t, rep)
 			want := "handed-over"
 			if kind == bench.RestartPrimaryAgent {
 				want = "gone"

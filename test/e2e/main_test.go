@@ -225,3 +225,22 @@ func waitSteppedDownPrimary(ctx context.Context, t *testing.T, vm string, since 
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// checkLiveOnB checks a drill that moved the VM from host a to host b: no answered
+// request lost or wrong, the client's TCP connection kept, the guest not rebooted
+// (its counter carried on), and the VM live (unprotected) on b.
+func checkLiveOnB(t *testing.T, rep bench.DrillReport) {
+	t.Helper()
+	if rep.RequestsLost != 0 || rep.Inconsistent != 0 {
+		t.Errorf("requests lost %d, inconsistent %d", rep.RequestsLost, rep.Inconsistent)
+	}
+	if !rep.ConnSurvived {
+		t.Error("the client's TCP connection did not survive")
+	}
+	if rep.GuestRebooted || rep.CounterAfter <= rep.CounterBefore {
+		t.Errorf("guest counter %d -> %d: the guest rebooted or lost its memory", rep.CounterBefore, rep.CounterAfter)
+	}
+	if rep.Owner != "b" || rep.OwnerState != "unprotected" {
+		t.Errorf("the VM runs on %s as %q, want live (unprotected) on b", rep.Owner, rep.OwnerState)
+	}
+}
