@@ -240,7 +240,21 @@ func TestPackage(t *testing.T) {
 	}
 	step("ftvmd-agent.service active under systemd (pid %s in the sandbox)", mainPID)
 
-	g := filepath.Join(repo, "build/guest")
+	// The guest image goes where the sandboxed unit can read it: a repository
+	// under /tmp (a clean clone in mktemp -d) is hidden by the unit's PrivateTmp.
+	g := filepath.Join(pkgState, "guest")
+	for _, f := range []string{"vmlinuz", "initrd.img"} {
+		b, err := os.ReadFile(filepath.Join(repo, "build/guest", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(g, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(g, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s.must(ctx, pkgBin, "--socket", sock, "vm", "define", "t1", "--kernel", filepath.Join(g, "vmlinuz"),
 		"--initrd", filepath.Join(g, "initrd.img"), "--mac", "52:54:00:00:16:01")
 	s.must(ctx, pkgBin, "--socket", sock, "run", "t1")
