@@ -64,6 +64,10 @@ func (h *vmHistory) observe(e journal.Event) {
 	case journal.KindFailover:
 		c.Failovers++
 		c.LastClaimMS = e.DurationMS
+	case journal.KindProtect:
+		if e.Result == journal.ProtectFromRunning {
+			c.Reprotections++
+		}
 	case journal.KindGoLive:
 		c.LastGoLiveMS = e.DurationMS
 	case journal.KindClaim:

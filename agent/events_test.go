@@ -134,6 +134,8 @@ func TestCountersFromEvents(t *testing.T) {
 		{Kind: journal.KindClaim, VM: "web1", Result: journal.ClaimWon, Epoch: 2},
 		{Kind: journal.KindFailover, VM: "web1", Role: "backup", Epoch: 2, DurationMS: 42},
 		{Kind: journal.KindGoLive, VM: "web1", Role: "backup", Epoch: 2, DurationMS: 1234},
+		{Kind: journal.KindProtect, VM: "web1", Role: "primary", Epoch: 2, Result: journal.ProtectFromRunning},
+		{Kind: journal.KindProtect, VM: "db1", Role: "primary", Epoch: 5}, // from its boot: no re-protection
 		{Kind: journal.KindClaim, VM: "db1", Result: journal.ClaimLost, Epoch: 5},
 		{Kind: journal.KindClaim, VM: "db1", Result: journal.ClaimFailed, Epoch: 5},
 		{Kind: journal.KindThrottleOn, VM: "db1"},
@@ -145,14 +147,14 @@ func TestCountersFromEvents(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 	db, web := st.Counters[0], st.Counters[1]
-	if web != (control.VMCounters{Name: "web1", Failovers: 1, ClaimsWon: 1, LastClaimMS: 42, LastGoLiveMS: 1234}) {
+	if web != (control.VMCounters{Name: "web1", Failovers: 1, Reprotections: 1, ClaimsWon: 1, LastClaimMS: 42, LastGoLiveMS: 1234}) {
 		t.Fatalf("web1 counters %+v", web)
 	}
 	if db != (control.VMCounters{Name: "db1", ClaimsLost: 1, ClaimsFailed: 1}) {
 		t.Fatalf("db1 counters %+v", db)
 	}
 	r := a.handle(context.Background(), control.Request{Op: control.OpEvents, VM: "web1"})
-	if !r.OK || strings.Join(kinds(r.Events), ",") != "claim,failover,go-live" {
+	if !r.OK || strings.Join(kinds(r.Events), ",") != "claim,failover,go-live,protect" {
 		t.Fatalf("web1's events: %+v", r)
 	}
 	for _, e := range r.Events {

@@ -1206,7 +1206,7 @@ func (p *primary) newLife() error {
 	if p.live != nil {
 		reprotect = p.live.reprotect
 	}
-	d, err := newDriverWith(p.a, lifecycle.Config{Role: arbiter.RolePrimary, VM: p.spec.Name, LiveEpoch: liveEpoch, Reprotect: reprotect}, p.log, p.exec)
+	d, err := newDriverWith(p.a, lifecycle.Config{Role: arbiter.RolePrimary, VM: p.spec.Name, LiveEpoch: liveEpoch, Reprotect: reprotect, Spares: p.spec.BackupHosts}, p.log, p.exec)
 	if err != nil {
 		return err
 	}

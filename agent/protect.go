@@ -157,7 +157,7 @@ func (p *primary) startSync(peer, reason string) {
 	sctx, cancel := context.WithCancel(vmCtx)
 	p.peer, p.syncCancel = peer, cancel
 	p.sync = &control.SyncStatus{Backup: peer, Phase: "snapshot", StartedAt: now}
-	if reason == "re-protection" {
+	if strings.HasPrefix(reason, "re-protection") { // lifecycle's automatic re-protections
 		s := p.sync
 		s.Auto = true
 		if !p.faultAt.IsZero() {
@@ -391,7 +391,7 @@ func (p *primary) syncBackup(ctx context.Context, backup string, first chan<- er
 	}
 	p.log.Info("vm protected from its running state", "backup", backup, "pause", pause.Round(time.Millisecond),
 		"held_from", held, "took", time.Since(t0).Round(time.Millisecond), "window", window.Round(time.Millisecond))
-	p.a.record(journal.Event{Kind: journal.KindProtect, VM: p.spec.Name, Role: "primary", Peer: reply.Host, Epoch: epoch,
+	p.a.record(journal.Event{Kind: journal.KindProtect, Result: journal.ProtectFromRunning, VM: p.spec.Name, Role: "primary", Peer: reply.Host, Epoch: epoch,
 		DurationMS: ms(time.Since(t0)), Detail: detail})
 	return nil
 }

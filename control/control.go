@@ -110,7 +110,8 @@ type VMCounters struct {
 	// Failovers: times a copy on this host took the VM after losing its peer (a
 	// backup going live, a primary carrying on alone), or was handed it.
 	Failovers uint64 `json:"failovers"`
-	// Reprotections: times a VM running alone got a new backup (not built yet: 0).
+	// Reprotections: times a VM running alone got a new backup (automatically
+	// after a failover, or by ftvmd protect of the running VM).
 	Reprotections uint64 `json:"reprotections"`
 	// Epoch claims on shared storage, by result.
 	ClaimsWon    uint64 `json:"claims_won"`

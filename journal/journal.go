@@ -40,13 +40,15 @@ const (
 
 // Event is one entry. Fields that do not apply to its kind are empty.
 type Event struct {
-	Time   time.Time `json:"time"`
-	Kind   string    `json:"kind"`
-	VM     string    `json:"vm,omitempty"`
-	Role   string    `json:"role,omitempty"` // the copy's role on this host: primary | backup
-	Peer   string    `json:"peer,omitempty"` // the other host
-	Epoch  uint64    `json:"epoch,omitempty"`
-	Result string    `json:"result,omitempty"` // claim: won | lost | failed
+	Time  time.Time `json:"time"`
+	Kind  string    `json:"kind"`
+	VM    string    `json:"vm,omitempty"`
+	Role  string    `json:"role,omitempty"` // the copy's role on this host: primary | backup
+	Peer  string    `json:"peer,omitempty"` // the other host
+	Epoch uint64    `json:"epoch,omitempty"`
+	// Result: a claim's (won | lost | failed); a protect's ProtectFromRunning
+	// when the VM ran alone (protect of a running VM, automatic re-protection).
+	Result string `json:"result,omitempty"`
 	// DurationMS is how long the thing took or lasted (go-live, a claim, an episode).
 	DurationMS float64 `json:"duration_ms,omitempty"`
 	Detail     string  `json:"detail,omitempty"`
@@ -58,6 +60,10 @@ const (
 	ClaimLost   = "lost"
 	ClaimFailed = "failed"
 )
+
+// ProtectFromRunning is the Result of a protect that gave a VM running alone a
+// new backup (its running state copied, not a boot).
+const ProtectFromRunning = "from-running"
 
 // Journal records events and reads them back.
 type Journal interface {

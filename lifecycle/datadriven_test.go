@@ -46,7 +46,7 @@ func (e *scriptEnv) handle(cmd string) string {
 		return def
 	}
 	if fields[0] == "new" {
-		// new primary|backup [host=a] [vm=web] [live=N] [retry=N] [handover=N] [pause=N]
+		// new primary|backup [host=a] [vm=web] [live=N] [retry=N] [handover=N] [pause=N] [reprotect=addr] [spares=addr,addr] [probe=N]
 		cfg := Config{Host: "a", VM: "web"}
 		switch text("") {
 		case "primary":
@@ -77,6 +77,8 @@ func (e *scriptEnv) handle(cmd string) string {
 				cfg.PauseTicks = int(n)
 			case "reprotect":
 				cfg.Reprotect = v
+			case "spares":
+				cfg.Spares = strings.Split(v, ",")
 			case "probe":
 				n, err = num(v)
 				cfg.ProbeTicks = int(n)

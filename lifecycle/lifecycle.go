@@ -538,6 +538,13 @@ type Config struct {
 	// Reprotect: (with LiveEpoch) the agent address of the lost primary's host:
 	// the live copy protects itself again with it once that agent answers.
 	Reprotect string
+	// Spares: agent addresses of the other hosts named for the VM (its spec's
+	// backup_hosts). A copy that runs alone after a failover or a lost backup
+	// probes its lost peer first, then these in order, and protects itself with
+	// the first that answers: a spare at once, the lost peer only once its agent
+	// went away and came back (see Machine.peerDown). The copy's own address may
+	// be among them: its agent refuses the probe.
+	Spares []string
 	// ProbeTicks: how often a copy waiting to re-protect itself probes its peer
 	// (DefaultProbeTicks when 0); after a failed protection the wait doubles,
 	// up to MaxProbeTicks.

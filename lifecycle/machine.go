@@ -50,10 +50,20 @@ type Machine struct {
 	// syncing: (backup) set up from a snapshot of a running VM and not yet
 	// told it protects it (Synced): a lost primary is not claimed.
 	syncing bool
-	// Automatic re-protection (primary): the peer's agent address to protect
-	// with once it answers ("" when none), whether a probe is out, ticks since
-	// the last one, and the ticks to wait between probes.
+	// Automatic re-protection (primary): auto is on once the copy runs alone
+	// after a failover or a lost backup (until the operator unprotects);
+	// autoPeer is the lost peer's agent address ("" when unknown), spares the
+	// other hosts named for the VM. Each round of probes asks autoPeer, then the
+	// spares in order (candidates), one per tick, and protects with the first
+	// usable one; rounds start probeWait ticks apart. probeIdx is the next
+	// candidate, probed the one the probe in flight asks, inRound whether the
+	// round goes on at the next tick.
+	auto     bool
 	autoPeer string
+	spares   []string
+	probeIdx int
+	probed   string
+	inRound  bool
 	peerAddr string // the backup's agent address while protected
 	// peerDown: a probe found autoPeer's agent down since the failover, or the
 	// divergence sentinel stepped that backup down (reprotectAfterStepDown).
@@ -98,9 +108,24 @@ func New(cfg Config) (*Machine, error) {
 		epoch: cfg.LiveEpoch,
 		// Re-protection is for a copy that went live after a failover; a
 		// primary that outlives its backup gets it when it wins its claim.
+		auto:      cfg.LiveEpoch > 0 && (cfg.Reprotect != "" || len(spares(cfg)) > 0),
 		autoPeer:  map[bool]string{true: cfg.Reprotect}[cfg.LiveEpoch > 0],
+		spares:    spares(cfg),
 		probeWait: cfg.ProbeTicks,
 	}, nil
+}
+
+// spares returns cfg.Spares without blanks and repeats.
+func spares(cfg Config) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range cfg.Spares {
+		if s != "" && !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // State returns the current state.
@@ -423,7 +448,7 @@ func (m *Machine) arbStep(ev arbiter.Event) error {
 			// The VM outlived its backup: protect it again with the same host once
 			// its agent answers (after it went away, or at once if the sentinel
 			// stepped that backup down).
-			m.autoPeer, m.sinceProb, m.probeWait, m.peerDown = m.peerAddr, 0, m.cfg.ProbeTicks, false
+			m.startReprotect(m.peerAddr)
 			if m.lostSentinel {
 				m.reprotectAfterStepDown()
 			}

@@ -27,15 +27,7 @@ func (m *Machine) stepPrimary(ev Event) error {
 		if m.state != Unprotected || !m.probing {
 			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
 		}
-		m.probing, m.sinceProb = false, 0
-		if ev.Err != nil {
-			m.peerDown = true
-			return nil
-		}
-		if m.autoPeer == "" || !m.peerDown {
-			return nil // its agent never went away: see peerDown
-		}
-		return m.protect(m.autoPeer, "re-protection")
+		return m.probedPeer(ev.Err)
 	case EventSynced:
 		if m.state != Syncing {
 			return fmt.Errorf("lifecycle: %v in state %v: %w", ev.Type, m.state, ErrUnexpected)
@@ -220,11 +212,11 @@ func (m *Machine) superseded(reason string) error {
 // it went away (see peerDown). Each step-down in a row doubles the wait first:
 // a replay that keeps diverging or stalling costs a guest pause per attempt.
 func (m *Machine) reprotectAfterStepDown() {
-	if m.peerAddr == "" {
+	if m.peerAddr == "" && len(m.spares) == 0 {
 		return // a backup whose agent address is unknown: the operator protects again
 	}
-	m.autoPeer, m.peerDown, m.probing, m.sinceProb = m.peerAddr, true, false, 0
-	m.probeWait = m.cfg.ProbeTicks
+	m.startReprotect(m.peerAddr)
+	m.peerDown = true
 	for i := 0; i < m.stepDowns && m.probeWait < MaxProbeTicks; i++ {
 		m.probeWait *= 2
 	}
@@ -241,11 +233,17 @@ func (m *Machine) primaryTick() error {
 		if m.protTicks >= MaxProbeTicks {
 			m.stepDowns, m.protTicks = 0, 0
 		}
-	case m.state == Unprotected && m.autoPeer != "" && !m.probing && m.req == 0:
+	case m.state == Unprotected && m.auto && !m.probing && m.req == 0:
+		cands := m.candidates()
+		if len(cands) == 0 {
+			return nil
+		}
 		m.sinceProb++
-		if m.sinceProb >= m.probeWait {
-			m.probing, m.sinceProb = true, 0
-			m.emit(Action{Type: ActionProbePeer, Peer: m.autoPeer})
+		if m.sinceProb >= m.probeWait || m.inRound {
+			m.probeIdx %= len(cands)
+			m.probed = cands[m.probeIdx]
+			m.probing, m.sinceProb, m.inRound = true, 0, false
+			m.emit(Action{Type: ActionProbePeer, Peer: m.probed})
 		}
 	case m.state == Claiming:
 		return m.arbStep(arbiter.Tick())
@@ -310,7 +308,7 @@ func (m *Machine) protect(peer, why string) error {
 // every attempt pauses the guest for a snapshot.
 func (m *Machine) syncFailed(detail string) {
 	m.goUnprotected(detail)
-	if m.autoPeer != "" {
+	if m.auto {
 		m.probeWait = min(2*m.probeWait, MaxProbeTicks)
 	}
 }
@@ -319,9 +317,10 @@ func (m *Machine) unprotect(reason string) error {
 	if reason == "" {
 		reason = "operator request"
 	}
-	if m.req == 0 && (m.state == Syncing || m.state == Unprotected) && m.autoPeer != "" {
-		// The operator wants the VM alone: no more re-protection.
-		m.autoPeer, m.probing = "", false
+	if m.req == 0 && (m.state == Syncing || m.state == Unprotected) && m.auto {
+		// The operator wants the VM alone: no more re-protection (the answer
+		// to a probe still out starts nothing).
+		m.auto = false
 		if m.state == Unprotected {
 			m.req = OpUnprotect
 			m.answer(nil)
@@ -443,4 +442,65 @@ func (m *Machine) handoverResult(ev Event) error {
 	m.halt("planned failover: epoch claim: " + why)
 	m.answer(fmt.Errorf("planned failover: epoch claim: %s; this copy halted", why))
 	return nil
+}
+
+// startReprotect turns automatic re-protection on for a copy that runs alone:
+// lost is the lost peer's agent address ("" when unknown), probed first in each
+// round and used only once its agent went away and came back; the VM's spares
+// follow it. With neither there is no one to probe, and the operator protects.
+func (m *Machine) startReprotect(lost string) {
+	m.autoPeer, m.peerDown = lost, false
+	m.auto = lost != "" || len(m.spares) > 0
+	m.probing, m.sinceProb, m.probeIdx, m.inRound = false, 0, 0, false
+	m.probeWait = m.cfg.ProbeTicks
+}
+
+// candidates: the hosts a round of re-protection probes, in order: the lost
+// peer, then the spares (the lost peer once).
+func (m *Machine) candidates() []string {
+	var c []string
+	if m.autoPeer != "" {
+		c = append(c, m.autoPeer)
+	}
+	for _, s := range m.spares {
+		if s != m.autoPeer {
+			c = append(c, s)
+		}
+	}
+	return c
+}
+
+// probedPeer: the probe of m.probed answered (err nil) or not. A spare that
+// answers is protected with at once; the lost peer only if its agent went away
+// since (see peerDown). Otherwise the round goes on with the next candidate at
+// the next tick, or, after the last, starts again after probeWait ticks.
+func (m *Machine) probedPeer(err error) error {
+	m.probing, m.sinceProb = false, 0
+	peer := m.probed
+	cands := m.candidates()
+	m.probeIdx++
+	if m.probeIdx >= len(cands) {
+		m.probeIdx = 0
+	}
+	m.inRound = m.probeIdx > 0
+	if !m.auto || peer == "" {
+		return nil // the operator unprotected while the probe was out
+	}
+	if err != nil {
+		if peer == m.autoPeer {
+			m.peerDown = true
+		}
+		return nil
+	}
+	if peer == m.autoPeer && !m.peerDown {
+		return nil // its agent never went away: see peerDown
+	}
+	// The next round (after a failed protection) starts after this candidate:
+	// a spare that keeps failing does not hide the ones after it.
+	m.inRound = false
+	why := "re-protection"
+	if peer != m.autoPeer {
+		why = "re-protection on a spare host"
+	}
+	return m.protect(peer, why)
 }

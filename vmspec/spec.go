@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -49,7 +50,17 @@ type Spec struct {
 	// file system has less free; a running VM alarms at 80% and, at the limit, keeps
 	// only the log a reader still needs (docs/operator-guide.md, "Bounded logs").
 	MaxLogDisk int64 `json:"max_log_disk,omitempty"`
+	// BackupHosts are agent peer addresses (host:port) of hosts that may take the
+	// VM's backup besides the one it is protected with: a copy that runs alone
+	// after a failover or a lost backup protects itself again on the first that
+	// answers, when the lost host's agent does not come back. The VM's own hosts
+	// may be listed too (the list can be the same on every host): a copy never
+	// picks itself, and the lost host only once its agent went away and came back.
+	BackupHosts []string `json:"backup_hosts,omitempty"`
 }
+
+// MaxBackupHosts bounds BackupHosts: each is probed in turn, one a second.
+const MaxBackupHosts = 16
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
 
@@ -83,6 +94,9 @@ func (s *Spec) Normalize() {
 	}
 	if s.MaxLogDisk == 0 {
 		s.MaxLogDisk = DefaultMaxLogDisk
+	}
+	for i, h := range s.BackupHosts {
+		s.BackupHosts[i] = strings.TrimSpace(h)
 	}
 	// One spelling, the one QEMU's mac= takes: Go's ParseMAC also accepts
 	// "5254.0012.3456", which QEMU refuses at start.
@@ -151,10 +165,41 @@ func (s Spec) Validate() error {
 	if s.MaxLogDisk < MinMaxLogDisk {
 		errs = append(errs, fmt.Errorf("max_log_disk %d: must be at least %d (16 MiB)", s.MaxLogDisk, MinMaxLogDisk))
 	}
+	errs = append(errs, validBackupHosts(s.BackupHosts)...)
 	if len(errs) > 0 {
 		return &InvalidError{Problems: errs}
 	}
 	return nil
+}
+
+// validBackupHosts checks each backup host is a host:port an agent could listen
+// on, named once.
+func validBackupHosts(hosts []string) []error {
+	var errs []error
+	if len(hosts) > MaxBackupHosts {
+		errs = append(errs, fmt.Errorf("backup_hosts: %d hosts, at most %d", len(hosts), MaxBackupHosts))
+	}
+	seen := map[string]bool{}
+	for _, h := range hosts {
+		host, port, err := net.SplitHostPort(h)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("backup_hosts %q: must be an agent's peer address, host:port (e.g. 10.0.0.3:7800): %v", h, err))
+			continue
+		case host == "" || strings.ContainsAny(host, " \t\x00/"):
+			errs = append(errs, fmt.Errorf("backup_hosts %q: needs a host name or address", h))
+			continue
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			errs = append(errs, fmt.Errorf("backup_hosts %q: port must be 1-65535", h))
+			continue
+		}
+		if seen[h] {
+			errs = append(errs, fmt.Errorf("backup_hosts %q: listed twice", h))
+		}
+		seen[h] = true
+	}
+	return errs
 }
 
 // InvalidError lists every problem of a spec, on one line so a CLI shows one line.

@@ -2,6 +2,7 @@ package vmspec
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,6 +50,16 @@ func TestValidate(t *testing.T) {
 		{"bridge dotdot", func(s *Spec) { s.Bridge = ".." }, "bridge"},
 		{"log disk", func(s *Spec) { s.MaxLogDisk = 1 << 20 }, "max_log_disk"},
 		{"log disk at the minimum", func(s *Spec) { s.MaxLogDisk = MinMaxLogDisk }, ""},
+		{"backup hosts", func(s *Spec) { s.BackupHosts = []string{"10.0.0.3:7800", "[fd00::3]:7800", "spare-1.lan:7800"} }, ""},
+		{"backup host without port", func(s *Spec) { s.BackupHosts = []string{"10.0.0.3"} }, "backup_hosts \"10.0.0.3\""},
+		{"backup host without host", func(s *Spec) { s.BackupHosts = []string{":7800"} }, "needs a host"},
+		{"backup host bad port", func(s *Spec) { s.BackupHosts = []string{"10.0.0.3:0"} }, "port must be"},
+		{"backup host named twice", func(s *Spec) { s.BackupHosts = []string{"d:7800", "d:7800"} }, "listed twice"},
+		{"too many backup hosts", func(s *Spec) {
+			for i := range MaxBackupHosts + 1 {
+				s.BackupHosts = append(s.BackupHosts, fmt.Sprintf("h%d:7800", i))
+			}
+		}, "at most"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -173,6 +173,7 @@ func newVMCmd(g *globalOpts) *cobra.Command {
 	f.StringVar(&specFile, "spec", "", "take the spec from this JSON file (as 'ftvmd vm import -o' writes it) instead of the flags")
 	f.IntVar(&shift, "icount-shift", vmspec.DefaultIcountShift, "fixed QEMU icount shift (0-10)")
 	f.IntVar(&s.LagBoundMS, "lag-bound-ms", vmspec.DefaultLagBoundMS, "backup lag above which the primary is slowed")
+	f.StringArrayVar(&s.BackupHosts, "backup-host", nil, "agent address (host:port) of a host that may take the VM's backup when the host it is protected with is lost and does not come back; repeatable, tried in order")
 	f.StringVar(&maxLogDisk, "max-log-disk", logspace.FormatSize(vmspec.DefaultMaxLogDisk), "disk space the VM's logs (rr log, console) may take on each host; checked against free space at protect and run")
 	vm.AddCommand(def, newVMImportCmd(g))
 	return vm
