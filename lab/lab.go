@@ -1,5 +1,6 @@
-// Package lab drives the one-machine lab of test/lab/lab.sh from Go: hosts A and B
-// (agents), a client host C, a bridge between them and a shared-storage directory. It
+// Package lab drives the one-machine lab of test/lab/lab.sh from Go: hypervisor hosts
+// A and B (agents), a spare hypervisor host D (its agent runs only in the tests that
+// start it), a client host C, a bridge between them and a shared-storage directory. It
 // is a non-test package (like hashicorp/raft's testing.go) so both the end-to-end
 // tests and `ftvmd bench` use it.
 package lab
@@ -28,8 +29,10 @@ import (
 // Fixed lab layout; the same constants as test/lab/lab.env.
 const (
 	NSA, NSB, NSC = "ftlab-a", "ftlab-b", "ftlab-c"
-	NSNet         = "ftlab-net" // the bridge between the hosts: ports port-a, port-b, port-c
+	NSD           = "ftlab-d"
+	NSNet         = "ftlab-net" // the bridge between the hosts: ports port-a, port-b, port-c, port-d
 	IPA, IPB, IPC = "10.77.0.1", "10.77.0.2", "10.77.0.10"
+	IPD           = "10.77.0.3"
 	GuestIP       = "10.77.0.100"
 	GuestPort     = 7000
 	GuestMAC      = "52:54:00:12:34:56"
@@ -88,7 +91,7 @@ func bindCgroups() error {
 
 // Host is one hypervisor host of the lab.
 type Host struct {
-	Name   string // "a" or "b"
+	Name   string // "a", "b" or "d"
 	NS     string
 	IP     string
 	Dir    string
@@ -100,7 +103,23 @@ type Host struct {
 var (
 	HostA = Host{Name: "a", NS: NSA, IP: IPA, Dir: Root + "/a", Socket: Root + "/a/ftvmd.sock", CPUs: "0"}
 	HostB = Host{Name: "b", NS: NSB, IP: IPB, Dir: Root + "/b", Socket: Root + "/b/ftvmd.sock", CPUs: "1"}
+	// HostD is a spare host, a backup to fall back on once A or B is lost. It
+	// shares A's CPU: a test runs a QEMU on D only after it killed host A, as
+	// the machine has two CPUs. No agent runs on D unless a test starts one.
+	HostD = Host{Name: "d", NS: NSD, IP: IPD, Dir: Root + "/d", Socket: Root + "/d/ftvmd.sock", CPUs: "0"}
+	// Hypervisors are the lab's hosts that can run agents.
+	Hypervisors = []Host{HostA, HostB, HostD}
 )
+
+// HostByName is the hypervisor host named name ("a", "b" or "d").
+func HostByName(name string) (Host, bool) {
+	for _, h := range Hypervisors {
+		if h.Name == name {
+			return h, true
+		}
+	}
+	return Host{}, false
+}
 
 // Peer is the host's agent address.
 func (h Host) Peer() string { return net.JoinHostPort(h.IP, fmt.Sprint(PeerPort)) }
@@ -192,7 +211,7 @@ func Up(ctx context.Context, repo string, logf func(string, ...any)) (_ *Lab, er
 	if _, err := l.Run(ctx, "", "keys", "init", "--ca", ca); err != nil {
 		return nil, err
 	}
-	for _, h := range []Host{HostA, HostB} {
+	for _, h := range Hypervisors {
 		if _, err := l.Run(ctx, "", "keys", "issue", h.Name, "--ca", ca, "--out", filepath.Join(h.Dir, "keys"), "--ip", h.IP); err != nil {
 			return nil, err
 		}
@@ -206,9 +225,9 @@ func (l *Lab) Down(purge bool) error {
 	// Both at once: an agent stopped alone hands a protected VM over to its
 	// backup first (docs/failover-guarantees.md), a go-live the teardown would
 	// only wait for and then stop. Stopped together, the backup's stop ends the
-	// handover at once.
+	// handover at once. (A host whose agent is not running is skipped.)
 	var wg sync.WaitGroup
-	for _, h := range []Host{HostA, HostB} {
+	for _, h := range Hypervisors {
 		wg.Add(1)
 		go func() { defer wg.Done(); l.StopAgent(h) }()
 	}
@@ -342,9 +361,9 @@ func (l *Lab) Run(ctx context.Context, host string, args ...string) (string, err
 	case "":
 		cmd = exec.CommandContext(ctx, l.Bin, args...)
 	default:
-		h := HostA
-		if host == "b" {
-			h = HostB
+		h, ok := HostByName(host)
+		if !ok {
+			return "", fmt.Errorf("ftvmd %s: no lab host %q (want a, b or d)", strings.Join(args, " "), host)
 		}
 		cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, l.Bin, "--socket", h.Socket}, args...)...)
 	}

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# ftvmd lab: three "hosts" in network namespaces on one bridged LAN.
+# ftvmd lab: hypervisor hosts A, B and D and a client C in network namespaces on one
+# bridged LAN.
 #
 #   test/lab/lab.sh up                    create (idempotent) and check connectivity
 #   test/lab/lab.sh down [--purge]        kill processes in the namespaces, delete them and
 #                                         the per-host dirs; --purge also deletes shared/
 #   test/lab/lab.sh status                show what exists (exit 1 if no namespace exists)
-#   test/lab/lab.sh exec a|b|c|net CMD... run CMD inside that namespace
+#   test/lab/lab.sh exec a|b|c|d|net CMD... run CMD inside that namespace
 #
 # Constants (names, IPs, dirs, CPUs) are in lab.env beside this script.
 set -euo pipefail
@@ -17,18 +18,20 @@ export PATH=$PATH:/usr/sbin:/sbin
 die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
 log() { printf 'lab: %s\n' "$*" >&2; }
 
-hosts=(a b c)
+hosts=(a b c d)
 ns_of() {
   case $1 in
     a|A|"$FTLAB_NS_A") echo "$FTLAB_NS_A" ;;
     b|B|"$FTLAB_NS_B") echo "$FTLAB_NS_B" ;;
     c|C|"$FTLAB_NS_C") echo "$FTLAB_NS_C" ;;
+    d|D|"$FTLAB_NS_D") echo "$FTLAB_NS_D" ;;
     net|"$FTLAB_NS_NET") echo "$FTLAB_NS_NET" ;;
-    *) die "unknown host '$1' (want a, b, c or net)" ;;
+    *) die "unknown host '$1' (want a, b, c, d or net)" ;;
   esac
 }
-ip_of() { case $1 in a) echo "$FTLAB_IP_A" ;; b) echo "$FTLAB_IP_B" ;; c) echo "$FTLAB_IP_C" ;; esac; }
-all_ns=("$FTLAB_NS_NET" "$FTLAB_NS_A" "$FTLAB_NS_B" "$FTLAB_NS_C")
+ip_of() { case $1 in a) echo "$FTLAB_IP_A" ;; b) echo "$FTLAB_IP_B" ;; c) echo "$FTLAB_IP_C" ;; d) echo "$FTLAB_IP_D" ;; esac; }
+all_ns=("$FTLAB_NS_NET" "$FTLAB_NS_A" "$FTLAB_NS_B" "$FTLAB_NS_C" "$FTLAB_NS_D")
+host_dirs=("$FTLAB_DIR_A" "$FTLAB_DIR_B" "$FTLAB_DIR_D")
 
 ns_exists() { [ -e "/run/netns/$1" ]; }
 link_exists() { ip -n "$1" link show dev "$2" >/dev/null 2>&1; }
@@ -98,7 +101,7 @@ cmd_up() {
     fi
   done
 
-  mkdir -p "$FTLAB_SHARED" "$FTLAB_DIR_A" "$FTLAB_DIR_B"
+  mkdir -p "$FTLAB_SHARED" "${host_dirs[@]}"
 
   # Connectivity: every host pings every other (the first ping may wait for ARP).
   local from to fails=0
@@ -114,7 +117,7 @@ cmd_up() {
     done
   done
   [ "$fails" = 0 ] || die "lab is up but $fails ping(s) failed; see '$0 status'"
-  log "up: a=$FTLAB_IP_A b=$FTLAB_IP_B c=$FTLAB_IP_C (guest $FTLAB_IP_GUEST), dirs under $FTLAB_ROOT"
+  log "up: a=$FTLAB_IP_A b=$FTLAB_IP_B d=$FTLAB_IP_D c=$FTLAB_IP_C (guest $FTLAB_IP_GUEST), dirs under $FTLAB_ROOT"
 }
 
 cmd_down() {
@@ -135,7 +138,7 @@ cmd_down() {
     fi
     ip netns del "$ns"   # deletes the veths and bridges inside with it
   done
-  rm -rf "$FTLAB_DIR_A" "$FTLAB_DIR_B"
+  rm -rf "${host_dirs[@]}"
   if [ -n "$purge" ]; then
     rm -rf "$FTLAB_ROOT"
     log "down (purged $FTLAB_ROOT)"
@@ -156,14 +159,14 @@ cmd_status() {
     fi
   done
   local d
-  for d in "$FTLAB_SHARED" "$FTLAB_DIR_A" "$FTLAB_DIR_B"; do
+  for d in "$FTLAB_SHARED" "${host_dirs[@]}"; do
     if [ -d "$d" ]; then printf '%s: present\n' "$d"; else printf '%s: absent\n' "$d"; fi
   done
   [ -n "$any" ]
 }
 
 cmd_exec() {
-  [ $# -ge 2 ] || die "usage: $0 exec a|b|c|net CMD..."
+  [ $# -ge 2 ] || die "usage: $0 exec a|b|c|d|net CMD..."
   local ns
   ns=$(ns_of "$1"); shift
   ns_exists "$ns" || die "$ns does not exist (run '$0 up')"
@@ -175,5 +178,5 @@ case ${1:-} in
   down) shift; cmd_down "$@" ;;
   status) shift; cmd_status ;;
   exec) shift; cmd_exec "$@" ;;
-  *) echo "usage: $0 up | down [--purge] | status | exec a|b|c|net CMD..." >&2; exit 2 ;;
+  *) echo "usage: $0 up | down [--purge] | status | exec a|b|c|d|net CMD..." >&2; exit 2 ;;
 esac
