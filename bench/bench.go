@@ -108,6 +108,9 @@ type Session struct {
 	// agentArgs are the flags the agents were started with (a restarted agent
 	// gets them again).
 	agentArgs []string
+	// DefineArgs are added to every StartGuest's vm define, after the bench's
+	// own flags (so they win): one bench run at another --icount-shift, say.
+	DefineArgs []string
 }
 
 // Open brings up the lab and both agents.
@@ -139,7 +142,8 @@ func (s *Session) logf(f string, a ...any) { fmt.Fprintf(s.Out, f+"\n", a...) }
 // StartGuest defines and starts vm on host A, protected by B or not, and waits until
 // the guest is ready and, if protected, the backup has caught up.
 func (s *Session) StartGuest(ctx context.Context, vm, appendExtra string, protected bool, defineFlags ...string) (time.Duration, error) {
-	if err := s.Lab.DefineGuest(ctx, lab.HostA, vm, appendExtra, defineFlags...); err != nil {
+	flags := append(append([]string(nil), defineFlags...), s.DefineArgs...)
+	if err := s.Lab.DefineGuest(ctx, lab.HostA, vm, appendExtra, flags...); err != nil {
 		return 0, err
 	}
 	return s.StartDefined(ctx, vm, protected)

@@ -23,6 +23,7 @@ func newBenchCmd() *cobra.Command {
 	b := &cobra.Command{Use: "bench", Short: "Benchmarks on the lab (see docs/benchmarks.md); the last output line is JSON"}
 	opts := &benchOpts{}
 	b.PersistentFlags().StringSliceVar(&opts.agentArgs, "agent-arg", nil, "extra flag for the lab agents, e.g. --agent-arg=--cgroup-root= (repeatable)")
+	b.PersistentFlags().StringSliceVar(&opts.defineArgs, "define-arg", nil, "extra vm define flag for the bench's guests, after its own, e.g. --define-arg=--icount-shift=1 (repeatable)")
 	var dur time.Duration
 	var busy bool
 	lag := &cobra.Command{
@@ -260,7 +261,8 @@ func printDrill(w io.Writer, r bench.DrillReport) {
 
 // benchOpts are the bench command's shared flags.
 type benchOpts struct {
-	agentArgs []string // extra agent flags for benchmark variants (--agent-arg)
+	agentArgs  []string // extra agent flags for benchmark variants (--agent-arg)
+	defineArgs []string // extra vm define flags for the bench's guests (--define-arg)
 }
 
 func runBench(ctx context.Context, o *benchOpts, fn func(context.Context, *bench.Session, bench.Env) (any, error)) error {
@@ -269,6 +271,7 @@ func runBench(ctx context.Context, o *benchOpts, fn func(context.Context, *bench
 	if err != nil {
 		return err
 	}
+	s.DefineArgs = o.defineArgs
 	res, err := fn(ctx, s, env)
 	if cerr := s.Close(); cerr != nil && err == nil {
 		err = cerr
