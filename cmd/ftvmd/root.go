@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -90,6 +91,12 @@ func newAgentCmd() *cobra.Command {
 			cfg, err := o.load(agentFlags(cmd))
 			if err != nil {
 				return err
+			}
+			// A descriptor this process inherited (the lock of a flock(1) that
+			// started it, a shell's pipe) must not leak into the QEMUs it starts,
+			// which would hold it as long as the VM runs.
+			if err := unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC); err != nil {
+				cfg.Logger.Warn("inherited descriptors stay open in child processes", "err", err)
 			}
 			// Under systemd (Type=notify) say when the agent serves and stops.
 			n, err := sdnotify.FromEnv()
