@@ -192,6 +192,10 @@ func (p *primary) startSync(peer, reason string) {
 // handshake with a certificate of this cluster's CA naming the peer, and a ping
 // on the peer port.
 func (p *primary) probePeer(ctx context.Context, addr string) error {
+	if p.a.isOwnAddr(addr) {
+		// A VM's backup hosts may name every host it runs on (one list for all).
+		return fmt.Errorf("%s is this host's own agent", addr)
+	}
 	c, err := p.dialAgent(ctx, addr)
 	if err != nil {
 		return err
@@ -539,6 +543,40 @@ func (a *Agent) returnAddr(c net.Conn) string {
 		host = la.IP.String()
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// isOwnAddr reports whether addr (host:port) is this agent's peer listener: its
+// --listen address, or, when that is unspecified (":7800"), this host's
+// interface addresses on the listen port. A host name is not resolved: the
+// agent behind it refuses a probe from its own name anyway.
+func (a *Agent) isOwnAddr(addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	lhost, lport, lerr := net.SplitHostPort(a.cfg.Listen)
+	if err != nil || lerr != nil || port != lport {
+		return false
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return false
+	}
+	if l := net.ParseIP(lhost); l != nil && !l.IsUnspecified() {
+		return l.Equal(ip)
+	} else if lhost != "" && l == nil {
+		return false // a listener named by host name: not compared
+	}
+	if ip.IsLoopback() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ia := range addrs {
+		if n, ok := ia.(*net.IPNet); ok && n.IP.Equal(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // fileSizeOf is the size of the file at path (0 when it cannot be read).

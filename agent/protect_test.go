@@ -44,6 +44,38 @@ func TestProbePeer(t *testing.T) {
 	}
 }
 
+// A VM's backup hosts may name the host a survivor runs on: the probe of its own
+// listener fails at once, without a dial (whose refusal the other end would log).
+func TestProbeOwnAddress(t *testing.T) {
+	ca := newTestCA(t)
+	a := testAgent(t, "hosta", ca.issue("hosta"))
+	for _, tc := range []struct {
+		listen, addr string
+		own          bool
+	}{
+		{"10.77.0.2:7800", "10.77.0.2:7800", true},
+		{"10.77.0.2:7800", "10.77.0.3:7800", false},
+		{"10.77.0.2:7800", "10.77.0.2:7801", false},
+		{":7800", "127.0.0.1:7800", true},
+		{"0.0.0.0:7800", "127.0.0.1:7800", true},
+		{":7800", "192.0.2.1:7800", false}, // TEST-NET-1: on no interface here
+		{":7800", "spare.example:7800", false},
+		{"peer.example:7800", "127.0.0.1:7800", false},
+		{":7800", "not an address", false},
+	} {
+		a.cfg.Listen = tc.listen
+		if got := a.isOwnAddr(tc.addr); got != tc.own {
+			t.Errorf("listen %s: isOwnAddr(%s) = %v, want %v", tc.listen, tc.addr, got, tc.own)
+		}
+	}
+	a.cfg.Listen = "127.0.0.1:7800"
+	p := testPrimary(t, a, "")
+	err := p.probePeer(context.Background(), "127.0.0.1:7800")
+	if err == nil || !strings.Contains(err.Error(), "this host's own agent") {
+		t.Fatalf("probe of its own address: %v", err)
+	}
+}
+
 // A backup refuses a start from a snapshot it cannot use, and a log start
 // offset other than the header's end without one, before it sets anything up.
 func TestBackupRefusesBadSnapshotStart(t *testing.T) {
