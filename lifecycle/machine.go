@@ -53,11 +53,12 @@ type Machine struct {
 	// Automatic re-protection (primary): auto is on once the copy runs alone
 	// after a failover or a lost backup (until the operator unprotects);
 	// autoPeer is the lost peer's agent address ("" when unknown), spares the
-	// other hosts named for the VM. Each round of probes asks autoPeer, then the
-	// spares in order (candidates), one per tick, and protects with the first
-	// usable one; rounds start probeWait ticks apart. probeIdx is the next
-	// candidate, probed the one the probe in flight asks, inRound whether the
-	// round goes on at the next tick.
+	// other hosts named for the VM. Each round of probes asks the spares in
+	// order, then autoPeer (candidates), one per tick, and protects with the
+	// first usable one; rounds start probeWait ticks apart, the first at the
+	// tick after the copy began to run alone. probeIdx is the next candidate,
+	// probed the one the probe in flight asks, inRound whether the round goes on
+	// at the next tick.
 	auto     bool
 	autoPeer string
 	spares   []string
@@ -101,18 +102,20 @@ func New(cfg Config) (*Machine, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Machine{
-		cfg:   cfg,
-		log:   cfg.Logger.With("role", cfg.Role.String(), "host", cfg.Host),
-		state: Starting,
-		epoch: cfg.LiveEpoch,
-		// Re-protection is for a copy that went live after a failover; a
-		// primary that outlives its backup gets it when it wins its claim.
-		auto:      cfg.LiveEpoch > 0 && (cfg.Reprotect != "" || len(spares(cfg)) > 0),
-		autoPeer:  map[bool]string{true: cfg.Reprotect}[cfg.LiveEpoch > 0],
+	m := &Machine{
+		cfg:       cfg,
+		log:       cfg.Logger.With("role", cfg.Role.String(), "host", cfg.Host),
+		state:     Starting,
+		epoch:     cfg.LiveEpoch,
 		spares:    spares(cfg),
 		probeWait: cfg.ProbeTicks,
-	}, nil
+	}
+	if cfg.LiveEpoch > 0 {
+		// Re-protection is for a copy that went live after a failover; a
+		// primary that outlives its backup gets it when it wins its claim.
+		m.startReprotect(cfg.Reprotect)
+	}
+	return m, nil
 }
 
 // spares returns cfg.Spares without blanks and repeats.

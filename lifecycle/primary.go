@@ -216,7 +216,7 @@ func (m *Machine) reprotectAfterStepDown() {
 		return // a backup whose agent address is unknown: the operator protects again
 	}
 	m.startReprotect(m.peerAddr)
-	m.peerDown = true
+	m.peerDown, m.inRound = true, false // the backoff below comes first
 	for i := 0; i < m.stepDowns && m.probeWait < MaxProbeTicks; i++ {
 		m.probeWait *= 2
 	}
@@ -445,27 +445,28 @@ func (m *Machine) handoverResult(ev Event) error {
 }
 
 // startReprotect turns automatic re-protection on for a copy that runs alone:
-// lost is the lost peer's agent address ("" when unknown), probed first in each
-// round and used only once its agent went away and came back; the VM's spares
-// follow it. With neither there is no one to probe, and the operator protects.
+// lost is the lost peer's agent address ("" when unknown), used only once its
+// agent went away and came back; the VM's spares come before it in each round,
+// since a spare that answers is used at once. With neither there is no one to
+// probe, and the operator protects. The first round starts at the next tick.
 func (m *Machine) startReprotect(lost string) {
 	m.autoPeer, m.peerDown = lost, false
 	m.auto = lost != "" || len(m.spares) > 0
-	m.probing, m.sinceProb, m.probeIdx, m.inRound = false, 0, 0, false
+	m.probing, m.sinceProb, m.probeIdx, m.inRound = false, 0, 0, true
 	m.probeWait = m.cfg.ProbeTicks
 }
 
-// candidates: the hosts a round of re-protection probes, in order: the lost
-// peer, then the spares (the lost peer once).
+// candidates: the hosts a round of re-protection probes, in order: the spares,
+// then the lost peer (once, if it is a spare too).
 func (m *Machine) candidates() []string {
 	var c []string
-	if m.autoPeer != "" {
-		c = append(c, m.autoPeer)
-	}
 	for _, s := range m.spares {
 		if s != m.autoPeer {
 			c = append(c, s)
 		}
+	}
+	if m.autoPeer != "" {
+		c = append(c, m.autoPeer)
 	}
 	return c
 }
