@@ -134,6 +134,21 @@ func Open(ctx context.Context, out io.Writer, agentArgs ...string) (*Session, er
 	return s, nil
 }
 
+// LabArgs are a bench's extra flags for its lab's agents and for every guest it
+// defines (`ftvmd bench --agent-arg`, `--define-arg`).
+type LabArgs struct{ Agent, Define []string }
+
+// OpenLab is Open with la's agent flags, its sessions defining guests with la's
+// define flags.
+func OpenLab(ctx context.Context, out io.Writer, la LabArgs) (*Session, error) {
+	s, err := Open(ctx, out, la.Agent...)
+	if err != nil {
+		return nil, err
+	}
+	s.DefineArgs = la.Define
+	return s, nil
+}
+
 // Close stops the agents and removes the lab.
 func (s *Session) Close() error { return s.Lab.Down(false) }
 

@@ -558,12 +558,12 @@ type FailoverResult struct {
 
 // Failover runs kill-primary drills, each on a fresh lab, and summarises them. With
 // bulk (BulkGet or BulkPut) a bulk transfer runs through every fault.
-func Failover(ctx context.Context, out io.Writer, env Env, runs int, bulk string, agentArgs ...string) (FailoverResult, error) {
+func Failover(ctx context.Context, out io.Writer, env Env, runs int, bulk string, la LabArgs) (FailoverResult, error) {
 	res := FailoverResult{Env: env, Runs: runs, Bulk: bulk}
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	var outage, gap, det, claim, live []float64
 	for i := 0; i < runs; i++ {
-		s, err := Open(ctx, out, agentArgs...)
+		s, err := OpenLab(ctx, out, la)
 		if err != nil {
 			return res, err
 		}

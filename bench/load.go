@@ -56,7 +56,7 @@ type LoadResult struct {
 // (stall, divergence, wrong answer) ends its lab's pass: the patterns after it
 // are reported as not run there, the lab's logs are kept under evidenceDir (if
 // set) and the next lab starts fresh. Lab setup failures end the benchmark.
-func Load(ctx context.Context, out io.Writer, env Env, labs int, d time.Duration, patterns []LoadPattern, evidenceDir string, agentArgs ...string) (LoadResult, error) {
+func Load(ctx context.Context, out io.Writer, env Env, labs int, d time.Duration, patterns []LoadPattern, evidenceDir string, la LabArgs) (LoadResult, error) {
 	if patterns == nil {
 		patterns = LoadPatterns()
 	}
@@ -68,7 +68,7 @@ func Load(ctx context.Context, out io.Writer, env Env, labs int, d time.Duration
 		return res, fmt.Errorf("bench load: need at least one lab, a positive time and a pattern (got %d labs, %s, %d patterns)", labs, d, len(patterns))
 	}
 	for i := 1; i <= labs; i++ {
-		run, bound, err := loadOneLab(ctx, out, i, d, patterns, evidenceDir, agentArgs)
+		run, bound, err := loadOneLab(ctx, out, i, d, patterns, evidenceDir, la)
 		res.Runs = append(res.Runs, run)
 		if err != nil {
 			return res, fmt.Errorf("lab %d: %w", i, err)
@@ -79,9 +79,9 @@ func Load(ctx context.Context, out io.Writer, env Env, labs int, d time.Duration
 	return res, nil
 }
 
-func loadOneLab(ctx context.Context, out io.Writer, i int, d time.Duration, patterns []LoadPattern, evidenceDir string, agentArgs []string) (run LoadRun, bound int, err error) {
+func loadOneLab(ctx context.Context, out io.Writer, i int, d time.Duration, patterns []LoadPattern, evidenceDir string, la LabArgs) (run LoadRun, bound int, err error) {
 	run.Lab = i
-	s, err := Open(ctx, out, agentArgs...)
+	s, err := OpenLab(ctx, out, la)
 	if err != nil {
 		return run, 0, err
 	}

@@ -88,7 +88,7 @@ func newBenchCmd() *cobra.Command {
 		Use: "failover", Short: "Client-observed outage of kill-primary over many runs (detection, claim, go-live)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			env := bench.NewEnv("ftvmd " + strings.Join(os.Args[1:], " "))
-			res, err := bench.Failover(cmd.Context(), os.Stderr, env, foRuns, foBulk, opts.agentArgs...)
+			res, err := bench.Failover(cmd.Context(), os.Stderr, env, foRuns, foBulk, opts.lab())
 			if err != nil {
 				return err
 			}
@@ -122,7 +122,7 @@ func newBenchCmd() *cobra.Command {
 				return err
 			}
 			env := bench.NewEnv("ftvmd " + strings.Join(os.Args[1:], " "))
-			res, err := bench.Load(cmd.Context(), os.Stderr, env, loadLabs, time.Duration(loadSecs)*time.Second, patterns, evidence, opts.agentArgs...)
+			res, err := bench.Load(cmd.Context(), os.Stderr, env, loadLabs, time.Duration(loadSecs)*time.Second, patterns, evidence, opts.lab())
 			if err != nil {
 				return err
 			}
@@ -180,7 +180,7 @@ func newSoakCmd(opts *benchOpts) *cobra.Command {
 			}
 			env := bench.NewEnv("ftvmd " + strings.Join(os.Args[1:], " "))
 			args := append(append([]string(nil), opts.agentArgs...), "--log-retention="+o.Retention)
-			s, err := bench.Open(cmd.Context(), os.Stderr, args...)
+			s, err := bench.OpenLab(cmd.Context(), os.Stderr, bench.LabArgs{Agent: args, Define: opts.defineArgs})
 			if err != nil {
 				return err
 			}
@@ -265,13 +265,16 @@ type benchOpts struct {
 	defineArgs []string // extra vm define flags for the bench's guests (--define-arg)
 }
 
+func (o *benchOpts) lab() bench.LabArgs {
+	return bench.LabArgs{Agent: o.agentArgs, Define: o.defineArgs}
+}
+
 func runBench(ctx context.Context, o *benchOpts, fn func(context.Context, *bench.Session, bench.Env) (any, error)) error {
 	env := bench.NewEnv("ftvmd " + strings.Join(os.Args[1:], " "))
-	s, err := bench.Open(ctx, os.Stderr, o.agentArgs...)
+	s, err := bench.OpenLab(ctx, os.Stderr, o.lab())
 	if err != nil {
 		return err
 	}
-	s.DefineArgs = o.defineArgs
 	res, err := fn(ctx, s, env)
 	if cerr := s.Close(); cerr != nil && err == nil {
 		err = cerr
