@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -55,14 +56,30 @@ type NetResult struct {
 	// Iperf3: Debian's iperf3 both ways on the same guests after bench net's own
 	// phases (`--iperf-seconds`; absent when 0).
 	Iperf3 *IperfResult `json:"iperf3,omitempty"`
+	// UnprotectedNeighbour: the duty of the neighbour load on the backup's CPU
+	// during the unprotected mode (startNeighbour; 0: none).
+	UnprotectedNeighbour float64 `json:"unprotected_neighbour,omitempty"`
+}
+
+// NetOpts are bench net's settings.
+type NetOpts struct {
+	Requests, MB, LagBoundMS, IperfSeconds int
+	// UnprotectedNeighbour (0-1): load the backup host's CPU this much during
+	// the unprotected mode, standing in for protection's share of the lab's two
+	// cores (0: off).
+	UnprotectedNeighbour float64
 }
 
 // Net runs the network benchmark with the guest's lag bound at lagBoundMS (the
 // throttle's set point follows it, so it decides how often round trips meet a
 // throttled primary). With iperfSeconds > 0, each mode ends with iperf3 for that
 // many seconds each way (a protected guest's backup first catching up).
-func Net(ctx context.Context, s *Session, env Env, requests, mb, lagBoundMS, iperfSeconds int) (NetResult, error) {
-	res := NetResult{Env: env, Requests: requests, BulkMB: mb, LagBoundMS: lagBoundMS}
+func Net(ctx context.Context, s *Session, env Env, o NetOpts) (NetResult, error) {
+	requests, mb, lagBoundMS, iperfSeconds := o.Requests, o.MB, o.LagBoundMS, o.IperfSeconds
+	res := NetResult{Env: env, Requests: requests, BulkMB: mb, LagBoundMS: lagBoundMS, UnprotectedNeighbour: o.UnprotectedNeighbour}
+	if o.UnprotectedNeighbour < 0 || o.UnprotectedNeighbour > 1 {
+		return res, fmt.Errorf("bench net: neighbour load %.2f: must be 0 (off) to 1", o.UnprotectedNeighbour)
+	}
 	if iperfSeconds < 0 {
 		return res, fmt.Errorf("bench net: iperf seconds %d: must be 0 (off) or more", iperfSeconds)
 	}
@@ -88,8 +105,20 @@ func Net(ctx context.Context, s *Session, env Env, requests, mb, lagBoundMS, ipe
 				return res, err
 			}
 		}
+		stopNeighbour := func() {}
+		if !protected && o.UnprotectedNeighbour > 0 {
+			cpu, err := strconv.Atoi(lab.HostB.CPUs)
+			if err != nil {
+				return res, fmt.Errorf("bench net: neighbour load: host b's CPUs %q: %w", lab.HostB.CPUs, err)
+			}
+			if stopNeighbour, err = startNeighbour(cpu, o.UnprotectedNeighbour); err != nil {
+				return res, err
+			}
+			s.logf("neighbour load %.2f of CPU %d during the unprotected mode", o.UnprotectedNeighbour, cpu)
+		}
 		side, err := netSide(ctx, s, vm, protected, requests, mb)
 		if err != nil {
+			stopNeighbour()
 			if ctx.Err() != nil {
 				// The connection was closed under the phase: say why, not how.
 				return res, fmt.Errorf("bench net: %w", context.Cause(ctx))
@@ -111,9 +140,11 @@ func Net(ctx context.Context, s *Session, env Env, requests, mb, lagBoundMS, ipe
 		}
 		if iperfSeconds > 0 {
 			if err := iperfMode(ctx, s, vm, protected, res.Iperf3); err != nil {
+				stopNeighbour()
 				return res, err
 			}
 		}
+		stopNeighbour()
 		if err := s.StopGuest(ctx, vm); err != nil {
 			return res, err
 		}

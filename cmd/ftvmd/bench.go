@@ -55,6 +55,7 @@ func newBenchCmd() *cobra.Command {
 	cpu.Flags().DurationVar(&minRun, "min-run", 30*time.Second, "shortest unprotected run (md5 repeated to fill it)")
 	cpu.Flags().IntVar(&cpuShift, "icount-shift", 0, "the guest's --icount-shift (0: vm define's default)")
 	var requests, bulk, netLagBound, iperfSecs int
+	var neighbour float64
 	netc := &cobra.Command{
 		Use: "net", Short: "Request/response latency and bulk TCP throughput both ways, unprotected vs protected, in one run",
 		Long: "Request/response round trips and a bulk transfer each way with the lab guest's own service,\n" +
@@ -74,10 +75,11 @@ func newBenchCmd() *cobra.Command {
 				}
 			}
 			return runBench(cmd.Context(), opts, func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
-				return bench.Net(ctx, s, env, requests, bulk, netLagBound, iperfSecs)
+				return bench.Net(ctx, s, env, bench.NetOpts{Requests: requests, MB: bulk, LagBoundMS: netLagBound, IperfSeconds: iperfSecs, UnprotectedNeighbour: neighbour})
 			})
 		},
 	}
+	netc.Flags().Float64Var(&neighbour, "unprotected-neighbour", 0, "keep host b's CPU this busy (0-1) during the unprotected mode, standing in for protection's share of the lab's two cores (0: off)")
 	netc.Flags().IntVar(&iperfSecs, "iperf-seconds", 20, "seconds of iperf3 each way in each mode after bench net's own phases (0: off)")
 	netc.Flags().IntVar(&requests, "requests", 1000, "request/response round trips")
 	netc.Flags().IntVar(&bulk, "mb", 200, "MiB per bulk transfer")
