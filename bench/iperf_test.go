@@ -193,3 +193,19 @@ func TestParseIperf3CutShort(t *testing.T) {
 		t.Errorf("mbit_s %v, want %v", run.MbitS, want)
 	}
 }
+
+// Errors that say the guest's server was not ready for a test are retried;
+// others are findings.
+func TestRetryableIperf(t *testing.T) {
+	for msg, want := range map[string]bool{
+		"iperf3: error - unable to connect to server: Connection refused":     true,
+		"iperf3: unable to receive control message: Connection reset by peer": true,
+		"iperf3: error - the server is busy running a test. try again later":  true,
+		"iperf3: unable to write to stream socket: Broken pipe":               false,
+		"iperf3: control socket has closed unexpectedly":                      false,
+	} {
+		if got := retryableIperf(msg); got != want {
+			t.Errorf("retryableIperf(%q) = %v, want %v", msg, got, want)
+		}
+	}
+}
