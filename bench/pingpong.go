@@ -128,9 +128,7 @@ func FailOverAndReprotect(ctx context.Context, s *Session, primary, backup lab.H
 		return r, err
 	}
 	s.logf("killed host %s", primary.Name)
-	st, err := pollTolerant(ctx, backup, vm, 2*time.Minute, func(st control.VMStatus) bool {
-		return st.Role == "primary" && (st.State == "unprotected" || st.State == "syncing" || st.State == "protected")
-	})
+	st, err := pollTolerant(ctx, backup, vm, 2*time.Minute, goneLive)
 	if err != nil {
 		return r, fmt.Errorf("%s did not go live: %s %s: %w", backup.Name, st.State, st.Detail, err)
 	}
@@ -141,9 +139,7 @@ func FailOverAndReprotect(ctx context.Context, s *Session, primary, backup lab.H
 		return r, fmt.Errorf("start %s's agent again: %w", primary.Name, err)
 	}
 	r.AgentBackS = time.Since(tKill).Seconds()
-	st, err = pollTolerant(ctx, backup, vm, 3*time.Minute, func(st control.VMStatus) bool {
-		return st.State == "protected" && st.Sync != nil && st.Sync.Phase == "protected" && st.Sync.Auto && st.Sync.ProtectedAt.After(tKill)
-	})
+	st, err = pollTolerant(ctx, backup, vm, 3*time.Minute, reprotectedSince(tKill))
 	if errors.Is(err, errPollTimeout) {
 		return r, fmt.Errorf("%s not protected again by %s: %s %s, sync %+v", backup.Name, primary.Name, st.State, st.Detail, st.Sync)
 	}
@@ -154,6 +150,20 @@ func FailOverAndReprotect(ctx context.Context, s *Session, primary, backup lab.H
 	r.WindowMS, r.FailoverMS, r.WaitMS, r.PauseMS = y.WindowMS, y.FailoverMS, y.WaitMS, y.PauseMS
 	r.SnapshotMS, r.CopyMS, r.CatchUpMS, r.ConsoleFrom = y.SnapshotMS, y.CopyMS, y.CatchUpMS, y.ConsoleFrom
 	return r, nil
+}
+
+// goneLive: the copy runs the VM as the live primary (alone, syncing a new
+// backup, or protected again).
+func goneLive(st control.VMStatus) bool {
+	return st.Role == "primary" && (st.State == "unprotected" || st.State == "syncing" || st.State == "protected")
+}
+
+// reprotectedSince: the copy is protected by an automatic re-protection that
+// finished after t.
+func reprotectedSince(t time.Time) func(control.VMStatus) bool {
+	return func(st control.VMStatus) bool {
+		return st.State == "protected" && st.Sync != nil && st.Sync.Phase == "protected" && st.Sync.Auto && st.Sync.ProtectedAt.After(t)
+	}
 }
 
 // pollTolerant polls vm's status on h every 100 ms until done or timeout, taking

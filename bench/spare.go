@@ -125,20 +125,19 @@ func RunSpare(ctx context.Context, s *Session, env Env, o SpareOpts) (SpareRepor
 		return rep, err
 	}
 	s.logf("killed host a (kept down)")
-	st, err := pollTolerant(ctx, b, o.VM, 2*time.Minute, func(st control.VMStatus) bool {
-		return st.Role == "primary" && (st.State == "unprotected" || st.State == "syncing" || st.State == "protected")
-	})
+	st, err := pollTolerant(ctx, b, o.VM, 2*time.Minute, goneLive)
 	if err != nil {
 		return rep, fmt.Errorf("b did not go live after a's kill: %s %s: %w", st.State, st.Detail, err)
 	}
 	rep.LiveOnBMS = ms(time.Since(tKillA))
+	reprotected := reprotectedSince(tKillA)
 	st, err = pollTolerant(ctx, b, o.VM, 2*time.Minute, func(st control.VMStatus) bool {
 		if y := st.Sync; y != nil && y.StartedAt.After(tKillA) {
 			if n := len(rep.SyncBackups); n == 0 || rep.SyncBackups[n-1] != y.Backup {
 				rep.SyncBackups = append(rep.SyncBackups, y.Backup)
 			}
 		}
-		return st.State == "protected" && st.Sync != nil && st.Sync.Phase == "protected" && st.Sync.Auto && st.Sync.ProtectedAt.After(tKillA)
+		return reprotected(st)
 	})
 	if errors.Is(err, errPollTimeout) {
 		return rep, fmt.Errorf("b not protected again on a spare 2 minutes after a's kill: %s %s, sync %+v", st.State, st.Detail, st.Sync)
@@ -178,9 +177,7 @@ func RunSpare(ctx context.Context, s *Session, env Env, o SpareOpts) (SpareRepor
 		return rep, err
 	}
 	s.logf("killed host b")
-	st, err = pollTolerant(ctx, d, o.VM, 2*time.Minute, func(st control.VMStatus) bool {
-		return st.Role == "primary" && (st.State == "unprotected" || st.State == "syncing" || st.State == "protected")
-	})
+	st, err = pollTolerant(ctx, d, o.VM, 2*time.Minute, goneLive)
 	if err != nil {
 		return rep, fmt.Errorf("d did not go live after b's kill: %s %s: %w", st.State, st.Detail, err)
 	}
