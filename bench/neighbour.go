@@ -13,26 +13,18 @@ import (
 // neighbourPeriod is the busy/idle cycle of a neighbour load.
 const neighbourPeriod = 10 * time.Millisecond
 
-// startNeighbour keeps CPU cpu busy for duty (0-1] of every neighbourPeriod until
-// stop is called: a stand-in, in an unprotected run, for what protection adds on
-// the lab's two shared cores (the backup's replay on its core, the agents that
-// float between both), so that how much of a protected run's loss those shared
-// cores explain can be read inside one run (issue 13). The load runs in this
-// process, on one thread locked to the CPU.
-func startNeighbour(cpu int, duty float64) (stop func(), err error) {
-	n, err := newNeighbour(cpu, duty)
-	if err != nil {
-		return nil, err
-	}
-	return n.stop, nil
-}
-
-// neighbour is a running neighbour load; tid is its thread.
+// neighbour is a running neighbour load: a stand-in, in an unprotected run, for
+// what protection adds on the lab's two shared cores (the backup's replay on its
+// core, the agents that float between both), so that how much of a protected
+// run's loss those shared cores explain can be read inside one run (issue 13).
+// It runs in this process, on one thread (tid) locked to its CPU, until stop is
+// called (more than once is harmless).
 type neighbour struct {
 	tid  int
 	stop func()
 }
 
+// newNeighbour keeps CPU cpu busy for duty (0-1] of every neighbourPeriod.
 func newNeighbour(cpu int, duty float64) (*neighbour, error) {
 	if duty <= 0 || duty > 1 {
 		return nil, fmt.Errorf("neighbour load: duty %.2f: must be in (0, 1]", duty)

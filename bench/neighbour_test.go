@@ -32,7 +32,7 @@ func threadStat(t *testing.T, tid int, key string) int {
 // The neighbour load runs pinned to its CPU and idles its share of every period.
 func TestNeighbourLoad(t *testing.T) {
 	for _, d := range []float64{0, -1, 1.5} {
-		if _, err := startNeighbour(0, d); err == nil {
+		if _, err := newNeighbour(0, d); err == nil {
 			t.Fatalf("duty %v accepted", d)
 		}
 	}

@@ -89,6 +89,10 @@ func Net(ctx context.Context, s *Session, env Env, o NetOpts) (NetResult, error)
 		}
 		res.Iperf3 = &IperfResult{Seconds: iperfSeconds}
 	}
+	// The neighbour load of the unprotected mode; stopping it twice is harmless,
+	// and the deferred call covers every way out of that mode.
+	stopNeighbour := func() {}
+	defer func() { stopNeighbour() }()
 	for _, protected := range []bool{false, true} {
 		vm := "benchnet"
 		if _, err := s.StartGuest(ctx, vm, "", protected, "--lag-bound-ms", fmt.Sprint(lagBoundMS)); err != nil {
@@ -105,20 +109,20 @@ func Net(ctx context.Context, s *Session, env Env, o NetOpts) (NetResult, error)
 				return res, err
 			}
 		}
-		stopNeighbour := func() {}
 		if !protected && o.UnprotectedNeighbour > 0 {
 			cpu, err := strconv.Atoi(lab.HostB.CPUs)
 			if err != nil {
 				return res, fmt.Errorf("bench net: neighbour load: host b's CPUs %q: %w", lab.HostB.CPUs, err)
 			}
-			if stopNeighbour, err = startNeighbour(cpu, o.UnprotectedNeighbour); err != nil {
+			n, err := newNeighbour(cpu, o.UnprotectedNeighbour)
+			if err != nil {
 				return res, err
 			}
+			stopNeighbour = n.stop
 			s.logf("neighbour load %.2f of CPU %d during the unprotected mode", o.UnprotectedNeighbour, cpu)
 		}
 		side, err := netSide(ctx, s, vm, protected, requests, mb)
 		if err != nil {
-			stopNeighbour()
 			if ctx.Err() != nil {
 				// The connection was closed under the phase: say why, not how.
 				return res, fmt.Errorf("bench net: %w", context.Cause(ctx))
@@ -140,7 +144,6 @@ func Net(ctx context.Context, s *Session, env Env, o NetOpts) (NetResult, error)
 		}
 		if iperfSeconds > 0 {
 			if err := iperfMode(ctx, s, vm, protected, res.Iperf3); err != nil {
-				stopNeighbour()
 				return res, err
 			}
 		}
