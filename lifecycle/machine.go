@@ -107,7 +107,7 @@ func New(cfg Config) (*Machine, error) {
 		log:       cfg.Logger.With("role", cfg.Role.String(), "host", cfg.Host),
 		state:     Starting,
 		epoch:     cfg.LiveEpoch,
-		spares:    spares(cfg),
+		spares:    uniqueSpares(cfg),
 		probeWait: cfg.ProbeTicks,
 	}
 	if cfg.LiveEpoch > 0 {
@@ -118,8 +118,8 @@ func New(cfg Config) (*Machine, error) {
 	return m, nil
 }
 
-// spares returns cfg.Spares without blanks and repeats.
-func spares(cfg Config) []string {
+// uniqueSpares returns cfg.Spares without blanks and repeats.
+func uniqueSpares(cfg Config) []string {
 	var out []string
 	seen := map[string]bool{}
 	for _, s := range cfg.Spares {
