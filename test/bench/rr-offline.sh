@@ -9,7 +9,8 @@
 #
 # Env: SHIFT (icount shift, default 4), APPEND (extra kernel args, default ft.busy=1),
 # OUT (work dir, default /tmp/rr-offline), QEMU (the emulator, default qemu-system-x86_64;
-# a wrapper script works), FLUSHLIB (preload libftflush.so into the recording QEMU, as
+# a wrapper script works), REPLAY_QEMU (replay with this emulator instead of QEMU's: does a log
+# one build recorded replay on another?), FLUSHLIB (preload libftflush.so into the recording QEMU, as
 # the agent does for an engine that does not stream its log). Prints record and replay
 # wall times, whether the consoles are byte-identical, the steady instruction rates
 # (last 20 s), each side's CPU time (user+system, all threads) and context switches
@@ -125,7 +126,8 @@ sleep "$(echo "$secs - ($(date +%s.%N) - $t0)" | bc | sed 's/^-.*/0/')"
 qpid=$(pgrep -f -n "rrfile=$name.rr" || echo "$qp") # the QEMU under ip netns exec / env
 kill "$qpid"; wait "$qp" || true; wait "$pp" || true
 t1=$(date +%s.%N)
-"${inns[@]}" "${timed[@]}" -o "$name.rep.time" taskset -c 1 "${q[@]}" -icount "shift=$shift_,rr=replay,rrfile=$name.rr" -serial "file:$name.rep.con" \
+rq=("${q[@]}"); [ -n "${REPLAY_QEMU:-}" ] && rq[0]=$REPLAY_QEMU
+"${inns[@]}" "${timed[@]}" -o "$name.rep.time" taskset -c 1 "${rq[@]}" -icount "shift=$shift_,rr=replay,rrfile=$name.rr" -serial "file:$name.rep.con" \
   -qmp "unix:$name.pq,server=on,wait=off" 2>"$name.rep.err" &
 qp=$!; poll "$name.pq" "$name.rep.ic" & pp=$!
 wait "$qp" || true; wait "$pp" || true
