@@ -566,6 +566,16 @@ func (r *Relay) Pace(sample throttle.Sample) {
 	notify(r.paceKick)
 }
 
+// PacerStats are the pacer's counters (zero without a pacer).
+func (r *Relay) PacerStats() throttle.PacerStats {
+	if r.pacer == nil {
+		return throttle.PacerStats{}
+	}
+	r.paceMu.Lock()
+	defer r.paceMu.Unlock()
+	return r.pacer.Stats()
+}
+
 // ReleasePacing ends pacing (the VM is no longer protected): held frames go at
 // once.
 func (r *Relay) ReleasePacing() {

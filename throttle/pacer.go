@@ -105,7 +105,8 @@ func (v Verdict) String() string {
 // Pacer is a pure state machine (no I/O, no clock, not safe for concurrent use):
 // the caller feeds it lag samples (Observe) and frames (Offer) and asks which held
 // frame may go when (Next), so a user-space relay and a kernel data path (applying
-// Rate to a qdisc) can share the decisions.
+// Rate to a qdisc) can share the decisions. A kernel path offers no frames: it
+// tells the pacer what its qdisc let through before each sample (Account).
 type Pacer struct {
 	cfg PacerConfig
 
@@ -190,6 +191,32 @@ func (p *Pacer) Observe(s Sample, now time.Time) {
 	// would only let the next burst through unpaced.
 	p.lastLag, p.lastAt = s.Lag, now
 	p.passed, p.heldSince = 0, 0
+}
+
+// Traffic is what a data path that applies Rate itself (a qdisc on a tap) saw
+// since the last sample: the frames never passed through Offer, so the pacer
+// learns of them here.
+type Traffic struct {
+	// Bytes went to QEMU since the last sample.
+	Bytes int64
+	// Limited: the rate held something back (frames waited or were dropped).
+	Limited bool
+	// Drops are frames dropped on the path's full queue since the last sample.
+	Drops uint64
+}
+
+// Account adds traffic the pacer did not see through Offer to the sample period
+// in progress: call it just before each Observe, with the counts since the last
+// one. Its bytes set the rate pacing engages at (half the rate that was flowing),
+// and Limited lets the rate grow additively as frames held by Offer do.
+func (p *Pacer) Account(t Traffic) {
+	if t.Bytes > 0 {
+		p.passed += t.Bytes
+	}
+	if t.Limited {
+		p.heldSince++
+	}
+	p.drops += t.Drops
 }
 
 // engage starts pacing at half the rate that let the lag pass the bound.
@@ -308,6 +335,9 @@ type PacerStats struct {
 	PacedFor    time.Duration // total time the rate was limited
 	Engaged     uint64        // times the lag passing the bound started pacing
 	EngagedLag  time.Duration // the lag that started pacing last
+	// ApplyErrors are a kernel path's failures to apply the rate (its qdisc);
+	// a Pacer itself has none: the path fills it in.
+	ApplyErrors uint64
 }
 
 // Stats returns the counters.

@@ -391,3 +391,63 @@ func TestPacerBoundsLagOfWindowLimitedSender(t *testing.T) {
 		}
 	}
 }
+
+// A kernel data path offers no frames: it accounts for what its qdisc let through
+// before each sample, and the pacer decides as it does for frames it saw. Step by
+// step: engaging at half the accounted rate, halving while the lag grows, raising
+// only while the limit held something back, release after a quiet second, and the
+// path's drops in the stats.
+func TestPacerAccountedTraffic(t *testing.T) {
+	p := newTestPacer(t, PacerConfig{MinRate: 100e3})
+	now := time.Unix(0, 0)
+	p.Observe(Sample{}, now)
+	type step struct {
+		traffic    Traffic
+		lag        time.Duration
+		wantActive bool
+		wantRate   float64
+		wantDrops  uint64
+	}
+	ms := time.Millisecond
+	steps := []step{
+		// Within the bound: 1 MB in 100 ms flows unpaced.
+		{Traffic{Bytes: 1e6}, 50 * ms, false, 0, 0},
+		// Over it: half of the 8 MB/s that flowed in the last 100 ms.
+		{Traffic{Bytes: 800e3}, 150 * ms, true, 4e6, 0},
+		// Still growing: halved; the qdisc dropped 3 frames.
+		{Traffic{Bytes: 400e3, Limited: true, Drops: 3}, 160 * ms, true, 2e6, 3},
+		// Falling above the set point: held.
+		{Traffic{Bytes: 200e3, Limited: true}, 90 * ms, true, 2e6, 3},
+		// Below the set point and limited: +1/8 of the engaging 4 MB/s.
+		{Traffic{Bytes: 200e3, Limited: true}, 40 * ms, true, 2.5e6, 3},
+		// Below it, nothing held back: a limit nothing meets is not raised.
+		{Traffic{Bytes: 100e3}, 40 * ms, true, 2.5e6, 3},
+		// Limited again, below a quarter of the bound: raised, not released.
+		{Traffic{Bytes: 250e3, Limited: true, Drops: 1}, 10 * ms, true, 3e6, 4},
+	}
+	// Nine quiet samples well within the bound keep it paced; the tenth (a quiet
+	// second) releases it.
+	for i := 0; i < 9; i++ {
+		steps = append(steps, step{Traffic{Bytes: 10e3}, 10 * ms, true, 3e6, 4})
+	}
+	steps = append(steps, step{Traffic{Bytes: 10e3}, 10 * ms, false, 0, 4})
+	// Negative bytes (a counter that went back) count as none: unpaced again, a
+	// lag over the bound engages at the floor.
+	steps = append(steps, step{Traffic{Bytes: -5e6}, 200 * ms, true, 100e3, 4})
+	for i, s := range steps {
+		now = now.Add(100 * time.Millisecond)
+		p.Account(s.traffic)
+		p.Observe(Sample{Lag: s.lag}, now)
+		st := p.Stats()
+		if st.Active != s.wantActive || st.Rate != s.wantRate || st.Drops != s.wantDrops {
+			t.Fatalf("step %d (%+v, lag %v): active %v rate %.0f drops %d; want %v %.0f %d",
+				i, s.traffic, s.lag, st.Active, st.Rate, st.Drops, s.wantActive, s.wantRate, s.wantDrops)
+		}
+		if st.QueueFrames != 0 || st.Paced != 0 {
+			t.Fatalf("step %d: the pacer holds frames it was never offered: %+v", i, st)
+		}
+	}
+	if st := p.Stats(); st.Engaged != 2 || st.EngagedLag != 200*ms {
+		t.Fatalf("engaged %d times, last at %v; want 2, at 200ms", st.Engaged, st.EngagedLag)
+	}
+}
