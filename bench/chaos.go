@@ -858,8 +858,11 @@ func (r *chaosRun) keepEvidence(dir string) string {
 		r.logf("evidence: %v", err)
 		return ""
 	}
+	// -L: copy what a symlink points to. A VM that went live in place has its
+	// primary run directory as a link to the backup's, whose files a later
+	// fault replaces: evidence kept as links would then show the wrong run.
 	cp := func(src, dst string) {
-		if out, err := exec.Command("cp", "-a", src, filepath.Join(dir, dst)).CombinedOutput(); err != nil {
+		if out, err := exec.Command("cp", "-RL", "--preserve=mode,timestamps", src, filepath.Join(dir, dst)).CombinedOutput(); err != nil {
 			r.logf("evidence: cp %s: %v: %s", src, err, strings.TrimSpace(string(out)))
 		}
 	}
