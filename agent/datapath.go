@@ -34,15 +34,20 @@ var (
 )
 
 // inputPacer paces the frames the network sends a protected guest while its backup
-// is behind the lag bound (throttle.Pacer): netbuf.Relay with a pacer. On the tap
-// path those frames reach QEMU without the agent, and nothing paces them yet (a
-// qdisc on the tap could apply throttle.Pacer's Rate).
+// is behind the lag bound (throttle.Pacer): netbuf.Relay with a pacer on the relay
+// path, which holds them in the agent; on the tap path, where they reach QEMU
+// without the agent, netbuf.TapPacer, which applies the pacer's rate as a tbf
+// qdisc on the tap's egress.
 type inputPacer interface {
 	Pace(throttle.Sample)
 	ReleasePacing()
+	PacerStats() throttle.PacerStats
 }
 
-var _ inputPacer = (*netbuf.Relay)(nil)
+var (
+	_ inputPacer = (*netbuf.Relay)(nil)
+	_ inputPacer = (*netbuf.TapPacer)(nil)
+)
 
 // unheldPath is the tap path of an unprotected VM whose frames cannot be queued
 // (the agent could not bind the kernel queue: why says so): QEMU's frames go

@@ -761,6 +761,43 @@ func (p *primary) holdInKernel() error {
 	}
 	p.out = hold
 	p.log.Info("guest output held in the kernel", "tap", p.tap, "queue", queue, "mode", mode)
+	// A pacing qdisc a killed agent left on this tap's name would slow the guest's
+	// input for no backup: gone before QEMU starts.
+	if err := netbuf.RemoveTapShaping(p.tap); err != nil {
+		p.log.Warn("a stale pacing qdisc may slow the tap", "tap", p.tap, "err", err)
+	}
+	if protected && p.a.cfg.PaceQueueBytes > 0 {
+		return p.paceTap(link.MTU)
+	}
+	return nil
+}
+
+// paceTap paces the network's frames to QEMU with a qdisc on the tap: they reach
+// QEMU without the agent on this path, and every one of them is logged.
+func (p *primary) paceTap(mtu int) error {
+	pacer, err := throttle.NewPacer(throttle.PacerConfig{
+		Bound:      time.Duration(p.spec.LagBoundMS) * time.Millisecond,
+		QueueBytes: p.a.cfg.PaceQueueBytes,
+	})
+	if err != nil {
+		return err
+	}
+	sh, err := netbuf.NewTapShaper(p.tap)
+	if err != nil {
+		return err
+	}
+	tp, err := netbuf.NewTapPacer(netbuf.TapPacerConfig{
+		Pacer:      pacer,
+		Shaper:     sh,
+		QueueBytes: p.a.cfg.PaceQueueBytes,
+		MTU:        mtu + netbuf.DefaultTapFrame - 1500, // its Ethernet header and a VLAN tag
+		Logger:     p.log,
+	})
+	if err != nil {
+		return err
+	}
+	p.addCleanup(tp.Close)
+	p.pace = tp
 	return nil
 }
 
@@ -1098,7 +1135,7 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 				p.pace.Pace(throttle.Sample{Lag: lag})
 			}
 			if observe {
-				paced := p.pace != nil && p.out.Stats().Pacing.Active
+				paced := p.pace != nil && p.pace.PacerStats().Active
 				p.noteEpisodes(q < 1, paced, now, lag)
 			}
 			if p.cg != nil && (q < old*0.98 || q > old*1.02 || (q == 1 && old < 1)) {
@@ -1491,6 +1528,11 @@ func (p *primary) status() control.VMStatus {
 	if p.out != nil {
 		fillRelayStatus(&st, p.out.Stats())
 	}
+	if p.pace != nil {
+		// On the tap path the pacer is not the output path's (a qdisc, not the
+		// relay): its own counters.
+		fillPacingStatus(&st, p.pace.PacerStats())
+	}
 	if p.bkStallRep {
 		fillBackupStallStatus(&st, p.bkStall)
 	}
@@ -1617,11 +1659,15 @@ func fillRelayStatus(st *control.VMStatus, rs netbuf.RelayStats) {
 		st.AddedDelayHist = h.Counts()
 	}
 	st.Backpressure = rs.BackpressureWaits
-	pc := rs.Pacing
-	st.PacingActive, st.PacedSec, st.PacedFrames, st.PaceDrops = pc.Active, pc.PacedFor.Seconds(), pc.Paced, pc.Drops
-	st.PaceRateBps, st.PaceQueueBytes, st.PaceEngaged, st.PaceEngagedLagMS = pc.Rate, int64(pc.QueueBytes), pc.Engaged, ms(pc.EngagedLag)
+	fillPacingStatus(st, rs.Pacing)
 	st.NetErrors = rs.Oversized + rs.Truncated + rs.StampErrors + rs.TapWriteErrors
 	st.InvariantFails = rs.Invariant
+}
+
+func fillPacingStatus(st *control.VMStatus, pc throttle.PacerStats) {
+	st.PacingActive, st.PacedSec, st.PacedFrames, st.PaceDrops = pc.Active, pc.PacedFor.Seconds(), pc.Paced, pc.Drops
+	st.PaceRateBps, st.PaceQueueBytes, st.PaceEngaged, st.PaceEngagedLagMS = pc.Rate, int64(pc.QueueBytes), pc.Engaged, ms(pc.EngagedLag)
+	st.PaceErrors = pc.ApplyErrors
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

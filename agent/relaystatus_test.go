@@ -49,15 +49,15 @@ func TestFillRelayStatusPacing(t *testing.T) {
 	var st control.VMStatus
 	fillRelayStatus(&st, netbuf.RelayStats{Pacing: throttle.PacerStats{
 		Active: true, Rate: 1.5e6, QueueBytes: 3000, QueueFrames: 2, Paced: 40, Drops: 3,
-		PacedFor: 2500 * time.Millisecond, Engaged: 2, EngagedLag: 130 * time.Millisecond,
+		PacedFor: 2500 * time.Millisecond, Engaged: 2, EngagedLag: 130 * time.Millisecond, ApplyErrors: 4,
 	}})
 	want := control.VMStatus{
 		PacingActive: true, PaceRateBps: 1.5e6, PaceQueueBytes: 3000, PacedFrames: 40, PaceDrops: 3,
-		PacedSec: 2.5, PaceEngaged: 2, PaceEngagedLagMS: 130,
+		PacedSec: 2.5, PaceEngaged: 2, PaceEngagedLagMS: 130, PaceErrors: 4,
 	}
 	if st.PacingActive != want.PacingActive || st.PaceRateBps != want.PaceRateBps || st.PaceQueueBytes != want.PaceQueueBytes ||
 		st.PacedFrames != want.PacedFrames || st.PaceDrops != want.PaceDrops || st.PacedSec != want.PacedSec ||
-		st.PaceEngaged != want.PaceEngaged || st.PaceEngagedLagMS != want.PaceEngagedLagMS {
+		st.PaceEngaged != want.PaceEngaged || st.PaceEngagedLagMS != want.PaceEngagedLagMS || st.PaceErrors != want.PaceErrors {
 		t.Fatalf("status %+v, want the pacer's figures", st)
 	}
 }

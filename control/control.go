@@ -275,8 +275,9 @@ type VMStatus struct {
 	LagHist     *Histogram `json:"lag_hist,omitempty"`
 	WorkLagHist *Histogram `json:"work_lag_hist,omitempty"`
 	// PacingEnabled: this copy paces the network's frames to the guest (the
-	// agent's --pace-queue-bytes, on the relay data path); the pacing fields
-	// below say nothing otherwise.
+	// agent's --pace-queue-bytes: in the agent on the relay data path, with a
+	// qdisc on the tap on the tap path); the pacing fields below say nothing
+	// otherwise.
 	PacingEnabled bool `json:"pacing_enabled,omitempty"`
 
 	// Pacing of the frames from the network to the primary's QEMU (each one is
@@ -284,12 +285,16 @@ type VMStatus struct {
 	// PaceRateBps bytes/s go to QEMU and the rest wait in a bounded queue.
 	PacingActive     bool    `json:"pacing_active"`
 	PacedSec         float64 `json:"paced_sec"`              // total time paced
-	PacedFrames      uint64  `json:"paced_frames"`           // frames that waited in the queue
+	PacedFrames      uint64  `json:"paced_frames"`           // frames that waited in the queue (tap path: that passed the qdisc)
 	PaceDrops        uint64  `json:"pace_drops"`             // frames dropped on a full queue
 	PaceRateBps      float64 `json:"pace_rate_bps"`          // bytes/s allowed; 0 = unlimited
 	PaceQueueBytes   int64   `json:"pace_queue_bytes"`       // bytes waiting now
 	PaceEngaged      uint64  `json:"pace_engaged,omitempty"` // times the lag passing the bound started pacing
 	PaceEngagedLagMS float64 `json:"pace_engaged_lag_ms,omitempty"`
+	// PaceErrors counts failures to apply the rate on the tap data path (its
+	// qdisc could not be installed, changed or removed, or its counters read):
+	// the guest's input then went unpaced; the CPU quota still worked.
+	PaceErrors uint64 `json:"pace_errors,omitempty"`
 
 	// Replay stall: the backup's replay has made no progress for a while (the
 	// agent's --stall-after, 3 s by default) although the backup holds log beyond

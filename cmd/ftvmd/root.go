@@ -606,7 +606,11 @@ func pacingLine(v control.VMStatus) string {
 	if v.PacingActive {
 		state = fmt.Sprintf("ON: %s/s (%.2f Mbit/s), %s waiting", size(int64(v.PaceRateBps)), v.PaceRateBps*8/1e6, size(v.PaceQueueBytes))
 	}
-	return fmt.Sprintf("%s  (paced %.1f s in all, %d frames held, %d dropped)", state, v.PacedSec, v.PacedFrames, v.PaceDrops)
+	s := fmt.Sprintf("%s  (paced %.1f s in all, %d frames held, %d dropped)", state, v.PacedSec, v.PacedFrames, v.PaceDrops)
+	if v.PaceErrors > 0 {
+		s += fmt.Sprintf("; %d failures to apply the rate to the tap", v.PaceErrors)
+	}
+	return s
 }
 
 func size(n int64) string {
