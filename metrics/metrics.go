@@ -124,7 +124,7 @@ var vmMetrics = []vmMetric{
 		pacing(func(v control.VMStatus) float64 { return b2f(v.PacingActive) })),
 	vm("paced_seconds_total", "Time the network's frames to the guest were paced.", counter,
 		pacing(func(v control.VMStatus) float64 { return v.PacedSec })),
-	vm("paced_frames_total", "Frames from the network that waited in the pacing queue.", counter,
+	vm("paced_frames_total", "Frames from the network that waited in the pacing queue (tap path: that passed the pacing qdisc).", counter,
 		pacing(func(v control.VMStatus) float64 { return float64(v.PacedFrames) })),
 	vm("pace_dropped_frames_total", "Frames from the network dropped on a full pacing queue.", counter,
 		pacing(func(v control.VMStatus) float64 { return float64(v.PaceDrops) })),

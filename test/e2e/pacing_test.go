@@ -17,7 +17,10 @@ import (
 
 // TestPacingBoundsLag drives a bulk client->guest stream into a protected guest for
 // 40 s: every frame the guest receives is logged, so this is the load a CPU quota
-// cannot slow and the pacing of network input is for. The primary's status, read
+// cannot slow and the pacing of network input is for. It runs on both data paths,
+// each on a fresh lab (or on FTVMD_DATA_PATH's alone when set): on the relay path
+// the agent holds the paced frames, on the tap path a tbf qdisc on the tap does.
+// The primary's status, read
 // every 200 ms, must show the backup's lag p99 within the bound plus one controller
 // step (see below), never over the bound for 2 s, and pacing only after
 // the lag passed the bound (and whenever it stayed over it); every byte sent must
@@ -27,19 +30,32 @@ import (
 // (agents with --pace-queue-bytes=0, the CPU quota alone): it checks that nothing
 // is paced and the bytes, and only reports the lag, for comparison.
 func TestPacingBoundsLag(t *testing.T) {
+	paths := []string{"relay", "tap"}
+	if d := os.Getenv("FTVMD_DATA_PATH"); d != "" {
+		paths = []string{d}
+	}
+	for _, path := range paths {
+		t.Run(path, func(t *testing.T) { testPacingBoundsLag(t, path) })
+	}
+}
+
+func testPacingBoundsLag(t *testing.T, dataPath string) {
 	l := needLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	const vm = "pace1"
 	controlRun := os.Getenv("FTVMD_E2E_PACING") == "off"
-	// Pacing is on the relay data path (on the tap path the network's frames do not
-	// pass the agent), whatever FTVMD_DATA_PATH says.
-	agentArgs := []string{"--data-path=relay", fmt.Sprintf("--pace-queue-bytes=%d", throttle.DefaultPaceQueue)}
+	agentArgs := []string{"--data-path=" + dataPath, fmt.Sprintf("--pace-queue-bytes=%d", throttle.DefaultPaceQueue)}
 	if controlRun {
 		agentArgs = append(agentArgs, "--pace-queue-bytes=0")
 		t.Log("control run: pacing off, the CPU quota alone")
 	}
 	bound := protectGuestWith(ctx, t, l, vm, agentArgs)
+	if st, err := lab.Status(ctx, lab.HostA, vm); err != nil {
+		t.Fatal(err)
+	} else if st.DataPath != dataPath || st.PacingEnabled == controlRun {
+		t.Fatalf("primary on data path %q with pacing enabled %v, want %q and %v", st.DataPath, st.PacingEnabled, dataPath, !controlRun)
+	}
 	if err := lab.WaitConsole(ctx, lab.Console(lab.HostB, vm, "backup"), "ftguest ready", 4*time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -152,14 +168,20 @@ func TestPacingBoundsLag(t *testing.T) {
 		res.bytes, res.chunks, putSize, elapsed.Round(time.Millisecond), float64(res.bytes)*8/1e6/elapsed.Seconds())
 	t.Logf("lag over %d samples: p50 %.1f ms, p99 %.1f ms, max %.1f ms; %d samples over the bound %v (longest run %d)",
 		len(lags), p50, p99, maxLag, over, bound, maxRunOver)
-	t.Logf("pacing: engaged %d times (last at lag %.1f ms), paced %.1f s, %d frames held, %d dropped; throttled %.1f s; log %.1f MiB",
-		engaged, after.PaceEngagedLagMS, paced, after.PacedFrames-before.PacedFrames, after.PaceDrops-before.PaceDrops,
-		after.ThrottledSec-before.ThrottledSec, float64(after.LogWritten-before.LogWritten)/(1<<20))
+	t.Logf("pacing (%s path): engaged %d times (last at lag %.1f ms), paced %.1f s, %d frames held, %d dropped, %d failures to apply; throttled %.1f s; log %.1f MiB",
+		dataPath, engaged, after.PaceEngagedLagMS, paced, after.PacedFrames-before.PacedFrames, after.PaceDrops-before.PaceDrops,
+		after.PaceErrors, after.ThrottledSec-before.ThrottledSec, float64(after.LogWritten-before.LogWritten)/(1<<20))
+	if over == 0 && engaged == 0 && !before.PacingActive {
+		t.Logf("the load never pushed the lag over the bound %v on the %s path: pacing was not exercised (only its staying off is checked)", bound, dataPath)
+	}
 	t.Logf("last sample while streaming: lag %.1f ms, pacing %v at %.0f B/s, %d B waiting", last.LagMS, last.PacingActive, last.PaceRateBps, last.PaceQueueBytes)
 
 	t.Logf("samples:\n%s", strings.Join(trace, "\n"))
 	if res.bytes == 0 {
 		t.Fatal("no bytes reached the guest")
+	}
+	if after.PaceErrors > 0 {
+		t.Fatalf("%d failures to apply the paced rate on the %s path (the agent's log says why)", after.PaceErrors, dataPath)
 	}
 	if controlRun {
 		if paced > 0 || engaged > 0 || after.PacedFrames > 0 {
