@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/ftvmd/ftvmd/throttle"
 )
 
 // shapedTap creates tap name in the namespace with address 10.98.0.1/24, opens it
@@ -182,5 +184,71 @@ func TestTapShaperInNetns(t *testing.T) {
 	// A tap that is gone: nothing to remove.
 	if err := ns.do(func() error { return RemoveTapShaping("ftnosuch0") }); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestTapPacerOnRealTap runs the TapPacer on a real tap: the traffic the tap's
+// counter saw sets the engaging rate, the tbf appears at that rate once the lag
+// passes the bound and limits what QEMU's end reads, and release removes it.
+func TestTapPacerOnRealTap(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	const tap = "ftpace1"
+	tapf, udp, err := shapedTap(ns, tap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tapf.Close(); udp.Close() })
+	sh, err := NewTapShaper(tap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := throttle.NewPacer(throttle.PacerConfig{Bound: 100 * time.Millisecond, MinRate: 10e3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(0, 0)
+	tp, err := NewTapPacer(TapPacerConfig{Pacer: p, Shaper: sh, QueueBytes: 64 << 10, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pace := func(lag time.Duration) {
+		now = now.Add(100 * time.Millisecond)
+		_ = ns.do(func() error { tp.Pace(throttle.Sample{Lag: lag}); return nil })
+	}
+	pace(0)
+	// 200 kB reach QEMU's end in the (fake) 100 ms sample: 2 MB/s flowed.
+	blast(t, udp, 200, 1000)
+	readFor(t, tapf, 200*time.Millisecond)
+	pace(150 * time.Millisecond)
+	st := tp.PacerStats()
+	if !st.Active || st.ApplyErrors != 0 {
+		t.Fatalf("not engaged: %+v", st)
+	}
+	// Half of what the tap's counter saw (frames with their headers: a little over
+	// 200 kB in 100 ms).
+	if st.Rate < 1e6 || st.Rate > 1.2e6 {
+		t.Fatalf("engaged at %.0f B/s, want half the ~2 MB/s that flowed", st.Rate)
+	}
+	var c ShaperCounters
+	if err := ns.do(func() (err error) { c, err = sh.Counters(); return err }); err != nil || !c.Installed {
+		t.Fatalf("no qdisc after engaging: %+v, %v", c, err)
+	}
+	// 300 kB at once: the 64 kB queue and the bucket pass, the rest is dropped,
+	// and the next sample accounts the drops.
+	blast(t, udp, 300, 1000)
+	got := readFor(t, tapf, 300*time.Millisecond)
+	pace(200 * time.Millisecond)
+	st = tp.PacerStats()
+	t.Logf("paced at %.0f B/s: %d B read in 300 ms; stats %+v", st.Rate, got, st)
+	if st.Drops == 0 || st.Paced == 0 || got >= 300_000 {
+		t.Fatalf("a burst over the queue: %d B read, stats %+v; want drops counted and frames paced", got, st)
+	}
+	_ = ns.do(func() error { tp.ReleasePacing(); return nil })
+	if err := ns.do(func() (err error) { c, err = sh.Counters(); return err }); err != nil || c.Installed {
+		t.Fatalf("qdisc still there after release: %+v, %v", c, err)
+	}
+	if st := tp.PacerStats(); st.Active || st.ApplyErrors != 0 {
+		t.Fatalf("after release: %+v", st)
 	}
 }
