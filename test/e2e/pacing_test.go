@@ -23,10 +23,10 @@ import (
 // FTVMD_DATA_PATH=both (with -run TestPacingBoundsLag alone: the other tests'
 // agents know no such path) runs both, each on a fresh lab. On the tap path the
 // stream is faster (the frames do not pass the agent) and the lab's two cores are
-// busier: of two paced tap runs on 2026-11-30 one passed (lag p99 98.6 ms at
-// 98 Mbit/s), one failed (p99 286 ms at 171 Mbit/s, its peaks with the CPU quota at
-// its floor and few log bytes behind, which looks like CPU lag rather than input),
-// so the default suite, on relay, does not run it.
+// busier: of three paced tap runs on 2026-11-30 two passed (lag p99 98.6 ms at
+// 98 Mbit/s, 95.6 ms at 355 Mbit/s), one failed (p99 286 ms at 171 Mbit/s, its
+// peaks with the CPU quota at its floor and few log bytes behind, which looks like
+// CPU lag rather than input), so the default suite, on relay, does not run it.
 // The primary's status, read
 // every 200 ms, must show the backup's lag p99 within the bound plus one controller
 // step (see below), never over the bound for 2 s, and pacing only after
