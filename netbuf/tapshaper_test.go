@@ -45,6 +45,22 @@ func shapedTap(ns *netnsThread, name string) (tapf *os.File, udp *net.UDPConn, e
 	return tapf, udp, err
 }
 
+// newShapedTap is shapedTap with its files closed at the end of the test, and the
+// netlink Shaper of that tap.
+func newShapedTap(t *testing.T, ns *netnsThread, name string) (*os.File, *net.UDPConn, Shaper) {
+	t.Helper()
+	tapf, udp, err := shapedTap(ns, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tapf.Close(); udp.Close() })
+	sh, err := NewTapShaper(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tapf, udp, sh
+}
+
 // blast sends n datagrams of size bytes to 10.98.0.2 as fast as the socket takes
 // them.
 func blast(t *testing.T, udp *net.UDPConn, n, size int) {
@@ -89,15 +105,7 @@ func TestTapShaperInNetns(t *testing.T) {
 	requireRoot(t)
 	ns := newNetns(t)
 	const tap = "ftpace0"
-	tapf, udp, err := shapedTap(ns, tap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tapf.Close(); udp.Close() })
-	sh, err := NewTapShaper(tap)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tapf, udp, sh := newShapedTap(t, ns, tap)
 	counters := func() ShaperCounters {
 		t.Helper()
 		var c ShaperCounters
@@ -194,15 +202,7 @@ func TestTapPacerOnRealTap(t *testing.T) {
 	requireRoot(t)
 	ns := newNetns(t)
 	const tap = "ftpace1"
-	tapf, udp, err := shapedTap(ns, tap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tapf.Close(); udp.Close() })
-	sh, err := NewTapShaper(tap)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tapf, udp, sh := newShapedTap(t, ns, tap)
 	p, err := throttle.NewPacer(throttle.PacerConfig{Bound: 100 * time.Millisecond, MinRate: 10e3})
 	if err != nil {
 		t.Fatal(err)
