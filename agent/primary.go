@@ -670,9 +670,12 @@ func (p *primary) startRelay(cfg qemu.Config) error {
 		rule = outputrule.New(outputrule.Config{}, outputrule.Unprotected)
 	}
 	var pacer *throttle.Pacer
-	if p.peer != "" && p.a.cfg.PaceQueueBytes > 0 {
+	if p.a.cfg.PaceQueueBytes > 0 {
 		// Every frame from the network is logged: while the backup is behind,
-		// the relay paces them, which a CPU quota cannot do.
+		// the relay paces them, which a CPU quota cannot do. Also for a VM that
+		// starts unprotected (a survivor after a failover, `ftvmd run`): it may
+		// be protected while it runs, and the pacer only acts on the lag samples
+		// a backup's acks bring.
 		pacer, err = throttle.NewPacer(throttle.PacerConfig{
 			Bound:      time.Duration(p.spec.LagBoundMS) * time.Millisecond,
 			QueueBytes: p.a.cfg.PaceQueueBytes,
@@ -766,7 +769,9 @@ func (p *primary) holdInKernel() error {
 	if err := netbuf.RemoveTapShaping(p.tap); err != nil {
 		p.log.Warn("a stale pacing qdisc may slow the tap", "tap", p.tap, "err", err)
 	}
-	if protected && p.a.cfg.PaceQueueBytes > 0 {
+	if p.a.cfg.PaceQueueBytes > 0 {
+		// Unprotected too: nothing is installed until a backup's lag samples
+		// engage the pacer, and a running VM may be protected later.
 		return p.paceTap(link.MTU)
 	}
 	return nil

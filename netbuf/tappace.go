@@ -231,6 +231,8 @@ func (tp *TapPacer) ReleasePacing() {
 	defer tp.mu.Unlock()
 	tp.pacer.Release()
 	tp.clear()
+	// The next protection counts its traffic from its own first sample.
+	tp.last = nil
 }
 
 // Close releases pacing for good: later samples change nothing. It returns the

@@ -250,8 +250,14 @@ func (p *Pacer) refill(now time.Time) {
 
 // Release ends pacing at once (the VM is no longer protected): the held frames may
 // all go.
+//
+// The sample state starts afresh too: the next protection's first sample must not
+// read the traffic of the unprotected time in between as the rate flowing in one
+// sample period.
 func (p *Pacer) Release() {
 	p.active, p.rate = false, 0
+	p.lastAt, p.lastLag = time.Time{}, 0
+	p.passed, p.heldSince = 0, 0
 }
 
 // Offer decides on one frame from the network arriving at now. On Held the pacer

@@ -451,3 +451,35 @@ func TestPacerAccountedTraffic(t *testing.T) {
 		t.Fatalf("engaged %d times, last at %v; want 2, at 200ms", st.Engaged, st.EngagedLag)
 	}
 }
+
+// A pacer released when the backup is lost, which then passes the traffic of an
+// unprotected while, behaves at the next protection as a new pacer does: its first
+// sample sees only its own period's traffic, not the unprotected time in between
+// read as one sample period (here: the first sample after protecting a running VM
+// already over the bound, as a backup catching up from a snapshot may be).
+func TestPacerReleasedStartsAfresh(t *testing.T) {
+	protect := func(p *Pacer, start time.Time) PacerStats {
+		// 1.2 MB in the 100 ms before the first sample, the lag over the bound.
+		offerAll(p, 800, 1500, start.Add(-50*time.Millisecond))
+		p.Observe(Sample{Lag: 150 * time.Millisecond}, start)
+		return p.Stats()
+	}
+	fresh := newTestPacer(t, PacerConfig{MinRate: 1000})
+	want := protect(fresh, time.Unix(100, 0))
+
+	p := newTestPacer(t, PacerConfig{MinRate: 1000})
+	p.Observe(Sample{}, time.Unix(0, 0))
+	protect(p, time.Unix(0, int64(100*time.Millisecond)))
+	p.Release()
+	drain(t, p, time.Unix(1, 0), time.Unix(2, 0))
+	// A minute unprotected: 60 MB pass unpaced (1 MB/s on average).
+	for i := 0; i < 60; i++ {
+		if v := offerAll(p, 1000, 1000, time.Unix(int64(2+i), 0)); v[Send] != 1000 {
+			t.Fatalf("unprotected, second %d: verdicts %v, want all sent", i, v)
+		}
+	}
+	got := protect(p, time.Unix(100, 0))
+	if !got.Active || got.Rate != want.Rate {
+		t.Fatalf("re-protected: active %v at %.0f B/s; a new pacer engages at %.0f B/s", got.Active, got.Rate, want.Rate)
+	}
+}

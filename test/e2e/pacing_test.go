@@ -15,8 +15,8 @@ import (
 	"github.com/ftvmd/ftvmd/throttle"
 )
 
-// TestPacingBoundsLag drives a bulk client->guest stream into a protected guest for
-// 40 s: every frame the guest receives is logged, so this is the load a CPU quota
+// TestPacingBoundsLag drives a bulk client->guest stream into a guest protected
+// while it ran (runThenProtectWith) for 40 s: every frame the guest receives is logged, so this is the load a CPU quota
 // cannot slow and the pacing of network input is for. It runs on the data path the
 // suite runs on (FTVMD_DATA_PATH, relay when unset): on the relay path the agent
 // holds the paced frames, on the tap path a tbf qdisc on the tap does.
@@ -57,14 +57,11 @@ func testPacingBoundsLag(t *testing.T, dataPath string) {
 		agentArgs = append(agentArgs, "--pace-queue-bytes=0")
 		t.Log("control run: pacing off, the CPU quota alone")
 	}
-	bound := protectGuestWith(ctx, t, l, vm, agentArgs)
+	bound := runThenProtectWith(ctx, t, l, vm, agentArgs)
 	if st, err := lab.Status(ctx, lab.HostA, vm); err != nil {
 		t.Fatal(err)
 	} else if st.DataPath != dataPath || st.PacingEnabled == controlRun {
 		t.Fatalf("primary on data path %q with pacing enabled %v, want %q and %v", st.DataPath, st.PacingEnabled, dataPath, !controlRun)
-	}
-	if err := lab.WaitConsole(ctx, lab.Console(lab.HostB, vm, "backup"), "ftguest ready", 4*time.Minute); err != nil {
-		t.Fatal(err)
 	}
 	waitCaughtUp(ctx, t, vm, bound, 2*time.Minute)
 	before, err := lab.Status(ctx, lab.HostA, vm)
@@ -276,8 +273,12 @@ func putChunk(c *lab.Client, chunk int64) (int64, error) {
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
 
-// protectGuestWith is protectGuest with extra flags for both agents.
-func protectGuestWith(ctx context.Context, t *testing.T, l *lab.Lab, vm string, agentArgs []string) time.Duration {
+// runThenProtectWith starts the guest unprotected on A (both agents with extra
+// flags), waits for its service, then protects it while it runs, as a survivor's
+// re-protection after a failover or an operator's `protect` of a running VM do.
+// Pacing must hold for such a VM as for one protected from its start (the agents
+// once paced only the latter). It returns the VM's lag bound.
+func runThenProtectWith(ctx context.Context, t *testing.T, l *lab.Lab, vm string, agentArgs []string) time.Duration {
 	t.Helper()
 	for _, h := range []lab.Host{lab.HostA, lab.HostB} {
 		if err := l.StartAgent(ctx, h, agentArgs...); err != nil {
@@ -287,13 +288,18 @@ func protectGuestWith(ctx context.Context, t *testing.T, l *lab.Lab, vm string, 
 	if err := l.DefineGuest(ctx, lab.HostA, vm, ""); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := l.Run(ctx, "a", "protect", vm, "--backup", lab.HostB.Peer()); err != nil {
+	if out, err := l.Run(ctx, "a", "run", vm); err != nil {
 		t.Fatal(err)
 	} else {
 		t.Log(strings.TrimSpace(out))
 	}
 	if err := lab.WaitConsole(ctx, lab.Console(lab.HostA, vm, "primary"), "ftguest ready", 4*time.Minute); err != nil {
 		t.Fatal(err)
+	}
+	if out, err := l.Run(ctx, "a", "protect", vm, "--backup", lab.HostB.Peer()); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Log(strings.TrimSpace(out))
 	}
 	st, err := lab.Status(ctx, lab.HostA, vm)
 	if err != nil {
