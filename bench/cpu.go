@@ -36,6 +36,31 @@ type CPUResult struct {
 	// Where the CPU went during each side's runs.
 	CPUUnprotected CPUUse `json:"cpu_unprotected"`
 	CPUProtected   CPUUse `json:"cpu_protected"`
+	// ReplayPerRecordCPU is the CPU time the backup's QEMU took to replay the
+	// protected runs over the CPU time the unprotected QEMU took to record the same
+	// work (both sides run the same md5 commands). Above 1 the replay costs more
+	// than the recording: a backup with a whole core to itself would still hold
+	// the primary to about its inverse. The gap between that and Ratio is what the
+	// lab's sharing of the backup's core (its agent, the primary's agent) costs.
+	ReplayPerRecordCPU float64 `json:"replay_cpu_per_record_cpu,omitempty"`
+}
+
+// replayPerRecord is CPUResult.ReplayPerRecordCPU, 0 when a side has no CPU reading.
+func replayPerRecord(r CPUResult) float64 {
+	rec := r.CPUUnprotected.PrimaryQEMU * sum(r.Unprotected)
+	rep := r.CPUProtected.BackupQEMU * sum(r.Protected)
+	if rec <= 0 || rep <= 0 {
+		return 0
+	}
+	return rep / rec
+}
+
+func sum(xs []float64) float64 {
+	var t float64
+	for _, x := range xs {
+		t += x
+	}
+	return t
 }
 
 // md5Margin covers the spread between one md5 and the next on a shared host, so
@@ -85,6 +110,7 @@ func CPU(ctx context.Context, s *Session, env Env, mb, runs int, minSeconds floa
 		}
 	}
 	res.Ratio = NewDist(res.Unprotected).P50 / NewDist(res.Protected).P50
+	res.ReplayPerRecordCPU = replayPerRecord(res)
 	return res, nil
 }
 

@@ -23,3 +23,22 @@ func TestMD5Reps(t *testing.T) {
 		}
 	}
 }
+
+// The replay's CPU per record CPU is core-seconds over core-seconds: the cores each
+// QEMU used times the time its side's runs took, 0 when a side has no reading.
+func TestReplayPerRecord(t *testing.T) {
+	r := CPUResult{
+		Unprotected:    []float64{35, 35},
+		Protected:      []float64{40, 42},
+		CPUUnprotected: CPUUse{PrimaryQEMU: 1.0},
+		CPUProtected:   CPUUse{PrimaryQEMU: 0.9, BackupQEMU: 0.875},
+	}
+	// 0.875 * 82 = 71.75 core-s replaying, 1.0 * 70 = 70 recording.
+	if got, want := replayPerRecord(r), 71.75/70; got < want-1e-9 || got > want+1e-9 {
+		t.Fatalf("replayPerRecord = %v, want %v", got, want)
+	}
+	r.CPUProtected.BackupQEMU = 0
+	if got := replayPerRecord(r); got != 0 {
+		t.Fatalf("without the backup's reading: %v, want 0", got)
+	}
+}
