@@ -53,6 +53,18 @@ type PingPongReport struct {
 	Window Dist `json:"window_ms"`
 	Pause  Dist `json:"pause_ms"`
 	Wait   Dist `json:"wait_ms"`
+	// Records: the record load's figures (PingPongOpts.Records).
+	Records *PingPongRecords `json:"records,omitempty"`
+}
+
+// PingPongRecords is the record load of a ping-pong run (PingPongOpts.Records):
+// its requests are counted in the report's too.
+type PingPongRecords struct {
+	Acked int `json:"acked"` // records the guest acknowledged (durable)
+	Lost  int `json:"lost"`  // record requests not answered
+	// Missing: acknowledged records that did not read back at the end (-1:
+	// not checked, the guest did not answer).
+	Missing int `json:"missing"`
 }
 
 // PingPongOpts configures RunPingPong.
@@ -62,6 +74,11 @@ type PingPongOpts struct {
 	// AgentDown is how long a killed host stays down before its agent starts
 	// again.
 	AgentDown time.Duration
+	// Records gives the guest a disk and runs a second client that writes
+	// records to it (rec: O_SYNC writes, each a virtio-blk write and FLUSH)
+	// beside the seq load, so that failovers and re-protections meet disk
+	// requests in flight. Every acknowledged record must read back at the end.
+	Records bool
 }
 
 // RunPingPong protects a guest on host A, then Failovers times: SIGKILLs every
@@ -70,7 +87,15 @@ type PingPongOpts struct {
 // it with no command. Client requests run on one TCP connection throughout.
 func RunPingPong(ctx context.Context, s *Session, env Env, o PingPongOpts) (PingPongReport, error) {
 	rep := PingPongReport{Env: env}
-	if _, err := s.StartGuest(ctx, o.VM, "", true); err != nil {
+	var define []string
+	if o.Records {
+		img, err := lab.CreateImage(lab.HostA, o.VM, "64M")
+		if err != nil {
+			return rep, err
+		}
+		define = []string{"--disk", img}
+	}
+	if _, err := s.StartGuest(ctx, o.VM, "", true, define...); err != nil {
 		return rep, err
 	}
 	c, err := clientWithCounter(ctx, &rep.CounterBefore)
@@ -84,6 +109,20 @@ func RunPingPong(ctx context.Context, s *Session, env Env, o PingPongOpts) (Ping
 			load.stop()
 		}
 	}()
+	var recs *loader
+	if o.Records {
+		rc, err := lab.NewClient(ctx, time.Minute)
+		if err != nil {
+			return rep, err
+		}
+		defer rc.Close()
+		recs = startLoadMode(ctx, rc, true)
+		defer func() {
+			if recs != nil {
+				recs.stop()
+			}
+		}()
+	}
 	primary, backup := lab.HostA, lab.HostB
 	for i := 0; i < o.Failovers; i++ {
 		time.Sleep(2 * time.Second)
@@ -101,6 +140,16 @@ func RunPingPong(ctx context.Context, s *Session, env Env, o PingPongOpts) (Ping
 	load = nil
 	rep.Requests, rep.RequestsLost, rep.Inconsistent = lr.answered, lr.lost, lr.inconsistent
 	rep.ConnSurvived = lr.err == nil
+	if recs != nil {
+		rr := recs.stop()
+		recs = nil
+		rep.Requests, rep.RequestsLost, rep.Inconsistent = rep.Requests+rr.answered, rep.RequestsLost+rr.lost, rep.Inconsistent+rr.inconsistent
+		rep.ConnSurvived = rep.ConnSurvived && rr.err == nil
+		rep.Records = &PingPongRecords{Acked: len(rr.acked), Lost: rr.lost, Missing: -1}
+		if missing, err := readBackRecords(ctx, c, rr.acked); err == nil {
+			rep.Records.Missing = len(missing)
+		}
+	}
 	if a, err := c.Do("counter", 10*time.Second); err == nil {
 		fmt.Sscanf(a, "counter %d", &rep.CounterAfter)
 	}
@@ -189,4 +238,23 @@ func pollTolerant(ctx context.Context, h lab.Host, vm string, timeout time.Durat
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// readBackRecords asks the guest for each acknowledged record on c and returns
+// those that do not read back as written.
+func readBackRecords(ctx context.Context, c *lab.Client, nums []int) ([]int, error) {
+	var missing []int
+	for _, n := range nums {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		resp, err := c.Do(fmt.Sprintf("recget %d", n), 10*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		if resp != fmt.Sprintf("rec %d x%d", n, n) {
+			missing = append(missing, n)
+		}
+	}
+	return missing, nil
 }

@@ -155,15 +155,17 @@ func newBenchCmd() *cobra.Command {
 	}
 	pr.Flags().IntVar(&prRuns, "runs", 10, "protections of the running guest (each followed by unprotect)")
 	var ppFailovers int
+	var ppRecords bool
 	pp := &cobra.Command{
 		Use: "pingpong", Short: "kill -9 of the host running a protected guest, back and forth under client load, each failover followed by automatic re-protection: window of vulnerability and its parts",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBench(cmd.Context(), opts, func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
-				return bench.RunPingPong(ctx, s, env, bench.PingPongOpts{VM: "bpp", Failovers: ppFailovers, AgentDown: time.Second})
+				return bench.RunPingPong(ctx, s, env, bench.PingPongOpts{VM: "bpp", Failovers: ppFailovers, AgentDown: time.Second, Records: ppRecords})
 			})
 		},
 	}
 	pp.Flags().IntVar(&ppFailovers, "failovers", 10, "failovers (each host killed in turn)")
+	pp.Flags().BoolVar(&ppRecords, "records", false, "give the guest a disk and write records to it (O_SYNC) beside the seq load; every acknowledged record must read back")
 	b.AddCommand(lag, cpu, netc, fo, dk, ld, newSoakCmd(opts), pr, pp)
 	return b
 }
