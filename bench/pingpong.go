@@ -79,6 +79,16 @@ type PingPongOpts struct {
 	// beside the seq load, so that failovers and re-protections meet disk
 	// requests in flight. Every acknowledged record must read back at the end.
 	Records bool
+	// Settle is how long the guest runs protected before the next kill
+	// (default 2 s).
+	Settle time.Duration
+}
+
+func (o PingPongOpts) settle() time.Duration {
+	if o.Settle > 0 {
+		return o.Settle
+	}
+	return 2 * time.Second
 }
 
 // RunPingPong protects a guest on host A, then Failovers times: SIGKILLs every
@@ -125,7 +135,7 @@ func RunPingPong(ctx context.Context, s *Session, env Env, o PingPongOpts) (Ping
 	}
 	primary, backup := lab.HostA, lab.HostB
 	for i := 0; i < o.Failovers; i++ {
-		time.Sleep(2 * time.Second)
+		time.Sleep(o.settle())
 		r, err := FailOverAndReprotect(ctx, s, primary, backup, o.VM, o.AgentDown)
 		if err != nil {
 			return rep, fmt.Errorf("round %d: %w", i+1, err)

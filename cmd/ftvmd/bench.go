@@ -156,15 +156,17 @@ func newBenchCmd() *cobra.Command {
 	pr.Flags().IntVar(&prRuns, "runs", 10, "protections of the running guest (each followed by unprotect)")
 	var ppFailovers int
 	var ppRecords bool
+	var ppSettle time.Duration
 	pp := &cobra.Command{
 		Use: "pingpong", Short: "kill -9 of the host running a protected guest, back and forth under client load, each failover followed by automatic re-protection: window of vulnerability and its parts",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBench(cmd.Context(), opts, func(ctx context.Context, s *bench.Session, env bench.Env) (any, error) {
-				return bench.RunPingPong(ctx, s, env, bench.PingPongOpts{VM: "bpp", Failovers: ppFailovers, AgentDown: time.Second, Records: ppRecords})
+				return bench.RunPingPong(ctx, s, env, bench.PingPongOpts{VM: "bpp", Failovers: ppFailovers, AgentDown: time.Second, Records: ppRecords, Settle: ppSettle})
 			})
 		},
 	}
 	pp.Flags().IntVar(&ppFailovers, "failovers", 10, "failovers (each host killed in turn)")
+	pp.Flags().DurationVar(&ppSettle, "settle", 2*time.Second, "how long the guest runs protected again before the next kill")
 	pp.Flags().BoolVar(&ppRecords, "records", false, "give the guest a disk and write records to it (O_SYNC) beside the seq load; every acknowledged record must read back")
 	b.AddCommand(lag, cpu, netc, fo, dk, ld, newSoakCmd(opts), pr, pp)
 	return b
