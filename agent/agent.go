@@ -353,7 +353,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		ctl.Close()
 		return fmt.Errorf("peer TLS (run 'ftvmd keys' first): %w", err)
 	}
-	peerLn, err := tls.Listen("tcp", a.cfg.Listen, serverTLS)
+	tcpLn, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		ctl.Close()
+		return fmt.Errorf("peer listener: %w", err)
+	}
+	// The log channel writes each message in one write(2) (logging.BatchWrites).
+	peerLn := tls.NewListener(logging.BatchListener(tcpLn), serverTLS)
 	if err != nil {
 		ctl.Close()
 		return fmt.Errorf("peer listener: %w", err)

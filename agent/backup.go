@@ -947,6 +947,7 @@ func (b *backup) pollReplay(ctx context.Context) {
 	t := time.NewTimer(feedCheckEvery)
 	defer t.Stop()
 	watch := qemu.NewFeedWatch(b.m.PID(), b.feed.Path())
+	defer watch.Close()
 	// The QMP query runs in its own goroutine: a replay that runs out of log while a
 	// query is in flight answers it only when more log arrives, and meanwhile the
 	// FIFO check below keeps reporting.

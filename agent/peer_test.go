@@ -147,7 +147,7 @@ func helloAs(t *testing.T, addr, keysDir string, hello peerHello) (peerReply, er
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := logging.Dial(ctx, addr, cfg)
+	conn, err := logging.Dial(ctx, addr, cfg, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

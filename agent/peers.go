@@ -141,7 +141,11 @@ func tcpRTT(c net.Conn) (time.Duration, bool) {
 	if c == nil {
 		return 0, false
 	}
-	if w, ok := c.(interface{ NetConn() net.Conn }); ok {
+	for { // TLS, then the log channel's batching (logging.BatchWrites)
+		w, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
 		c = w.NetConn()
 	}
 	tc, ok := c.(*net.TCPConn)

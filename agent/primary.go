@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -433,10 +432,7 @@ func (p *primary) dialAgent(ctx context.Context, addr string) (net.Conn, error) 
 	if err != nil {
 		return nil, err
 	}
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: p.a.cfg.DialTimeout}, Config: cfg}
-	dctx, cancel := context.WithTimeout(ctx, p.a.cfg.DialTimeout)
-	defer cancel()
-	conn, err := d.DialContext(dctx, "tcp", addr)
+	conn, err := logging.Dial(ctx, addr, cfg, p.a.cfg.DialTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("backup host %s does not answer: %w", addr, err)
 	}

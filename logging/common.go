@@ -83,7 +83,19 @@ func (p *peerConn) write(b []byte) error {
 	if err := p.conn.SetWriteDeadline(time.Now().Add(p.timeout)); err != nil {
 		return fmt.Errorf("setting write deadline: %w", err)
 	}
-	if _, err := p.conn.Write(b); err != nil {
+	var bc *batchConn
+	if len(b) > batchRecords {
+		if bc = batchOf(p.conn); bc != nil {
+			bc.cork()
+		}
+	}
+	_, err := p.conn.Write(b)
+	if bc != nil {
+		if uerr := bc.uncork(); err == nil {
+			err = uerr
+		}
+	}
+	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return fmt.Errorf("%w: write blocked for %s: %w", ErrPeerSilent, p.timeout, err)
 		}

@@ -120,7 +120,7 @@ func tlsDial(t *testing.T, scfg, ccfg *tls.Config) (srv, cli net.Conn, serr, cer
 		}
 		sch <- res{tc, nil}
 	}()
-	cc, cerr := Dial(ctx, ln.Addr().String(), ccfg)
+	cc, cerr := Dial(ctx, ln.Addr().String(), ccfg, 0)
 	r := <-sch
 	if cerr == nil {
 		cli = cc

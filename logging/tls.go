@@ -170,14 +170,24 @@ func ClientTLS(keyDir string, serverName string) (*tls.Config, error) {
 	}, nil
 }
 
-// Dial connects to addr and completes the TLS handshake within ctx.
-func Dial(ctx context.Context, addr string, cfg *tls.Config) (*tls.Conn, error) {
-	d := tls.Dialer{Config: cfg}
-	c, err := d.DialContext(ctx, "tcp", addr)
+// Dial connects to addr and completes the TLS handshake, both within timeout (0:
+// ctx's) of ctx. The TLS runs over BatchWrites's conn.
+func Dial(ctx context.Context, addr string, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dialing %s: %w", addr, err)
 	}
-	return c.(*tls.Conn), nil
+	tc := tls.Client(BatchWrites(raw), cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
+	}
+	return tc, nil
 }
 
 // ServerHandshake wraps an accepted conn in TLS and completes the handshake

@@ -177,7 +177,7 @@ func TestMutualTLS(t *testing.T) {
 		}()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if c, err := Dial(ctx, ln.Addr().String(), clientCfg(t, k.client)); err == nil {
+		if c, err := Dial(ctx, ln.Addr().String(), clientCfg(t, k.client), 0); err == nil {
 			c.Close()
 			t.Fatal("client accepted a plain TCP server")
 		} else {

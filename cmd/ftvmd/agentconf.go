@@ -37,7 +37,7 @@ type agentOpts struct {
 	checkInv, testKnobs                                                                             bool
 	paceQueue, consoleKeep                                                                          int
 	logRetention, unprotectedKeep, consoleMax                                                       string
-	metricsListen                                                                                   string
+	metricsListen, debugPprof                                                                       string
 
 	origins map[string]conffile.Origin // keys the config file set
 	file    string                     // the config file read ("" if none)
@@ -72,6 +72,7 @@ func (o *agentOpts) register(f *pflag.FlagSet) {
 	f.IntVar(&o.consoleKeep, "console-keep", agent.DefaultConsoleKeep, "rotated console logs kept (console.log.1 the newest)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug|info|warn|error")
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address (host:port; "+metrics.Path+"), e.g. 127.0.0.1:9464; empty: off")
+	f.StringVar(&o.debugPprof, "debug-pprof", "", "serve Go's CPU/heap profiles (net/http/pprof, /debug/pprof/) on a loopback host:port or a unix socket path (relative: under --state-dir); empty: off")
 	f.BoolVar(&o.testKnobs, "test-knobs", false, "TEST ONLY: enable test control operations")
 	_ = f.MarkHidden("test-ack-delay")
 	_ = f.MarkHidden("test-knobs")

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -116,7 +117,7 @@ func newAgentCmd() *cobra.Command {
 				return o.explain(err)
 			}
 			defer a.Close()
-			return runAgent(cmd.Context(), a, o.metricsListen, cfg.Logger)
+			return runAgent(cmd.Context(), a, o, cfg.Logger)
 		},
 	}
 	o.register(c.Flags())
@@ -718,29 +719,34 @@ func newLogCmd() *cobra.Command {
 	return l
 }
 
-// runAgent runs the agent and, when metricsListen is set, its metrics server beside
-// it until the agent stops. A metrics address that cannot be bound fails the start;
-// a metrics server that fails later is logged and the agent runs on.
-func runAgent(ctx context.Context, a *agent.Agent, metricsListen string, log *slog.Logger) error {
-	if metricsListen == "" {
-		return a.Run(ctx)
-	}
-	ln, err := net.Listen("tcp", metricsListen)
-	if err != nil {
-		return fmt.Errorf("--metrics-listen: %w", err)
-	}
-	mctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := metrics.Serve(mctx, ln, a, log); err != nil {
-			log.Error("metrics server stopped; the agent runs on", "err", err)
+// runAgent runs the agent and, when o sets them, its metrics server (--metrics-listen)
+// and its profiles server (--debug-pprof) beside it until the agent stops. An
+// address that cannot be bound fails the start; a server that fails later is
+// logged and the agent runs on.
+func runAgent(ctx context.Context, a *agent.Agent, o *agentOpts, log *slog.Logger) error {
+	sctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	if o.metricsListen != "" {
+		ln, err := net.Listen("tcp", o.metricsListen)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
 		}
-	}()
-	err = a.Run(ctx)
-	cancel()
-	<-done
-	return err
+		wg.Go(func() {
+			if err := metrics.Serve(sctx, ln, a, log); err != nil {
+				log.Error("metrics server stopped; the agent runs on", "err", err)
+			}
+		})
+	}
+	if o.debugPprof != "" {
+		ln, err := pprofListen(o.debugPprof, o.dir)
+		if err != nil {
+			return err
+		}
+		wg.Go(func() { servePprof(sctx, ln, log) })
+	}
+	return a.Run(ctx)
 }
 
 // resumedNote says how much of a disk copy the backup held from an interrupted one.
