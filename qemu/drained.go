@@ -35,8 +35,8 @@ type FeedWatch struct {
 	want []byte // the syscall line prefix of a read(2) on fd
 
 	threads []int     // each thread's /proc/PID/task/TID/syscall, open (raw descriptors)
-	listed  time.Time  // when threads was listed; zero: list again
-	last    int        // the thread found reading last: it is read first
+	listed  time.Time // when threads was listed; zero: list again
+	last    int       // the thread found reading last: it is read first
 	buf     [128]byte
 }
 
