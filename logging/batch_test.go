@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -149,5 +150,38 @@ func TestBatchWritesError(t *testing.T) {
 	pc := &peerConn{conn: cli, log: discardLogger(), timeout: time.Second}
 	if err := pc.write(AppendFrame(nil, 12, 0, make([]byte, 64<<10))); err == nil {
 		t.Fatal("a write to a closed peer succeeded")
+	}
+}
+
+// readMessageInto reuses its buffer across messages, growing it for a larger one,
+// and refuses an oversized length before reading or allocating.
+func TestReadMessageIntoReuses(t *testing.T) {
+	var wire []byte
+	small, large := bytes.Repeat([]byte{1}, 100), bytes.Repeat([]byte{2}, 5000)
+	wire = AppendFrame(wire, 12, 0, large)
+	wire = AppendFrame(wire, 12+5000, 0, small)
+	r := bytes.NewReader(wire)
+	m1, buf, err := readMessageInto(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f1, err := DecodeFrame(m1.Payload)
+	if err != nil || !bytes.Equal(f1.Data, large) {
+		t.Fatalf("first frame: %v", err)
+	}
+	m2, buf2, err := readMessageInto(r, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if &buf2[0] != &buf[0] {
+		t.Error("a smaller message did not reuse the buffer")
+	}
+	f2, err := DecodeFrame(m2.Payload)
+	if err != nil || !bytes.Equal(f2.Data, small) || f2.Offset != 12+5000 {
+		t.Fatalf("second frame: %+v %v", f2.Offset, err)
+	}
+	huge := appendHeader(nil, MsgFrame, MaxFrameData+FrameHeaderSize+1)
+	if _, b, err := readMessageInto(bytes.NewReader(huge), buf2); !errors.Is(err, ErrTooLarge) || &b[0] != &buf2[0] {
+		t.Fatalf("oversized frame: %v", err)
 	}
 }

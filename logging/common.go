@@ -63,8 +63,11 @@ type peerConn struct {
 // it reports the first error on errc (buffered 1) and returns.
 func (p *peerConn) readLoop(handle func(Message) error, errc chan<- error) {
 	br := bufio.NewReaderSize(p.conn, 64<<10)
+	var buf []byte // reused: handle keeps nothing of a message past its call
 	for {
-		m, err := ReadMessage(br)
+		var m Message
+		var err error
+		m, buf, err = readMessageInto(br, buf)
 		if err != nil {
 			err = fmt.Errorf("reading from peer: %w", err)
 		} else {

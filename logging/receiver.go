@@ -13,7 +13,8 @@ import (
 
 // Sink is the backup's local log store. Append is called with consecutive
 // offsets; the receiver acks only bytes for which Append returned nil, so
-// Append must return only once the bytes are as durable as acks promise.
+// Append must return only once the bytes are as durable as acks promise. data is
+// valid only during the call (the receiver reuses it): keep a copy, not the slice.
 type Sink interface {
 	Append(off int64, data []byte) error
 }
