@@ -1534,8 +1534,9 @@ func (p *primary) status() control.VMStatus {
 		fillRelayStatus(&st, p.out.Stats())
 	}
 	if p.pace != nil {
-		// On the tap path the pacer is not the output path's (a qdisc, not the
-		// relay): its own counters.
+		// The pacer's counters come from the pacer on both data paths (the relay
+		// on the relay path, a qdisc on the tap path), never from RelayStats.Pacing:
+		// one source, filled once.
 		fillPacingStatus(&st, p.pace.PacerStats())
 	}
 	if p.bkStallRep {
@@ -1664,7 +1665,6 @@ func fillRelayStatus(st *control.VMStatus, rs netbuf.RelayStats) {
 		st.AddedDelayHist = h.Counts()
 	}
 	st.Backpressure = rs.BackpressureWaits
-	fillPacingStatus(st, rs.Pacing)
 	st.NetErrors = rs.Oversized + rs.Truncated + rs.StampErrors + rs.TapWriteErrors
 	st.InvariantFails = rs.Invariant
 }

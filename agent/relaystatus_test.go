@@ -45,12 +45,19 @@ func TestFillRelayStatusDelayQuantiles(t *testing.T) {
 	}
 }
 
-func TestFillRelayStatusPacing(t *testing.T) {
+// TestFillPacingStatus: the pacer's figures reach the status, and the relay's
+// copy of them (RelayStats.Pacing) does not: status() takes pacing from the pacer
+// alone.
+func TestFillPacingStatus(t *testing.T) {
 	var st control.VMStatus
-	fillRelayStatus(&st, netbuf.RelayStats{Pacing: throttle.PacerStats{
+	fillRelayStatus(&st, netbuf.RelayStats{Pacing: throttle.PacerStats{Active: true, Paced: 99, Drops: 7}})
+	if st.PacingActive || st.PacedFrames != 0 || st.PaceDrops != 0 {
+		t.Fatalf("fillRelayStatus filled pacing (%+v): the pacer is the one source", st)
+	}
+	fillPacingStatus(&st, throttle.PacerStats{
 		Active: true, Rate: 1.5e6, QueueBytes: 3000, QueueFrames: 2, Paced: 40, Drops: 3,
 		PacedFor: 2500 * time.Millisecond, Engaged: 2, EngagedLag: 130 * time.Millisecond, ApplyErrors: 4,
-	}})
+	})
 	want := control.VMStatus{
 		PacingActive: true, PaceRateBps: 1.5e6, PaceQueueBytes: 3000, PacedFrames: 40, PaceDrops: 3,
 		PacedSec: 2.5, PaceEngaged: 2, PaceEngagedLagMS: 130, PaceErrors: 4,
