@@ -61,6 +61,10 @@ type Config struct {
 	// primary protects the VM again from a fresh start; 0 only reports stalls
 	// (DefaultStallStepDown in DefaultConfig). At least StallAfter when set.
 	StallStepDown time.Duration
+	// QEMUUnresponsiveAfter is how long the oldest unanswered liveness probe of a
+	// VM's QEMU may be out before the QEMU is reported unresponsive (0:
+	// DefaultQEMUUnresponsiveAfter; see qemuwatch.go for why 10 s).
+	QEMUUnresponsiveAfter time.Duration
 
 	// PaceQueueBytes is how many bytes of frames from the network a primary holds
 	// while it paces them (throttle.Pacer); 0 turns pacing off, leaving the CPU
@@ -124,6 +128,8 @@ func DefaultConfig(host, dir string) Config {
 		StallAfter:        DefaultStallAfter,
 		StallStepDown:     DefaultStallStepDown,
 
+		QEMUUnresponsiveAfter: DefaultQEMUUnresponsiveAfter,
+
 		UnprotectedLogKeep: DefaultUnprotectedLogKeep,
 		ConsoleMaxBytes:    DefaultConsoleMaxBytes,
 		ConsoleKeep:        DefaultConsoleKeep,
@@ -186,6 +192,11 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("stall step-down threshold (%s) must not be negative (0 only reports stalls)", c.StallStepDown))
 	case c.StallStepDown > 0 && c.StallStepDown < stallAfter:
 		errs = append(errs, fmt.Errorf("stall step-down threshold (%s) is shorter than the stall threshold (%s): a stall is reported before the backup steps down for it", c.StallStepDown, stallAfter))
+	}
+	if c.QEMUUnresponsiveAfter < 0 {
+		errs = append(errs, fmt.Errorf("qemu unresponsive threshold (%s) must not be negative", c.QEMUUnresponsiveAfter))
+	} else if c.QEMUUnresponsiveAfter > 0 && c.QEMUUnresponsiveAfter < 2*qemuProbeEvery {
+		errs = append(errs, fmt.Errorf("qemu unresponsive threshold (%s) is shorter than two probe periods (%s): one late answer would report the QEMU unresponsive", c.QEMUUnresponsiveAfter, 2*qemuProbeEvery))
 	}
 	if c.PaceQueueBytes < 0 {
 		errs = append(errs, fmt.Errorf("pacing queue of %d bytes (0 turns pacing off)", c.PaceQueueBytes))

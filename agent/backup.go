@@ -238,6 +238,8 @@ type backup struct {
 	// life decides the backup's lifecycle (package lifecycle); the backup carries
 	// out what it asks and feeds it what happens.
 	life *driver
+	// health: whether the replaying QEMU answers the liveness probe (watchVMQEMU).
+	health qemuHealth
 	// goLive turns the replay into the live VM under epoch (goLiveFromReplay; a test
 	// puts a fake in its place).
 	goLive func(ctx context.Context, epoch uint64, claim time.Duration) error
@@ -677,6 +679,12 @@ func (b *backup) run(conn net.Conn) {
 			return
 		}
 		b.log.Info("replaying qemu running", "pid", b.m.PID())
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			peer := func() string { b.mu.Lock(); defer b.mu.Unlock(); return b.peer }
+			b.a.watchVMQEMU(ctx, b.log, b.spec.Name, "backup", peer, b.m, &b.health, b.life.step)
+		}()
 		b.wg.Add(1)
 		go func() { defer b.wg.Done(); b.checkConsole(ctx, marks) }()
 		if b.nicCap != nil {
@@ -1188,6 +1196,7 @@ func (b *backup) status() control.VMStatus {
 	if b.m != nil {
 		st.PID = b.m.PID()
 	}
+	b.health.fill(&st, time.Now())
 	if b.recv != nil {
 		rs := b.recv.Stats()
 		st.LogWritten, st.LogAcked = rs.Held, rs.Acked

@@ -91,6 +91,7 @@ type primary struct {
 	rr       *os.File
 	out      outputPath // holds the guest's frames under the output rule
 	pace     inputPacer // paces the network's frames to QEMU; nil when nothing does
+	health   qemuHealth // whether QEMU answers the liveness probe (watchVMQEMU)
 	dataPath DataPath
 	cg       *throttle.Cgroup
 	tap      string
@@ -284,6 +285,10 @@ func (a *Agent) startPrimaryKeeping(ctx context.Context, spec vmspec.Spec, backu
 		}
 	}
 	p.log.Info("vm started", "backup", backup, "pid", p.m.PID())
+	p.mu.Lock()
+	vmCtx := p.vmCtx
+	p.mu.Unlock()
+	p.go1(func() { p.a.watchVMQEMU(vmCtx, p.log, spec.Name, "primary", p.bkHost, p.m, &p.health, p.life.step) })
 	if backup != "" {
 		p.a.record(journal.Event{Kind: journal.KindProtect, VM: spec.Name, Role: "primary", Peer: p.backupHost, Epoch: p.epoch,
 			Detail: "protected: backup on " + backup})
@@ -1542,6 +1547,7 @@ func (p *primary) status() control.VMStatus {
 	if p.bkStallRep {
 		fillBackupStallStatus(&st, p.bkStall)
 	}
+	p.health.fill(&st, time.Now())
 	if p.sync != nil {
 		s := *p.sync
 		st.Sync = &s

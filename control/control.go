@@ -296,6 +296,19 @@ type VMStatus struct {
 	// the guest's input then went unpaced; the CPU quota still worked.
 	PaceErrors uint64 `json:"pace_errors,omitempty"`
 
+	// QEMU liveness: the agent asks this copy's QEMU query-status every second.
+	// QEMUUnresponsive: the oldest probe not answered since the last answer has
+	// been out for the agent's --qemu-unresponsive-after (10 s by default), or
+	// three probes in a row failed: the QEMU does not answer (a deadlock, SIGSTOP,
+	// a frozen host thread). Since: when it stopped answering; LastAnswer: the
+	// latest good probe. An unprotected primary starts no re-protection meanwhile.
+	QEMUUnresponsive    bool      `json:"qemu_unresponsive,omitempty"`
+	QEMUUnresponsiveSec float64   `json:"qemu_unresponsive_sec,omitempty"` // how long it has not answered
+	QEMUSince           time.Time `json:"qemu_unresponsive_since,omitzero"`
+	QEMULastAnswer      time.Time `json:"qemu_last_answer,omitzero"`
+	QEMUProbeError      string    `json:"qemu_probe_error,omitempty"`           // the latest failed probe's error
+	QEMUUnresponsives   uint64    `json:"qemu_unresponsive_episodes,omitempty"` // episodes so far, the current one included
+
 	// Replay stall: the backup's replay has made no progress for a while (the
 	// agent's --stall-after, 3 s by default) although the backup holds log beyond
 	// its position; a failover would find it there. The backup reports its own; the

@@ -36,6 +36,11 @@ const (
 	KindReplayMoving = "replay-moving" // ... and moves again (DurationMS: the stall)
 	KindPeerUp       = "peer-up"       // a log channel to a peer agent is up (the first one)
 	KindPeerDown     = "peer-down"     // the last log channel to a peer ended
+	// KindQEMUUnresponsive: a copy's QEMU stopped answering the agent's liveness
+	// probe (Detail: since when, the last good probe); KindQEMUAnswers: it answers
+	// again (DurationMS: how long it did not).
+	KindQEMUUnresponsive = "qemu-unresponsive"
+	KindQEMUAnswers      = "qemu-answers"
 )
 
 // Event is one entry. Fields that do not apply to its kind are empty.

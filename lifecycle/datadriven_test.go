@@ -31,7 +31,7 @@ type scriptEnv struct {
 
 // handle runs one command and returns its transcript:
 //
-//	<state> epoch=<n>[ stalled][: <detail>]
+//	<state> epoch=<n>[ stalled][ qemu-stuck][: <detail>]
 //	<action>...
 //	error: <Step's error>
 func (e *scriptEnv) handle(cmd string) string {
@@ -218,6 +218,10 @@ func (e *scriptEnv) handle(cmd string) string {
 		evs = append(evs, StallEntered())
 	case "stall-cleared":
 		evs = append(evs, StallCleared())
+	case "qemu-stuck":
+		evs = append(evs, QEMUUnresponsive(text("qemu not answering since 20:25:24 (last good probe 20:25:23)")))
+	case "qemu-answers":
+		evs = append(evs, QEMUAnswers())
 	case "golive-done":
 		evs = append(evs, GoLiveDone())
 	case "golive-failed":
@@ -256,6 +260,9 @@ func (e *scriptEnv) transcript(errs []error) string {
 	fmt.Fprintf(&b, "%s epoch=%d", st.State, st.Epoch)
 	if st.Stalled {
 		b.WriteString(" stalled")
+	}
+	if st.QEMUStuck != "" {
+		b.WriteString(" qemu-stuck")
 	}
 	if st.Detail != "" {
 		fmt.Fprintf(&b, ": %s", st.Detail)

@@ -221,6 +221,14 @@ const (
 	// EventProbed: (primary) the result of ProbePeer: the peer's agent answered
 	// (Err nil) or not.
 	EventProbed
+	// EventQEMUUnresponsive, EventQEMUAnswers: this copy's QEMU stopped answering
+	// the agent's liveness probe (Reason: since when, the last good probe), or
+	// answers again. Reported in every role; the only decision it changes is an
+	// unprotected primary's automatic re-protection, which starts no attempt while
+	// it lasts (each would pause a guest that cannot pause and time out). A
+	// protected copy's stall and peer-loss handling stay as they are.
+	EventQEMUUnresponsive
+	EventQEMUAnswers
 )
 
 var eventNames = map[EventType]string{
@@ -234,7 +242,7 @@ var eventNames = map[EventType]string{
 	EventTeardownDone: "TeardownDone", EventUnprotect: "Unprotect", EventHandover: "Handover",
 	EventAbort: "Abort", EventEpochSuperseded: "EpochSuperseded", EventShutdown: "Shutdown",
 	EventProtect: "Protect", EventSynced: "Synced", EventSyncFailed: "SyncFailed",
-	EventProbed: "Probed",
+	EventProbed: "Probed", EventQEMUUnresponsive: "QEMUUnresponsive", EventQEMUAnswers: "QEMUAnswers",
 }
 
 func (t EventType) String() string {
@@ -346,14 +354,18 @@ func LogWriteFailed(reason string) Event { return Event{Type: EventLogWriteFaile
 func Fault(err error) Event              { return Event{Type: EventFault, Err: err} }
 func StallEntered() Event                { return Event{Type: EventStallEntered} }
 func StallCleared() Event                { return Event{Type: EventStallCleared} }
-func GoLiveDone() Event                  { return Event{Type: EventGoLiveDone} }
-func GoLiveFailed(err error) Event       { return Event{Type: EventGoLiveFailed, Err: err} }
-func Stop(reason string) Event           { return Event{Type: EventStop, Reason: reason} }
-func Shutdown(reason string) Event       { return Event{Type: EventShutdown, Reason: reason} }
-func TeardownDone() Event                { return Event{Type: EventTeardownDone} }
-func Unprotect(reason string) Event      { return Event{Type: EventUnprotect, Reason: reason} }
-func Handover() Event                    { return Event{Type: EventHandover} }
-func Abort(err error) Event              { return Event{Type: EventAbort, Err: err} }
+func QEMUUnresponsive(reason string) Event {
+	return Event{Type: EventQEMUUnresponsive, Reason: reason}
+}
+func QEMUAnswers() Event            { return Event{Type: EventQEMUAnswers} }
+func GoLiveDone() Event             { return Event{Type: EventGoLiveDone} }
+func GoLiveFailed(err error) Event  { return Event{Type: EventGoLiveFailed, Err: err} }
+func Stop(reason string) Event      { return Event{Type: EventStop, Reason: reason} }
+func Shutdown(reason string) Event  { return Event{Type: EventShutdown, Reason: reason} }
+func TeardownDone() Event           { return Event{Type: EventTeardownDone} }
+func Unprotect(reason string) Event { return Event{Type: EventUnprotect, Reason: reason} }
+func Handover() Event               { return Event{Type: EventHandover} }
+func Abort(err error) Event         { return Event{Type: EventAbort, Err: err} }
 func EpochSuperseded(reason string) Event {
 	return Event{Type: EventEpochSuperseded, Reason: reason}
 }
@@ -483,6 +495,9 @@ type Status struct {
 	// Stalled: the backup's replay is stalled (reported; the state is
 	// unchanged by it).
 	Stalled bool
+	// QEMUStuck: why this copy's QEMU is taken for unresponsive ("" while it
+	// answers); an unprotected primary's Detail says its re-protection waits.
+	QEMUStuck string
 }
 
 // Ready is what the caller must act on.

@@ -89,9 +89,12 @@ type Machine struct {
 	// teardown whatever its outcome (see EventShutdown).
 	shuttingDown bool
 
-	req      Op // the operator request waiting for its Reply; 0 when none
-	stalled  bool
-	tornDown bool // Teardown emitted
+	req     Op // the operator request waiting for its Reply; 0 when none
+	stalled bool
+	// qemuStuck: why the copy's QEMU does not answer ("" while it does); see
+	// EventQEMUUnresponsive.
+	qemuStuck string
+	tornDown  bool // Teardown emitted
 
 	actions []Action
 	changed bool
@@ -136,7 +139,24 @@ func (m *Machine) State() State { return m.state }
 
 // Status returns what ftvmd status shows.
 func (m *Machine) Status() Status {
-	return Status{State: m.state, Detail: m.detail, Epoch: m.epoch, Stalled: m.stalled}
+	detail := m.detail
+	if m.reprotectHeld() {
+		detail = joinDetail(detail, "re-protection waits: "+m.qemuStuck)
+	}
+	return Status{State: m.state, Detail: detail, Epoch: m.epoch, Stalled: m.stalled, QEMUStuck: m.qemuStuck}
+}
+
+// reprotectHeld: an unprotected primary that re-protects itself starts no attempt
+// while its QEMU does not answer.
+func (m *Machine) reprotectHeld() bool {
+	return m.qemuStuck != "" && m.primary() && m.state == Unprotected && m.auto
+}
+
+func joinDetail(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
 }
 
 // HasReady reports whether Ready has actions or a changed status.
@@ -223,6 +243,18 @@ func (m *Machine) step(ev Event) error {
 	case EventStallEntered, EventStallCleared:
 		if s := ev.Type == EventStallEntered; s != m.stalled {
 			m.stalled, m.changed = s, true
+		}
+		return nil
+	case EventQEMUUnresponsive, EventQEMUAnswers:
+		stuck := ""
+		if ev.Type == EventQEMUUnresponsive {
+			stuck = ev.Reason
+			if stuck == "" {
+				stuck = "qemu not answering"
+			}
+		}
+		if stuck != m.qemuStuck {
+			m.qemuStuck, m.changed = stuck, true
 		}
 		return nil
 	case EventStop:

@@ -301,6 +301,8 @@ var primaryEvents = []func(a byte, m *Machine) Event{
 	func(byte, *Machine) Event { return EpochSuperseded("a forged later epoch") },
 	func(byte, *Machine) Event { return Shutdown("agent shutting down") },
 	func(byte, *Machine) Event { return PauseFailed(errors.New("qmp stop timed out")) },
+	func(byte, *Machine) Event { return QEMUUnresponsive("qemu not answering since 20:25:24") },
+	func(byte, *Machine) Event { return QEMUAnswers() },
 }
 
 var backupEvents = []func(a byte, m *Machine) Event{
@@ -325,6 +327,8 @@ var backupEvents = []func(a byte, m *Machine) Event{
 		}
 		return ClaimRead(uint64(a%8), "b", false, nil)
 	},
+	func(byte, *Machine) Event { return QEMUUnresponsive("qemu not answering since 20:25:24") },
+	func(byte, *Machine) Event { return QEMUAnswers() },
 }
 
 // run interprets ops as a sequence of (operation, argument) byte pairs.

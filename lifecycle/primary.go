@@ -233,7 +233,10 @@ func (m *Machine) primaryTick() error {
 		if m.protTicks >= MaxProbeTicks {
 			m.stepDowns, m.protTicks = 0, 0
 		}
-	case m.state == Unprotected && m.auto && !m.probing && m.req == 0:
+	case m.state == Unprotected && m.auto && !m.probing && m.req == 0 && m.qemuStuck == "":
+		// (A QEMU that does not answer holds re-protection: the attempt would
+		// pause a guest that cannot pause and wait out its timeout. The round
+		// goes on where it was once it answers.)
 		cands := m.candidates()
 		if len(cands) == 0 {
 			return nil
@@ -495,6 +498,12 @@ func (m *Machine) probedPeer(err error) error {
 	}
 	if peer == m.autoPeer && !m.peerDown {
 		return nil // its agent never went away: see peerDown
+	}
+	if m.qemuStuck != "" {
+		// The QEMU stopped answering while the probe was out: this candidate
+		// comes first once it answers again.
+		m.probeIdx, m.inRound = (m.probeIdx+len(cands)-1)%len(cands), true
+		return nil
 	}
 	// The next round (after a failed protection) starts after this candidate:
 	// a spare that keeps failing does not hide the ones after it.

@@ -115,6 +115,13 @@ var vmMetrics = []vmMetric{
 	vm("backup_behind", "1 while unsent log waits because the window of unacknowledged log is full.", gauge,
 		primaryOnly(func(v control.VMStatus) float64 { return b2f(v.BackupBehind) })),
 
+	vm("qemu_unresponsive", "1 while this copy's QEMU does not answer the agent's liveness probe (query-status) past --qemu-unresponsive-after.", gauge,
+		always(func(v control.VMStatus) float64 { return b2f(v.QEMUUnresponsive) })),
+	vm("qemu_unresponsive_seconds", "How long this copy's QEMU has not answered (0 while it answers).", gauge,
+		always(func(v control.VMStatus) float64 { return v.QEMUUnresponsiveSec })),
+	vm("qemu_unresponsive_total", "Episodes of this copy's QEMU not answering, the current one included.", counter,
+		always(func(v control.VMStatus) float64 { return float64(v.QEMUUnresponsives) })),
+
 	vm("throttle_quota_ratio", "CPU fraction the primary's QEMU may use (1: not throttled).", gauge,
 		primaryOnly(func(v control.VMStatus) float64 { return v.ThrottleQuota })),
 	vm("throttled_seconds_total", "Time the primary's quota was below 1.", counter,

@@ -175,6 +175,9 @@ type Machine struct {
 	watch *runWatch // QMP events for WaitIOError
 
 	calls sync.WaitGroup // QMP call goroutines
+
+	probeMu sync.Mutex
+	probe   *probeCall // the liveness probe in flight (see Probe); nil when none
 }
 
 // New returns an unstarted Machine.

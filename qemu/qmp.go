@@ -119,6 +119,70 @@ func (m *Machine) Status(ctx context.Context) (string, error) {
 	return st.Status.String(), nil
 }
 
+// probeCall is one liveness probe's query-status, shared by every Probe that
+// waits while it is out.
+type probeCall struct {
+	done chan struct{} // closed when QEMU answered or the monitor went away
+	err  error         // written before done closes
+}
+
+// Probe asks QEMU whether it answers (query-status) and waits for the answer, ctx's
+// end, or the process's exit. It is the liveness probe: at most one probe command
+// is out at a time. go-qemu cannot take a command back, so a probe that outlives
+// ctx stays out until QEMU answers it (or exits); a later Probe waits for that same
+// command rather than queue another behind it, so that a QEMU wedged for hours
+// holds one goroutine, not one per probe. The answer to the probe in flight
+// answers every Probe waiting on it.
+//
+// The monitor runs one command at a time: a probe sent while a long command (a
+// savevm) runs is answered after it. How long a probe may wait is the caller's
+// judgement (see the agent's qemuWatch), not a fault here.
+func (m *Machine) Probe(ctx context.Context) error {
+	m.probeMu.Lock()
+	pc := m.probe
+	if pc == nil {
+		m.monMu.Lock()
+		r, gone := m.raw, m.procGone
+		if !gone && r != nil {
+			m.calls.Add(1) // under monMu: waitProcess sets procGone before calls.Wait
+		}
+		m.monMu.Unlock()
+		switch {
+		case gone:
+			m.probeMu.Unlock()
+			return fmt.Errorf("qmp query-status: %w", ErrExited)
+		case r == nil:
+			m.probeMu.Unlock()
+			return fmt.Errorf("qmp query-status: %w", ErrNotStarted)
+		}
+		pc = &probeCall{done: make(chan struct{})}
+		m.probe = pc
+		// Owned by the Machine (calls): it ends when QEMU answers or waitProcess
+		// disconnects the monitor.
+		go func() {
+			defer m.calls.Done()
+			_, err := r.QueryStatus()
+			m.probeMu.Lock()
+			pc.err = err
+			m.probe = nil
+			m.probeMu.Unlock()
+			close(pc.done)
+		}()
+	}
+	m.probeMu.Unlock()
+	select {
+	case <-pc.done:
+		if pc.err != nil {
+			return fmt.Errorf("qmp query-status: %w", pc.err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("qmp query-status: %w", ctx.Err())
+	case <-m.exitCh:
+		return fmt.Errorf("qmp query-status: %w", ErrExited)
+	}
+}
+
 // Cont resumes the guest.
 func (m *Machine) Cont(ctx context.Context) error {
 	return m.call(ctx, "cont", func(_ qmp.Monitor, r *raw.Monitor) error { return r.Cont() })

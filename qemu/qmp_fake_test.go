@@ -90,3 +90,63 @@ func TestQMPErrorIsWrapped(t *testing.T) {
 		t.Fatalf("cont: %v, want it to wrap %v", err, boom)
 	}
 }
+
+// TestProbeOneInFlight: a probe that QEMU does not answer in time stays out, and
+// the probes after it wait for that same command instead of queuing more (one
+// goroutine for a QEMU wedged for hours); its answer answers them all.
+func TestProbeOneInFlight(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	sent := 0
+	m := machineOnFake(t, func(cmd qmp.Command) (any, error) {
+		mu.Lock()
+		sent++
+		mu.Unlock()
+		<-release
+		return map[string]any{"return": map[string]any{"running": true, "singlestep": false, "status": "running"}}, nil
+	})
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		err := m.Probe(ctx)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("probe %d of a monitor that does not answer: %v, want %v", i, err, context.DeadlineExceeded)
+		}
+	}
+	mu.Lock()
+	n := sent
+	mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d query-status commands sent by 3 probes, want the one in flight only", n)
+	}
+	close(release)
+	if err := m.Probe(context.Background()); err != nil {
+		t.Fatalf("probe once QEMU answers: %v", err)
+	}
+	// Answered: the next probe sends a new command.
+	if err := m.Probe(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if sent < 2 || sent > 3 {
+		// 2: the waiting probe got the old command's answer; 3: it came after it.
+		t.Fatalf("%d commands after a fresh probe, want 2 or 3", sent)
+	}
+	m.calls.Wait()
+}
+
+func TestProbeError(t *testing.T) {
+	boom := errors.New("monitor broke")
+	m := machineOnFake(t, func(qmp.Command) (any, error) { return nil, boom })
+	if err := m.Probe(context.Background()); !errors.Is(err, boom) {
+		t.Fatalf("probe: %v, want it to wrap %v", err, boom)
+	}
+	m2, err := New(Config{Name: "unstarted"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Probe(context.Background()); !errors.Is(err, ErrNotStarted) {
+		t.Fatalf("probe before connect: %v, want %v", err, ErrNotStarted)
+	}
+}

@@ -33,7 +33,7 @@ const packagedFlushLib = "/usr/lib/ftvmd/libftflush.so"
 type agentOpts struct {
 	config                                                                                          string
 	host, dir, listen, socket, flush, qemuBin, cpus, bridge, cgroupRoot, logLevel, shared, dataPath string
-	hb, timeout, ackDelay, stallAfter, stallStepDown                                                time.Duration
+	hb, timeout, ackDelay, stallAfter, stallStepDown, qemuStuck                                     time.Duration
 	checkInv, testKnobs                                                                             bool
 	paceQueue, consoleKeep                                                                          int
 	logRetention, unprotectedKeep, consoleMax                                                       string
@@ -60,6 +60,7 @@ func (o *agentOpts) register(f *pflag.FlagSet) {
 	f.DurationVar(&o.timeout, "peer-timeout", time.Second, "silence after which the peer counts as lost")
 	f.DurationVar(&o.stallAfter, "stall-after", agent.DefaultStallAfter, "a backup replay that makes no progress this long while it holds log beyond it is reported stalled")
 	f.DurationVar(&o.stallStepDown, "stall-step-down", agent.DefaultStallStepDown, "a backup whose replay stays stalled this long steps down and its primary protects the VM again from a fresh start (0: only report stalls; at least --stall-after)")
+	f.DurationVar(&o.qemuStuck, "qemu-unresponsive-after", agent.DefaultQEMUUnresponsiveAfter, "a VM's QEMU whose liveness probe (query-status, every second) stays unanswered this long is reported unresponsive (status, events, metrics); an unprotected primary starts no re-protection meanwhile (at least 2s)")
 	f.DurationVar(&o.ackDelay, "test-ack-delay", 0, "TEST ONLY: delay every ack the backup sends")
 	f.BoolVar(&o.checkInv, "check-invariant", false, "verify the output rule on every released frame")
 	f.StringVar(&o.dataPath, "data-path", envOr("FTVMD_DATA_PATH", string(agent.DataPathRelay)),
@@ -159,6 +160,7 @@ func (o *agentOpts) build() (agent.Config, error) {
 	cfg.DataPath = dp
 	cfg.HeartbeatInterval, cfg.PeerTimeout = o.hb, o.timeout
 	cfg.StallAfter, cfg.StallStepDown = o.stallAfter, o.stallStepDown
+	cfg.QEMUUnresponsiveAfter = o.qemuStuck
 	cfg.TestAckDelay, cfg.CheckInvariant, cfg.TestKnobs = o.ackDelay, o.checkInv, o.testKnobs
 	cfg.PaceQueueBytes = o.paceQueue
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))

@@ -459,6 +459,9 @@ func printStatus(w io.Writer, resp control.Response) {
 		if v.EpochCheck != "" {
 			fmt.Fprintf(tw, "epoch check\t%s\n", v.EpochCheck)
 		}
+		if l := qemuLine(v); l != "" {
+			fmt.Fprintf(tw, "qemu\t%s\n", l)
+		}
 		if v.Divergence != "" {
 			fmt.Fprintf(tw, "DIVERGED\t%s\n", v.Divergence)
 		} else if v.ConsoleChecked > 0 {
@@ -585,6 +588,28 @@ func printLogSpace(w io.Writer, v control.VMStatus) {
 	if v.LogDiskAlarm != "" {
 		fmt.Fprintf(w, "log disk alarm\t%s\n", v.LogDiskAlarm)
 	}
+}
+
+// qemuLine says whether the VM's QEMU answers the agent's liveness probe ("" when
+// the agent reports nothing about it).
+func qemuLine(v control.VMStatus) string {
+	stamp := func(t time.Time) string { return t.Local().Format("15:04:05") }
+	if v.QEMUUnresponsive {
+		s := fmt.Sprintf("NOT ANSWERING for %.1f s (since %s", v.QEMUUnresponsiveSec, stamp(v.QEMUSince))
+		if v.QEMULastAnswer.IsZero() {
+			s += "; no probe answered yet)"
+		} else {
+			s += "; last good probe " + stamp(v.QEMULastAnswer) + ")"
+		}
+		if v.QEMUProbeError != "" {
+			s += ": " + v.QEMUProbeError
+		}
+		return s + "; the VM is wedged (see docs/operator-guide.md)"
+	}
+	if v.QEMULastAnswer.IsZero() && v.QEMUUnresponsives == 0 {
+		return ""
+	}
+	return fmt.Sprintf("answering (unresponsive episodes so far: %d)", v.QEMUUnresponsives)
 }
 
 // stallText describes the backup's replay stall state (control.VMStatus.ReplayStalled).

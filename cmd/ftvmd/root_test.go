@@ -123,3 +123,53 @@ func TestCheckWhole(t *testing.T) {
 		t.Fatalf("freed log: %v", err)
 	}
 }
+
+// TestPrintStatusQEMU: `ftvmd status` says loudly that a VM's QEMU does not answer,
+// since when and the last good probe, and says it answers once it does.
+func TestPrintStatusQEMU(t *testing.T) {
+	since := time.Date(2026, 11, 30, 20, 25, 24, 0, time.Local)
+	for _, tc := range []struct {
+		name  string
+		vm    control.VMStatus
+		want  []string
+		never []string
+	}{
+		{"unresponsive", control.VMStatus{QEMUUnresponsive: true, QEMUUnresponsiveSec: 42.26, QEMUSince: since,
+			QEMULastAnswer: since.Add(-time.Second), QEMUUnresponsives: 1},
+			[]string{"NOT ANSWERING for 42.3 s (since 20:25:24; last good probe 20:25:23)", "wedged"}, nil},
+		{"unresponsive-with-error", control.VMStatus{QEMUUnresponsive: true, QEMUSince: since, QEMUProbeError: "qmp query-status: EOF", QEMUUnresponsives: 1},
+			[]string{"no probe answered yet", ": qmp query-status: EOF"}, nil},
+		{"answers-again", control.VMStatus{QEMULastAnswer: since, QEMUUnresponsives: 2},
+			[]string{"answering (unresponsive episodes so far: 2)"}, []string{"NOT ANSWERING"}},
+		{"not-watched", control.VMStatus{}, nil, []string{"qemu  "}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.vm.Name, tc.vm.Role = "web1", "primary"
+			var b bytes.Buffer
+			printStatus(&b, control.Response{Host: "a", VMs: []control.VMStatus{tc.vm}})
+			out := b.String()
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("status lacks %q:\n%s", w, out)
+				}
+			}
+			for _, n := range tc.never {
+				if strings.Contains(out, n) {
+					t.Errorf("status shows %q:\n%s", n, out)
+				}
+			}
+		})
+	}
+	b, err := json.Marshal(control.VMStatus{QEMUUnresponsive: true, QEMUSince: since})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{`"qemu_unresponsive":true`, `"qemu_unresponsive_since"`} {
+		if !strings.Contains(string(b), key) {
+			t.Errorf("JSON %s lacks %s", b, key)
+		}
+	}
+	if b, _ := json.Marshal(control.VMStatus{}); strings.Contains(string(b), "qemu_") {
+		t.Errorf("JSON of a VM that answers names the probe: %s", b)
+	}
+}
