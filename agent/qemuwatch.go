@@ -259,7 +259,9 @@ func (a *Agent) watchVMQEMU(ctx context.Context, log *slog.Logger, vm, role stri
 	q prober, h *qemuHealth, step func(lifecycle.Event) error) {
 	w := newQEMUWatch(a.cfg.QEMUUnresponsiveAfter)
 	watchQEMU(ctx, q, w, time.Now, sleepCtx, func(c watchChange, l qemuLiveness) {
-		h.set(l)
+		// The status changes last: one that shows the change finds it in the journal
+		// and the lifecycle too.
+		defer h.set(l)
 		switch c {
 		case watchUnresponsive:
 			reason := l.Reason()

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/ftvmd/ftvmd/control"
+	"github.com/ftvmd/ftvmd/journal"
+	"github.com/ftvmd/ftvmd/lifecycle"
 	"github.com/ftvmd/ftvmd/qemu"
 )
 
@@ -299,5 +301,103 @@ func TestWatchQEMUStops(t *testing.T) {
 	watchQEMU(ctx, f, newQEMUWatch(0), f.clock, f.sleep, func(watchChange, qemuLiveness) {})
 	if f.calls != 3 {
 		t.Fatalf("%d calls, want 3", f.calls)
+	}
+}
+
+// blockingProber is a QEMU monitor on the real clock: while gate is open (nil or
+// closed) it answers at once; while it is an open channel, a probe waits for it to
+// close (or for its context).
+type blockingProber struct {
+	mu   sync.Mutex
+	gate chan struct{}
+}
+
+func (b *blockingProber) Probe(ctx context.Context) error {
+	b.mu.Lock()
+	g := b.gate
+	b.mu.Unlock()
+	if g == nil {
+		return nil
+	}
+	select {
+	case <-g:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("qmp query-status: %w", ctx.Err())
+	}
+}
+
+// TestWatchVMQEMU: the agent's wiring of the watch, on the real clock: a QEMU that
+// stops answering shows in the copy's status, its journal and its lifecycle, and
+// all three clear when it answers.
+func TestWatchVMQEMU(t *testing.T) {
+	a := testAgent(t, "hosta", "")
+	j := journal.NewMemory(100)
+	a.journal = j
+	a.cfg.QEMUUnresponsiveAfter = 300 * time.Millisecond // below the flag's minimum: a fast test
+	gate := make(chan struct{})
+	q := &blockingProber{gate: gate}
+	var h qemuHealth
+	var mu sync.Mutex
+	var steps []string
+	step := func(ev lifecycle.Event) error {
+		mu.Lock()
+		defer mu.Unlock()
+		steps = append(steps, ev.Type.String()+" "+ev.Reason)
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.watchVMQEMU(ctx, a.log, "vm1", "primary", func() string { return "hostb" }, q, &h, step)
+	}()
+	defer func() { cancel(); <-done }()
+
+	wait := func(what string, cond func(control.VMStatus) bool) control.VMStatus {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			var st control.VMStatus
+			h.fill(&st, time.Now())
+			if cond(st) {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 10s: %+v", what, st)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	st := wait("unresponsive", func(s control.VMStatus) bool { return s.QEMUUnresponsive })
+	if st.QEMUUnresponsives != 1 || st.QEMUUnresponsiveSec < 0.3 || !st.QEMULastAnswer.IsZero() {
+		t.Fatalf("status %+v", st)
+	}
+	mu.Lock()
+	got := strings.Join(steps, "|")
+	mu.Unlock()
+	if !strings.HasPrefix(got, "QEMUUnresponsive qemu not answering since ") || !strings.Contains(got, "no probe answered yet") {
+		t.Fatalf("lifecycle heard %q", got)
+	}
+	q.mu.Lock()
+	q.gate = nil
+	q.mu.Unlock()
+	close(gate)
+	st = wait("answers", func(s control.VMStatus) bool { return !s.QEMUUnresponsive })
+	if st.QEMUUnresponsives != 1 || st.QEMULastAnswer.IsZero() {
+		t.Fatalf("status after the answer %+v", st)
+	}
+	mu.Lock()
+	got = strings.Join(steps, "|")
+	mu.Unlock()
+	if n := strings.Count(got, "|"); n != 1 || !strings.HasSuffix(got, "|QEMUAnswers ") {
+		t.Fatalf("lifecycle heard %q, want one unresponsive then one answer", got)
+	}
+	evs, _ := j.Read("vm1", 0)
+	if k := strings.Join(kinds(evs), ","); k != "qemu-unresponsive,qemu-answers" {
+		t.Fatalf("events %s", k)
+	}
+	if evs[0].Role != "primary" || evs[0].Peer != "hostb" || !strings.HasPrefix(evs[0].Detail, "qemu not answering since") || evs[1].DurationMS < 300 {
+		t.Fatalf("events %+v", evs)
 	}
 }
