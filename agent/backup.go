@@ -258,8 +258,11 @@ type backup struct {
 	// aborted: the lifecycle had the receiver tell the primary why this backup
 	// stepped down, and the teardown waits for that to go out.
 	recvDone chan struct{}
-	aborted  bool
-	replayed uint64
+	// qemuStartDone closes when the replaying QEMU's start has ended, started
+	// or not (nil before it begins).
+	qemuStartDone chan struct{}
+	aborted       bool
+	replayed      uint64
 	// The divergence sentinel: console bytes checked against the primary's marks,
 	// and what differed (empty while nothing did).
 	consoleChecked int64
@@ -663,8 +666,10 @@ func (b *backup) run(conn net.Conn) {
 	// From here the receiver runs (or is about to): a step-down aborts it, and its
 	// Error tells the primary why.
 	recvDone := make(chan struct{})
+	startDone := make(chan struct{})
 	b.mu.Lock()
 	b.recvDone = recvDone
+	b.qemuStartDone = startDone
 	b.mu.Unlock()
 	b.wg.Add(1)
 	go func() {
@@ -672,6 +677,7 @@ func (b *backup) run(conn net.Conn) {
 		sctx, scancel := context.WithTimeout(ctx, 5*time.Minute)
 		err := b.startQEMU(sctx)
 		scancel()
+		close(startDone)
 		if err != nil {
 			if ctx.Err() == nil {
 				b.stepDown(fmt.Errorf("replaying qemu did not start: %w", err))
@@ -877,6 +883,8 @@ func (b *backup) runGoLive(ctx context.Context, epoch uint64, claim time.Duratio
 
 // goLiveFromReplay turns this backup into the live VM from the log it holds.
 func (b *backup) goLiveFromReplay(ctx context.Context, epoch uint64, claim time.Duration) error {
+	// A replaying QEMU still starting is the VM now: let its start end first.
+	b.awaitReplayStart(ctx)
 	// Stop polling: GoLive polls the replay itself while it parks, and kills it.
 	b.cancel()
 	b.wg.Wait()
@@ -943,6 +951,41 @@ func (b *backup) goLiveFromReplay(ctx context.Context, epoch uint64, claim time.
 	gctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	return b.a.startPrimary(gctx, b.spec, "", live)
+}
+
+// replayStartGrace bounds how long going live waits for a replaying QEMU that is
+// still starting.
+var replayStartGrace = 30 * time.Second
+
+// awaitReplayStart waits, at most replayStartGrace, until the replaying QEMU's
+// start has ended. Going live cancels this backup's context, which is also its
+// QEMU's start's: a start cancelled before QMP answers fails, and a failed start
+// kills QEMU, the only copy of the VM once its primary is lost. A replay from a
+// running VM's snapshot answers QMP only once it has loaded the snapshot (seconds
+// for a large VM state on a loaded host), from the log this backup holds already.
+func (b *backup) awaitReplayStart(ctx context.Context) {
+	b.mu.Lock()
+	done := b.qemuStartDone
+	b.mu.Unlock()
+	if done == nil {
+		return
+	}
+	select {
+	case <-done:
+		return
+	default:
+	}
+	t0 := time.Now()
+	b.log.Warn("going live while the replaying qemu is still starting: waiting for it", "grace", replayStartGrace)
+	t := time.NewTimer(replayStartGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+		b.log.Info("the replaying qemu's start ended", "waited", time.Since(t0).Round(time.Millisecond))
+	case <-t.C:
+		b.log.Error("the replaying qemu did not start in time: going live without it", "waited", replayStartGrace)
+	case <-ctx.Done():
+	}
 }
 
 // lostAt is when this backup lost its primary: its claim started claim ago (now
