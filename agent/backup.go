@@ -1270,12 +1270,11 @@ func (b *backup) logPlan() logPlan {
 	if (state != lifecycle.Replaying && state != lifecycle.Claiming) || recv == nil {
 		return logPlan{hold: true, keeps: fmt.Sprintf("all (the backup is %s)", state)}
 	}
-	return backupLogPlan(b.feed.Consumed(), recv.Held(), time.Since(b.started), b.a.cfg.LogRetention)
+	return backupLogPlan(b.feed.FedOffset(), recv.Held(), time.Since(b.started), b.a.cfg.LogRetention)
 }
 
-// backupLogPlan is a replaying backup's plan: its replay has read the log up to fed
-// (qemu.Feed.Consumed: not what is in its FIFO, whose bytes are still the log
-// file's pages), it holds held bytes of log that began age ago.
+// backupLogPlan is a replaying backup's plan: its feed has given the replay the log
+// up to fed, it holds held bytes of log that began age ago.
 func backupLogPlan(fed, held int64, age time.Duration, ret logspace.Retention) logPlan {
 	need := logspace.Keep{Needed: fed}
 	const what = "until it is fed to the replay"

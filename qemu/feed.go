@@ -60,7 +60,6 @@ type Feed struct {
 	pollEvery time.Duration
 	pollSize  func() (int64, error)
 	startAt   int64 // WithFeedStart; 0 feeds the whole log
-	noSplice  bool  // copy through a buffer rather than splice (tests; see SpliceFrom)
 
 	out    atomic.Pointer[fifoWriter] // the FIFO's write end once a reader opened it
 	upTo   atomic.Int64               // source offset known to be written
@@ -138,21 +137,6 @@ func (f *Feed) Unread() (n int, ok bool) {
 		return 0, false
 	}
 	return n, true
-}
-
-// Consumed is a source offset the replay has surely read: the log below it may be
-// freed. It trails FedOffset by what the FIFO can hold, since the FIFO's unread
-// bytes are the source file's own pages (SpliceFrom), which freeing the file would
-// zero under the reader.
-func (f *Feed) Consumed() int64 {
-	fed := f.fed.Load()
-	held := int64(fifoPipeSize)
-	if out := f.out.Load(); out != nil {
-		if n, err := out.Capacity(); err == nil {
-			held = max(held, int64(n))
-		}
-	}
-	return max(fed-held, 0)
 }
 
 // FeedState is what the feed is doing, for a stall report: which side of the
@@ -252,7 +236,6 @@ func (f *Feed) feed(ctx context.Context) error {
 	}
 	buf := make([]byte, 256<<10)
 	var st feedState
-	noSplice := f.noSplice
 	for {
 		if st.halted {
 			select {
@@ -283,23 +266,6 @@ func (f *Feed) feed(ctx context.Context) error {
 				}
 			}
 			want := min(f.upTo.Load()-f.fed.Load(), int64(len(buf)))
-			if !noSplice {
-				// A blocked splice ends with the context's error on Close.
-				n, err := out.SpliceFrom(int(in.Fd()), f.fed.Load(), int(want))
-				f.fed.Add(int64(n))
-				if errors.Is(err, errSpliceUnsupported) {
-					f.log.Info("rr feed: the log's file system cannot splice; copying instead", "err", err)
-					noSplice = true
-					continue
-				}
-				if err != nil {
-					return fmt.Errorf("splice log into fifo: %w", err)
-				}
-				if n == 0 {
-					break // notified past the end: wait for the file to grow
-				}
-				continue
-			}
 			n, err := in.ReadAt(buf[:want], f.fed.Load())
 			if n > 0 {
 				// A blocked write ends with the context's error on Close.

@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // TestFeedReportsWhoWaits: a reader that stops reading leaves the feed waiting for
@@ -44,10 +42,9 @@ func TestFeedReportsWhoWaits(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	// Full, as splice(2) sees it: it stops short of the last few slots (it moves
-	// whole page-cache batches, measured 3/4 of a 1 MiB pipe on Linux 6.18), where a
-	// write fills every page.
-	if st.Pipe != fifoPipeSize || st.Unread < st.Pipe/2 {
+	// Full: every page of the pipe used (the first holds the 4 version bytes, so the
+	// body's first write filled it only partly).
+	if st.Pipe != fifoPipeSize || st.Unread < st.Pipe-8192 {
 		t.Errorf("waiting feed: pipe %d unread %d, want a full pipe of %d", st.Pipe, st.Unread, fifoPipeSize)
 	}
 	if w := st.UpTo - st.Fed; w <= 0 {
@@ -104,68 +101,5 @@ func TestFeedCloseWhileBlocked(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("Close took %s with a blocked write", d)
-	}
-}
-
-// TestFeedFreeBelowConsumed: the FIFO's unread bytes are the source file's own pages
-// (splice), so freeing the file's prefix must stay below Consumed. Punching a hole
-// up to Consumed while the pipe is full and unread changes none of the bytes the
-// reader reads after, with and without splice.
-func TestFeedFreeBelowConsumed(t *testing.T) {
-	for _, noSplice := range []bool{false, true} {
-		dir := t.TempDir()
-		src := filepath.Join(dir, "log.rr")
-		body := make([]byte, 6<<20)
-		rand.New(rand.NewSource(2)).Read(body)
-		if err := os.WriteFile(src, append(make([]byte, LogHeaderSize), body...), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		f, err := NewFeed(filepath.Join(dir, "log.fifo"), src, func(f *Feed) { f.noSplice = noSplice })
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := os.Open(f.Path())
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.Notify(int64(LogHeaderSize + len(body)))
-		full := func() {
-			t.Helper()
-			deadline := time.Now().Add(10 * time.Second)
-			for f.State().Blocked == 0 {
-				if time.Now().After(deadline) {
-					t.Fatal("feed never filled the pipe")
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-		}
-		full()
-		// The reader reads some; the feed fills the pipe again behind it.
-		head := make([]byte, len(logVersion)+3<<20)
-		if _, err := io.ReadFull(r, head); err != nil {
-			t.Fatal(err)
-		}
-		full()
-		c, fed := f.Consumed(), f.FedOffset()
-		if c > fed-fifoPipeSize || c <= LogHeaderSize+1<<20 {
-			t.Fatalf("consumed %d with %d fed into a %d-byte pipe, %d read", c, fed, fifoPipeSize, len(head))
-		}
-		w, err := os.OpenFile(src, os.O_RDWR, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Fallocate(int(w.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, c); err != nil {
-			t.Skipf("punch hole: %v", err)
-		}
-		w.Close()
-		rest := make([]byte, len(body)-(len(head)-len(logVersion)))
-		if _, err := io.ReadFull(r, rest); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(append(head[len(logVersion):], rest...), body) {
-			t.Fatalf("splice=%v: bytes changed under the reader", !noSplice)
-		}
-		r.Close()
-		f.Close()
 	}
 }

@@ -79,50 +79,6 @@ func (w *fifoWriter) Write(p []byte) (int, error) {
 	return done, nil
 }
 
-// SpliceFrom moves n bytes of the file fd at off into the pipe with splice(2): the
-// page cache's pages go into the pipe as they are, not copied through the agent (a
-// pread and a write of every byte of log before). It waits for room like Write. It
-// returns fewer than n bytes with a nil error at the file's end, and
-// errSpliceUnsupported (nothing moved) where the file system cannot splice.
-//
-// The pipe holds references to the file's pages until its reader reads them: the
-// file's prefix may be freed (hole punched) only below Consumed, which QEMU has
-// read, never below the fed offset alone.
-func (w *fifoWriter) SpliceFrom(fd int, off int64, n int) (int, error) {
-	done := 0
-	defer func() { w.pending.Store(0); w.since.Store(0) }()
-	for done < n {
-		w.pending.Store(int64(n - done))
-		o := off + int64(done)
-		k, err := unix.Splice(fd, &o, w.fd, nil, n-done, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
-		if k > 0 {
-			done += int(k)
-			w.since.Store(0)
-			continue
-		}
-		switch {
-		case err == nil:
-			return done, nil // the file's end
-		case errors.Is(err, unix.EINTR):
-			continue
-		case done == 0 && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP)):
-			return 0, fmt.Errorf("%w: %w", errSpliceUnsupported, err)
-		case !errors.Is(err, unix.EAGAIN):
-			return done, err
-		}
-		if w.since.Load() == 0 {
-			w.since.Store(time.Now().UnixNano())
-		}
-		if err := w.waitRoom(); err != nil {
-			return done, err
-		}
-	}
-	return done, nil
-}
-
-// errSpliceUnsupported: the source's file system cannot splice into a pipe.
-var errSpliceUnsupported = errors.New("splice unsupported")
-
 // waitRoom waits until the pipe has room, the reader is gone, or the feed's
 // context ends.
 func (w *fifoWriter) waitRoom() error {
