@@ -196,11 +196,11 @@ func (k *argsCheck) check() {
 	// The snapshot drive first: savevm keeps the VM state in the first drive that
 	// can hold one (appendSnapshotDrive).
 	if c.SnapshotDrive != "" {
-		k.drive(c.SnapshotDrive, o("if", "none"), o("id", "snap0"), o("format", "qcow2"))
+		k.drive(c.SnapshotDrive, o("if", "none"), o("id", "snap0"), o("format", "qcow2"), o("cache-clean-interval", "0"))
 	}
 	for i, d := range c.Disks {
 		img, blk := "img"+strconv.Itoa(i), "blk"+strconv.Itoa(i)
-		opts := []qemuOpt{o("if", "none"), o("id", img), o("format", "qcow2")}
+		opts := []qemuOpt{o("if", "none"), o("id", img), o("format", "qcow2"), o("cache-clean-interval", "0")}
 		if d.NoFlush {
 			opts = append(opts, o("cache.no-flush", "on"))
 		}

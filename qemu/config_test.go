@@ -41,15 +41,15 @@ func TestAppenders(t *testing.T) {
 				"-device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,tx=timer -object filter-replay,id=r0,netdev=n0 " +
 				"-object filter-dump,id=d0,netdev=n0,queue=rx,maxlen=69632,file=/r/a,,b/nic-tx.pcap"},
 		{"disks", appendDisks, Config{Disks: []Disk{{Path: "/d/a.qcow2"}, {Path: "/d/b.qcow2"}}},
-			"-drive file=/d/a.qcow2,if=none,id=img0,format=qcow2 -drive driver=blkreplay,if=none,image=img0,id=blk0 -device virtio-blk-pci,drive=blk0 " +
-				"-drive file=/d/b.qcow2,if=none,id=img1,format=qcow2 -drive driver=blkreplay,if=none,image=img1,id=blk1 -device virtio-blk-pci,drive=blk1"},
+			"-drive file=/d/a.qcow2,if=none,id=img0,format=qcow2,cache-clean-interval=0 -drive driver=blkreplay,if=none,image=img0,id=blk0 -device virtio-blk-pci,drive=blk0 " +
+				"-drive file=/d/b.qcow2,if=none,id=img1,format=qcow2,cache-clean-interval=0 -drive driver=blkreplay,if=none,image=img1,id=blk1 -device virtio-blk-pci,drive=blk1"},
 		{"disk without host flushes", appendDisks, Config{Disks: []Disk{{Path: "/w/o.qcow2", NoFlush: true}}},
-			"-drive file=/w/o.qcow2,if=none,id=img0,format=qcow2,cache.no-flush=on -drive driver=blkreplay,if=none,image=img0,id=blk0 -device virtio-blk-pci,drive=blk0"},
+			"-drive file=/w/o.qcow2,if=none,id=img0,format=qcow2,cache-clean-interval=0,cache.no-flush=on -drive driver=blkreplay,if=none,image=img0,id=blk0 -device virtio-blk-pci,drive=blk0"},
 		{"snapshot drive", appendSnapshotDrive, Config{SnapshotDrive: "/d/snap.qcow2"},
-			"-drive file=/d/snap.qcow2,if=none,id=snap0,format=qcow2"},
+			"-drive file=/d/snap.qcow2,if=none,id=snap0,format=qcow2,cache-clean-interval=0"},
 		{"qmp", appendQMP, Config{QMPSocket: "/r/qmp.sock"}, "-qmp unix:/r/qmp.sock,server=on,wait=off"},
 		{"qmp with =", appendQMP, Config{QMPSocket: "/r/a=b,c/qmp.sock"}, "-qmp unix:path=/r/a=b,,c/qmp.sock,server=on,wait=off"},
-		{"disk named like a protocol", appendSnapshotDrive, Config{SnapshotDrive: "nbd:h:1"}, "-drive file=./nbd:h:1,if=none,id=snap0,format=qcow2"},
+		{"disk named like a protocol", appendSnapshotDrive, Config{SnapshotDrive: "nbd:h:1"}, "-drive file=./nbd:h:1,if=none,id=snap0,format=qcow2,cache-clean-interval=0"},
 		{"loadvm", appendLoadVM, Config{LoadVM: "live"}, "-loadvm live"},
 		{"paused", appendPaused, Config{StartPaused: true}, "-S"},
 	}
@@ -72,8 +72,8 @@ func TestArgsOrder(t *testing.T) {
 	// drive that can hold one, and it must not be the guest's disk.
 	want := "-name pri -M pc -accel tcg -cpu qemu64 -smp 1 -m 128 -rtc clock=vm -nographic -nodefaults -no-user-config " +
 		"-icount shift=4,rr=record,rrfile=/l/rr.bin -serial file:/l/c.log " +
-		"-drive file=/l/s.qcow2,if=none,id=snap0,format=qcow2 " +
-		"-drive file=/l/d.qcow2,if=none,id=img0,format=qcow2 -drive driver=blkreplay,if=none,image=img0,id=blk0 -device virtio-blk-pci,drive=blk0 " +
+		"-drive file=/l/s.qcow2,if=none,id=snap0,format=qcow2,cache-clean-interval=0 " +
+		"-drive file=/l/d.qcow2,if=none,id=img0,format=qcow2,cache-clean-interval=0 -drive driver=blkreplay,if=none,image=img0,id=blk0 -device virtio-blk-pci,drive=blk0 " +
 		"-qmp unix:/l/q.sock,server=on,wait=off -S -d guest_errors"
 	if got := strings.Join(c.Args(), " "); got != want {
 		t.Errorf("got  %q\nwant %q", got, want)

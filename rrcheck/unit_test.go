@@ -137,7 +137,7 @@ func TestReplayConfig(t *testing.T) {
 		"-kernel /k -initrd /i -append console=ttyS0",
 		"-netdev dgram,id=n0,local.type=unix,local.path=/w/net-qemu.sock,remote.type=unix,remote.path=/w/net-sink.sock",
 		"-device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,tx=timer -object filter-replay,id=r0,netdev=n0",
-		"-drive file=/w/disk0.overlay.qcow2,if=none,id=img0,format=qcow2,cache.no-flush=on -drive driver=blkreplay,if=none,image=img0,id=blk0 -device virtio-blk-pci,drive=blk0",
+		"-drive file=/w/disk0.overlay.qcow2,if=none,id=img0,format=qcow2,cache-clean-interval=0,cache.no-flush=on -drive driver=blkreplay,if=none,image=img0,id=blk0 -device virtio-blk-pci,drive=blk0",
 		"-qmp unix:/w/qmp.sock,server=on,wait=off",
 		"-global x=y -action shutdown=pause",
 	}, " ")
