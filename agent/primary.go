@@ -1035,12 +1035,8 @@ func (p *primary) go1(fn func()) {
 // held frame wakes the tail at once (tailWake), so this bounds only how stale the
 // backup's copy may be, and with it the lag. Every read is a frame sent, written,
 // fed and acked: on a busy guest 1 ms meant thousands of wake-ups a second in each
-// agent, CPU the two QEMUs then lacked. At 5 ms, the frames of a CPU-bound guest's
-// steady trickle of log (read, sent, appended, fed, acked, each side a few
-// goroutine wake-ups) were much of what both agents spent beside it (session 12
-// profiles), CPU taken from the replay on the backup's host; a backup that is behind
-// has log to replay either way, and output never waits for the tick.
-const tailEvery = 10 * time.Millisecond
+// agent, CPU the two QEMUs then lacked.
+const tailEvery = 5 * time.Millisecond
 
 // tail follows the growing rr log, cuts it at event boundaries and publishes them.
 func (p *primary) tail(ctx context.Context) {

@@ -31,7 +31,7 @@ type checksumReply struct {
 // and if the guest's count is beyond the newest safe cut point, resumes it briefly and
 // tries again. The guest is left paused, also on error (the caller resumes it).
 func (p *primary) pauseAtSafePoint(ctx context.Context) (uint64, error) {
-	const settle = 30 * time.Millisecond // the tail reads the log every tailEvery (10 ms)
+	const settle = 30 * time.Millisecond // the tail reads the log every tailEvery (5 ms)
 	deadline := time.Now().Add(20 * time.Second)
 	for try := 1; ; try++ {
 		if err := p.m.Pause(ctx); err != nil {
