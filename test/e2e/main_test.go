@@ -69,6 +69,23 @@ func protectGuest(ctx context.Context, t *testing.T, l *lab.Lab, vm string, defi
 	return protectGuestFlags(ctx, t, l, vm, nil, defineFlags...)
 }
 
+// runGuest defines vm on host A, starts it unprotected (`ftvmd run`) and waits until
+// the guest is ready. The agents must be up.
+func runGuest(ctx context.Context, t *testing.T, l *lab.Lab, vm string) {
+	t.Helper()
+	if err := l.DefineGuest(ctx, lab.HostA, vm, ""); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := l.Run(ctx, "a", "run", vm); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Log(strings.TrimSpace(out))
+	}
+	if err := lab.WaitConsole(ctx, lab.Console(lab.HostA, vm, "primary"), "ftguest ready", 4*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // protectGuestFlags is protectGuest with protectFlags added to `ftvmd protect`.
 func protectGuestFlags(ctx context.Context, t *testing.T, l *lab.Lab, vm string, protectFlags []string, defineFlags ...string) time.Duration {
 	t.Helper()

@@ -285,17 +285,7 @@ func runThenProtectWith(ctx context.Context, t *testing.T, l *lab.Lab, vm string
 			t.Fatal(err)
 		}
 	}
-	if err := l.DefineGuest(ctx, lab.HostA, vm, ""); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := l.Run(ctx, "a", "run", vm); err != nil {
-		t.Fatal(err)
-	} else {
-		t.Log(strings.TrimSpace(out))
-	}
-	if err := lab.WaitConsole(ctx, lab.Console(lab.HostA, vm, "primary"), "ftguest ready", 4*time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	runGuest(ctx, t, l, vm)
 	if out, err := l.Run(ctx, "a", "protect", vm, "--backup", lab.HostB.Peer()); err != nil {
 		t.Fatal(err)
 	} else {

@@ -30,17 +30,7 @@ func TestQEMUUnresponsive(t *testing.T) {
 	if err := l.StartAgent(ctx, lab.HostA, append(agentArgs(), "--qemu-unresponsive-after", threshold.String())...); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.DefineGuest(ctx, lab.HostA, vm, ""); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := l.Run(ctx, "a", "run", vm); err != nil {
-		t.Fatal(err)
-	} else {
-		t.Log(strings.TrimSpace(out))
-	}
-	if err := lab.WaitConsole(ctx, lab.Console(lab.HostA, vm, "primary"), "ftguest ready", 4*time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	runGuest(ctx, t, l, vm)
 	status := func() control.VMStatus {
 		t.Helper()
 		st, err := lab.Status(ctx, lab.HostA, vm)
