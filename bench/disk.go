@@ -78,7 +78,7 @@ func diskSide(ctx context.Context, s *Session, vm string, records int) (DiskSide
 	}
 	defer c.Close()
 	var lat []float64
-	l0, t0 := logBytes(ctx, vm), time.Now()
+	l0, t0 := bulkSnapshot(ctx, vm).logWritten, time.Now()
 	for n := 0; n < records; n++ {
 		start := time.Now()
 		resp, err := c.Do(fmt.Sprintf("rec %d bench-record-%d", n, n), 30*time.Second)
@@ -91,7 +91,7 @@ func diskSide(ctx context.Context, s *Session, vm string, records int) (DiskSide
 	side.FsyncMS = NewDist(lat)
 	side.RecordsPS = float64(records) / d.Seconds()
 	side.WriteKBs = side.RecordsPS * 512 / 1024
-	side.LogMbitS = mbit(logBytes(ctx, vm)-l0, d)
+	side.LogMbitS = mbit(bulkSnapshot(ctx, vm).logWritten-l0, d)
 	s.logf("records: %.0f/s, durable write p50 %.2f ms p99 %.2f ms", side.RecordsPS, side.FsyncMS.P50, side.FsyncMS.P99)
 	return side, nil
 }

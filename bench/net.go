@@ -37,6 +37,16 @@ type NetSide struct {
 	// RTTThrottledS is how long the throttle held the primary back during the
 	// request/response phase (0 unprotected): the round trips' tail follows it.
 	RTTThrottledS float64 `json:"rtt_throttled_s"`
+	// How long the CPU quota throttled the primary and the input pacer paced the
+	// network's frames to it during each bulk transfer, and the backup's lag at
+	// its end (all 0 unprotected): whether the lag bound, not the cores, set the
+	// protected rate.
+	ToClientThrottledS float64 `json:"guest_to_client_throttled_s"`
+	ToClientPacedS     float64 `json:"guest_to_client_paced_s"`
+	ToClientLagMSEnd   float64 `json:"guest_to_client_lag_ms_end"`
+	ToGuestThrottledS  float64 `json:"client_to_guest_throttled_s"`
+	ToGuestPacedS      float64 `json:"client_to_guest_paced_s"`
+	ToGuestLagMSEnd    float64 `json:"client_to_guest_lag_ms_end"`
 }
 
 // NetResult is `ftvmd bench net`'s summary: request/response latency and bulk TCP
@@ -189,12 +199,21 @@ func iperfMode(ctx context.Context, s *Session, vm string, protected bool, r *Ip
 	return nil
 }
 
-func logBytes(ctx context.Context, vm string) int64 {
+// bulkSnap is what one status call on the primary gives for a bulk phase: the log
+// bytes written and the seconds throttled and paced so far, and the lag now (zero
+// if the status cannot be read).
+type bulkSnap struct {
+	logWritten       int64
+	throttled, paced float64 // seconds
+	lagMS            float64
+}
+
+func bulkSnapshot(ctx context.Context, vm string) bulkSnap {
 	st, err := lab.Status(ctx, lab.HostA, vm)
 	if err != nil {
-		return 0
+		return bulkSnap{}
 	}
-	return st.LogWritten
+	return bulkSnap{logWritten: st.LogWritten, throttled: st.ThrottledSec, paced: st.PacedSec, lagMS: st.LagMS}
 }
 
 // rrSnap is what one status call on the primary gives for subtracting two of them:
@@ -283,7 +302,7 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 	if err != nil {
 		return side, err
 	}
-	l0, t0 := logBytes(ctx, vm), time.Now()
+	b0, t0 := bulkSnapshot(ctx, vm), time.Now()
 	_ = c.Conn.SetDeadline(time.Now().Add(10 * time.Minute))
 	if _, err := fmt.Fprintf(c.Conn, "get %d\n", n); err != nil {
 		return side, err
@@ -297,17 +316,20 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 	}
 	d := time.Since(t0)
 	side.ToClientMBs = float64(n) / (1 << 20) / d.Seconds()
-	side.ToClientLog = mbit(logBytes(ctx, vm)-l0, d)
+	b1 := bulkSnapshot(ctx, vm)
+	side.ToClientLog = mbit(b1.logWritten-b0.logWritten, d)
+	side.ToClientThrottledS, side.ToClientPacedS, side.ToClientLagMSEnd = b1.throttled-b0.throttled, b1.paced-b0.paced, b1.lagMS
 	c1, err := probe.snap()
 	if err != nil {
 		return side, err
 	}
 	side.ToClientCPU = use(c0, c1)
 	side.ToClientAgentACoresPerGbit = perGbit(side.ToClientCPU.AgentA, side.ToClientMBs)
-	s.logf("guest->client %.1f MB/s, cpu %+v", side.ToClientMBs, side.ToClientCPU)
+	s.logf("guest->client %.1f MB/s, throttled %.1f s, paced %.1f s, cpu %+v", side.ToClientMBs,
+		side.ToClientThrottledS, side.ToClientPacedS, side.ToClientCPU)
 
 	// Client -> guest: `put n`, n bytes, then `got n crc`.
-	l0, t0 = logBytes(ctx, vm), time.Now()
+	b0, t0 = b1, time.Now()
 	if _, err := fmt.Fprintf(c.Conn, "put %d\n", n); err != nil {
 		return side, err
 	}
@@ -331,13 +353,16 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 	}
 	d = time.Since(t0)
 	side.ToGuestMBs = float64(n) / (1 << 20) / d.Seconds()
-	side.ToGuestLogMbit = mbit(logBytes(ctx, vm)-l0, d)
+	b2 := bulkSnapshot(ctx, vm)
+	side.ToGuestLogMbit = mbit(b2.logWritten-b0.logWritten, d)
+	side.ToGuestThrottledS, side.ToGuestPacedS, side.ToGuestLagMSEnd = b2.throttled-b0.throttled, b2.paced-b0.paced, b2.lagMS
 	c2, err := probe.snap()
 	if err != nil {
 		return side, err
 	}
 	side.ToGuestCPU = use(c1, c2)
 	side.ToGuestAgentACoresPerGbit = perGbit(side.ToGuestCPU.AgentA, side.ToGuestMBs)
-	s.logf("client->guest %.1f MB/s, cpu %+v", side.ToGuestMBs, side.ToGuestCPU)
+	s.logf("client->guest %.1f MB/s, throttled %.1f s, paced %.1f s, cpu %+v", side.ToGuestMBs,
+		side.ToGuestThrottledS, side.ToGuestPacedS, side.ToGuestCPU)
 	return side, nil
 }
