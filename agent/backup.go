@@ -24,6 +24,7 @@ import (
 	"github.com/ftvmd/ftvmd/nicdump"
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
+	"github.com/ftvmd/ftvmd/sentinel"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
 
@@ -121,7 +122,7 @@ func (a *Agent) servePeer(ctx context.Context, c net.Conn, authenticated func())
 		r := peerReply{OK: err == nil, Host: a.cfg.Host, ConsoleMarks: err == nil, Synced: err == nil,
 			// Frames are numbered from the QEMU's start: a replay from a running VM's
 			// snapshot starts elsewhere than the primary's count.
-			NICDigests: err == nil && hello.Snapshot == nil}
+			NICDigests: err == nil && hello.Snapshot == nil, NICHash: nicHashFor(hello)}
 		if err != nil {
 			r.Error = err.Error()
 		}
@@ -215,6 +216,9 @@ type backup struct {
 	// nicCap: the replay's guest's transmitted frames, captured by its QEMU (the
 	// divergence sentinel's NIC half).
 	nicCap *nicdump.Capture
+	// nicHash is the frame checksum the primary's digests carry (nicHashFor).
+	nicHash     func([]byte) uint64
+	nicHashName string
 	// handedOff: the replaying QEMU went live in place and belongs to the primary
 	// now, with its tap: the backup's teardown leaves both alone.
 	handedOff atomic.Bool
@@ -362,6 +366,11 @@ func (a *Agent) startBackup(ctx context.Context, hello peerHello, c net.Conn) (_
 		snap:     hello.Snapshot,
 
 		returnAddr: hello.ReturnAddr,
+	}
+	b.nicHashName = nicHashFor(hello)
+	b.nicHash, _ = sentinel.HashFunc(b.nicHashName)
+	if b.nicHashName == sentinel.HashCRC64 {
+		b.nicHashName = "crc64"
 	}
 	if err := b.newLife(); err != nil {
 		return nil, err

@@ -37,6 +37,16 @@ func openNICCapture(dir string, cleanups *cleanupStack) (*nicdump.Capture, error
 	return c, nil
 }
 
+// nicHashFor is the frame checksum a backup uses for the NIC digests of the primary
+// that sent hello: the one the primary offered if this build knows it, else
+// CRC-64, what a primary that offers none computes. The reply names it.
+func nicHashFor(hello peerHello) string {
+	if _, ok := sentinel.HashFunc(hello.NICHash); ok {
+		return hello.NICHash
+	}
+	return sentinel.HashCRC64
+}
+
 // toWire turns a batch of digests, numbered consecutively, into a NIC message.
 func toWire(ds []sentinel.Digest) logging.NICDigests {
 	m := logging.NICDigests{First: ds[0].Seq, At: ds[len(ds)-1].At, Frames: make([]logging.NICFrame, len(ds))}
@@ -67,7 +77,7 @@ func (p *primary) sendNICDigests(ctx context.Context, s *logging.Sender, c *nicd
 		}
 		return st.Size()
 	}
-	err := c.Run(ctx, logging.MaxNICFrames, at, func(ds []sentinel.Digest) { s.NIC(toWire(ds)) })
+	err := c.Run(ctx, logging.MaxNICFrames, p.nicHash, at, func(ds []sentinel.Digest) { s.NIC(toWire(ds)) })
 	if err != nil {
 		p.log.Warn("divergence sentinel: the NIC capture is unreadable; no more frame digests", "err", err)
 	}
@@ -85,7 +95,7 @@ func (b *backup) checkNIC(ctx context.Context, prim <-chan logging.NICDigests, r
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
-		err := b.nicCap.Run(ctx, 256, nil, func(ds []sentinel.Digest) {
+		err := b.nicCap.Run(ctx, 256, b.nicHash, nil, func(ds []sentinel.Digest) {
 			select {
 			case rep <- ds:
 			case <-ctx.Done():
@@ -127,8 +137,8 @@ func (b *backup) checkNIC(ctx context.Context, prim <-chan logging.NICDigests, r
 		b.mu.Unlock()
 		if d := cmp.Diverged(); d != nil {
 			b.reportDivergence(d.String(), "frame", d.Primary.Seq, "replay_len", d.Replay.Len,
-				"replay_crc64", fmt.Sprintf("%016x", d.Replay.Hash), "primary_len", d.Primary.Len,
-				"primary_crc64", fmt.Sprintf("%016x", d.Primary.Hash), "primary_log_size", d.Primary.At,
+				"replay_checksum", fmt.Sprintf("%016x", d.Replay.Hash), "primary_len", d.Primary.Len,
+				"primary_checksum", fmt.Sprintf("%016x", d.Primary.Hash), "checksum", b.nicHashName, "primary_log_size", d.Primary.At,
 				"frames_matched", d.Matched)
 			return
 		}

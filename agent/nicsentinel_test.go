@@ -96,8 +96,21 @@ func waitStatus(t *testing.T, b *backup, what string, ok func() bool) {
 // The backup's NIC sentinel, wired: it reads its replay's capture FIFO and the
 // primary's digests; matching frames are counted as checked, and a frame that
 // differs makes the backup step down, saying which frame and where.
+// Under each frame checksum the agents negotiate: the backup computes its replay's
+// with the one the primary's digests carry.
 func TestBackupNICSentinelStepsDownOnDivergence(t *testing.T) {
+	for _, name := range []string{sentinel.HashCRC64, sentinel.HashCRC32Pair} {
+		t.Run("hash="+map[string]string{sentinel.HashCRC64: "crc64"}[name]+name, func(t *testing.T) { testNICSentinelStepsDown(t, name) })
+	}
+}
+
+func testNICSentinelStepsDown(t *testing.T, hashName string) {
 	b, dump, logs := testNICBackup(t)
+	hash, ok := sentinel.HashFunc(hashName)
+	if !ok {
+		t.Fatalf("checksum %q unknown", hashName)
+	}
+	b.nicHash = hash
 	b.positions.add(7000, 2_000_000)
 	b.replayed = 2_000_000
 	prim := make(chan logging.NICDigests, 16)
@@ -110,7 +123,7 @@ func TestBackupNICSentinelStepsDownOnDivergence(t *testing.T) {
 	digest := func(first int, at int64, frames ...[]byte) logging.NICDigests {
 		m := logging.NICDigests{First: uint64(first), At: at}
 		for _, f := range frames {
-			m.Frames = append(m.Frames, logging.NICFrame{Len: uint32(len(f)), Hash: sentinel.FrameHash(f)})
+			m.Frames = append(m.Frames, logging.NICFrame{Len: uint32(len(f)), Hash: hash(f)})
 		}
 		return m
 	}
@@ -186,5 +199,21 @@ func TestBackupNICQueueDrops(t *testing.T) {
 	on(logging.NICDigests{})
 	if st := b.status(); st.NICDropped != 2 {
 		t.Fatalf("dropped %d, want 2", st.NICDropped)
+	}
+}
+
+// The frame checksum a backup answers a primary's hello with: the one offered if it
+// knows it, else CRC-64, which is also what a primary that offers none (an older
+// one) computes. The primary side takes the reply's (primary.go) and gives up NIC
+// digests for a name it does not know.
+func TestNICHashFor(t *testing.T) {
+	for _, c := range []struct{ offered, want string }{
+		{"", sentinel.HashCRC64},
+		{sentinel.HashCRC32Pair, sentinel.HashCRC32Pair},
+		{"blake3", sentinel.HashCRC64},
+	} {
+		if got := nicHashFor(peerHello{NICHash: c.offered}); got != c.want {
+			t.Errorf("offered %q: answered %q, want %q", c.offered, got, c.want)
+		}
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/ftvmd/ftvmd/qemu"
 	"github.com/ftvmd/ftvmd/replay"
 	"github.com/ftvmd/ftvmd/rrcheck"
+	"github.com/ftvmd/ftvmd/sentinel"
 	"github.com/ftvmd/ftvmd/throttle"
 	"github.com/ftvmd/ftvmd/vmspec"
 )
@@ -53,6 +54,10 @@ type peerHello struct {
 	// DataPath is the primary's NIC type: the replay must use the same (a log
 	// recorded on a tap does not replay on a datagram NIC). Empty means relay.
 	DataPath DataPath `json:"data_path,omitempty"`
+	// NICHash names the frame checksum (package sentinel) the primary offers for
+	// its NIC digests; the backup's reply says which one both use (an older
+	// backup ignores it and both use sentinel.HashCRC64).
+	NICHash string `json:"nic_hash,omitempty"`
 	// Snapshot: the backup starts from a snapshot of the running VM (protect.go),
 	// at StartOffset of the log, and protects it only once told (MsgSynced).
 	Snapshot *snapshotStart `json:"snapshot,omitempty"`
@@ -75,6 +80,10 @@ type peerReply struct {
 	// transmits (logging.MsgNIC), the sentinel's NIC half; the primary then has its
 	// QEMU capture them. An older backup leaves it out and gets none.
 	NICDigests bool `json:"nic_digests,omitempty"`
+	// NICHash is the frame checksum both ends compute for them: the hello's
+	// NICHash when this backup knows it, else empty (sentinel.HashCRC64, what an
+	// older backup computes).
+	NICHash string `json:"nic_hash,omitempty"`
 }
 
 // primary runs the recording QEMU, streams its log and holds its output.
@@ -121,6 +130,7 @@ type primary struct {
 	// the capture of the guest's transmitted frames they are computed from.
 	nicDigests bool
 	nicCap     *nicdump.Capture
+	nicHash    func([]byte) uint64 // the checksum the backup compares (peerReply.NICHash)
 
 	cancel   context.CancelFunc
 	vmCtx    context.Context // the VM's goroutines' context (set in startStreams, under mu)
@@ -386,7 +396,7 @@ func (p *primary) connectBackup(ctx context.Context) error {
 		return err
 	}
 	p.addCleanup(conn.Close)
-	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch, Disk: img, Engine: p.a.engine.Name, StallReports: true, DataPath: p.dataPath, ReturnAddr: p.a.returnAddr(conn)}); err != nil {
+	if err := logging.WriteHello(conn, peerHello{Op: "backup", From: p.a.cfg.Host, Spec: p.spec, StartOffset: replay.HeaderSize, Epoch: p.epoch, Disk: img, Engine: p.a.engine.Name, StallReports: true, DataPath: p.dataPath, ReturnAddr: p.a.returnAddr(conn), NICHash: sentinel.HashCRC32Pair}); err != nil {
 		return fmt.Errorf("backup %s: %w", p.peer, err)
 	}
 	var reply peerReply
@@ -408,6 +418,13 @@ func (p *primary) connectBackup(ctx context.Context) error {
 	p.backupHost = reply.Host
 	p.consoleMarks = reply.ConsoleMarks
 	p.nicDigests = reply.NICDigests
+	if h, ok := sentinel.HashFunc(reply.NICHash); ok {
+		p.nicHash = h
+	} else if p.nicDigests {
+		// Not one we offered: digests the backup would misread are worse than none.
+		p.log.Warn("divergence sentinel: the backup named an unknown frame checksum; no NIC digests", "nic_hash", reply.NICHash)
+		p.nicDigests = false
+	}
 	if img != nil {
 		// The image is quiet: QEMU starts only after the copy.
 		p.log.Info("copying disk to backup", "image", p.spec.Disk, "bytes", img.Size)

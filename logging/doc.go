@@ -45,7 +45,7 @@
 //	              now on; sent only to a backup that set
 //	              ReceiverConfig.OnSynced and said so)
 //	10 NIC        first frame number u64 | primary log size u64 |
-//	              1..512 x (frame length u32 | crc64 u64): digests of
+//	              1..512 x (frame length u32 | checksum u64): digests of
 //	              consecutive frames the primary's guest transmitted, the
 //	              sentinel's NIC half; sent only to a backup that set
 //	              ReceiverConfig.OnNIC and said so

@@ -9,13 +9,13 @@ import (
 // Wire sizes of a NIC message (MsgNIC).
 const (
 	NICHeaderSize = 16 // first frame number u64, primary log size u64
-	NICEntrySize  = 12 // frame length u32, crc64 u64
+	NICEntrySize  = 12 // frame length u32, checksum u64
 	// MaxNICFrames is the most frames one NIC message describes.
 	MaxNICFrames = 512
 )
 
 // NICFrame is one frame the primary's guest transmitted: its length and checksum
-// (sentinel.FrameHash).
+// (sentinel.HashFunc: the one the agents' hello agreed on, CRC-64 by default).
 type NICFrame struct {
 	Len  uint32
 	Hash uint64

@@ -163,11 +163,14 @@ func (c *Capture) Close() error {
 
 // Run reads the capture until ctx ends (nil) or the stream fails (an error), then
 // closes the FIFO. It hands emit the digests of the frames it read, numbered from 0,
-// in batches of at most max, a batch as soon as the FIFO holds no more; at is
-// called once per batch (nil: 0) and its value stored in the last digest's At.
-// emit must not block for long: while it does, QEMU's transmissions wait once the
-// pipe is full.
-func (c *Capture) Run(ctx context.Context, max int, at func() int64, emit func([]sentinel.Digest)) error {
+// with their checksums by hash (nil: sentinel.FrameHash), in batches of at most max,
+// a batch as soon as the FIFO holds no more; at is called once per batch (nil: 0)
+// and its value stored in the last digest's At. emit must not block for long: while
+// it does, QEMU's transmissions wait once the pipe is full.
+func (c *Capture) Run(ctx context.Context, max int, hash func([]byte) uint64, at func() int64, emit func([]sentinel.Digest)) error {
+	if hash == nil {
+		hash = sentinel.FrameHash
+	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { _ = c.f.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -193,8 +196,7 @@ func (c *Capture) Run(ctx context.Context, max int, at func() int64, emit func([
 			}
 			return err
 		}
-		d := Digest(f, wire)
-		d.Seq = seq
+		d := sentinel.Digest{Seq: seq, Len: wire, Hash: hash(f)}
 		seq++
 		c.frames.Add(1)
 		c.bytes.Add(uint64(len(f)))

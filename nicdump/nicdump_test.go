@@ -122,7 +122,7 @@ func TestCaptureFIFO(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- c.Run(ctx, 8, func() int64 { return 4242 }, func(ds []sentinel.Digest) {
+		done <- c.Run(ctx, 8, nil, func() int64 { return 4242 }, func(ds []sentinel.Digest) {
 			if len(ds) > 8 || ds[len(ds)-1].At != 4242 {
 				t.Errorf("batch of %d, last at %d", len(ds), ds[len(ds)-1].At)
 			}

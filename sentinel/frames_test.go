@@ -87,7 +87,7 @@ func TestFlippedByteIsFound(t *testing.T) {
 			d.Primary.At != ds[k].At || d.Matched != uint64(k) || d.LastMatched != int64(k)-1 {
 			t.Fatalf("seed %d: frame %d differs, reported %+v", seed, k, d)
 		}
-		for _, w := range []string{"#" + strconv.Itoa(k), "crc64", "log held"} {
+		for _, w := range []string{"#" + strconv.Itoa(k), "checksum", "log held"} {
 			if !strings.Contains(d.String(), w) {
 				t.Fatalf("report %q lacks %q", d, w)
 			}
@@ -262,4 +262,49 @@ func FuzzFrameComparer(f *testing.F) {
 			t.Fatalf("identical streams, small bounds: %v", d)
 		}
 	})
+}
+
+// The checksums by name, against their standard check values (the CRCs of
+// "123456789"): CRC-64/ECMA as Go computes it (crc64.ECMA), CRC-32C 0xe3069283 and
+// CRC-32 0xcbf43926 side by side. An unknown name is refused, not defaulted.
+func TestHashFunc(t *testing.T) {
+	check := []byte("123456789")
+	for _, c := range []struct {
+		name string
+		want uint64
+	}{{HashCRC64, 0x995dc9bbdf1939fa}, {HashCRC32Pair, 0xe3069283_cbf43926}} {
+		h, ok := HashFunc(c.name)
+		if !ok {
+			t.Fatalf("%q: unknown", c.name)
+		}
+		if got := h(check); got != c.want {
+			t.Errorf("%q: %016x, want %016x", c.name, got, c.want)
+		}
+	}
+	if h, ok := HashFunc("crc16"); ok || h != nil {
+		t.Error("an unknown checksum was accepted")
+	}
+	// One flipped bit changes each half.
+	f := []byte(strings.Repeat("frame bytes ", 100))
+	a := FrameHashCRC32Pair(f)
+	f[500] ^= 1
+	b := FrameHashCRC32Pair(f)
+	if a>>32 == b>>32 || uint32(a) == uint32(b) {
+		t.Errorf("one bit flipped: %016x -> %016x", a, b)
+	}
+}
+
+func BenchmarkFrameHash(b *testing.B) {
+	for _, n := range []int{66, 1514, 65536} {
+		p := make([]byte, n)
+		for _, h := range []string{HashCRC64, HashCRC32Pair} {
+			f, _ := HashFunc(h)
+			b.Run(strconv.Itoa(n)+"/"+map[string]string{HashCRC64: "crc64", HashCRC32Pair: "crc32pair"}[h], func(b *testing.B) {
+				b.SetBytes(int64(n))
+				for b.Loop() {
+					f(p)
+				}
+			})
+		}
+	}
 }

@@ -90,7 +90,7 @@ func TestNICSentinel(t *testing.T) {
 	asked := time.Now()
 	b = waitBackupDiverged(ctx, t, vm)
 	t.Logf("sentinel fired %s after the reply: %s", time.Since(asked).Round(time.Millisecond), b.Divergence)
-	for _, w := range []string{"NIC frame #", "icount", "log offset", "crc64"} {
+	for _, w := range []string{"NIC frame #", "icount", "log offset", "checksum"} {
 		if !strings.Contains(b.Divergence, w) {
 			t.Errorf("the divergence report lacks %q: %s", w, b.Divergence)
 		}
