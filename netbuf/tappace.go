@@ -83,6 +83,10 @@ type TapPacer struct {
 	cfg TapPacerConfig
 	log *slog.Logger
 
+	// io serialises the calls to the Shaper (the kernel's); mu guards the
+	// state below and is never held across one, so PacerStats never waits on the
+	// kernel.
+	io        sync.Mutex
 	mu        sync.Mutex
 	pacer     *throttle.Pacer
 	installed bool            // the qdisc is in place as far as we know
@@ -129,30 +133,43 @@ func shapeBurst(rate uint64, mtu int) uint32 {
 // Pace feeds the pacer one lag sample with the traffic since the last one, then
 // applies its rate to the tap: installs the qdisc when pacing engages, changes it
 // when the rate moves, removes it when pacing ends.
+//
+// The kernel calls (netlink) run outside the lock that PacerStats takes: a call
+// that blocks holds up the next Pace, ReleasePacing and Close, never the status.
 func (tp *TapPacer) Pace(s throttle.Sample) {
+	tp.io.Lock()
+	defer tp.io.Unlock()
 	tp.mu.Lock()
-	defer tp.mu.Unlock()
-	if tp.closed {
+	closed := tp.closed
+	tp.mu.Unlock()
+	if closed {
 		return
 	}
-	tp.pacer.Account(tp.traffic())
+	c, cerr := tp.cfg.Shaper.Counters()
+	tp.mu.Lock()
+	if tp.closed {
+		tp.mu.Unlock()
+		return
+	}
+	tp.pacer.Account(tp.traffic(c, cerr))
 	was := tp.pacer.Active()
 	tp.pacer.Observe(s, tp.cfg.Now())
 	active, rate := tp.pacer.Active(), tp.pacer.Rate()
+	tp.mu.Unlock()
+	if cerr != nil {
+		tp.log.Warn("netbuf: read the tap's counters for pacing", "err", cerr)
+	}
 	if was != active {
 		tp.log.Info("netbuf: pacing network input on the tap", "active", active, "rate_bps", rate, "lag_ms", s.Lag.Milliseconds())
 	}
-	tp.apply()
+	tp.apply(active, rate)
 }
 
-// traffic reads the counters and returns what changed since the last sample. A
-// failed read counts as no traffic (and an error): the pacer then engages at its
-// floor rather than not at all.
-func (tp *TapPacer) traffic() throttle.Traffic {
-	c, err := tp.cfg.Shaper.Counters()
+// traffic returns what changed since the last sample, from counters c read just
+// now. A failed read counts as no traffic (and an error). Called with mu held.
+func (tp *TapPacer) traffic(c ShaperCounters, err error) throttle.Traffic {
 	if err != nil {
 		tp.errs++
-		tp.log.Warn("netbuf: read the tap's counters for pacing", "err", err)
 		return throttle.Traffic{}
 	}
 	var t throttle.Traffic
@@ -188,68 +205,94 @@ func sinceOr0(now, before uint64) uint64 {
 	return now
 }
 
-// apply makes the qdisc match the pacer: a failure is counted and tried again at
-// the next sample.
-func (tp *TapPacer) apply() {
-	if !tp.pacer.Active() {
+// apply makes the qdisc match the pacer's decision (active, rate): a failure is
+// counted and tried again at the next sample. Called with io held, mu not.
+func (tp *TapPacer) apply(active bool, rate float64) {
+	if !active {
 		tp.clear()
 		return
 	}
-	rate := uint64(math.Round(tp.pacer.Rate()))
-	if tp.installed && rate == tp.applied {
+	r := uint64(math.Round(rate))
+	tp.mu.Lock()
+	same := tp.installed && r == tp.applied
+	tp.mu.Unlock()
+	if same {
 		return
 	}
-	burst := shapeBurst(rate, tp.cfg.MTU)
-	if err := tp.cfg.Shaper.Set(rate, burst, uint32(tp.cfg.QueueBytes)); err != nil {
+	burst := shapeBurst(r, tp.cfg.MTU)
+	if err := tp.cfg.Shaper.Set(r, burst, uint32(tp.cfg.QueueBytes)); err != nil {
+		tp.mu.Lock()
 		tp.errs++
-		tp.log.Warn("netbuf: pace the tap: the guest's network input is not paced", "rate_bps", rate, "err", err)
+		tp.mu.Unlock()
+		tp.log.Warn("netbuf: pace the tap: the guest's network input is not paced", "rate_bps", r, "err", err)
 		return
 	}
-	if !tp.installed {
-		tp.log.Debug("netbuf: tap shaped", "rate_bps", rate, "burst", burst, "limit", tp.cfg.QueueBytes)
+	tp.mu.Lock()
+	first := !tp.installed
+	tp.installed, tp.applied = true, r
+	tp.mu.Unlock()
+	if first {
+		tp.log.Debug("netbuf: tap shaped", "rate_bps", r, "burst", burst, "limit", tp.cfg.QueueBytes)
 	}
-	tp.installed, tp.applied = true, rate
 }
 
-// clear removes the qdisc if it is installed.
+// clear removes the qdisc if it is installed. Called with io held, mu not.
 func (tp *TapPacer) clear() {
-	if !tp.installed {
+	tp.mu.Lock()
+	installed := tp.installed
+	tp.mu.Unlock()
+	if !installed {
 		return
 	}
 	if err := tp.cfg.Shaper.Clear(); err != nil {
+		tp.mu.Lock()
 		tp.errs++
+		tp.mu.Unlock()
 		tp.log.Warn("netbuf: remove the tap's pacing qdisc", "err", err)
 		return // tried again at the next sample
 	}
+	tp.mu.Lock()
 	tp.installed, tp.applied, tp.backlog, tp.backlogN = false, 0, 0, 0
+	tp.mu.Unlock()
 }
 
 // ReleasePacing ends pacing at once (the VM is no longer protected) and removes
 // the qdisc: what it held goes to QEMU.
 func (tp *TapPacer) ReleasePacing() {
 	tp.mu.Lock()
-	defer tp.mu.Unlock()
 	tp.pacer.Release()
-	tp.clear()
 	// The next protection counts its traffic from its own first sample.
 	tp.last = nil
+	tp.mu.Unlock()
+	tp.io.Lock()
+	defer tp.io.Unlock()
+	tp.clear()
 }
 
 // Close releases pacing for good: later samples change nothing. It returns the
 // error of removing the qdisc, if that failed.
 func (tp *TapPacer) Close() error {
 	tp.mu.Lock()
-	defer tp.mu.Unlock()
 	tp.closed = true
 	tp.pacer.Release()
-	if !tp.installed {
+	tp.mu.Unlock()
+	tp.io.Lock()
+	defer tp.io.Unlock()
+	tp.mu.Lock()
+	installed := tp.installed
+	tp.mu.Unlock()
+	if !installed {
 		return nil
 	}
 	if err := tp.cfg.Shaper.Clear(); err != nil {
+		tp.mu.Lock()
 		tp.errs++
+		tp.mu.Unlock()
 		return fmt.Errorf("netbuf: remove the tap's pacing qdisc: %w", err)
 	}
+	tp.mu.Lock()
 	tp.installed = false
+	tp.mu.Unlock()
 	return nil
 }
 

@@ -235,3 +235,50 @@ func TestShapeBurst(t *testing.T) {
 		}
 	}
 }
+
+// blockingShaper is a fakeShaper whose Set blocks until release is closed, as a
+// netlink call stuck in the kernel would.
+type blockingShaper struct {
+	fakeShaper
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingShaper) Set(rate uint64, burst, limit uint32) error {
+	close(b.entered)
+	<-b.release
+	return b.fakeShaper.Set(rate, burst, limit)
+}
+
+// A kernel call that blocks holds up the next sample, never the pacer's stats
+// (the agent's status and its ack loop read them): before, Pace held the lock
+// PacerStats takes across its netlink calls.
+func TestTapPacerStatsDoNotWaitOnTheKernel(t *testing.T) {
+	sh := &blockingShaper{entered: make(chan struct{}), release: make(chan struct{})}
+	now := time.Unix(0, 0)
+	tp := newTestTapPacer(t, sh, &now)
+	tp.Pace(throttle.Sample{}) // the base
+	now = now.Add(100 * time.Millisecond)
+	sh.tx += 1.6e6
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tp.Pace(throttle.Sample{Lag: 150 * time.Millisecond}) // engages: Set blocks
+	}()
+	<-sh.entered
+	got := make(chan throttle.PacerStats, 1)
+	go func() { got <- tp.PacerStats() }()
+	select {
+	case st := <-got:
+		if !st.Active || st.Rate != 8e6 {
+			t.Fatalf("stats while the qdisc is being set: %+v, want active at 8 MB/s", st)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("PacerStats waited on a blocked netlink call")
+	}
+	close(sh.release)
+	<-done
+	if !sh.installed || sh.rate != 8e6 {
+		t.Fatalf("after the call returned: %+v", sh.fakeShaper)
+	}
+}

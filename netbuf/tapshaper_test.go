@@ -125,12 +125,14 @@ func TestTapShaperInNetns(t *testing.T) {
 	}
 	var root *netlink.Tbf
 	if err := ns.do(func() (err error) {
-		l, err := netlink.LinkByName(tap)
-		if err != nil {
+		return withHandle(func(h *netlink.Handle) error {
+			l, err := h.LinkByName(tap)
+			if err != nil {
+				return err
+			}
+			root, err = rootTbf(h, l)
 			return err
-		}
-		root, err = rootTbf(l)
-		return err
+		})
 	}); err != nil || root == nil {
 		t.Fatalf("no tbf at the tap's root after Set: %v", err)
 	}
