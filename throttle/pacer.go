@@ -168,7 +168,13 @@ func (p *Pacer) Observe(s Sample, now time.Time) {
 	setPoint := p.cfg.Bound / 2
 	switch {
 	case !p.active:
-		if s.Lag > p.cfg.Bound {
+		// Engage only on a rate measured over a real period. The first sample
+		// after NewPacer or Release has none (flowing reads 0), and in the agent
+		// it is the backup's catch-up from a protection's start, seconds of lag:
+		// engaged on it, the pacer went to its floor whatever the traffic and
+		// released again a second later. The next sample, a throttle period later,
+		// has the rate.
+		if s.Lag > p.cfg.Bound && dt > 0 {
 			p.engage(s.Lag, flowing, now)
 		}
 	case s.Lag > setPoint:

@@ -454,18 +454,26 @@ func TestPacerAccountedTraffic(t *testing.T) {
 
 // A pacer released when the backup is lost, which then passes the traffic of an
 // unprotected while, behaves at the next protection as a new pacer does: its first
-// sample sees only its own period's traffic, not the unprotected time in between
-// read as one sample period (here: the first sample after protecting a running VM
-// already over the bound, as a backup catching up from a snapshot may be).
+// sample only starts a period (the unprotected time in between is not read as one
+// sample period), and the second engages on the traffic of that period (here: a
+// protection of a running VM already over the bound, as a backup catching up from
+// a snapshot may be).
 func TestPacerReleasedStartsAfresh(t *testing.T) {
-	protect := func(p *Pacer, start time.Time) PacerStats {
+	protect := func(p *Pacer, start time.Time) (first, second PacerStats) {
 		// 1.2 MB in the 100 ms before the first sample, the lag over the bound.
 		offerAll(p, 800, 1500, start.Add(-50*time.Millisecond))
 		p.Observe(Sample{Lag: 150 * time.Millisecond}, start)
-		return p.Stats()
+		first = p.Stats()
+		// 0.6 MB in the next 100 ms: 6 MB/s.
+		offerAll(p, 400, 1500, start.Add(50*time.Millisecond))
+		p.Observe(Sample{Lag: 160 * time.Millisecond}, start.Add(100*time.Millisecond))
+		return first, p.Stats()
 	}
 	fresh := newTestPacer(t, PacerConfig{MinRate: 1000})
-	want := protect(fresh, time.Unix(100, 0))
+	first, want := protect(fresh, time.Unix(100, 0))
+	if first.Active || !want.Active || want.Rate != 3e6 {
+		t.Fatalf("a new pacer: after its first sample %+v, after its second %+v; want unpaced, then paced at 3 MB/s", first, want)
+	}
 
 	p := newTestPacer(t, PacerConfig{MinRate: 1000})
 	p.Observe(Sample{}, time.Unix(0, 0))
@@ -478,8 +486,32 @@ func TestPacerReleasedStartsAfresh(t *testing.T) {
 			t.Fatalf("unprotected, second %d: verdicts %v, want all sent", i, v)
 		}
 	}
-	got := protect(p, time.Unix(100, 0))
-	if !got.Active || got.Rate != want.Rate {
-		t.Fatalf("re-protected: active %v at %.0f B/s; a new pacer engages at %.0f B/s", got.Active, got.Rate, want.Rate)
+	first, got := protect(p, time.Unix(100, 0))
+	if first.Active || !got.Active || got.Rate != want.Rate {
+		t.Fatalf("re-protected: after the first sample %+v, after the second %+v; a new pacer engages at %.0f B/s", first, got, want.Rate)
+	}
+}
+
+// The first sample of a pacer (new, or released) has no period: however far over
+// the bound, it does not engage; before, it engaged at the floor, with no
+// traffic measured, and the agent's first sample of each protection (the backup's
+// catch-up, 4.8 s in the lab) paced the guest at 256 KiB/s for a second.
+func TestPacerFirstSampleDoesNotEngage(t *testing.T) {
+	p := newTestPacer(t, PacerConfig{MinRate: 256 << 10})
+	now := time.Unix(0, 0)
+	for round := range 2 {
+		p.Account(Traffic{Bytes: 50e6}) // whatever passed before: no period to divide it by
+		p.Observe(Sample{Lag: 4800 * time.Millisecond}, now)
+		if st := p.Stats(); st.Active || st.Engaged != uint64(round) {
+			t.Fatalf("round %d: engaged on the first sample: %+v", round, st)
+		}
+		now = now.Add(100 * time.Millisecond)
+		p.Account(Traffic{Bytes: 1e6}) // 10 MB/s over a real period
+		p.Observe(Sample{Lag: 4700 * time.Millisecond}, now)
+		if st := p.Stats(); !st.Active || st.Rate != 5e6 {
+			t.Fatalf("round %d: second sample: %+v, want paced at 5 MB/s", round, st)
+		}
+		p.Release()
+		now = now.Add(time.Minute)
 	}
 }
