@@ -138,7 +138,10 @@ type primary struct {
 	tailWake chan struct{} // cap 1: a held frame waits for the log
 	wg       sync.WaitGroup
 
-	mu          sync.Mutex
+	mu sync.Mutex
+	// act applies the throttle's quota and the input pacing off the ack loop
+	// (set in startStreams; nil before: nothing to apply then).
+	act         *actuator
 	drainGen    uint64 // a planned failover's drain wait stops when this moves
 	aborted     bool   // the backup was told this primary failed (AbortChannel)
 	written     int64
@@ -883,7 +886,14 @@ func (p *primary) openLog(ctx context.Context) error {
 func (p *primary) startStreams(context.Context) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
+	var quota func(float64) error
+	if p.cg != nil {
+		quota = p.cg.SetQuota
+	}
+	act := newActuator(p.log, p.pace, quota, slowActuation)
+	act.start(ctx, p.go1)
 	p.mu.Lock()
+	p.act = act
 	p.vmCtx = ctx
 	if p.live != nil {
 		p.aloneAt = time.Now() // live after the failover: claim and go-live are behind
@@ -1112,6 +1122,13 @@ func (p *primary) tail(ctx context.Context) {
 func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	// The decisions of this loop belong to the protection it serves: once that
+	// ends (actuator.release) they are dropped.
+	act := p.actuator()
+	gen := act.generation()
+	// The first acks of a protection measure the catch-up, not the pair's pace:
+	// see catchingUp.
+	var cu catchUp
 	for {
 		select {
 		case <-ctx.Done():
@@ -1121,6 +1138,9 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 			p.bw.add(time.Now(), p.written)
 			p.mu.Unlock()
 		case ack := <-s.Acks():
+			// Nothing in this case may wait on the kernel beyond the output rule:
+			// the acks are what releases the guest's output. The quota and the
+			// pacing are applied by the actuator's own goroutines.
 			st := s.Stats()
 			p.out.Sent(st.Sent)
 			p.out.Ack(ack.Offset)
@@ -1144,7 +1164,7 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 			// reports progress off its FIFO (qemu.FeedWatch) an idle backup's age lag
 			// is a few ms, and the work lag, an estimate from a peak rate, read 82 ms
 			// at p99 while the age lag's p99 was 250 ms on a busy guest.
-			observe := now.Sub(p.lastObserve) >= throttleEvery
+			observe := now.Sub(p.lastObserve) >= throttleEvery && !cu.skip(lag, p.bound(), now)
 			if observe {
 				p.lastObserve = now
 				q = p.ctrl.Observe(throttle.Sample{Lag: lag, PrimaryRate: p.ipsP.rate(), BackupRate: p.ipsB.rate()}, now)
@@ -1152,24 +1172,66 @@ func (p *primary) ackLoop(ctx context.Context, s *logging.Sender) {
 			}
 			p.mu.Unlock()
 			p.logBackupStall(prevStall, ack.Stall)
-			if observe && p.pace != nil {
+			if observe {
 				// The same sample paces the frames from the network (the quota
 				// cannot slow them), at the same cadence for the same reason.
-				p.pace.Pace(throttle.Sample{Lag: lag})
-			}
-			if observe {
+				act.pacing(gen, throttle.Sample{Lag: lag})
 				paced := p.pace != nil && p.pace.PacerStats().Active
 				p.noteEpisodes(q < 1, paced, now, lag)
 			}
-			if p.cg != nil && (q < old*0.98 || q > old*1.02 || (q == 1 && old < 1)) {
-				if err := p.cg.SetQuota(q); err != nil {
-					p.log.Warn("throttle", "err", err)
-				} else {
-					p.log.Debug("throttle", "quota", q, "lag_ms", lag.Milliseconds(), "work_lag_ms", work.Milliseconds())
-				}
+			if q < old*0.98 || q > old*1.02 || (q == 1 && old < 1) {
+				act.setQuota(gen, q, lag, work)
 			}
 		}
 	}
+}
+
+// actuator is p.act, read under mu.
+func (p *primary) actuator() *actuator {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.act
+}
+
+// bound is the VM's lag bound.
+func (p *primary) bound() time.Duration {
+	return time.Duration(p.spec.LagBoundMS) * time.Millisecond
+}
+
+// catchUp tells the acks of a protection's catch-up from the rest. A backup
+// starts behind by however long its start took (a snapshot copied and restored
+// while the guest ran on, or a replaying QEMU starting beside a booting one): the
+// first lag sample read 4.8 s after each in-place re-protection in the lab. Fed
+// to the throttle and the pacer, that sample clamped the quota and engaged pacing
+// at its floor (the pacer had no traffic rate yet), both released a second
+// later, for a lag the primary's speed did not cause and the output rule does
+// not wait on (output is held only once the catch-up is done).
+//
+// So samples over the bound do not reach them until the lag first falls within
+// it, or for at most catchUpGrace from the first ack: a backup that cannot catch
+// up with a primary at full speed is throttled after that, as before.
+type catchUp struct {
+	first time.Time
+	done  bool
+}
+
+// catchUpGrace is how long the catch-up's samples are kept from the throttle at
+// most.
+const catchUpGrace = 3 * time.Second
+
+// skip reports whether a sample of lag at now is still the catch-up's.
+func (c *catchUp) skip(lag, bound time.Duration, now time.Time) bool {
+	if c.done {
+		return false
+	}
+	if c.first.IsZero() {
+		c.first = now
+	}
+	if lag <= bound || now.Sub(c.first) >= catchUpGrace {
+		c.done = true
+		return false
+	}
+	return true
 }
 
 // logBackupStall logs and journals the backup's replay entering and leaving a
@@ -1318,13 +1380,11 @@ func (p *primary) exec(a lifecycle.Action) {
 			p.mu.Unlock()
 		}
 		p.out.SetMode(outputrule.Unprotected)
-		if p.pace != nil {
-			p.pace.ReleasePacing() // no backup to wait for: the held frames go
-		}
+		// No backup to wait for: the held frames go, the quota goes back to a
+		// whole CPU (on the actuator's goroutines: this must not block), and
+		// what this protection's ack loop still decides is dropped.
+		p.actuator().release()
 		p.noteEpisodes(false, false, time.Now(), 0)
-		if p.cg != nil {
-			_ = p.cg.SetQuota(1)
-		}
 		p.log.Warn("vm unprotected", "reason", a.Reason)
 	case lifecycle.ActionHaltOutput:
 		if p.out != nil {
@@ -1557,6 +1617,9 @@ func (p *primary) status() control.VMStatus {
 		// one source, filled once.
 		fillPacingStatus(&st, p.pace.PacerStats())
 	}
+	quotaErrs, paceStuck, quotaStuck := p.act.errors()
+	st.PaceErrors += paceStuck
+	st.ThrottleErrors = quotaErrs + quotaStuck
 	if p.bkStallRep {
 		fillBackupStallStatus(&st, p.bkStall)
 	}

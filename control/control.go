@@ -295,6 +295,11 @@ type VMStatus struct {
 	// qdisc could not be installed, changed or removed, or its counters read):
 	// the guest's input then went unpaced; the CPU quota still worked.
 	PaceErrors uint64 `json:"pace_errors,omitempty"`
+	// ThrottleErrors counts failures to set the CPU quota (the cgroup write
+	// failed, or took longer than 2 s): the quota then stayed where it was. A
+	// pacing call that took longer than 2 s counts in PaceErrors. Neither holds
+	// the acks that release the guest's output: both are applied off that path.
+	ThrottleErrors uint64 `json:"throttle_errors,omitempty"`
 
 	// QEMU liveness: the agent asks this copy's QEMU query-status every second.
 	// QEMUUnresponsive: the oldest probe not answered since the last answer has

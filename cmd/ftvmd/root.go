@@ -519,6 +519,9 @@ func printStatus(w io.Writer, resp control.Response) {
 					throttle += " (its floor, and the backup still falls behind: the backup's host is short of CPU for the replay)"
 				}
 			}
+			if v.ThrottleErrors > 0 {
+				throttle += fmt.Sprintf("; %d failures to set the quota", v.ThrottleErrors)
+			}
 			fmt.Fprintf(tw, "throttle\t%s  (throttled %.1f s in all)\n", throttle, v.ThrottledSec)
 			fmt.Fprintf(tw, "net pacing\t%s\n", pacingLine(v))
 			fmt.Fprintf(tw, "output\theld %d frames / %s, oldest %.1f ms; released %d; added delay avg %.2f ms max %.2f ms p50 %.2f ms p99 %.2f ms; backpressure %d\n",
@@ -634,7 +637,7 @@ func pacingLine(v control.VMStatus) string {
 	}
 	s := fmt.Sprintf("%s  (paced %.1f s in all, %d frames held, %d dropped)", state, v.PacedSec, v.PacedFrames, v.PaceDrops)
 	if v.PaceErrors > 0 {
-		s += fmt.Sprintf("; %d failures to apply the rate to the tap", v.PaceErrors)
+		s += fmt.Sprintf("; %d failures to apply the rate", v.PaceErrors)
 	}
 	return s
 }
