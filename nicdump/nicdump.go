@@ -38,6 +38,15 @@ const MaxFrame = 4096 + 65536
 // frames while the reader is descheduled.
 const PipeSize = 1 << 20
 
+// Gather is how long Run lets frames gather in the FIFO after it emptied it with a
+// small batch (under a quarter of its largest) before it reads again. A guest that
+// receives a bulk stream transmits a trickle of small frames (its ACKs): read as they
+// came, each was a read, a wake-up and a batch of its own on both agents, and on the
+// primary a digest message on the log channel. The pipe (PipeSize) fills in Gather
+// only above 500 MB/s, and a busier guest fills the batches, which Run then reads
+// without pausing.
+const Gather = 2 * time.Millisecond
+
 // ErrFormat: the stream is not the pcap QEMU writes, or is corrupt.
 var ErrFormat = errors.New("nicdump: not a QEMU packet capture")
 
@@ -164,9 +173,10 @@ func (c *Capture) Close() error {
 // Run reads the capture until ctx ends (nil) or the stream fails (an error), then
 // closes the FIFO. It hands emit the digests of the frames it read, numbered from 0,
 // with their checksums by hash (nil: sentinel.FrameHash), in batches of at most max,
-// a batch as soon as the FIFO holds no more; at is called once per batch (nil: 0)
-// and its value stored in the last digest's At. emit must not block for long: while
-// it does, QEMU's transmissions wait once the pipe is full.
+// a batch as soon as the FIFO holds no more (after a small one it waits Gather
+// before reading on); at is called once per batch (nil: 0) and its value stored in
+// the last digest's At. emit must not block for long: while it does, QEMU's
+// transmissions wait once the pipe is full.
 func (c *Capture) Run(ctx context.Context, max int, hash func([]byte) uint64, at func() int64, emit func([]sentinel.Digest)) error {
 	if hash == nil {
 		hash = sentinel.FrameHash
@@ -175,6 +185,9 @@ func (c *Capture) Run(ctx context.Context, max int, hash func([]byte) uint64, at
 	stop := context.AfterFunc(ctx, func() { _ = c.f.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	r := NewReader(c.f)
+	gather := time.NewTimer(Gather)
+	gather.Stop()
+	defer gather.Stop()
 	var seq uint64
 	batch := make([]sentinel.Digest, 0, max)
 	flush := func() {
@@ -202,7 +215,15 @@ func (c *Capture) Run(ctx context.Context, max int, hash func([]byte) uint64, at
 		c.bytes.Add(uint64(len(f)))
 		batch = append(batch, d)
 		if len(batch) == max || !r.Buffered() {
+			small := len(batch) < max/4
 			flush()
+			if small && !r.Buffered() {
+				gather.Reset(Gather)
+				select {
+				case <-ctx.Done():
+				case <-gather.C:
+				}
+			}
 		}
 	}
 }

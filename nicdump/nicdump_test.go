@@ -178,3 +178,74 @@ func TestCaptureFIFO(t *testing.T) {
 		t.Fatal("write to a FIFO nobody reads succeeded")
 	}
 }
+
+// A trickle of frames (a guest's ACKs while it receives a bulk stream) is read in
+// batches, not a read and a batch per frame: after a small batch Run lets frames
+// gather for Gather. The writer here puts a frame in the FIFO every 100 us for
+// 200 frames; read as they came, that was up to 200 batches.
+func TestCaptureGathersATrickle(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tx.pcap")
+	c, err := Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	const n = 200
+	var mu sync.Mutex
+	var frames, batches int
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Run(ctx, 512, nil, nil, func(ds []sentinel.Digest) {
+			mu.Lock()
+			frames += len(ds)
+			batches++
+			mu.Unlock()
+		})
+	}()
+	stream := pcap(binary.LittleEndian, MaxFrame)
+	if _, err := w.Write(stream); err != nil {
+		t.Fatal(err)
+	}
+	f := bytes.Repeat([]byte{0xab}, 66)
+	rec := pcap(binary.LittleEndian, MaxFrame, f)[24:] // one record, no file header
+	start := time.Now()
+	for range n {
+		if _, err := w.Write(rec); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	elapsed := time.Since(start)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		got, b := frames, batches
+		mu.Unlock()
+		if got == n {
+			t.Logf("%d frames written over %s read in %d batches", n, elapsed.Round(time.Millisecond), b)
+			// At most one batch per Gather of writing, and a few more for timer slack.
+			if max := int(elapsed/Gather) + 5; b > max {
+				t.Fatalf("%d frames in %d batches over %s: more than %d", n, b, elapsed, max)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d frames read", got, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
