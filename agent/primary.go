@@ -700,6 +700,8 @@ func (p *primary) startRelay(cfg qemu.Config) error {
 		pacer, err = throttle.NewPacer(throttle.PacerConfig{
 			Bound:      time.Duration(p.spec.LagBoundMS) * time.Millisecond,
 			QueueBytes: p.a.cfg.PaceQueueBytes,
+			// Not on a lag the network's frames are not behind: see the field.
+			OnlyOverFloor: true,
 		})
 		if err != nil {
 			return err
@@ -804,6 +806,8 @@ func (p *primary) paceTap(mtu int) error {
 	pacer, err := throttle.NewPacer(throttle.PacerConfig{
 		Bound:      time.Duration(p.spec.LagBoundMS) * time.Millisecond,
 		QueueBytes: p.a.cfg.PaceQueueBytes,
+		// Not on a lag the network's frames are not behind: see the field.
+		OnlyOverFloor: true,
 	})
 	if err != nil {
 		return err

@@ -43,6 +43,15 @@ type PacerConfig struct {
 	QueueBytes int
 	// MinRate is the lowest paced rate in bytes/s (0: DefaultMinPaceRate).
 	MinRate float64
+	// OnlyOverFloor: engage only when more than MinRate flowed in the sample's
+	// period. Less says the network's frames are not what is behind the lag (a
+	// QEMU stopped by SIGSTOP reads none; a guest busy on its CPU gets a few
+	// requests): pacing would only sit at its floor, pace nothing that flowed,
+	// and then hold the traffic that comes (a stopped QEMU resuming, a bulk
+	// stream starting) to the floor until the additive steps or a quiet second
+	// lift it; the CPU quota is what acts on such a lag. Off, pacing engages at
+	// the floor whatever flowed (the relay's unit tests rely on it).
+	OnlyOverFloor bool
 }
 
 func (c *PacerConfig) validate() error {
@@ -174,7 +183,7 @@ func (p *Pacer) Observe(s Sample, now time.Time) {
 		// engaged on it, the pacer went to its floor whatever the traffic and
 		// released again a second later. The next sample, a throttle period later,
 		// has the rate.
-		if s.Lag > p.cfg.Bound && dt > 0 {
+		if s.Lag > p.cfg.Bound && dt > 0 && (!p.cfg.OnlyOverFloor || flowing > p.cfg.MinRate) {
 			p.engage(s.Lag, flowing, now)
 		}
 	case s.Lag > setPoint:

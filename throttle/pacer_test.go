@@ -515,3 +515,41 @@ func TestPacerFirstSampleDoesNotEngage(t *testing.T) {
 		now = now.Add(time.Minute)
 	}
 }
+
+// With OnlyOverFloor (the agent's setting) a lag over the bound engages pacing
+// only when more than the floor flowed in the period: a SIGSTOPped QEMU reads no
+// frames while its backup's lag grows, and pacing engaged then sat at the floor
+// for the traffic after it resumed (seen in the lab on the tap path, session 12).
+func TestPacerOnlyOverFloor(t *testing.T) {
+	for _, only := range []bool{false, true} {
+		p := newTestPacer(t, PacerConfig{MinRate: 256 << 10, OnlyOverFloor: only})
+		now := time.Unix(0, 0)
+		p.Observe(Sample{}, now)
+		// QEMU stopped: nothing went to it in four samples, the lag grows.
+		for i := range 4 {
+			now = now.Add(100 * time.Millisecond)
+			p.Account(Traffic{Bytes: 0})
+			p.Observe(Sample{Lag: time.Duration(i+1) * 110 * time.Millisecond}, now)
+		}
+		if st := p.Stats(); st.Active != !only || (!only && st.Rate != 256<<10) {
+			t.Fatalf("OnlyOverFloor %v, nothing flowed: %+v", only, st)
+		}
+		if !only {
+			continue
+		}
+		// Exactly the floor flowed: still not.
+		now = now.Add(100 * time.Millisecond)
+		p.Account(Traffic{Bytes: (256 << 10) / 10})
+		p.Observe(Sample{Lag: 500 * time.Millisecond}, now)
+		if p.Active() {
+			t.Fatalf("engaged with the floor flowing: %+v", p.Stats())
+		}
+		// Resumed: 4 MB/s flows with the lag still over the bound: half of it.
+		now = now.Add(100 * time.Millisecond)
+		p.Account(Traffic{Bytes: 400e3})
+		p.Observe(Sample{Lag: 400 * time.Millisecond}, now)
+		if st := p.Stats(); !st.Active || st.Rate != 2e6 {
+			t.Fatalf("resumed: %+v, want paced at 2 MB/s", st)
+		}
+	}
+}
