@@ -1275,6 +1275,14 @@ func (p *primary) noteEpisodes(throttled, paced bool, now time.Time, lag time.Du
 	}
 	switch {
 	case pcCh && paced:
+		// The pacer decides on its own goroutine (actuator), so paced is the
+		// state after an earlier sample than lag's: the lag that engaged it is
+		// the pacer's own.
+		if p.pace != nil {
+			if el := p.pace.PacerStats().EngagedLag; el > 0 {
+				lag = el
+			}
+		}
 		ev(journal.KindPacingOn, 0, fmt.Sprintf("backup lag %s: network input to the guest paced", lag.Round(time.Millisecond)))
 	case pcCh:
 		ev(journal.KindPacingOff, pcFor, fmt.Sprintf("network input flows freely after %s", pcFor.Round(time.Millisecond)))
