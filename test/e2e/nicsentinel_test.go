@@ -102,8 +102,12 @@ func TestNICSentinel(t *testing.T) {
 		t.Fatalf("the VM does not serve after its backup stepped down: %q %v", resp, err)
 	}
 	blog, _ := os.ReadFile(lab.AgentLog(lab.HostB))
-	if !strings.Contains(string(blog), `msg="replay diverged" `) || !strings.Contains(string(blog), "primary_crc64=") {
+	if !strings.Contains(string(blog), `msg="replay diverged" `) || !strings.Contains(string(blog), "primary_checksum=") {
 		t.Errorf("agent B's log has no WARN for the NIC divergence")
+	}
+	// Both agents are this build: they agreed on the hardware CRC pair.
+	if !strings.Contains(string(blog), "checksum=crc32c+crc32") {
+		t.Errorf("agent B's divergence WARN does not name the CRC-32C+CRC-32 checksum the agents should have agreed on")
 	}
 	t.Logf("test took %s", time.Since(t0).Round(time.Second))
 }
