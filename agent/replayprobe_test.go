@@ -18,8 +18,9 @@ func TestPollWait(t *testing.T) {
 		{"frames flowing, drained: they check", pollView{drained: true, sinceFrame: time.Millisecond, untilQuery: -time.Second}, feedCheckFlowing},
 		{"frames stopped: the loop sees the final drain", pollView{drained: true, sinceFrame: time.Second}, feedCheckEvery},
 		{"no frame yet", pollView{sinceFrame: -1, queryOut: true}, feedCheckEvery},
-		{"not drained: a due query comes first", pollView{sinceFrame: time.Millisecond, untilQuery: 3 * time.Millisecond}, 3 * time.Millisecond},
-		{"not drained, query overdue", pollView{sinceFrame: time.Millisecond, untilQuery: -time.Millisecond}, 0},
+		{"not drained: a due query comes first", pollView{sinceFrame: time.Millisecond, untilQuery: 10 * time.Millisecond}, 10 * time.Millisecond},
+		{"not drained, waking query: no sooner than the old tick", pollView{sinceFrame: time.Millisecond, untilQuery: time.Millisecond}, feedCheckEvery},
+		{"not drained, query overdue", pollView{sinceFrame: time.Millisecond, untilQuery: -time.Millisecond}, feedCheckEvery},
 		{"not drained, query out: its answer wakes the loop", pollView{sinceFrame: time.Millisecond, queryOut: true}, feedCheckFlowing},
 	}
 	for _, c := range cases {
