@@ -231,10 +231,9 @@ type backup struct {
 	// returnAddr is the primary's agent address (peerHello.ReturnAddr): after
 	// going live this copy protects the VM again with it.
 	returnAddr string
-	cutPoints  *cutPoints                 // recent safe cut points; the newest is the feed's limit
-	positions  *replayPositions           // replayed count -> log offset, for the stall report
-	probe      *atomic.Pointer[feedProbe] // the sink's; set by pollReplay
-	blocks     *blockIDs                  // block completions in the log, for go-live
+	cutPoints  *cutPoints       // recent safe cut points; the newest is the feed's limit
+	positions  *replayPositions // replayed count -> log offset, for the stall report
+	blocks     *blockIDs        // block completions in the log, for go-live
 	diskPath   string
 	cancel     context.CancelFunc
 	finished   chan struct{}
@@ -298,9 +297,6 @@ type logSink struct {
 	// positions maps a replayed count back to a log offset, for the stall report.
 	positions *replayPositions
 	blocks    *blockIDs // block completions seen, for go-live
-	// probe, once the replay runs, checks its progress before each frame is fed
-	// and wakes the poll loop after (see feedProbe).
-	probe *atomic.Pointer[feedProbe]
 }
 
 // feedLimit is the part of qemu.Feed the sink drives: how far the replay may read.
@@ -310,7 +306,7 @@ type feedLimit interface{ Notify(limit int64) }
 // is icount (the header's end and 0 from boot; a snapshot's offset and count).
 func newLogSink(f *os.File, feed feedLimit, start int64, icount uint64) logSink {
 	s := logSink{f: f, feed: feed, cut: replay.NewCutter(start, icount), points: new(cutPoints),
-		positions: newReplayPositions(), blocks: newBlockIDs(), probe: new(atomic.Pointer[feedProbe])}
+		positions: newReplayPositions(), blocks: newBlockIDs()}
 	s.points.add(start, icount)
 	s.positions.add(start, icount)
 	s.cut.OnEvent(func(ev replay.Event) {
@@ -348,14 +344,7 @@ func (s logSink) Append(off int64, data []byte) error {
 	}
 	p := s.points.newest()
 	s.positions.add(p.off, p.icount)
-	pr := s.probe.Load()
-	if pr != nil {
-		pr.beforeFeed()
-	}
 	s.feed.Notify(p.off)
-	if pr != nil {
-		pr.afterFeed()
-	}
 	return nil
 }
 
@@ -612,7 +601,6 @@ func (b *backup) run(conn net.Conn) {
 	sink := newLogSink(b.logFile, b.feed, start, icount)
 	b.cutPoints = sink.points
 	b.positions = sink.positions
-	b.probe = sink.probe
 	b.blocks = sink.blocks
 	// Console marks from the primary, for the sentinel. The receiver must not block:
 	// a full queue drops the mark (a later one covers the same bytes and more).
@@ -637,9 +625,8 @@ func (b *backup) run(conn net.Conn) {
 		},
 		OnNIC: b.onNIC(nicDigests),
 		// Acks carry the replayed icount, the primary's only view of the backup's
-		// progress, but one goes out whenever that count moves (SetReplayed) or a
-		// frame is appended: the heartbeat's own acks only say this backup lives.
-		HeartbeatInterval: b.a.cfg.HeartbeatInterval,
+		// progress: send them often so the measured lag is not ack cadence.
+		HeartbeatInterval: min(b.a.cfg.HeartbeatInterval, ackEvery),
 		PeerTimeout:       b.a.cfg.PeerTimeout,
 		AckDelay:          b.a.cfg.TestAckDelay,
 		StallReports:      b.stallReports,
@@ -771,13 +758,16 @@ func (b *backup) stepDown(err error) {
 	_ = b.life.step(lifecycle.Fault(err))
 }
 
-// replayPollEvery is how often the backup asks its QEMU how far it has replayed
-// while the FIFO check cannot tell. The poll also wakes the replaying QEMU's main
-// loop, without which an idle replay stalls on checkpoints written by the recorder's
-// main loop.
+// ackEvery is the backup's ack period and replayPollEvery how often it asks its QEMU how
+// far it has replayed. The poll also wakes the replaying QEMU's main loop, without
+// which an idle replay stalls on checkpoints written by the recorder's main loop.
 const (
+	ackEvery         = 10 * time.Millisecond
 	replayPollEvery  = 10 * time.Millisecond
 	replayPollWaking = time.Millisecond
+	// feedCheckEvery is how often the backup checks whether its replay has drained
+	// the FIFO (a few small /proc reads).
+	feedCheckEvery = 5 * time.Millisecond
 	// recentInput is how long after the last frame the replay counts as having
 	// main-loop work that may need a wake.
 	recentInput = 200 * time.Millisecond
@@ -1014,17 +1004,10 @@ func (b *backup) lostAt(claim time.Duration) time.Time {
 }
 
 func (b *backup) pollReplay(ctx context.Context) {
-	watch := qemu.NewFeedWatch(b.m.PID(), b.feed.Path())
-	prog := newReplayProgress(b)
-	probe := newFeedProbe(b, prog, watch)
-	b.probe.Store(probe)
-	defer func() {
-		// The sink checks no more once this returns: the watch closes.
-		b.probe.Store(nil)
-		probe.close()
-	}()
 	t := time.NewTimer(feedCheckEvery)
 	defer t.Stop()
+	watch := qemu.NewFeedWatch(b.m.PID(), b.feed.Path())
+	defer watch.Close()
 	// The QMP query runs in its own goroutine: a replay that runs out of log while a
 	// query is in flight answers it only when more log arrives, and meanwhile the
 	// FIFO check below keeps reporting.
@@ -1039,27 +1022,22 @@ func (b *backup) pollReplay(ctx context.Context) {
 			<-answers // ctx is done: the query returns
 		}
 	}()
-	var atLastQuery uint64
+	var replayed, atLastQuery uint64
 	var nextQuery time.Time
 	stall := newStallDetector(b.a.cfg.StallAfter)
-	// rearm sets the timer to the loop's next wake-up (pollWait).
-	rearm := func(now time.Time) {
-		caughtUp := !inFlight && probe.sleepIdle()
-		if !caughtUp {
-			probe.idle.Store(false)
+	position := int64(replay.HeaderSize) // how far into the log the replay has got, at least
+	report := func(v uint64) {
+		if v <= replayed {
+			return // a late answer never moves progress back
 		}
-		v := pollView{caughtUp: caughtUp, drained: probe.lastDrained(), sinceFrame: -1, queryOut: inFlight,
-			untilQuery: nextQuery.Sub(now)}
-		if at := b.recv.Stats().LastFrameAt; !at.IsZero() {
-			v.sinceFrame = now.Sub(at)
+		replayed = v
+		if off, ok := b.positions.at(v); ok {
+			position = off
 		}
-		if !t.Stop() {
-			select {
-			case <-t.C:
-			default:
-			}
-		}
-		t.Reset(pollWait(v))
+		b.recv.SetReplayed(v)
+		b.mu.Lock()
+		b.replayed = v
+		b.mu.Unlock()
 	}
 	for {
 		select {
@@ -1070,28 +1048,18 @@ func (b *backup) pollReplay(ctx context.Context) {
 			return
 		case a := <-answers:
 			inFlight = false
-			now := time.Now()
 			if a.err == nil {
-				prog.report(a.icount)
-				nextQuery = now.Add(replayPollInterval(a.icount, atLastQuery, b.recv.Stats(), now))
+				report(a.icount)
+				nextQuery = time.Now().Add(replayPollInterval(a.icount, atLastQuery, b.recv.Stats(), time.Now()))
 				atLastQuery = a.icount
 			}
-			rearm(now)
-			continue
-		case <-probe.wake:
-			// More log after a long sleep: look once the replay had time to take it.
-			probe.idle.Store(false)
-			if !t.Stop() {
-				select {
-				case <-t.C:
-				default:
-				}
-			}
-			t.Reset(feedCheckEvery)
 			continue
 		case <-t.C:
 		}
-		if !probe.check() && !inFlight && !time.Now().Before(nextQuery) {
+		t.Reset(feedCheckEvery)
+		if v, ok := b.replayedFromFeed(watch); ok {
+			report(v)
+		} else if !inFlight && !time.Now().Before(nextQuery) {
 			inFlight = true
 			go func() {
 				qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -1101,13 +1069,10 @@ func (b *backup) pollReplay(ctx context.Context) {
 			}()
 		}
 		// Sampled on the clock, not on answers: a stuck replay may answer nothing.
-		replayed, position := prog.get()
-		now := time.Now()
 		b.watchStall(stall, replaySample{
-			At: now, Icount: replayed, LogIcount: b.cutPoints.newest().icount,
+			At: time.Now(), Icount: replayed, LogIcount: b.cutPoints.newest().icount,
 			Position: position, Fed: b.feed.FedOffset(), Held: b.recv.Held(), Feed: b.feed.State(),
 		})
-		rearm(now)
 	}
 }
 
@@ -1176,8 +1141,7 @@ func (b *backup) pendingBlocks(cut int64) []uint64 {
 }
 
 // replayedFromFeed answers "how far has the replay got" without QMP when it can: a
-// replay blocked reading its FIFO has executed everything fed (see qemu.FeedWatch),
-// fed being the feed's offset then.
+// replay blocked reading its FIFO has executed everything fed (see qemu.FeedWatch).
 //
 // The FIFO must also hold no unread bytes: a QEMU stopped (SIGSTOP, a frozen host)
 // while it sat in read(2) still shows that syscall, though the bytes fed since are
@@ -1187,17 +1151,16 @@ func (b *backup) pendingBlocks(cut int64) []uint64 {
 // lands while QEMU is still being scheduled: a momentary overestimate of well under
 // a millisecond of log, corrected by the next check, and only the lag figures and
 // the throttle read it (acks of held log, which release output, do not).
-func (b *backup) replayedFromFeed(w *qemu.FeedWatch) (icount uint64, fed int64, ok bool) {
+func (b *backup) replayedFromFeed(w *qemu.FeedWatch) (uint64, bool) {
 	before := b.feed.FedOffset()
 	drained, err := w.Drained()
 	if err != nil || !drained || b.feed.FedOffset() != before {
-		return 0, 0, false
+		return 0, false
 	}
 	if n, ok := b.feed.Unread(); !ok || n > 0 {
-		return 0, 0, false
+		return 0, false
 	}
-	icount, ok = b.cutPoints.icountAt(before)
-	return icount, before, ok
+	return b.cutPoints.icountAt(before)
 }
 
 // emittedFrames is how many frames the replaying QEMU sent: counted by the socket

@@ -144,11 +144,6 @@ func (r *Receiver) SetReplayed(icount uint64) {
 	}
 }
 
-// NoteReplayed records the replayed instruction count like SetReplayed but sends
-// no ack of its own: for a Sink's Append, whose frame is acked (with the count) as
-// soon as Append returns, so that one wake-up of the ack writer carries both.
-func (r *Receiver) NoteReplayed(icount uint64) { r.replayed.Store(icount) }
-
 // SetStall records the replay stall report that acks carry (with
 // ReceiverConfig.StallReports). When the replay enters or leaves a stall an ack
 // goes out at once; while it stays stalled the periodic acks carry the growing
