@@ -161,15 +161,7 @@ func TestCaptureFIFO(t *testing.T) {
 	if n, _ := c.Stats(); n != uint64(len(fs)) {
 		t.Fatalf("stats: %d frames", n)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return after cancel")
-	}
+	stopRun(t, cancel, done)
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("FIFO left behind: %v", err)
 	}
@@ -239,6 +231,12 @@ func TestCaptureGathersATrickle(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	stopRun(t, cancel, done)
+}
+
+// stopRun cancels a Capture's Run and waits (5 s at most) for it to return nil.
+func stopRun(t *testing.T, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
 	cancel()
 	select {
 	case err := <-done:
