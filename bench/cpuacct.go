@@ -20,9 +20,12 @@ type CPUUse struct {
 	Busy        float64 `json:"machine_busy_cores"`
 	Cores       int     `json:"machine_cores"`
 	PrimaryQEMU float64 `json:"primary_qemu_cores"`
-	BackupQEMU  float64 `json:"backup_qemu_cores,omitempty"`
-	AgentA      float64 `json:"agent_a_cores"`
-	AgentB      float64 `json:"agent_b_cores"`
+	// PrimaryQEMUSys is the part of PrimaryQEMU spent in the kernel (its system
+	// time: syscalls, and the softirq work the kernel charges to it).
+	PrimaryQEMUSys float64 `json:"primary_qemu_sys_cores"`
+	BackupQEMU     float64 `json:"backup_qemu_cores,omitempty"`
+	AgentA         float64 `json:"agent_a_cores"`
+	AgentB         float64 `json:"agent_b_cores"`
 }
 
 // cpuSnap is one reading of the counters CPUUse is computed from.
@@ -31,6 +34,7 @@ type cpuSnap struct {
 	busy  uint64 // machine busy jiffies (all cores)
 	cores int
 	procs [4]uint64 // primary QEMU, backup QEMU, agent A, agent B: utime+stime jiffies
+	pSys  uint64    // the primary QEMU's stime jiffies
 }
 
 // cpuProbe knows the processes of one benchmark phase.
@@ -88,7 +92,11 @@ func (p *cpuProbe) snap() (cpuSnap, error) {
 		if pid == 0 {
 			continue
 		}
-		s.procs[i], err = procJiffies(pid)
+		var sys uint64
+		s.procs[i], sys, err = procJiffies(pid)
+		if i == 0 {
+			s.pSys = sys
+		}
 		if err != nil {
 			return s, err
 		}
@@ -97,26 +105,27 @@ func (p *cpuProbe) snap() (cpuSnap, error) {
 }
 
 // procJiffies is utime+stime of all of pid's threads (fields 14 and 15 of
-// /proc/PID/stat, counted after the command name, which may hold spaces).
-func procJiffies(pid int) (uint64, error) {
+// /proc/PID/stat, counted after the command name, which may hold spaces), and the
+// stime alone.
+func procJiffies(pid int) (total, sys uint64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
 	}
 	u, err1 := strconv.ParseUint(f[11], 10, 64)
 	k, err2 := strconv.ParseUint(f[12], 10, 64)
 	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
+		return 0, 0, fmt.Errorf("/proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
 	}
-	return u + k, nil
+	return u + k, k, nil
 }
 
 // clockTicks is USER_HZ, the unit of /proc's CPU times; 100 on every Linux ABI
@@ -131,11 +140,12 @@ func use(a, b cpuSnap) CPUUse {
 	}
 	cores := func(x, y uint64) float64 { return float64(y-x) / clockTicks / wall }
 	return CPUUse{
-		Busy:        cores(a.busy, b.busy),
-		Cores:       b.cores,
-		PrimaryQEMU: cores(a.procs[0], b.procs[0]),
-		BackupQEMU:  cores(a.procs[1], b.procs[1]),
-		AgentA:      cores(a.procs[2], b.procs[2]),
-		AgentB:      cores(a.procs[3], b.procs[3]),
+		Busy:           cores(a.busy, b.busy),
+		Cores:          b.cores,
+		PrimaryQEMU:    cores(a.procs[0], b.procs[0]),
+		PrimaryQEMUSys: cores(a.pSys, b.pSys),
+		BackupQEMU:     cores(a.procs[1], b.procs[1]),
+		AgentA:         cores(a.procs[2], b.procs[2]),
+		AgentB:         cores(a.procs[3], b.procs[3]),
 	}
 }

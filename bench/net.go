@@ -47,6 +47,12 @@ type NetSide struct {
 	ToGuestThrottledS  float64 `json:"client_to_guest_throttled_s"`
 	ToGuestPacedS      float64 `json:"client_to_guest_paced_s"`
 	ToGuestLagMSEnd    float64 `json:"client_to_guest_lag_ms_end"`
+	// The guest instructions the primary logged per MiB of each bulk transfer
+	// (millions; the log's instruction count, so the same in both modes for the
+	// same guest work). With the primary QEMU's CPU per MiB it splits a
+	// difference between the modes into guest work and the host's cost of it.
+	ToClientMInsnPerMB float64 `json:"guest_to_client_minsn_per_mb"`
+	ToGuestMInsnPerMB  float64 `json:"client_to_guest_minsn_per_mb"`
 }
 
 // NetResult is `ftvmd bench net`'s summary: request/response latency and bulk TCP
@@ -204,6 +210,7 @@ func iperfMode(ctx context.Context, s *Session, vm string, protected bool, r *Ip
 // if the status cannot be read).
 type bulkSnap struct {
 	logWritten       int64
+	icount           uint64  // the primary's logged instructions
 	throttled, paced float64 // seconds
 	lagMS            float64
 }
@@ -213,7 +220,16 @@ func bulkSnapshot(ctx context.Context, vm string) bulkSnap {
 	if err != nil {
 		return bulkSnap{}
 	}
-	return bulkSnap{logWritten: st.LogWritten, throttled: st.ThrottledSec, paced: st.PacedSec, lagMS: st.LagMS}
+	return bulkSnap{logWritten: st.LogWritten, icount: st.Icount, throttled: st.ThrottledSec, paced: st.PacedSec, lagMS: st.LagMS}
+}
+
+// mInsnPerMB is the millions of guest instructions logged between two snapshots
+// per MiB moved (0 when either status read failed).
+func mInsnPerMB(a, b bulkSnap, mb int) float64 {
+	if a.icount == 0 || b.icount < a.icount || mb <= 0 {
+		return 0
+	}
+	return float64(b.icount-a.icount) / 1e6 / float64(mb)
 }
 
 // rrSnap is what one status call on the primary gives for subtracting two of them:
@@ -319,6 +335,7 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 	b1 := bulkSnapshot(ctx, vm)
 	side.ToClientLog = mbit(b1.logWritten-b0.logWritten, d)
 	side.ToClientThrottledS, side.ToClientPacedS, side.ToClientLagMSEnd = b1.throttled-b0.throttled, b1.paced-b0.paced, b1.lagMS
+	side.ToClientMInsnPerMB = mInsnPerMB(b0, b1, mb)
 	c1, err := probe.snap()
 	if err != nil {
 		return side, err
@@ -356,6 +373,7 @@ func netSide(ctx context.Context, s *Session, vm string, protected bool, request
 	b2 := bulkSnapshot(ctx, vm)
 	side.ToGuestLogMbit = mbit(b2.logWritten-b0.logWritten, d)
 	side.ToGuestThrottledS, side.ToGuestPacedS, side.ToGuestLagMSEnd = b2.throttled-b0.throttled, b2.paced-b0.paced, b2.lagMS
+	side.ToGuestMInsnPerMB = mInsnPerMB(b0, b2, mb)
 	c2, err := probe.snap()
 	if err != nil {
 		return side, err
