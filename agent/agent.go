@@ -383,7 +383,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Warn("QEMU engine", "engine", a.engine.Name, "warning", w)
 	}
 
-	errc := make(chan error, 2)
+	// Two servers, one result each: the wait below reads exactly as many as
+	// are still to come.
+	servers := 2
+	errc := make(chan error, servers)
 	go func() { errc <- control.Serve(ctx, ctl, a.handle, a.log) }()
 	go func() { errc <- a.servePeers(ctx, peerLn) }()
 	// The STATUS sent with READY=1 is the one notifyStatus compares with: read in
@@ -394,17 +397,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer close(statusDone); a.notifyStatus(ctx, peerLn.Addr().String(), sent) }()
 	certsDone := make(chan struct{})
 	go func() { defer close(certsDone); a.watchCerts(ctx) }()
+	// Both cases may be ready (a server returns nil once ctx is done): the one
+	// taken from errc is not waited for again.
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
+		servers--
 		cancel()
 	}
 	<-statusDone
 	<-certsDone
 	a.notify("STOPPING=1", fmt.Sprintf("STATUS=stopping: %d VMs", a.vmCount()))
-	<-errc
-	if e := <-errc; err == nil {
-		err = e
+	for ; servers > 0; servers-- {
+		if e := <-errc; err == nil {
+			err = e
+		}
 	}
 	a.stopAll()
 	a.wg.Wait()
