@@ -119,10 +119,19 @@ func protectGuestAgents(ctx context.Context, t *testing.T, l *lab.Lab, vm string
 }
 
 // wantDataPath is the data path the agents run on: FTVMD_DATA_PATH, which the lab's
-// agents read as their --data-path default (relay when unset).
+// agents read as their --data-path default (tap, the agents' default, when unset).
 func wantDataPath() string {
 	if d := os.Getenv("FTVMD_DATA_PATH"); d != "" {
 		return d
+	}
+	return "tap"
+}
+
+// otherDataPath is the data path the suite does not run on, which
+// TestProtectRunningOtherPath covers.
+func otherDataPath() string {
+	if wantDataPath() == "relay" {
+		return "tap"
 	}
 	return "relay"
 }
