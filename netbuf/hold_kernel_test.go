@@ -384,3 +384,98 @@ func TestRemoveQueueRules(t *testing.T) {
 		t.Fatal("RemoveQueueRules accepted a bad interface name")
 	}
 }
+
+// TestQueueRulesPassKeepsQueuedFrames: Pass stops queueing (later frames cross
+// unheld) and keeps what the queue holds for its verdict, where Remove makes
+// the kernel drop it; Hold queues frames again. This is the kernel behaviour
+// the agent's Bypass relies on when a VM turns unprotected.
+func TestQueueRulesPassKeepsQueuedFrames(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	const br, in, out, queue = "ftbr0", "ftin0", "ftout0", 17
+	var inTap, outTap *os.File
+	var conn *nfq.Conn
+	var rules *QueueRules
+	err := ns.do(func() error {
+		var err error
+		if inTap, outTap, err = bridgedTaps(br, in, out); err != nil {
+			return err
+		}
+		if conn, err = nfq.Open(queue, nfq.Config{}); err != nil {
+			return err
+		}
+		rules, err = InstallQueueRules(in, queue)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inTap.Close(); outTap.Close(); conn.Close() })
+	// queued writes a frame and returns its queue id.
+	queued := func(marker string) uint32 {
+		t.Helper()
+		if _, err := inTap.Write(ipv4Frame(marker)); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		defer func() { _ = conn.SetReadDeadline(time.Time{}) }()
+		for {
+			msgs, err := conn.Read(nil)
+			if err != nil {
+				t.Fatalf("%s not queued: %v", marker, err)
+			}
+			for _, m := range msgs {
+				if m.Kind == nfq.KindPacket {
+					return m.Packet.ID
+				}
+			}
+		}
+	}
+	release := func(id uint32) {
+		t.Helper()
+		if err := conn.Release(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	id := queued("held-at-pass")
+	if err := ns.do(rules.Pass); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inTap.Write(ipv4Frame("unheld")); err != nil {
+		t.Fatal(err)
+	}
+	if !sawFrame(t, outTap, "unheld", 5*time.Second) {
+		t.Fatal("a frame after Pass did not cross unheld")
+	}
+	release(id)
+	if !sawFrame(t, outTap, "held-at-pass", 5*time.Second) {
+		t.Fatal("the frame queued before Pass was not released by its verdict (dropped with the rules?)")
+	}
+
+	if err := ns.do(rules.Hold); err != nil {
+		t.Fatal(err)
+	}
+	id = queued("held-again")
+	if sawFrame(t, outTap, "held-again", 100*time.Millisecond) {
+		t.Fatal("a frame crossed after Hold, before its verdict")
+	}
+	// Hold twice is one rule, not two: one verdict releases the frame.
+	if err := ns.do(rules.Hold); err != nil {
+		t.Fatal(err)
+	}
+	release(id)
+	if !sawFrame(t, outTap, "held-again", 5*time.Second) {
+		t.Fatal("the frame held after Hold was not released")
+	}
+
+	// What Remove does instead: the queued frame is gone, its verdict refused.
+	id = queued("held-at-remove")
+	if err := ns.do(rules.Remove); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Release(id)
+	if sawFrame(t, outTap, "held-at-remove", 300*time.Millisecond) {
+		t.Log("this kernel kept a queued frame when its tables were deleted")
+	}
+}
