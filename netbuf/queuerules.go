@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -64,21 +62,6 @@ type QueueRules struct {
 	queue  uint16
 }
 
-// rulesCallTimeout bounds each change of the queue rules (one netlink
-// transaction: the send and the kernel's acks). Bypass and Engage run on the
-// way a VM turns unprotected or protected again; a reply that never comes must
-// fail the change, not hold that up for good.
-const rulesCallTimeout = 2 * time.Second
-
-// newRulesConn is an nftables connection whose every netlink socket (one per
-// Flush: the connection is not lasting) has a deadline rulesCallTimeout after
-// it is opened.
-func newRulesConn() (*nftables.Conn, error) {
-	return nftables.New(nftables.WithSockOptions(func(c *netlink.Conn) error {
-		return c.SetDeadline(time.Now().Add(rulesCallTimeout))
-	}))
-}
-
 // queueTableName is the per-tap table name, in both the ip and ip6 families.
 func queueTableName(tap string) string { return "ftvmd-hold-" + tap }
 
@@ -91,7 +74,7 @@ func InstallQueueRules(tap string, queue uint16) (*QueueRules, error) {
 	if err := checkIfName(tap); err != nil {
 		return nil, err
 	}
-	c, err := newRulesConn()
+	c, err := nftables.New()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrQueueRules, err)
 	}
@@ -126,7 +109,7 @@ func RemoveQueueRules(tap string) error {
 	if err := checkIfName(tap); err != nil {
 		return err
 	}
-	c, err := newRulesConn()
+	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("netbuf: remove the hold tables of tap %q: %w", tap, err)
 	}
