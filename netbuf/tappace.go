@@ -52,24 +52,10 @@ type TapPacerConfig struct {
 	QueueBytes int
 	// MTU is the largest frame the tap carries, Ethernet header included (0:
 	// DefaultTapFrame); the bucket always holds two, as tbf requires one.
-	MTU int
-	// DrainFor bounds how long removing the qdisc waits for the frames it holds
-	// to reach QEMU (0: DefaultDrainFor).
-	DrainFor time.Duration
-	Logger   *slog.Logger
-	Now      func() time.Time
+	MTU    int
+	Logger *slog.Logger
+	Now    func() time.Time
 }
-
-// DefaultDrainFor is TapPacerConfig.DrainFor's default.
-const DefaultDrainFor = time.Second
-
-// drainRate is the rate the qdisc is given before it is removed (10 Gbit/s, in
-// bytes/s): far above what QEMU reads, so its queue goes to QEMU as fast as QEMU
-// takes it.
-const drainRate = 10e9 / 8
-
-// drainPoll is how often the drain reads the qdisc's backlog.
-const drainPoll = 5 * time.Millisecond
 
 // ErrTapPacerConfig reports an invalid TapPacerConfig.
 var ErrTapPacerConfig = errors.New("netbuf: invalid tap pacer config")
@@ -133,9 +119,6 @@ func NewTapPacer(cfg TapPacerConfig) (*TapPacer, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
-	}
-	if cfg.DrainFor <= 0 {
-		cfg.DrainFor = DefaultDrainFor
 	}
 	return &TapPacer{cfg: cfg, log: cfg.Logger, pacer: cfg.Pacer}, nil
 }
@@ -253,8 +236,7 @@ func (tp *TapPacer) apply(active bool, rate float64) {
 	}
 }
 
-// clear removes the qdisc if it is installed, once the frames it holds went to
-// QEMU (drain). Called with io held, mu not.
+// clear removes the qdisc if it is installed. Called with io held, mu not.
 func (tp *TapPacer) clear() {
 	tp.mu.Lock()
 	installed := tp.installed
@@ -262,7 +244,6 @@ func (tp *TapPacer) clear() {
 	if !installed {
 		return
 	}
-	tp.drain()
 	if err := tp.cfg.Shaper.Clear(); err != nil {
 		tp.mu.Lock()
 		tp.errs++
@@ -275,46 +256,8 @@ func (tp *TapPacer) clear() {
 	tp.mu.Unlock()
 }
 
-// drain lets the frames the qdisc holds go on to QEMU before it is removed:
-// deleting a qdisc drops its queue (a netns tap: 57 frames of 1 kB queued in the
-// tbf, none reached the tap's reader after the delete), and up to QueueBytes of
-// the network's frames (4 MiB by default: seconds of a client's requests and
-// acks behind a bulk stream) would be lost each time pacing ends, leaving the
-// senders to TCP retransmission backoff. It raises the rate to drainRate and
-// waits, at most DrainFor, until the backlog is empty. Called with io held, mu
-// not.
-func (tp *TapPacer) drain() {
-	c, err := tp.cfg.Shaper.Counters()
-	if err != nil || !c.Installed || c.Backlog == 0 {
-		return
-	}
-	held := c.Backlog
-	if err := tp.cfg.Shaper.Set(drainRate, shapeBurst(drainRate, tp.cfg.MTU), uint32(tp.cfg.QueueBytes)); err != nil {
-		tp.mu.Lock()
-		tp.errs++
-		tp.mu.Unlock()
-		tp.log.Warn("netbuf: let the paced frames go before removing the qdisc", "held_bytes", held, "err", err)
-		return
-	}
-	tp.mu.Lock()
-	tp.applied = drainRate // a later engage sets its own rate
-	tp.mu.Unlock()
-	start := time.Now()
-	for c.Backlog > 0 {
-		if time.Since(start) >= tp.cfg.DrainFor {
-			tp.log.Warn("netbuf: pacing qdisc removed with frames still queued; they are dropped",
-				"held_bytes", held, "left_bytes", c.Backlog, "after", tp.cfg.DrainFor)
-			return
-		}
-		time.Sleep(drainPoll)
-		if c, err = tp.cfg.Shaper.Counters(); err != nil || !c.Installed {
-			return
-		}
-	}
-}
-
 // ReleasePacing ends pacing at once (the VM is no longer protected) and removes
-// the qdisc once what it held went to QEMU (drain).
+// the qdisc: what it held goes to QEMU.
 func (tp *TapPacer) ReleasePacing() {
 	tp.mu.Lock()
 	tp.pacer.Release()

@@ -20,11 +20,6 @@ type fakeShaper struct {
 	tx                   uint64
 	backlog, backlogN    uint32
 	over, drops, packets uint64
-	// lostAtClear adds up the bytes the qdisc held when it was removed: the
-	// kernel drops them. A rate of at least drainRate lets the backlog go to
-	// QEMU (tx) at once, unless stuck (QEMU reads nothing).
-	lostAtClear uint64
-	stuck       bool
 }
 
 func (f *fakeShaper) Set(rate uint64, burst, limit uint32) error {
@@ -36,20 +31,12 @@ func (f *fakeShaper) Set(rate uint64, burst, limit uint32) error {
 	}
 	f.installed, f.rate, f.burst, f.limit = true, rate, burst, limit
 	f.sets++
-	if rate >= drainRate && !f.stuck {
-		f.tx += uint64(f.backlog)
-		f.packets += uint64(f.backlogN)
-		f.backlog, f.backlogN = 0, 0
-	}
 	return nil
 }
 
 func (f *fakeShaper) Clear() error {
 	if f.clearErr != nil {
 		return f.clearErr
-	}
-	if f.installed {
-		f.lostAtClear += uint64(f.backlog)
 	}
 	f.installed, f.rate, f.backlog, f.backlogN = false, 0, 0, 0
 	f.clears++
@@ -73,7 +60,7 @@ func newTestTapPacer(t *testing.T, sh Shaper, now *time.Time) *TapPacer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tp, err := NewTapPacer(TapPacerConfig{Pacer: p, Shaper: sh, QueueBytes: 1 << 20, DrainFor: 50 * time.Millisecond, Now: func() time.Time { return *now }})
+	tp, err := NewTapPacer(TapPacerConfig{Pacer: p, Shaper: sh, QueueBytes: 1 << 20, Now: func() time.Time { return *now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,48 +163,6 @@ func TestTapPacerFollowsPacer(t *testing.T) {
 	tp.ReleasePacing()
 	if sh.installed || tp.PacerStats().Active {
 		t.Fatalf("after ReleasePacing: %+v", sh)
-	}
-}
-
-// Ending pacing lets what the qdisc holds go on to QEMU before it is removed:
-// removing a tbf drops its queue, the network's frames to the guest (requests and
-// acks behind a bulk stream, up to the 4 MiB queue) that TCP then retransmits
-// only after its backoff. Losing the backup (ReleasePacing) ends pacing with the
-// queue full; a quiet second ends it with the queue empty (the pacer's own
-// rule). A backlog that does not drain is removed after DrainFor. Without the
-// drain the fake's lostAtClear counted 30 kB.
-func TestTapPacerDrainsBeforeRemoving(t *testing.T) {
-	sh := &fakeShaper{}
-	now := time.Unix(0, 0)
-	tp := newTestTapPacer(t, sh, &now)
-	engage := func() {
-		t.Helper()
-		for _, lag := range []time.Duration{0, 150 * time.Millisecond} {
-			now = now.Add(100 * time.Millisecond)
-			sh.tx += 1e6
-			tp.Pace(throttle.Sample{Lag: lag})
-		}
-		if !sh.installed {
-			t.Fatalf("not engaged: %+v", sh)
-		}
-		sh.backlog, sh.backlogN = 30e3, 20
-	}
-	engage()
-	tp.ReleasePacing()
-	if sh.installed || sh.lostAtClear != 0 {
-		t.Fatalf("after ReleasePacing: %+v; want the qdisc gone and the 30 kB it held passed on", sh)
-	}
-	// QEMU reads nothing: removed anyway once DrainFor passed, the loss counted
-	// by the kernel, not hidden.
-	engage()
-	sh.stuck = true
-	start := time.Now()
-	tp.ReleasePacing()
-	if took := time.Since(start); took < 50*time.Millisecond || took > 5*time.Second {
-		t.Fatalf("a stuck drain took %v, want about DrainFor (50 ms)", took)
-	}
-	if sh.installed || sh.lostAtClear != 30e3 {
-		t.Fatalf("after a stuck drain: %+v", sh)
 	}
 }
 

@@ -246,17 +246,7 @@ func TestTapPacerOnRealTap(t *testing.T) {
 	if st.Drops == 0 || st.Paced == 0 || got >= 300_000 {
 		t.Fatalf("a burst over the queue: %d B read, stats %+v; want drops counted and frames paced", got, st)
 	}
-	// A backlog when the backup is lost: it reaches QEMU's end, none dropped
-	// with the qdisc.
-	readFor(t, tapf, 200*time.Millisecond)
-	blast(t, udp, 50, 1000)
-	if err := ns.do(func() (err error) { c, err = sh.Counters(); return err }); err != nil || c.Backlog == 0 {
-		t.Fatalf("no backlog to release: %+v, %v", c, err)
-	}
 	_ = ns.do(func() error { tp.ReleasePacing(); return nil })
-	if got := readFor(t, tapf, 500*time.Millisecond); got < 50*1000 {
-		t.Fatalf("%d B of the 50 kB sent reached QEMU's end after release (backlog %d B at release): the rest was dropped with the qdisc", got, c.Backlog)
-	}
 	if err := ns.do(func() (err error) { c, err = sh.Counters(); return err }); err != nil || c.Installed {
 		t.Fatalf("qdisc still there after release: %+v, %v", c, err)
 	}
