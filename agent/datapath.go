@@ -84,65 +84,37 @@ func nicFor(d DataPath, mac, dir, tap string) *qemu.NIC {
 // same host creates when this backup goes live.
 func backupTapName(vm string) string { return ifName("fb-", vm) }
 
-// tapRules installs the netfilter rules that send a tap's frames to its kernel
-// queue, stops and restarts the queueing (a Hold's Bypass and Engage) and
-// removes the tables (a cleanup).
+// tapRules installs and removes the netfilter rules that send a tap's frames to its
+// kernel queue: a Hold's Engage and Bypass, and a cleanup.
 type tapRules struct {
 	tap   string
 	queue uint16
 
-	mu      sync.Mutex
-	rules   *netbuf.QueueRules // nil until installed, and once removed
-	holding bool               // the rules queue the tap's frames
+	mu    sync.Mutex
+	rules *netbuf.QueueRules // nil while frames bypass the queue
 }
 
-// engage makes the tap's frames enter the queue (br_netfilter first: bridged
-// frames meet the rules only through it): it installs the tables, or puts the
-// rule back into the tables bypass left. Holding already is fine.
+// engage installs the rules (br_netfilter first: bridged frames meet them only
+// through it); installed already is fine.
 func (r *tapRules) engage() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.rules != nil && r.holding {
+	if r.rules != nil {
 		return nil
 	}
 	if err := netbuf.EnableBridgeNetfilter(); err != nil {
 		return err
 	}
-	if r.rules != nil {
-		if err := r.rules.Hold(); err != nil {
-			return err
-		}
-		r.holding = true
-		return nil
-	}
 	rules, err := netbuf.InstallQueueRules(r.tap, r.queue)
 	if err != nil {
 		return err
 	}
-	r.rules, r.holding = rules, true
+	r.rules = rules
 	return nil
 }
 
-// bypass stops queueing the tap's frames, which then pass the bridge unheld,
-// and keeps the tables: frames already in the queue stay for their verdicts
-// (the Hold releases them). Deleting the tables would make the kernel drop them
-// (see netbuf.QueueRules.Pass): the output a VM held when its backup was lost.
-func (r *tapRules) bypass() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.rules == nil || !r.holding {
-		return nil
-	}
-	if err := r.rules.Pass(); err != nil {
-		return err
-	}
-	r.holding = false
-	return nil
-}
-
-// remove deletes the tables: the tap's frames then pass the bridge unheld, and
-// any still queued are dropped (the VM has stopped). A failed removal leaves
-// tables a later engage replaces.
+// remove deletes the rules: the tap's frames then pass the bridge unheld. A failed
+// removal leaves tables a later engage replaces.
 func (r *tapRules) remove() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -150,6 +122,6 @@ func (r *tapRules) remove() error {
 		return nil
 	}
 	err := r.rules.Remove()
-	r.rules, r.holding = nil, false
+	r.rules = nil
 	return err
 }

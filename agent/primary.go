@@ -731,9 +731,8 @@ func (p *primary) startRelay(cfg qemu.Config) error {
 // protected. QEMU then writes its frames to the tap itself and reads the network's
 // frames from it: the agent sees only the ids of held frames. Unprotected, the queue
 // is bound but no rule feeds it, so the agent is not on the path at all; protecting
-// the running VM installs the rule (Hold.Protect, at the offset output is held
-// from) and losing the backup takes it out of its chain again (the Hold's Bypass:
-// the frames it held are released, never dropped with the tables).
+// the running VM installs the rules (Hold.Protect, at the offset output is held
+// from) and losing the backup removes them again (the Hold's Bypass).
 func (p *primary) holdInKernel() error {
 	link, err := net.InterfaceByName(p.tap)
 	if err != nil {
@@ -777,7 +776,7 @@ func (p *primary) holdInKernel() error {
 		Queue:          conn,
 		Stamp:          p.stamp,
 		Rule:           outputrule.New(netbuf.HoldRuleConfig(nfq.DefaultMaxLen), mode),
-		Bypass:         rules.bypass,
+		Bypass:         rules.remove,
 		Engage:         rules.engage,
 		Bypassed:       !protected,
 		CheckInvariant: p.a.cfg.CheckInvariant,

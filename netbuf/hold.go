@@ -184,13 +184,6 @@ func (h *Hold) SetMode(m outputrule.Mode) {
 		// sends the drop: none is sent after this.
 		h.flush()
 	}
-	if bypass {
-		// The held frames leave before Bypass touches the rules: a Bypass that
-		// deletes the kernel's tables drops every frame still queued
-		// (QueueRules.Pass keeps them, and the releaser takes the rest).
-		h.release()
-		h.flush()
-	}
 	h.log.Info("netbuf: output mode", "mode", mode)
 	notify(h.kick)
 	if bypass {
@@ -454,8 +447,8 @@ func (h *Hold) take(msgs []nfq.Message) {
 // release decides one batch verdict for the frames the rule releases, and
 // appends it to pend for flush to send: the verdicts stay in the order they
 // were decided, and the decision is made under mu with the acks it read, so
-// no frame is released before the ack passes its stamp. The release goroutine
-// and SetMode(Unprotected) call it; mu serialises them.
+// no frame is released before the ack passes its stamp. Only the release
+// goroutine calls it.
 func (h *Hold) release() {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -32,18 +32,6 @@ type fakeQueue struct {
 	// stuck, when set, makes Release wait for it to close (a verdict stuck in
 	// the kernel), after a send on entered (buffered by the test).
 	stuck, entered chan struct{}
-	// slow delays each Release (a kernel reinjecting a batch).
-	slow time.Duration
-}
-
-// dropAll is what deleting the queue's tables does in the kernel: every frame
-// still queued is dropped (nfqnl_nf_hook_drop).
-func (q *fakeQueue) dropAll() error {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.dropped = append(q.dropped, q.queued...)
-	q.queued = nil
-	return nil
 }
 
 func newFakeQueue() *fakeQueue {
@@ -92,7 +80,6 @@ func (q *fakeQueue) Release(id uint32) error {
 		entered <- struct{}{}
 		<-stuck
 	}
-	time.Sleep(q.slow)
 	return q.verdict(true, id, true)
 }
 
@@ -280,39 +267,6 @@ func TestHoldHaltWaitsForAVerdictInFlight(t *testing.T) {
 	waitFor(t, "frame 3 dropped", func() bool { _, d, _ := hh.q.state(); return slices.Contains(d, 3) })
 	if a, _, _ := hh.q.state(); !slices.Equal(a, []uint32{1}) {
 		t.Fatalf("a halted hold released %v", a)
-	}
-}
-
-// Turning unprotected releases what the queue holds before Bypass runs: a
-// Bypass that deletes the kernel's tables drops every frame still queued, and
-// those are frames the guest sent while its backup was failing (up to seconds of
-// TCP segments whose loss the guest then waits out in retransmission backoff).
-// Here Bypass drops like the kernel, and a slow verdict gives the race to it:
-// without the release in SetMode the held frames were dropped.
-func TestHoldUnprotectedReleasesBeforeBypass(t *testing.T) {
-	q := newFakeQueue()
-	q.slow = 20 * time.Millisecond
-	var stamp atomic.Int64
-	h, err := NewHold(HoldConfig{
-		Queue:          q,
-		Stamp:          func() (int64, error) { return stamp.Load(), nil },
-		Rule:           outputrule.New(HoldRuleConfig(64), outputrule.Protected),
-		Bypass:         q.dropAll,
-		CheckInvariant: true,
-		Logger:         slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runHold(t, h)
-	h.Sent(1000)
-	stamp.Store(500)
-	q.put(1, 2, 3)
-	waitFor(t, "frames stamped", func() bool { return h.Stats().GuestFrames == 3 })
-	h.SetMode(outputrule.Unprotected)
-	a, d, _ := q.state()
-	if !slices.Equal(a, []uint32{1, 2, 3}) || len(d) != 0 {
-		t.Fatalf("after turning unprotected: accepted %v, dropped %v; want all three released", a, d)
 	}
 }
 

@@ -58,8 +58,6 @@ func EnableBridgeNetfilter() error {
 type QueueRules struct {
 	conn   *nftables.Conn
 	tables []*nftables.Table
-	tap    string
-	queue  uint16
 }
 
 // queueTableName is the per-tap table name, in both the ip and ip6 families.
@@ -78,7 +76,7 @@ func InstallQueueRules(tap string, queue uint16) (*QueueRules, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrQueueRules, err)
 	}
-	r := &QueueRules{conn: c, tap: tap, queue: queue}
+	r := &QueueRules{conn: c}
 	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
 		t := &nftables.Table{Family: fam, Name: queueTableName(tap)}
 		// Delete and re-add in one transaction: a stale table from a crashed
@@ -164,44 +162,8 @@ func nfqueueInfo(queue uint16) []byte {
 	return b
 }
 
-// holdChain is the prerouting chain of table t that InstallQueueRules adds.
-func holdChain(t *nftables.Table) *nftables.Chain {
-	return &nftables.Chain{Name: "hold", Table: t}
-}
-
-// Pass stops sending the tap's frames to the queue but keeps the tables: later
-// frames pass the bridge unheld, and those already in the queue stay there for
-// their verdicts. Deleting the tables instead (Remove) unregisters their hooks,
-// and the kernel then drops every frame queued in the namespace
-// (nfqnl_nf_hook_drop): the guest output held when its VM turns unprotected
-// would be lost, not released. Hold queues frames again.
-func (r *QueueRules) Pass() error {
-	for _, t := range r.tables {
-		r.conn.FlushChain(holdChain(t))
-	}
-	if err := r.conn.Flush(); err != nil {
-		return fmt.Errorf("netbuf: stop queueing the frames of tap %q: %w", r.tap, err)
-	}
-	return nil
-}
-
-// Hold sends the tap's frames to the queue again after Pass. In one
-// transaction, so that it is never in the chains twice, it first flushes them.
-func (r *QueueRules) Hold() error {
-	for _, t := range r.tables {
-		ch := holdChain(t)
-		r.conn.FlushChain(ch)
-		r.conn.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: queueRuleExprs(r.tap, r.queue)})
-	}
-	if err := r.conn.Flush(); err != nil {
-		return fmt.Errorf("%w for tap %q, queue %d: %w", ErrQueueRules, r.tap, r.queue, err)
-	}
-	return nil
-}
-
-// Remove deletes the tables. Frames then pass the bridge unheld, and the kernel
-// drops every frame still in a queue of the namespace: call it when the VM has
-// stopped (use Pass while it runs). Tables already gone are fine.
+// Remove deletes the tables. Frames then pass the bridge unheld: call it only
+// when the VM runs unprotected or has stopped. Tables already gone are fine.
 func (r *QueueRules) Remove() error {
 	var errs []error
 	for _, t := range r.tables {
