@@ -95,22 +95,13 @@ type Hold struct {
 	// with the mode changes they go with: a Protect and an Unprotected never
 	// interleave. Taken before mu.
 	engMu sync.Mutex
-	// mu guards rule and the verdicts decided but not yet sent (pend). It is
-	// never held across a call into the kernel: Ack and Sent, which the ack
-	// loop calls, wait only for the rule's bookkeeping, never for a verdict.
+	// mu guards rule, and is held across every verdict that releases frames:
+	// once SetMode(Halted) returns, no release verdict is sent.
 	mu       sync.Mutex
 	rule     *outputrule.Rule
-	pend     []verdict
 	lastID   uint32 // highest id read
 	anyID    bool
 	bypassed bool
-	// sendMu is held by the one goroutine sending the pending verdicts, across
-	// its calls into the kernel: verdicts go out one at a time, in the order
-	// they were decided (appended to pend under mu). SetMode(Halted) takes it
-	// after it has struck the pending releases, so once it returns no release
-	// verdict is in flight or left to send. Taken before mu.
-	sendMu sync.Mutex
-	spare  []verdict // pend's other buffer; guarded by sendMu
 
 	kick    chan struct{}
 	started atomic.Bool
@@ -165,25 +156,15 @@ func (h *Hold) SetMode(m outputrule.Mode) {
 	h.mu.Lock()
 	h.rule.SetMode(m, h.cfg.Now())
 	mode := h.rule.Mode()
-	if mode == outputrule.Halted {
-		// The rule forgot its frames; the kernel must forget them too. The
-		// releases decided but not sent are struck: one drop up to the last
-		// id covers their frames and those of every pending drop.
-		h.pend = h.pend[:0]
-		if h.anyID {
-			h.pend = append(h.pend, verdict{op: opDrop, id: h.lastID})
-		}
+	if mode == outputrule.Halted && h.anyID {
+		// The rule forgot its frames; the kernel must forget them too.
+		h.verdictLocked(h.cfg.Queue.Drop, h.lastID)
 	}
 	bypass := mode == outputrule.Unprotected && !h.bypassed && h.cfg.Bypass != nil
 	if bypass {
 		h.bypassed = true
 	}
 	h.mu.Unlock()
-	if mode == outputrule.Halted {
-		// Waits for a release verdict in flight (each has a deadline), then
-		// sends the drop: none is sent after this.
-		h.flush()
-	}
 	h.log.Info("netbuf: output mode", "mode", mode)
 	notify(h.kick)
 	if bypass {
@@ -246,61 +227,14 @@ func (h *Hold) Protect() error {
 	return nil
 }
 
-// verdict is one verdict decided under mu, waiting in pend to be sent.
-type verdict struct {
-	op verdictOp
-	id uint32
-	// frames and bytes released (opRelease): counted once the kernel took it.
-	frames, bytes uint64
-}
-
-type verdictOp uint8
-
-const (
-	opRelease verdictOp = iota // every frame up to id leaves
-	opDrop                     // every frame up to id is discarded
-	opDropOne                  // the frame id is discarded
-)
-
-// flush sends the pending verdicts in the order they were decided, until none
-// is left. Only one goroutine sends at a time (sendMu); mu is not held while
-// the kernel takes a verdict.
-func (h *Hold) flush() {
-	h.sendMu.Lock()
-	defer h.sendMu.Unlock()
-	for {
-		h.mu.Lock()
-		vs := h.pend
-		h.pend = h.spare[:0]
-		h.mu.Unlock()
-		h.spare = vs
-		if len(vs) == 0 {
-			return
-		}
-		for _, v := range vs {
-			h.send(v)
-		}
-	}
-}
-
-// send gives the kernel one verdict and counts it. Only flush calls it.
-func (h *Hold) send(v verdict) {
-	fn := h.cfg.Queue.DropOne
-	switch v.op {
-	case opRelease:
-		fn = h.cfg.Queue.Release
-	case opDrop:
-		fn = h.cfg.Queue.Drop
-	}
-	if err := fn(v.id); err != nil {
+// verdictLocked sends one verdict (with h.mu held) and counts a failure.
+func (h *Hold) verdictLocked(fn func(uint32) error, id uint32) bool {
+	if err := fn(id); err != nil {
 		h.vErrs.Add(1)
-		h.log.Warn("netbuf: verdict failed", "id", v.id, "err", err)
-		return
+		h.log.Warn("netbuf: verdict failed", "id", id, "err", err)
+		return false
 	}
-	if v.op == opRelease {
-		h.c.tapFrames.Add(v.frames)
-		h.c.tapBytes.Add(v.bytes)
-	}
+	return true
 }
 
 // Stats are the relay's counters with the Hold's meaning: GuestFrames and
@@ -328,8 +262,7 @@ func (h *Hold) Stats() RelayStats {
 
 // Run reads the queue and releases frames until ctx is done or the queue
 // fails; it returns nil when stopped by ctx. It owns two goroutines: the
-// reader and the releaser, which sends every verdict the reader and the
-// releaser decide.
+// reader and the releaser.
 func (h *Hold) Run(ctx context.Context) error {
 	if !h.started.CompareAndSwap(false, true) {
 		return ErrAlreadyRunning
@@ -352,7 +285,6 @@ func (h *Hold) Run(ctx context.Context) error {
 			case <-h.kick:
 			}
 			h.release()
-			h.flush()
 		}
 	})
 	wg.Go(func() {
@@ -416,7 +348,7 @@ func (h *Hold) take(msgs []nfq.Message) {
 		if serr != nil {
 			// Without a stamp the frame can never be proven safe: drop it.
 			h.c.stampErrs.Add(1)
-			h.pend = append(h.pend, verdict{op: opDropOne, id: p.ID})
+			h.verdictLocked(h.cfg.Queue.DropOne, p.ID)
 			continue
 		}
 		err := h.rule.Frame(outputrule.Frame{Stamp: stamp, Size: max(p.Len, 1), ArrivedAt: now, Tag: uint64(p.ID)}, now)
@@ -424,17 +356,17 @@ func (h *Hold) take(msgs []nfq.Message) {
 		case err == nil:
 		case errors.Is(err, outputrule.ErrHalted):
 			// The rule counted it (DroppedFrames); the kernel forgets it.
-			h.pend = append(h.pend, verdict{op: opDropOne, id: p.ID})
+			h.verdictLocked(h.cfg.Queue.DropOne, p.ID)
 		default:
 			// Full (the kernel's bound is the rule's, so only a queue
 			// configured longer than the rule gets here): a frame the rule
 			// does not track must never be released.
 			h.c.truncated.Add(1)
-			h.pend = append(h.pend, verdict{op: opDropOne, id: p.ID})
+			h.verdictLocked(h.cfg.Queue.DropOne, p.ID)
 			h.log.Warn("netbuf: queued frame dropped", "id", p.ID, "err", err)
 		}
 	}
-	more := h.rule.HasReady() || len(h.pend) > 0
+	more := h.rule.HasReady()
 	h.mu.Unlock()
 	if serr != nil {
 		h.log.Error("netbuf: queued frames dropped", "err", fmt.Errorf("%w: %w", ErrStamp, serr))
@@ -444,11 +376,8 @@ func (h *Hold) take(msgs []nfq.Message) {
 	}
 }
 
-// release decides one batch verdict for the frames the rule releases, and
-// appends it to pend for flush to send: the verdicts stay in the order they
-// were decided, and the decision is made under mu with the acks it read, so
-// no frame is released before the ack passes its stamp. Only the release
-// goroutine calls it.
+// release gives the kernel one batch verdict for the frames the rule
+// releases. Only the release goroutine calls it.
 func (h *Hold) release() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -458,29 +387,31 @@ func (h *Hold) release() {
 	}
 	// The frames are in id order; accept the longest prefix that passes the
 	// check in one verdict, drop a frame that fails it on its own.
-	ok := verdict{op: opRelease}
+	var okID uint32
+	var okFrames, okBytes uint64
 	have := false
-	cut := func() {
-		if have {
-			h.pend = append(h.pend, ok)
+	flush := func() {
+		if have && h.verdictLocked(h.cfg.Queue.Release, okID) {
+			h.c.tapFrames.Add(okFrames)
+			h.c.tapBytes.Add(okBytes)
 		}
-		have, ok = false, verdict{op: opRelease}
+		have, okFrames, okBytes = false, 0, 0
 	}
 	for i := range rd.Release {
 		f := &rd.Release[i]
 		if h.cfg.CheckInvariant {
 			if err := h.rule.CheckRelease(*f); err != nil {
-				cut()
+				flush()
 				h.c.invariant.Add(1)
 				h.log.Error("netbuf: frame dropped", "err", fmt.Errorf("%w: %w", ErrInvariant, err))
-				h.pend = append(h.pend, verdict{op: opDropOne, id: uint32(f.Tag)})
+				h.verdictLocked(h.cfg.Queue.DropOne, uint32(f.Tag))
 				continue
 			}
 		}
-		ok.id, have = uint32(f.Tag), true
-		ok.frames++
-		ok.bytes += uint64(f.Size)
+		okID, have = uint32(f.Tag), true
+		okFrames++
+		okBytes += uint64(f.Size)
 	}
-	cut()
+	flush()
 	h.rule.Advance()
 }

@@ -177,9 +177,6 @@ func TestHoldInKernel(t *testing.T) {
 	if !sawFrame(t, outTap, "held-v6", 5*time.Second) {
 		t.Fatal("the acked IPv6 frame was not released")
 	}
-	// The frame crosses while the kernel takes the verdict; the Hold counts it
-	// once the verdict returns.
-	waitFor(t, "the release counted", func() bool { return h.Stats().TapFrames >= 2 })
 	st := h.Stats()
 	if st.TapFrames != 2 || st.Invariant != 0 || st.TapWriteErrors != 0 {
 		t.Fatalf("stats %+v", st)
@@ -336,7 +333,6 @@ func TestHoldInKernelEngage(t *testing.T) {
 	if !sawFrame(t, outTap, "held-again", 5*time.Second) {
 		t.Fatal("the acked frame was not released")
 	}
-	waitFor(t, "the release counted", func() bool { return h.Stats().TapFrames >= 3 })
 	if st := h.Stats(); st.TapFrames != 3 || st.Invariant != 0 || st.TapWriteErrors != 0 {
 		t.Fatalf("stats %+v", st)
 	}

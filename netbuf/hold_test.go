@@ -28,10 +28,6 @@ type fakeQueue struct {
 	dropped  []uint32
 	stop     chan struct{}
 	stopOnce sync.Once
-
-	// stuck, when set, makes Release wait for it to close (a verdict stuck in
-	// the kernel), after a send on entered (buffered by the test).
-	stuck, entered chan struct{}
 }
 
 func newFakeQueue() *fakeQueue {
@@ -72,31 +68,7 @@ func (q *fakeQueue) verdict(accept bool, id uint32, batch bool) error {
 	return nil
 }
 
-func (q *fakeQueue) Release(id uint32) error {
-	q.mu.Lock()
-	stuck, entered := q.stuck, q.entered
-	q.mu.Unlock()
-	if stuck != nil {
-		entered <- struct{}{}
-		<-stuck
-	}
-	return q.verdict(true, id, true)
-}
-
-// stick makes the next Release calls wait until the returned func is called,
-// and returns a channel that receives as each one starts.
-func (q *fakeQueue) stick() (entered <-chan struct{}, unstick func()) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.stuck, q.entered = make(chan struct{}), make(chan struct{}, 16)
-	stuck := q.stuck
-	return q.entered, sync.OnceFunc(func() {
-		q.mu.Lock()
-		q.stuck = nil
-		q.mu.Unlock()
-		close(stuck)
-	})
-}
+func (q *fakeQueue) Release(id uint32) error { return q.verdict(true, id, true) }
 func (q *fakeQueue) Drop(id uint32) error    { return q.verdict(false, id, true) }
 func (q *fakeQueue) DropOne(id uint32) error { return q.verdict(false, id, false) }
 
@@ -185,88 +157,6 @@ func TestHoldReleasesInOrderOnAck(t *testing.T) {
 	st := hh.h.Stats()
 	if st.TapFrames != 4 || st.TapBytes != 4000 || st.Invariant != 0 || st.Rule.HeldFrames != 0 {
 		t.Fatalf("stats %+v", st)
-	}
-}
-
-// within fails the test if fn does not return within d.
-func within(t *testing.T, d time.Duration, what string, fn func()) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() { fn(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(d):
-		t.Fatalf("%s did not return within %v", what, d)
-	}
-}
-
-// A release verdict stuck in the kernel holds up neither the acks (the ack loop
-// calls Ack and Sent: they feed the output rule and the lag accounting) nor
-// the reading and stamping of new frames; the verdicts after it wait their
-// turn and go out in order once it returns. With the Hold's lock held across
-// the verdict, Ack waited for the kernel.
-func TestHoldStuckVerdictBlocksNoAck(t *testing.T) {
-	hh := newHoldHarness(t, outputrule.Protected)
-	hh.h.Sent(1000)
-	hh.queue(100, 1, 2)
-	entered, unstick := hh.q.stick()
-	defer unstick()
-	hh.h.Ack(100)
-	<-entered // Release(2) is in the kernel, and stays there
-	within(t, 2*time.Second, "Ack and Sent while a verdict is stuck", func() {
-		hh.h.Sent(2000)
-		hh.h.Ack(150)
-	})
-	within(t, 2*time.Second, "stamping frames while a verdict is stuck", func() {
-		hh.queue(200, 3)
-		hh.queue(300, 4)
-	})
-	within(t, 2*time.Second, "Ack and Stats while a verdict is stuck", func() {
-		hh.h.Ack(250) // passes 3, not 4
-		_ = hh.h.Stats()
-	})
-	if a, _, _ := hh.q.state(); len(a) != 0 {
-		t.Fatalf("accepted %v while the first verdict was stuck", a)
-	}
-	unstick()
-	hh.waitAccepted(1, 2, 3)
-	hh.h.Ack(300)
-	hh.waitAccepted(1, 2, 3, 4)
-	if st := hh.h.Stats(); st.TapFrames != 4 || st.Invariant != 0 || st.TapWriteErrors != 0 {
-		t.Fatalf("stats %+v", st)
-	}
-}
-
-// A halt that comes while a release verdict is in the kernel waits for it, then
-// drops everything else: once SetMode(Halted) returns nothing is released,
-// including frames whose release was decided before the halt but not sent.
-func TestHoldHaltWaitsForAVerdictInFlight(t *testing.T) {
-	hh := newHoldHarness(t, outputrule.Protected)
-	hh.h.Sent(1000)
-	hh.queue(100, 1)
-	hh.queue(200, 2)
-	entered, unstick := hh.q.stick()
-	hh.h.Ack(100)
-	<-entered     // Release(1) in the kernel
-	hh.h.Ack(200) // 2 is decided next, after the stuck verdict
-	halted := make(chan struct{})
-	go func() { hh.h.SetMode(outputrule.Halted); close(halted) }()
-	select {
-	case <-halted:
-		t.Fatal("the halt returned while a release verdict was in the kernel")
-	case <-time.After(50 * time.Millisecond):
-	}
-	unstick()
-	<-halted
-	a, d, q := hh.q.state()
-	if !slices.Equal(a, []uint32{1}) || !slices.Equal(d, []uint32{2}) || len(q) != 0 {
-		t.Fatalf("accepted %v dropped %v queued %v: want 1 released (in flight at the halt), 2 dropped", a, d, q)
-	}
-	hh.queue(300, 3)
-	hh.h.Ack(1000)
-	waitFor(t, "frame 3 dropped", func() bool { _, d, _ := hh.q.state(); return slices.Contains(d, 3) })
-	if a, _, _ := hh.q.state(); !slices.Equal(a, []uint32{1}) {
-		t.Fatalf("a halted hold released %v", a)
 	}
 }
 

@@ -42,8 +42,6 @@ type Conn struct {
 	seq uint32
 
 	buf []byte // Read's buffer; Read is not concurrent
-
-	wait time.Duration // a verdict's deadline: VerdictTimeout
 }
 
 // Open binds queue in the calling thread's network namespace, metadata-only
@@ -76,7 +74,7 @@ func Open(queue uint16, cfg Config) (*Conn, error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, cfg.RcvBuf); err != nil {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, cfg.RcvBuf)
 	}
-	c := &Conn{queue: queue, buf: make([]byte, readBuf), wait: VerdictTimeout}
+	c := &Conn{queue: queue, buf: make([]byte, readBuf)}
 	// Configure while the socket still blocks: each request waits for its ack.
 	for _, req := range []struct {
 		what string
@@ -184,20 +182,10 @@ func (c *Conn) Drop(id uint32) error { return c.verdict(Drop, id, true) }
 // DropOne discards the one frame id.
 func (c *Conn) DropOne(id uint32) error { return c.verdict(Drop, id, false) }
 
-// VerdictTimeout bounds how long a verdict may wait for room to be sent. The
-// kernel takes a netlink message at once (it reinjects the frames in the
-// sender's context), so only a socket that reports no room would ever wait:
-// past the deadline the verdict fails with os.ErrDeadlineExceeded rather
-// than stall the Hold's sender and a halt that waits for it.
-const VerdictTimeout = time.Second
-
 func (c *Conn) verdict(v Verdict, id uint32, batch bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seq++
-	if err := c.f.SetWriteDeadline(time.Now().Add(c.wait)); err != nil {
-		return fmt.Errorf("nfq: %s up to id %d on queue %d: set deadline: %w", v, id, c.queue, err)
-	}
 	if _, err := c.f.Write(verdictMsg(c.seq, c.queue, v, id, batch)); err != nil {
 		return fmt.Errorf("nfq: %s up to id %d on queue %d: %w", v, id, c.queue, err)
 	}
