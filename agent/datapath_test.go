@@ -11,7 +11,7 @@ import (
 )
 
 func TestParseDataPath(t *testing.T) {
-	for in, want := range map[string]DataPath{"": DataPathTap, "relay": DataPathRelay, "tap": DataPathTap} {
+	for in, want := range map[string]DataPath{"": DataPathRelay, "relay": DataPathRelay, "tap": DataPathTap} {
 		got, err := ParseDataPath(in)
 		if err != nil || got != want {
 			t.Errorf("ParseDataPath(%q) = %q, %v; want %q", in, got, err, want)

@@ -63,8 +63,8 @@ func (o *agentOpts) register(f *pflag.FlagSet) {
 	f.DurationVar(&o.qemuStuck, "qemu-unresponsive-after", agent.DefaultQEMUUnresponsiveAfter, "a VM's QEMU whose liveness probe (query-status, every second) stays unanswered this long is reported unresponsive (status, events, metrics); an unprotected primary starts no re-protection meanwhile (at least 2s)")
 	f.DurationVar(&o.ackDelay, "test-ack-delay", 0, "TEST ONLY: delay every ack the backup sends")
 	f.BoolVar(&o.checkInv, "check-invariant", false, "verify the output rule on every released frame")
-	f.StringVar(&o.dataPath, "data-path", envOr("FTVMD_DATA_PATH", string(agent.DataPathTap)),
-		"how guest frames reach the bridge on VMs this agent starts: tap (QEMU on the tap, output held in the kernel) or relay (every frame through the agent) (env FTVMD_DATA_PATH)")
+	f.StringVar(&o.dataPath, "data-path", envOr("FTVMD_DATA_PATH", string(agent.DataPathRelay)),
+		"how guest frames reach the bridge on VMs this agent starts: relay (every frame through the agent) or tap (QEMU on the tap, output held in the kernel) (env FTVMD_DATA_PATH)")
 	_ = f.SetAnnotation("data-path", conffile.EnvAnnotation, []string{"FTVMD_DATA_PATH"})
 	f.IntVar(&o.paceQueue, "pace-queue-bytes", throttle.DefaultPaceQueue, "bytes of frames from the network held while they are paced (backup over its lag bound); 0 turns pacing off")
 	f.StringVar(&o.logRetention, "log-retention", "0", "rr log a backup keeps beyond what its replay needs: 0, all, a duration (2h) or a size (4GiB); the whole log from the boot while it is within it, nothing more after (a part of a log replays nothing without the state it starts from)")
@@ -246,5 +246,5 @@ func newAgentConfigCmd(o *agentOpts, agentCmd *cobra.Command) *cobra.Command {
 var machineDefaults = map[string]conffile.Default{
 	"host":      {Value: "hostA", Note: "this machine's hostname"},
 	"flush-lib": {Value: packagedFlushLib, Note: "libftflush.so beside the ftvmd binary, else " + packagedFlushLib},
-	"data-path": {Value: string(agent.DataPathTap), Note: string(agent.DataPathTap) + ", or $FTVMD_DATA_PATH when set (which also overrides this file)"},
+	"data-path": {Value: string(agent.DataPathRelay), Note: string(agent.DataPathRelay) + ", or $FTVMD_DATA_PATH when set (which also overrides this file)"},
 }

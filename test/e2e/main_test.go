@@ -119,12 +119,12 @@ func protectGuestAgents(ctx context.Context, t *testing.T, l *lab.Lab, vm string
 }
 
 // wantDataPath is the data path the agents run on: FTVMD_DATA_PATH, which the lab's
-// agents read as their --data-path default (tap, the agents' default, when unset).
+// agents read as their --data-path default (relay, the agents' default, when unset).
 func wantDataPath() string {
 	if d := os.Getenv("FTVMD_DATA_PATH"); d != "" {
 		return d
 	}
-	return "tap"
+	return "relay"
 }
 
 // otherDataPath is the data path the suite does not run on, which

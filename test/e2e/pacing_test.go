@@ -18,7 +18,7 @@ import (
 // TestPacingBoundsLag drives a bulk client->guest stream into a guest protected
 // while it ran (runThenProtectWith) for 40 s: every frame the guest receives is logged, so this is the load a CPU quota
 // cannot slow and the pacing of network input is for. It runs on the data path the
-// suite runs on (FTVMD_DATA_PATH, tap when unset): on the relay path the agent
+// suite runs on (FTVMD_DATA_PATH, relay when unset): on the relay path the agent
 // holds the paced frames, on the tap path a tbf qdisc on the tap does.
 // FTVMD_DATA_PATH=both (with -run TestPacingBoundsLag alone: the other tests'
 // agents know no such path) runs both, each on a fresh lab. On the tap path the

@@ -10,7 +10,7 @@ import (
 )
 
 // TestProtectRunningOtherPath: TestProtectRunning on the data path the rest of the
-// suite does not run on (relay by default, tap with FTVMD_DATA_PATH=relay), then
+// suite does not run on (tap by default, relay with FTVMD_DATA_PATH=tap), then
 // the ping-pong, so that both paths meet a protect from a running state and two
 // failovers in every run. A guest that runs unprotected on host A is protected
 // from its running state while a client sends seq requests; output is held (in
